@@ -1,0 +1,276 @@
+"""Walk paths, pick an adapter per file (or per folder layout), and commit items in batches.
+
+Every unit is all-or-nothing: its blobs are written first, its rows and its "source done" mark are
+committed in one transaction. A failing unit is recorded as one line (file and reason) and the run
+goes on. Re-running skips sources already done (same path, same bytes, same adapter version).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..progress import progress_bar
+from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, canonical_json
+from .base import ADAPTERS, Adapter, IngestContext, IngestError, Unit
+
+HEAD_BYTES = 4096
+
+
+@dataclass
+class IngestReport:
+    run_id: str = ""
+    n_units: int = 0
+    n_ok: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    n_items_added: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    per_adapter: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "units": self.n_units,
+            "ingested": self.n_ok,
+            "skipped_already_stored": self.n_skipped,
+            "failed": self.n_failed,
+            "items_added": self.n_items_added,
+            "per_adapter": self.per_adapter,
+            "errors": [{"source": p, "reason": r} for p, r in self.errors],
+        }
+
+
+def _adapter_instances(names: Iterable[str] | None = None) -> dict[str, Adapter]:
+    return {n: ADAPTERS.get(n)() for n in (names or ADAPTERS.names())}
+
+
+def _sniff(path: Path, adapters: dict[str, Adapter]) -> Adapter | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError:
+        return None
+    best, score = None, 0.0
+    for adapter in adapters.values():
+        s = adapter.sniff(path, head)
+        if s > score:
+            best, score = adapter, s
+    return best
+
+
+def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext,
+         forced: Adapter | None = None) -> tuple[list[tuple[Adapter, Unit]], list[tuple[str, str]]]:
+    """Turn paths into (adapter, unit) pairs, and a list of (path, reason) for what nobody reads."""
+    work: list[tuple[Adapter, Unit]] = []
+    unknown: list[tuple[str, str]] = []
+
+    def is_companion(p: Path) -> bool:
+        return any(getattr(a, "is_companion", lambda _p: False)(p) for a in adapters.values())
+
+    def visit(p: Path) -> None:
+        if p.name.startswith("."):
+            return
+        if p.is_dir():
+            for a in ([forced] if forced else adapters.values()):
+                if a.claims_dir(p):
+                    work.extend((a, u) for u in a.units(p, ctx))
+                    return
+            for child in sorted(p.iterdir()):
+                visit(child)
+            return
+        if not p.is_file():
+            unknown.append((str(p), "not a regular file"))
+            return
+        if forced is None and is_companion(p):
+            return
+        adapter = forced or _sniff(p, adapters)
+        if adapter is None:
+            unknown.append((str(p), "unknown file format: no adapter recognises its content or extension "
+                                    f"(formats: {', '.join(sorted(adapters))}; use --format NAME)"))
+            return
+        work.extend((adapter, u) for u in adapter.units(p, ctx))
+
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            unknown.append((str(path), "no such file or folder"))
+            continue
+        visit(path)
+    return work, unknown
+
+
+def _fingerprint(adapter: Adapter, unit: Unit) -> str:
+    h = hashlib.sha256()
+    h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
+    if unit.path.is_file():
+        with open(unit.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(canonical_json(unit.extra).encode())
+    return h.hexdigest()
+
+
+class _Batch:
+    """Rows waiting for one transaction."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.run_id = run_id
+        self.items: list[dict[str, Any]] = []
+        self.patients: dict[str, dict[str, Any]] = {}
+        self.studies: dict[str, dict[str, Any]] = {}
+        self.sources: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def add_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, items: list[Item]) -> None:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        rows = []
+        ids_by_ref: dict[str, str] = {}
+        for it in items:
+            Modality(it.modality)  # validates
+            chash = it.content_hash()
+            iid = it.item_id(chash)
+            if it.ref:
+                ids_by_ref[it.ref] = iid
+            rel = None
+            if it.blob is not None:
+                rel = self.store.put_blob(it.blob, chash, it.blob_ext)
+            unknown = set(it.fields) - set(ITEM_FIELDS)
+            if unknown:
+                raise IngestError(f"adapter {adapter.name} set unknown item fields {sorted(unknown)}")
+            row = {
+                "item_id": iid,
+                "patient_id": it.patient_id,
+                "study_id": it.study_id,
+                "modality": Modality(it.modality).value,
+                "content_hash": chash,
+                "blob": rel,
+                "bytes": len(it.blob) if it.blob is not None else None,
+                **{k: None for k in ITEM_FIELDS},
+                **it.fields,
+                "labels": canonical_json(it.labels) if it.labels else None,
+                "meta": canonical_json(it.meta) if it.meta else None,
+                "source_path": str(unit.path),
+                "source_key": it.source_key,
+                "adapter": adapter.name,
+                "adapter_version": adapter.version,
+                "ingested_at": now,
+                "run_id": self.run_id,
+                "_link_ref": it.link_ref,
+            }
+            rows.append(row)
+            p = self.patients.setdefault(it.patient_id, {"namespace": None})
+            p.update({k: v for k, v in it.patient_attrs.items() if v is not None})
+            if it.study_id:
+                s = self.studies.setdefault(it.study_id, {"patient_id": it.patient_id})
+                s.update({k: v for k, v in it.study_attrs.items() if v is not None})
+        for row in rows:
+            ref = row.pop("_link_ref")
+            if ref is not None:
+                if ref not in ids_by_ref:
+                    raise IngestError(f"item links to {ref!r}, which this source does not contain")
+                row["linked_item"] = ids_by_ref[ref]
+        self.items.extend(rows)
+        self.sources.append({
+            "source_id": fingerprint, "source_path": str(unit.path), "raw_sha256": fingerprint,
+            "adapter": adapter.name, "adapter_version": adapter.version, "n_items": len(rows),
+            "run_id": self.run_id, "done_at": now,
+        })
+
+    def add_error(self, path: str, adapter: str, reason: str) -> None:
+        self.errors.append({"run_id": self.run_id, "source_path": path, "adapter": adapter,
+                            "reason": reason, "at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
+
+    def due(self) -> bool:
+        return len(self.items) >= 2000 or len(self.sources) >= 256 or time.monotonic() - self.started > 2.0
+
+    def flush(self) -> int:
+        if not (self.items or self.sources or self.errors):
+            return 0
+        n = self.store.commit_batch(self.items, self.patients, self.studies, self.sources, self.errors)
+        self.items, self.patients, self.studies, self.sources, self.errors = [], {}, {}, [], []
+        self.started = time.monotonic()
+        return n
+
+
+def ingest(
+    paths: Iterable[str | Path],
+    store: Store,
+    fmt: str | None = None,
+    namespace: str = "default",
+    options: dict[str, Any] | None = None,
+    progress: bool = True,
+    args: str = "",
+) -> IngestReport:
+    """Ingest files and folders into ``store`` (opened for writing). See the module docstring."""
+    adapters = _adapter_instances()
+    forced = adapters[fmt] if fmt else None
+    if fmt and fmt not in adapters:  # pragma: no cover - ADAPTERS.get raised already
+        raise IngestError(fmt)
+    ctx = IngestContext(store=store, deid=store.deid, namespace=namespace, options=options or {})
+    report = IngestReport()
+    report.run_id = store.start_run(args or json.dumps([str(p) for p in paths]))
+    batch = _Batch(store, report.run_id)
+    work, unknown = plan([Path(p) for p in paths], adapters, ctx, forced)
+    for path, reason in unknown:
+        report.n_failed += 1
+        report.errors.append((path, reason))
+        batch.add_error(path, "", reason)
+    known = store.known_sources()
+    report.n_units = len(work)
+    used: dict[str, Adapter] = {}
+    with progress_bar("ingest", total=len(work), unit="files", enabled=progress) as advance:
+        for adapter, unit in work:
+            used[adapter.name] = adapter
+            try:
+                fp = _fingerprint(adapter, unit)
+                if fp in known:
+                    report.n_skipped += 1
+                else:
+                    items = list(adapter.read(unit, ctx))
+                    batch.add_unit(adapter, unit, fp, items)
+                    known.add(fp)
+                    report.n_ok += 1
+                    report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
+            except Exception as exc:  # a bad unit never stops the batch
+                reason = _reason(exc, ctx)
+                report.n_failed += 1
+                report.errors.append((str(unit.path), reason))
+                batch.add_error(str(unit.path), adapter.name, reason)
+            advance()
+            if batch.due():
+                report.n_items_added += batch.flush()
+        report.n_items_added += batch.flush()
+    for adapter in used.values():
+        for unit, items in adapter.finish(ctx):
+            try:
+                batch.add_unit(adapter, unit, _fingerprint(adapter, unit), items)
+                report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
+            except Exception as exc:
+                reason = _reason(exc, ctx)
+                report.n_failed += 1
+                report.errors.append((str(unit.path), reason))
+                batch.add_error(str(unit.path), adapter.name, reason)
+            if batch.due():
+                report.n_items_added += batch.flush()
+        report.n_items_added += batch.flush()
+    store.finish_run(report.run_id, report.n_units, report.n_skipped, report.n_failed, report.n_items_added)
+    return report
+
+
+def _reason(exc: BaseException, ctx: IngestContext) -> str:
+    text = str(exc) or exc.__class__.__name__
+    if not isinstance(exc, IngestError):
+        text = f"{exc.__class__.__name__}: {text}"
+    return ctx.scrub(text.splitlines()[0] if text else text)[:500]

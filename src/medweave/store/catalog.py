@@ -1,0 +1,391 @@
+"""The patient-centric catalog: patients -> studies -> items, in one embedded DuckDB file, with a
+content-addressed blob folder beside it.
+
+Layout of a store directory::
+
+    DIR/catalog.duckdb      patients, studies, items, sources, runs, errors
+    DIR/blobs/ab/cd/<sha256><ext>
+    DIR/blobs/.tmp/         blobs being written (swept at the next open for writing)
+    DIR/secret.key          the pseudonymisation key (never leaves the store)
+
+Atomicity: a blob is written to ``.tmp`` and renamed into place; its row is inserted later in a
+transaction together with the row marking its source as done. A process killed in between leaves
+only blobs without rows, and the next writer deletes those (``sweep``). So no row ever points at a
+missing blob, and after the sweep no blob lives without its row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import pandas as pd
+
+from .deid import Deidentifier, load_or_create_secret
+
+
+class Modality(str, Enum):
+    """What an item is. The cohort builder makes one presence-mask column per modality."""
+
+    IMAGE = "image"  # a 2D picture: radiograph, photo, a single DICOM frame set shown as one image
+    VOLUME = "volume"  # a 3D (or 4D) array: a DICOM series stacked by position, a NIfTI file
+    TEXT = "text"  # a report or note
+    TABLE = "table"  # a row of a wide table, or one observation of a long table
+    SIGNAL = "signal"  # a multichannel time series: ECG, pulse, waveform
+    QA = "qa"  # a question with its answer, linked to the image it asks about
+
+
+# Structured item columns (besides ids, provenance, labels and meta). Adapters fill what they know.
+ITEM_FIELDS: dict[str, str] = {
+    "format": "VARCHAR",
+    "dicom_modality": "VARCHAR",
+    "body_part": "VARCHAR",
+    "view_position": "VARCHAR",
+    "pixel_spacing_x": "DOUBLE",
+    "pixel_spacing_y": "DOUBLE",
+    "slice_thickness": "DOUBLE",
+    "rows": "INTEGER",
+    "cols": "INTEGER",
+    "frames": "INTEGER",
+    "series_id": "VARCHAR",
+    "position": "DOUBLE",
+    "instance_number": "INTEGER",
+    "sampling_rate": "DOUBLE",
+    "n_channels": "INTEGER",
+    "n_samples": "BIGINT",
+    "channel_names": "VARCHAR",
+    "time": "TIMESTAMP",
+    "age": "DOUBLE",
+    "code": "VARCHAR",
+    "value_num": "DOUBLE",
+    "value_text": "VARCHAR",
+    "unit": "VARCHAR",
+    "text": "VARCHAR",
+    "answer": "VARCHAR",
+    "answer_type": "VARCHAR",
+    "question_type": "VARCHAR",
+    "organ": "VARCHAR",
+    "label": "VARCHAR",
+    "split": "VARCHAR",
+    "linked_item": "VARCHAR",
+}
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id VARCHAR PRIMARY KEY,
+    namespace VARCHAR,
+    sex VARCHAR,
+    attrs JSON,
+    first_seen TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id VARCHAR PRIMARY KEY,
+    patient_id VARCHAR,
+    study_date DATE,
+    description VARCHAR,
+    attrs JSON
+);
+CREATE TABLE IF NOT EXISTS items (
+    item_id VARCHAR PRIMARY KEY,
+    patient_id VARCHAR NOT NULL,
+    study_id VARCHAR,
+    modality VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    blob VARCHAR,
+    bytes BIGINT,
+    {", ".join(f"{k} {v}" for k, v in ITEM_FIELDS.items())},
+    labels JSON,
+    meta JSON,
+    source_path VARCHAR,
+    source_key VARCHAR,
+    adapter VARCHAR,
+    adapter_version VARCHAR,
+    ingested_at TIMESTAMP,
+    run_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source_id VARCHAR PRIMARY KEY,
+    source_path VARCHAR,
+    raw_sha256 VARCHAR,
+    adapter VARCHAR,
+    adapter_version VARCHAR,
+    n_items INTEGER,
+    run_id VARCHAR,
+    done_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    args VARCHAR,
+    n_sources INTEGER,
+    n_skipped INTEGER,
+    n_failed INTEGER,
+    n_items_added INTEGER
+);
+CREATE TABLE IF NOT EXISTS errors (
+    run_id VARCHAR,
+    source_path VARCHAR,
+    adapter VARCHAR,
+    reason VARCHAR,
+    logged_at TIMESTAMP
+);
+"""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+@dataclass
+class Item:
+    """An item ready to be stored. ``blob`` holds the (de-identified) bytes, or None when the whole
+    content is in the row (a table observation, a question)."""
+
+    patient_id: str
+    modality: Modality | str
+    study_id: str | None = None
+    blob: bytes | None = None
+    blob_ext: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    source_key: str = ""  # which part of the source this item came from (row 12, frame 3, ...)
+    ref: str | None = None  # a name other items of the same source can link to
+    link_ref: str | None = None  # the ``ref`` of the item this one belongs to (question -> image)
+    patient_attrs: dict[str, Any] = field(default_factory=dict)
+    study_attrs: dict[str, Any] = field(default_factory=dict)  # date, description, ...
+
+    def content_hash(self) -> str:
+        if self.blob is not None:
+            return sha256_bytes(self.blob)
+        return sha256_bytes(
+            canonical_json({"f": self.fields, "l": self.labels, "m": self.meta}).encode()
+        )
+
+    def item_id(self, content_hash: str) -> str:
+        modality = Modality(self.modality).value
+        key = canonical_json([modality, self.patient_id, self.study_id, content_hash, self.source_key])
+        return sha256_bytes(key.encode())[:24]
+
+
+class Store:
+    """A store directory. Open it read-only for queries, or with ``write=True`` to ingest."""
+
+    CATALOG = "catalog.duckdb"
+
+    def __init__(self, root: str | Path, write: bool = False, keep_phi: bool = False):
+        self.root = Path(root)
+        self.write = write
+        if write:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.blob_dir / ".tmp").mkdir(parents=True, exist_ok=True)
+        elif not (self.root / self.CATALOG).exists():
+            raise FileNotFoundError(
+                f"{self.root}: no medweave store here (expected {self.CATALOG}); "
+                f"create one with `medweave ingest PATH --store {self.root}`"
+            )
+        self.con = duckdb.connect(str(self.root / self.CATALOG), read_only=not write)
+        if write:
+            self.con.execute(SCHEMA)
+            self.deid = Deidentifier(load_or_create_secret(self.root / "secret.key"), keep_phi=keep_phi)
+            self.sweep()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    @property
+    def blob_dir(self) -> Path:
+        return self.root / "blobs"
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sweep(self) -> int:
+        """Delete partial blobs and blobs that no committed row references. Returns how many."""
+        removed = 0
+        tmp = self.blob_dir / ".tmp"
+        for p in tmp.glob("*"):
+            p.unlink(missing_ok=True)
+            removed += 1
+        referenced = {
+            r[0] for r in self.con.execute("SELECT DISTINCT blob FROM items WHERE blob IS NOT NULL").fetchall()
+        }
+        for sub in self.blob_dir.glob("??/??/*"):
+            rel = sub.relative_to(self.root).as_posix()
+            if rel not in referenced:
+                sub.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    # --- blobs -----------------------------------------------------------------------------------
+    def blob_relpath(self, content_hash: str, ext: str) -> str:
+        return f"blobs/{content_hash[:2]}/{content_hash[2:4]}/{content_hash}{ext}"
+
+    def put_blob(self, data: bytes, content_hash: str, ext: str) -> str:
+        """Write a blob atomically (temp file + rename); a no-op when it already exists."""
+        rel = self.blob_relpath(content_hash, ext)
+        dest = self.root / rel
+        if dest.exists():
+            return rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.blob_dir / ".tmp" / f"{uuid.uuid4().hex}{ext}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+        return rel
+
+    def blob_path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def read_blob(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def known_sources(self) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT source_id FROM sources").fetchall()}
+
+    def commit_batch(
+        self,
+        items: list[dict[str, Any]],
+        patients: dict[str, dict[str, Any]],
+        studies: dict[str, dict[str, Any]],
+        sources: list[dict[str, Any]],
+        errors: list[dict[str, Any]],
+    ) -> int:
+        """Insert one batch in a single transaction. Returns the number of new item rows."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            before = con.execute("SELECT count(*) FROM items").fetchone()[0]
+            if patients:
+                self._upsert_patients(patients)
+            if studies:
+                self._upsert_studies(studies)
+            if items:
+                df = pd.DataFrame(items)
+                cols = list(df.columns)
+                con.register("_batch_items", df)
+                con.execute(
+                    f"INSERT OR IGNORE INTO items ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _batch_items"
+                )
+                con.unregister("_batch_items")
+            if sources:
+                df = pd.DataFrame(sources)
+                con.register("_batch_sources", df)
+                con.execute(
+                    f"INSERT OR REPLACE INTO sources ({', '.join(df.columns)}) SELECT * FROM _batch_sources"
+                )
+                con.unregister("_batch_sources")
+            if errors:
+                con.executemany(
+                    "INSERT INTO errors VALUES (?, ?, ?, ?, ?)",
+                    [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"]] for e in errors],
+                )
+            after = con.execute("SELECT count(*) FROM items").fetchone()[0]
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return after - before
+
+    def _upsert_patients(self, patients: dict[str, dict[str, Any]]) -> None:
+        existing = {
+            r[0]: (r[1], json.loads(r[2]) if r[2] else {})
+            for r in self.con.execute(
+                "SELECT patient_id, sex, attrs FROM patients WHERE patient_id IN (SELECT unnest(?))",
+                [list(patients)],
+            ).fetchall()
+        }
+        rows = []
+        for pid, info in patients.items():
+            sex, attrs = existing.get(pid, (None, {}))
+            new_attrs = {k: v for k, v in info.items() if k not in ("sex", "namespace") and v is not None}
+            merged = {**attrs, **new_attrs}
+            rows.append([pid, info.get("namespace"), info.get("sex") or sex, canonical_json(merged)])
+        self.con.executemany(
+            "INSERT INTO patients VALUES (?, ?, ?, ?, now()) ON CONFLICT (patient_id) DO UPDATE SET "
+            "sex = excluded.sex, attrs = excluded.attrs",
+            rows,
+        )
+
+    def _upsert_studies(self, studies: dict[str, dict[str, Any]]) -> None:
+        rows = []
+        for sid, info in studies.items():
+            attrs = {k: v for k, v in info.items() if k not in ("patient_id", "date", "description")}
+            rows.append([sid, info["patient_id"], info.get("date"), info.get("description"), canonical_json(attrs)])
+        self.con.executemany(
+            "INSERT INTO studies VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE SET "
+            "study_date = coalesce(excluded.study_date, studies.study_date), "
+            "description = coalesce(excluded.description, studies.description)",
+            rows,
+        )
+
+    def start_run(self, args: str) -> str:
+        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.con.execute(
+            "INSERT INTO runs VALUES (?, now(), NULL, ?, 0, 0, 0, 0)", [run_id, args]
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, n_sources: int, n_skipped: int, n_failed: int, n_items: int) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = now(), n_sources = ?, n_skipped = ?, n_failed = ?, n_items_added = ? "
+            "WHERE run_id = ?",
+            [n_sources, n_skipped, n_failed, n_items, run_id],
+        )
+
+    # --- reading ---------------------------------------------------------------------------------
+    def items(self, where: str = "", params: Iterable[Any] = ()) -> pd.DataFrame:
+        sql = "SELECT * FROM items" + (f" WHERE {where}" if where else "") + " ORDER BY item_id"
+        return self.con.execute(sql, list(params)).df()
+
+    def patients(self) -> pd.DataFrame:
+        return self.con.execute("SELECT * FROM patients ORDER BY patient_id").df()
+
+    def studies(self) -> pd.DataFrame:
+        return self.con.execute("SELECT * FROM studies ORDER BY study_id").df()
+
+    def stats(self, last_runs: int = 5) -> dict[str, Any]:
+        q = lambda sql: self.con.execute(sql).fetchall()  # noqa: E731
+        per_modality = {m: n for m, n in q("SELECT modality, count(*) FROM items GROUP BY 1 ORDER BY 1")}
+        blob_bytes = q("SELECT coalesce(sum(bytes), 0) FROM (SELECT DISTINCT blob, bytes FROM items WHERE blob IS NOT NULL)")[0][0]
+        runs = self.con.execute(
+            "SELECT run_id, started_at, finished_at, args, n_sources, n_skipped, n_failed, n_items_added "
+            f"FROM runs ORDER BY started_at DESC LIMIT {int(last_runs)}"
+        ).df()
+        run_ids = list(runs["run_id"])
+        errs = self.con.execute(
+            "SELECT run_id, source_path, adapter, reason FROM errors WHERE run_id IN (SELECT unnest(?)) "
+            "ORDER BY logged_at", [run_ids]
+        ).df() if run_ids else pd.DataFrame(columns=["run_id", "source_path", "adapter", "reason"])
+        return {
+            "store": str(self.root),
+            "patients": q("SELECT count(*) FROM patients")[0][0],
+            "studies": q("SELECT count(*) FROM studies")[0][0],
+            "items": int(sum(per_modality.values())),
+            "items_per_modality": per_modality,
+            "bytes": int(blob_bytes),
+            "sources": q("SELECT count(*) FROM sources")[0][0],
+            "last_runs": [
+                {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
+                for r in runs.replace({pd.NaT: None}).to_dict("records")
+            ],
+            "errors": errs.to_dict("records"),
+        }
