@@ -32,6 +32,7 @@ class IngestReport:
     n_items_added: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     per_adapter: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,11 +48,20 @@ class IngestReport:
             "items_added": self.n_items_added,
             "per_adapter": self.per_adapter,
             "errors": [{"source": p, "reason": r} for p, r in self.errors],
+            "warnings": self.warnings,
         }
 
 
-def _adapter_instances(names: Iterable[str] | None = None) -> dict[str, Adapter]:
-    return {n: ADAPTERS.get(n)() for n in (names or ADAPTERS.names())}
+def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
+    """Instantiate every registered adapter. One that cannot be imported (a broken plug-in, a missing
+    optional dependency) is left out with a warning instead of stopping every other format."""
+    out: dict[str, Adapter] = {}
+    for name in ADAPTERS.names():
+        try:
+            out[name] = ADAPTERS.get(name)()
+        except ImportError as exc:
+            warnings.append(f"format {name!r} unavailable: {exc}")
+    return out
 
 
 def _sniff(path: Path, adapters: dict[str, Adapter]) -> Adapter | None:
@@ -214,12 +224,14 @@ def ingest(
     args: str = "",
 ) -> IngestReport:
     """Ingest files and folders into ``store`` (opened for writing). See the module docstring."""
-    adapters = _adapter_instances()
-    forced = adapters[fmt] if fmt else None
-    if fmt and fmt not in adapters:  # pragma: no cover - ADAPTERS.get raised already
-        raise IngestError(fmt)
-    ctx = IngestContext(store=store, deid=store.deid, namespace=namespace, options=options or {})
     report = IngestReport()
+    if fmt:
+        ADAPTERS.get(fmt)  # an unknown name raises, listing the allowed formats
+    adapters = _adapter_instances(report.warnings)
+    if fmt and fmt not in adapters:
+        raise IngestError(f"format {fmt!r} cannot be used: {'; '.join(report.warnings)}")
+    forced = adapters[fmt] if fmt else None
+    ctx = IngestContext(store=store, deid=store.deid, namespace=namespace, options=options or {})
     report.run_id = store.start_run(args or json.dumps([str(p) for p in paths]))
     batch = _Batch(store, report.run_id)
     work, unknown = plan([Path(p) for p in paths], adapters, ctx, forced)
