@@ -59,7 +59,7 @@ def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
     for name in ADAPTERS.names():
         try:
             out[name] = ADAPTERS.get(name)()
-        except ImportError as exc:
+        except (ImportError, AttributeError) as exc:
             warnings.append(f"format {name!r} unavailable: {exc}")
     return out
 
