@@ -1,0 +1,224 @@
+"""The ``medweave`` command. Thin: each sub-command parses options and calls one function."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="medweave: multimodal medical AI on a CPU, offline. Ingest -> store -> cohort -> ...",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+store_app = typer.Typer(help="Inspect a store.", no_args_is_help=True, rich_markup_mode=None)
+cohort_app = typer.Typer(help="Build and inspect cohorts (cases x modalities).", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(store_app, name="store")
+app.add_typer(cohort_app, name="cohort")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    opts = {}
+    for p in pairs:
+        if "=" not in p:
+            _fail(f"--option {p!r}: expected KEY=VALUE")
+        k, v = p.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return opts
+
+
+@app.command(epilog="Example: medweave ingest ../shared/data/wfdb ./scans --store ./store")
+def ingest(
+    paths: List[Path] = typer.Argument(..., help="Files and folders to ingest."),
+    store: Path = typer.Option(..., "--store", help="Store folder (created if needed)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Force one adapter (see `medweave formats`)."),
+    keep_phi: bool = typer.Option(False, "--keep-phi", help="Turn de-identification off (data already de-identified)."),
+    namespace: str = typer.Option("default", "--namespace", help="Patient id namespace (keeps ids of different sources apart)."),
+    mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping for CSV tables."),
+    option: List[str] = typer.Option([], "--option", help="Adapter option KEY=VALUE (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Ingest files into a store: picks an adapter per file by content, reports every bad file.
+
+    Exit code 0 when every file ingested (or was already there), 1 when any file failed.
+    """
+    from .ingest import ingest as run_ingest
+    from .registry import UnknownNameError
+    from .store import Store
+
+    opts = _parse_options(option)
+    if mapping:
+        opts["mapping"] = str(mapping)
+    try:
+        with Store(store, write=True, keep_phi=keep_phi) as st:
+            report = run_ingest(paths, st, fmt=format, namespace=namespace, options=opts,
+                                progress=not quiet and not as_json,
+                                args=shlex.join(["ingest", *map(str, paths)]))
+    except UnknownNameError as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(f"ingested {report.n_ok} source(s), skipped {report.n_skipped} already stored, "
+                  f"{report.n_failed} failed; {report.n_items_added} new item(s)", highlight=False)
+        for name, n in sorted(report.per_adapter.items()):
+            out.print(f"  {name}: {n} item(s)", highlight=False)
+        for path, reason in report.errors:
+            out.print(f"  FAILED {path}: {reason}", highlight=False, markup=False)
+        for w in report.warnings:
+            out.print(f"  warning: {w}", highlight=False, markup=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command(epilog="Example: medweave formats")
+def formats() -> None:
+    """List the ingest formats (adapters) and what each reads."""
+    from .ingest import ADAPTERS
+
+    for name in ADAPTERS.names():
+        try:
+            cls = ADAPTERS.get(name)
+            out.print(f"{name:14s} {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}", highlight=False)
+        except (ImportError, AttributeError) as exc:
+            out.print(f"{name:14s} (unavailable: {exc})", highlight=False)
+
+
+@store_app.command("stats", epilog="Example: medweave store stats --store ./store --json")
+def store_stats(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    runs: int = typer.Option(5, "--runs", help="How many recent ingest runs to show errors for."),
+) -> None:
+    """Patients, studies, items per modality, bytes, and the errors of the last ingests."""
+    from .store import Store
+
+    try:
+        with Store(store) as st:
+            stats = st.stats(last_runs=runs)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(stats, default=str))
+        return
+    t = Table(title=f"store {stats['store']}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for k in ("patients", "studies", "items", "sources"):
+        t.add_row(k, f"{stats[k]:,}")
+    for m, n in stats["items_per_modality"].items():
+        t.add_row(f"  {m}", f"{n:,}")
+    t.add_row("blob bytes", f"{stats['bytes']:,}")
+    out.print(t)
+    if stats["errors"]:
+        out.print(f"errors in the last {runs} ingest run(s):")
+        for e in stats["errors"]:
+            out.print(f"  {e['source_path']}: {e['reason']}", highlight=False, markup=False)
+    else:
+        out.print(f"no errors in the last {runs} ingest run(s)")
+
+
+@cohort_app.command("build", epilog=(
+    "Example: medweave cohort build --store ./store --out cohort.parquet --case study "
+    "--target abnormal --covariate age --covariate sex --split-from source"))
+def cohort_build(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    out_path: Path = typer.Option(..., "--out", help="Parquet file to write."),
+    case: str = typer.Option("patient", "--case", help="Case level: patient or study."),
+    target: List[str] = typer.Option([], "--target", help="Target name (repeatable)."),
+    covariate: List[str] = typer.Option([], "--covariate", help="Case-level covariate (repeatable)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma-separated modalities (default: all present)."),
+    split_from: str = typer.Option("hash", "--split-from", help="hash (seeded, grouped by patient) or source (the data set's own)."),
+    fractions: str = typer.Option("0.7,0.15,0.15", "--fractions", help="train,valid,test fractions for hash splits."),
+    seed: int = typer.Option(0, "--seed"),
+    require_target: bool = typer.Option(False, "--require-target", help="Drop cases without a target value."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Turn the store into a table of cases x modalities with a presence mask, targets and splits."""
+    from .cohort import CohortError, build_cohort
+    from .store import Store
+
+    try:
+        fr = [float(x) for x in fractions.split(",")]
+    except ValueError:
+        _fail(f"--fractions {fractions!r}: expected three numbers like 0.7,0.15,0.15")
+    try:
+        with Store(store) as st:
+            cohort = build_cohort(st, case_level=case,
+                                  modalities=modalities.split(",") if modalities else None,
+                                  targets=target, covariates=covariate, fractions=fr, seed=seed,
+                                  split_from=split_from, require_target=require_target)
+    except (CohortError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    cohort.save(out_path)
+    _print_cohort(cohort, as_json, out_path)
+
+
+@cohort_app.command("show", epilog="Example: medweave cohort show cohort.parquet")
+def cohort_show(path: Path = typer.Argument(..., help="Cohort Parquet file."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print what a cohort holds: cases, splits, presence per modality, targets."""
+    from .cohort import Cohort, CohortError
+
+    try:
+        cohort = Cohort.load(path)
+    except (CohortError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _print_cohort(cohort, as_json, path)
+
+
+def _print_cohort(cohort, as_json: bool, path: Path) -> None:
+    s = cohort.summary()
+    if as_json:
+        out.print_json(json.dumps({"path": str(path), **s}, default=str))
+        return
+    out.print(f"cohort {path}: {s['cases']} cases ({s['case_level']}), {s['patients']} patients; "
+              f"splits {s['splits']}", highlight=False)
+    t = Table(title="presence by modality")
+    for c in ("modality", "present", "absent", "present %"):
+        t.add_column(c, justify="right" if c != "modality" else "left")
+    for m in cohort.modalities:
+        p, a = s["present"][m], s["absent"][m]
+        t.add_row(m, str(p), str(a), f"{100 * p / max(1, p + a):.0f}%")
+    out.print(t)
+    for name, info in s["targets"].items():
+        out.print(f"target {name}: {info}", highlight=False)
+
+
+@app.command(epilog="Example: medweave demo --out ./demo-out")
+def demo(
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files and store."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Real data folder (default: ../shared/data when present)."),
+    patients: int = typer.Option(300, "--patients", help="Phantom patients to generate."),
+    seed: int = typer.Option(0, "--seed"),
+    no_real: bool = typer.Option(False, "--no-real", help="Skip the real data sets even when present."),
+) -> None:
+    """Run the main job end to end on a synthetic phantom cohort (and the real sets when present)."""
+    from .demo.run import run_demo
+
+    code = run_demo(out_dir, data_dir=data, n_patients=patients, seed=seed, use_real=not no_real, console=out)
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app(prog_name="medweave")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

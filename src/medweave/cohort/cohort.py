@@ -1,0 +1,273 @@
+"""Cohorts: a table of cases x modalities with an explicit presence mask, targets and splits.
+
+A case is a patient (default) or a study. For every modality the table has two columns:
+``<modality>_items`` (the item ids of the case, a list, possibly empty) and ``<modality>_present``
+(a bool). Absent is a value: nothing downstream should read an empty list as zeros; read the mask.
+
+Splits are deterministic and grouped by patient: a keyed hash of (seed, patient id) places each
+patient in exactly one split, so no patient is in two splits. A data set's own split (``fields.split``
+of its items, e.g. NIH ``train/`` and ``valid/``) can be kept instead with ``split_from="source"``;
+a patient found in several source splits is moved, whole, into the one holding most of its cases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..store.catalog import Modality, Store
+
+SPLITS = ("train", "valid", "test")
+_META_KEY = b"medweave.cohort"
+
+
+class CohortError(ValueError):
+    """A cohort request that cannot be satisfied; the message names the value and what is allowed."""
+
+
+@dataclass
+class Cohort:
+    table: pd.DataFrame
+    modalities: list[str]
+    targets: list[str] = field(default_factory=list)
+    covariates: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # --- views ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self.table["case_id"])
+
+    def mask(self) -> np.ndarray:
+        """Presence mask, shape (cases, modalities), in the order of ``self.modalities``."""
+        if not self.modalities:
+            return np.zeros((len(self.table), 0), dtype=bool)
+        return self.table[[f"{m}_present" for m in self.modalities]].to_numpy(dtype=bool)
+
+    def split(self, name: str) -> "Cohort":
+        if name not in self.table["split"].unique() and name not in SPLITS:
+            raise CohortError(f"unknown split {name!r}; allowed values: {', '.join(SPLITS)}")
+        sub = self.table[self.table["split"] == name].reset_index(drop=True)
+        return Cohort(sub, list(self.modalities), list(self.targets), list(self.covariates), dict(self.meta))
+
+    def summary(self) -> dict[str, Any]:
+        t = self.table
+        out: dict[str, Any] = {
+            "cases": len(t),
+            "patients": int(t["patient_id"].nunique()),
+            "case_level": self.meta.get("case_level"),
+            "splits": {s: int(n) for s, n in t["split"].value_counts().sort_index().items()},
+            "present": {m: int(t[f"{m}_present"].sum()) for m in self.modalities},
+            "absent": {m: int((~t[f"{m}_present"]).sum()) for m in self.modalities},
+            "targets": {},
+        }
+        for name in self.targets:
+            col = t[name]
+            if pd.api.types.is_numeric_dtype(col) and col.dropna().isin([0, 1]).all():
+                out["targets"][name] = {"positive": int((col == 1).sum()), "negative": int((col == 0).sum()),
+                                        "missing": int(col.isna().sum())}
+            else:
+                out["targets"][name] = {"values": int(col.nunique()), "missing": int(col.isna().sum())}
+        if self.meta.get("missingness"):
+            out["simulated_missingness"] = self.meta["missingness"]
+        return out
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the cohort as Parquet (atomically); its description lives in the file's metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.table, preserve_index=False)
+        info = {"modalities": self.modalities, "targets": self.targets, "covariates": self.covariates,
+                "meta": self.meta}
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[_META_KEY] = json.dumps(info, default=str).encode()
+        table = table.replace_schema_metadata(schema_meta)
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Cohort":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no cohort file (build one with `medweave cohort build`)")
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        if raw is None:
+            raise CohortError(f"{path}: a Parquet file, but not a medweave cohort (no {_META_KEY.decode()} metadata)")
+        info = json.loads(raw)
+        df = table.to_pandas()
+        for m in info["modalities"]:
+            df[f"{m}_items"] = df[f"{m}_items"].map(lambda v: [] if v is None else list(v))
+        return cls(df, info["modalities"], info["targets"], info.get("covariates", []), info["meta"])
+
+
+def _hash_unit(seed: int, key: str) -> float:
+    h = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def assign_splits(patients: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
+    """Place each patient in train/valid/test by a seeded hash: stable when patients are added."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise CohortError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    edges = np.cumsum(fractions)
+    out = {}
+    for p in patients:
+        u = _hash_unit(seed, p)
+        out[p] = SPLITS[int(np.searchsorted(edges, u, side="right").clip(0, 2))]
+    return out
+
+
+def _first_valid(values: Iterable[Any]) -> Any:
+    for v in values:
+        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+            return v
+    return None
+
+
+def _combine_target(values: list[Any]) -> Any:
+    """Combine one target's values over a case's items: binary -> any positive; else the first."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    if not vals:
+        return None
+    if all(isinstance(v, (bool, int, float, np.integer, np.floating)) for v in vals):
+        nums = [float(v) for v in vals]
+        if set(nums) <= {0.0, 1.0}:
+            return int(max(nums))
+        return nums[0]
+    return vals[0]
+
+
+def build_cohort(
+    store: Store,
+    case_level: str = "patient",
+    modalities: Sequence[str] | None = None,
+    targets: Sequence[str] = (),
+    covariates: Sequence[str] = (),
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    split_from: str = "hash",
+    require_target: bool = False,
+) -> Cohort:
+    """Turn the store into a cohort. See the module docstring for the layout and the split rules.
+
+    Targets and covariates are looked up by name, in order: an item column (``label``, ``age``,
+    ``view_position``...), a key of the items' ``labels`` JSON, a patient column (``sex``) or a key of the
+    patient's ``attrs``. A name found nowhere is an error that lists the names that do exist.
+    """
+    if case_level not in ("patient", "study"):
+        raise CohortError(f"case level {case_level!r} is not known; allowed values: patient, study")
+    if split_from not in ("hash", "source"):
+        raise CohortError(f"split_from {split_from!r} is not known; allowed values: hash, source")
+    all_modalities = [m.value for m in Modality]
+    items = store.con.execute(
+        "SELECT item_id, patient_id, study_id, modality, labels, split, * EXCLUDE "
+        "(item_id, patient_id, study_id, modality, labels, split, meta, blob, text) FROM items ORDER BY item_id"
+    ).df()
+    if items.empty:
+        raise CohortError(f"{store.root}: the store holds no items; ingest data first")
+    mods = list(modalities) if modalities else [m for m in all_modalities if m in set(items["modality"])]
+    bad = [m for m in mods if m not in all_modalities]
+    if bad:
+        raise CohortError(f"unknown modality {bad[0]!r}; allowed values: {', '.join(all_modalities)}")
+    # QA items belong to the image they ask about: place them in that image's case.
+    if case_level == "study":
+        items["case_id"] = items["study_id"].fillna(items["patient_id"])
+    else:
+        items["case_id"] = items["patient_id"]
+    items["labels_d"] = items["labels"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+
+    patients = store.patients().set_index("patient_id")
+    patients["attrs_d"] = patients["attrs"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+
+    grouped = items.groupby("case_id", sort=True)
+    rows = []
+    for case_id, g in grouped:
+        pid = g["patient_id"].iloc[0]
+        row: dict[str, Any] = {"case_id": case_id, "patient_id": pid,
+                               "source_split": _first_valid(g["split"].tolist())}
+        for m in mods:
+            ids = sorted(g.loc[g["modality"] == m, "item_id"].tolist())
+            row[f"{m}_items"] = ids
+            row[f"{m}_present"] = bool(ids)
+        rows.append((row, g))
+    names_seen = set(items.columns) | {k for d in items["labels_d"] for k in d} | set(patients.columns) | {
+        k for d in patients["attrs_d"] for k in d}
+
+    def lookup(name: str, g: pd.DataFrame, pid: str, combine) -> Any:
+        if name in g.columns and name not in ("labels_d",):
+            return combine(g[name].tolist())
+        vals = [d.get(name) for d in g["labels_d"] if name in d]
+        if vals:
+            return combine(vals)
+        if pid in patients.index:
+            prow = patients.loc[pid]
+            if name in patients.columns and prow[name] is not None:
+                return prow[name]
+            return prow["attrs_d"].get(name)
+        return None
+
+    for name in list(targets) + list(covariates):
+        if name not in names_seen:
+            raise CohortError(
+                f"target/covariate {name!r} is not in the store; names found: "
+                f"{', '.join(sorted(n for n in names_seen if not n.endswith('_d')))}"
+            )
+    records = []
+    for row, g in rows:
+        for name in targets:
+            row[name] = lookup(name, g, row["patient_id"], _combine_target)
+        for name in covariates:
+            row[name] = lookup(name, g, row["patient_id"], _first_valid)
+        records.append(row)
+    table = pd.DataFrame.from_records(records)
+    if require_target and targets:
+        table = table.dropna(subset=list(targets)).reset_index(drop=True)
+
+    moved = 0
+    if split_from == "source":
+        if table["source_split"].isna().all():
+            raise CohortError("split_from='source' but no item carries a split; use split_from='hash'")
+        per_patient = table.groupby("patient_id")["source_split"].agg(
+            lambda s: s.fillna("train").value_counts().sort_index().idxmax())
+        moved = int((table["source_split"].fillna("train") != table["patient_id"].map(per_patient)).sum())
+        table["split"] = table["patient_id"].map(per_patient).map(_normalise_split_name)
+    else:
+        mapping = assign_splits(sorted(table["patient_id"].unique()), fractions, seed)
+        table["split"] = table["patient_id"].map(mapping)
+    table = table.drop(columns=["source_split"])
+    meta = {
+        "store": str(store.root),
+        "case_level": case_level,
+        "split_from": split_from,
+        "fractions": list(fractions),
+        "seed": seed,
+        "cases_moved_to_keep_patients_in_one_split": moved,
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "medweave_version": __version__,
+        "missingness": [],
+    }
+    return Cohort(table, mods, list(targets), list(covariates), meta)
+
+
+def _normalise_split_name(name: str) -> str:
+    low = str(name).lower()
+    if low in ("val", "validation", "dev"):
+        return "valid"
+    return low
