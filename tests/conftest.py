@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data lives, and helpers that open real stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medweave.settings import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data folder; tests that need it skip with the reason when it is absent."""
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"shared data not found at {d} (set MEDWEAVE_DATA to its folder)")
+    return d
+
+
+def _write_text_files(folder: Path, n: int, patients: int = 10) -> list[Path]:
+    """n small plain-text reports spread over ``patients`` patients (file prefix = patient)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"pt{i % patients:04d}_r{i:05d}.txt"
+        p.write_text(f"Report {i}. Findings: {'opacity' if i % 3 == 0 else 'clear lungs'}.\n")
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def text_files():
+    """A function writing n small reports into a folder (see ``_write_text_files``)."""
+    return _write_text_files

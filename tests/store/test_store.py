@@ -1,0 +1,112 @@
+"""The store: idempotent ingestion, atomic blobs, sweeping, crash safety with a real killed process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from medweave.ingest import ingest
+from medweave.store import Item, Modality, Store
+
+
+def catalog_fingerprint(store_dir: Path) -> tuple:
+    """Counts and hashes that must agree between two stores holding the same data."""
+    con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
+    try:
+        items = con.execute("SELECT item_id, content_hash, blob FROM items ORDER BY item_id").fetchall()
+        n_pat = con.execute("SELECT count(*) FROM patients").fetchone()[0]
+        n_std = con.execute("SELECT count(*) FROM studies").fetchone()[0]
+        n_src = con.execute("SELECT count(*) FROM sources").fetchone()[0]
+    finally:
+        con.close()
+    return items, n_pat, n_std, n_src
+
+
+def blob_files(store_dir: Path) -> set[str]:
+    return {p.relative_to(store_dir).as_posix() for p in (store_dir / "blobs").glob("??/??/*")}
+
+
+def test_ingest_twice_adds_nothing(tmp_path, text_files):
+    text_files(tmp_path / "in", 30)
+    with Store(tmp_path / "s", write=True) as st:
+        first = ingest([tmp_path / "in"], st, progress=False)
+        second = ingest([tmp_path / "in"], st, progress=False)
+        assert first.n_items_added == 30 and first.ok
+        assert second.n_items_added == 0 and second.n_skipped == 30
+        assert st.stats()["items"] == 30
+    assert len(blob_files(tmp_path / "s")) == 30
+
+
+def test_every_row_points_at_its_blob_and_content_hash(tmp_path, text_files):
+    text_files(tmp_path / "in", 12)
+    with Store(tmp_path / "s", write=True) as st:
+        ingest([tmp_path / "in"], st, progress=False)
+        import hashlib
+
+        for blob, chash in st.con.execute("SELECT blob, content_hash FROM items").fetchall():
+            assert hashlib.sha256(st.read_blob(blob)).hexdigest() == chash
+
+
+def test_sweep_removes_blobs_without_rows_and_partial_files(tmp_path, text_files):
+    text_files(tmp_path / "in", 5)
+    with Store(tmp_path / "s", write=True) as st:
+        ingest([tmp_path / "in"], st, progress=False)
+        kept = blob_files(tmp_path / "s")
+        orphan = st.put_blob(b"written but never committed", "ab" * 32, ".bin")
+        (st.blob_dir / ".tmp" / "half-written.bin").write_bytes(b"x")
+    assert orphan in blob_files(tmp_path / "s")
+    with Store(tmp_path / "s", write=True):  # opening for writing sweeps
+        pass
+    assert blob_files(tmp_path / "s") == kept
+    assert not list((tmp_path / "s" / "blobs" / ".tmp").iterdir())
+
+
+def test_unknown_modality_is_rejected_and_nothing_is_written(tmp_path):
+    with Store(tmp_path / "s", write=True) as st:
+        with pytest.raises(ValueError, match="'sound'"):
+            Modality("sound")
+        assert Item(patient_id="P1", modality=Modality.TEXT, blob=b"x").item_id("h") != Item(
+            patient_id="P2", modality=Modality.TEXT, blob=b"x").item_id("h")
+        assert st.stats()["items"] == 0
+
+
+def test_read_only_open_of_missing_store_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        Store(tmp_path / "nope")
+
+
+def _ingest_cmd(src: Path, store: Path) -> list[str]:
+    return [sys.executable, "-m", "medweave.cli", "ingest", str(src), "--store", str(store), "--quiet"]
+
+
+@pytest.mark.slow
+def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, text_files):
+    """Kill a real ingest process half-way (SIGKILL), run it again: same catalog as a clean run."""
+    text_files(tmp_path / "in", 4000, patients=200)
+    t0 = time.monotonic()
+    subprocess.run(_ingest_cmd(tmp_path / "in", tmp_path / "clean"), check=True, capture_output=True)
+    clean_seconds = time.monotonic() - t0
+
+    # Same pseudonymisation key as the clean store, so that ids and de-identified bytes can agree.
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / "secret.key").write_bytes((tmp_path / "clean" / "secret.key").read_bytes())
+    proc = subprocess.Popen(_ingest_cmd(tmp_path / "in", tmp_path / "crashed"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(max(0.5, clean_seconds * 0.6))
+    assert proc.poll() is None, "ingest finished before it could be killed; the test needs more files"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = catalog_fingerprint(tmp_path / "crashed")
+    assert 0 < len(partial[0]) < 4000, "the kill should land after some batches committed, before all"
+
+    rerun = subprocess.run(_ingest_cmd(tmp_path / "in", tmp_path / "crashed"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert catalog_fingerprint(tmp_path / "crashed") == catalog_fingerprint(tmp_path / "clean")
+    assert blob_files(tmp_path / "crashed") == blob_files(tmp_path / "clean")
