@@ -1,0 +1,142 @@
+"""Cohorts built from a real store: presence mask, targets, patient-grouped splits, Parquet round trip,
+and missingness simulation (MCAR, MAR, MNAR)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medweave.cohort import Cohort, CohortError, build_cohort, simulate_missing
+from medweave.ingest import ADAPTERS, Adapter, ingest
+from medweave.store import Item, Modality, Store
+
+
+class CaseLinesAdapter(Adapter):
+    """A plug-in adapter (registered like a third-party one): each line of a .cases file is an item."""
+
+    name = "test-cases"
+    extensions = (".cases",)
+
+    def read(self, unit, ctx):
+        for n, line in enumerate(unit.path.read_text().splitlines()):
+            rec = json.loads(line)
+            pid = ctx.patient(rec["patient"])
+            yield Item(patient_id=pid, study_id=ctx.study(pid, rec["study"]), modality=rec["modality"],
+                       blob=None if rec["modality"] == "table" else rec["payload"].encode(),
+                       fields={k: rec[k] for k in ("age", "split") if k in rec},
+                       labels=rec.get("labels", {}), source_key=f"line:{n}",
+                       patient_attrs={"sex": rec.get("sex")}, meta={"payload": rec["payload"]})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    ADAPTERS.register("test-cases", CaseLinesAdapter)
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    lines = []
+    for p in range(120):
+        y = int(rng.random() < 0.4)
+        for s in range(1 + p % 3):  # 1-3 studies per patient
+            study = f"st{s}"
+            lines.append({"patient": f"pat{p}", "study": study, "modality": "image", "payload": f"img{p}{s}",
+                          "labels": {"disease": y}, "age": 40 + p % 30, "sex": "F" if p % 2 else "M",
+                          "split": "train" if p < 90 else "valid"})
+            if p % 4 != 0:  # a quarter of the patients have no report
+                lines.append({"patient": f"pat{p}", "study": study, "modality": "text", "payload": f"rep{p}{s}"})
+            lines.append({"patient": f"pat{p}", "study": study, "modality": "table", "payload": f"lab{p}{s}"})
+    (root / "data.cases").write_text("\n".join(json.dumps(x) for x in lines))
+    st = Store(root / "store", write=True)
+    report = ingest([root / "data.cases"], st, progress=False)
+    assert report.ok, report.errors
+    yield st
+    st.close()
+
+
+def test_presence_mask_targets_and_covariates(store):
+    c = build_cohort(store, targets=["disease"], covariates=["age", "sex"])
+    assert len(c) == 120 and c.modalities == ["image", "text", "table"]
+    mask = c.mask()
+    assert mask.shape == (120, 3)
+    assert mask[:, 0].all() and mask[:, 2].all()
+    assert (~mask[:, 1]).sum() == 30  # patients 0, 4, 8, ... have no report
+    absent = c.table[~c.table["text_present"]]
+    assert all(len(v) == 0 for v in absent["text_items"])
+    assert set(c.table["disease"].unique()) <= {0, 1}
+    assert set(c.table["sex"]) == {"F", "M"}
+
+
+def test_study_cases_and_splits_grouped_by_patient(store):
+    c = build_cohort(store, case_level="study", targets=["disease"], fractions=(0.6, 0.2, 0.2), seed=3)
+    assert len(c) == sum(1 + p % 3 for p in range(120))
+    per_patient = c.table.groupby("patient_id")["split"].nunique()
+    assert (per_patient == 1).all(), "a patient must never be in two splits"
+    again = build_cohort(store, case_level="study", targets=["disease"], fractions=(0.6, 0.2, 0.2), seed=3)
+    assert list(again.table["split"]) == list(c.table["split"])
+    other = build_cohort(store, case_level="study", targets=["disease"], fractions=(0.6, 0.2, 0.2), seed=4)
+    assert list(other.table["split"]) != list(c.table["split"])
+    counts = c.table.drop_duplicates("patient_id")["split"].value_counts()
+    assert 50 <= counts["train"] <= 95
+
+
+def test_source_splits_are_kept(store):
+    c = build_cohort(store, targets=["disease"], split_from="source")
+    assert c.table["split"].value_counts().to_dict() == {"train": 90, "valid": 30}
+
+
+def test_parquet_round_trip(store, tmp_path):
+    c = build_cohort(store, targets=["disease"], covariates=["age"])
+    path = c.save(tmp_path / "c.parquet")
+    back = Cohort.load(path)
+    assert back.modalities == c.modalities and back.targets == ["disease"]
+    assert back.table["text_items"].tolist() == c.table["text_items"].tolist()
+    np.testing.assert_array_equal(back.mask(), c.mask())
+    assert back.meta["seed"] == 0
+
+
+def test_unknown_names_are_errors_that_list_the_allowed(store, tmp_path):
+    with pytest.raises(CohortError, match=r"'diseasee'.*disease"):
+        build_cohort(store, targets=["diseasee"])
+    with pytest.raises(CohortError, match="allowed values: image, volume"):
+        build_cohort(store, modalities=["imaging"])
+    with pytest.raises(CohortError, match="patient, study"):
+        build_cohort(store, case_level="visit")
+    (tmp_path / "x.parquet").write_bytes(b"not parquet")
+    with pytest.raises(Exception):
+        Cohort.load(tmp_path / "x.parquet")
+
+
+def test_mcar_removes_about_rate_and_only_present(store):
+    c = build_cohort(store, targets=["disease"])
+    m = simulate_missing(c, "image", "mcar", rate=0.3, seed=1)
+    removed = (~m.table["image_present"]).sum()
+    assert 20 <= removed <= 55
+    assert m.meta["missingness"][0]["removed"] == removed
+    assert c.table["image_present"].all(), "the input cohort is not modified"
+    assert (m.table.loc[~m.table["image_present"], "image_items"].map(len) == 0).all()
+
+
+def test_mnar_depends_on_target_and_respects_splits(store):
+    c = build_cohort(store, targets=["disease"], split_from="source")
+    m = simulate_missing(c, "image", "mnar", class_rates={1: 0.9, 0: 0.0}, seed=2, splits=["train"])
+    t = m.table
+    pos_train = t[(t.disease == 1) & (t.split == "train")]
+    assert (~pos_train["image_present"]).mean() > 0.7
+    assert t.loc[t.disease == 0, "image_present"].all()
+    assert t.loc[t.split == "valid", "image_present"].all()
+    only_rate = simulate_missing(c, "image", "mnar", rate=0.2, seed=2)
+    t2 = only_rate.table
+    assert t2.loc[t2.disease == 0, "image_present"].all()  # all missingness lands on positives
+
+
+def test_mar_depends_on_the_other_column(store):
+    c = build_cohort(store, targets=["disease"], covariates=["age"])
+    m = simulate_missing(c, "image", "mar", rate=0.4, column="age", seed=0)
+    t = m.table
+    assert t.loc[~t.image_present, "age"].mean() > t.loc[t.image_present, "age"].mean()
+    with pytest.raises(CohortError, match="column="):
+        simulate_missing(c, "image", "mar", rate=0.4, column="nope")
+    with pytest.raises(CohortError, match="mcar, mar, mnar"):
+        simulate_missing(c, "image", "random", rate=0.4)
