@@ -64,6 +64,11 @@ def ingest(
     from .store import Store
 
     opts = _parse_options(option)
+    if format:
+        from .ingest import ADAPTERS
+
+        if format not in ADAPTERS:
+            _fail(f"unknown ingest format {format!r}; allowed values: {', '.join(ADAPTERS.names())}")
     if mapping:
         opts["mapping"] = str(mapping)
     try:

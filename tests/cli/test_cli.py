@@ -1,0 +1,65 @@
+"""The medweave command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "medweave.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_subcommands_and_each_has_an_example():
+    top = run("--help")
+    assert top.returncode == 0
+    for sub in ("ingest", "store", "cohort", "demo", "formats"):
+        assert sub in top.stdout
+    for sub in (["ingest"], ["store", "stats"], ["cohort", "build"], ["cohort", "show"], ["demo"], ["formats"]):
+        h = run(*sub, "--help")
+        assert h.returncode == 0, h.stderr
+        assert "Example: medweave " + sub[0] in h.stdout, sub
+
+
+def test_ingest_exit_code_report_and_stats(tmp_path, text_files):
+    text_files(tmp_path / "in", 6)
+    (tmp_path / "in" / "mystery.xyz").write_bytes(b"\x00\x01garbage")
+    res = run("ingest", str(tmp_path / "in"), "--store", str(tmp_path / "s"), "--json")
+    assert res.returncode == 1, "a failed file must make the exit code non-zero"
+    report = json.loads(res.stdout)
+    assert report["items_added"] == 6 and report["failed"] == 1
+    assert "mystery.xyz" in report["errors"][0]["source"] and "unknown file format" in report["errors"][0]["reason"]
+    stats = json.loads(run("store", "stats", "--store", str(tmp_path / "s"), "--json").stdout)
+    assert stats["items_per_modality"] == {"text": 6} and stats["patients"] == 6
+    assert any("mystery.xyz" in e["source_path"] for e in stats["errors"])
+    ok = run("ingest", str(tmp_path / "in" / "pt0000_r00000.txt"), "--store", str(tmp_path / "s"))
+    assert ok.returncode == 0 and "skipped 1 already stored" in ok.stdout
+
+
+def test_cohort_build_and_show(tmp_path, text_files):
+    text_files(tmp_path / "in", 8, patients=4)
+    assert run("ingest", str(tmp_path / "in"), "--store", str(tmp_path / "s"), "--quiet").returncode == 0
+    res = run("cohort", "build", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "c.parquet"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["cases"] == 4
+    shown = json.loads(run("cohort", "show", str(tmp_path / "c.parquet"), "--json").stdout)
+    assert shown["present"] == {"text": 4}
+    bad = run("cohort", "build", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "d.parquet"),
+              "--target", "nonexistent")
+    assert bad.returncode == 2 and "nonexistent" in bad.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["ingest", "x", "--store", "s", "--format", "dicomm"], "allowed values"),
+    (["store", "stats", "--store", "/nonexistent/store"], "no medweave store here"),
+])
+def test_bad_arguments_give_clear_errors(tmp_path, args, needle):
+    res = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert not (tmp_path / "s").exists(), "a rejected command must not leave a store behind"
