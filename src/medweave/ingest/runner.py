@@ -101,7 +101,7 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
         if not p.is_file():
             unknown.append((str(p), "not a regular file"))
             return
-        if forced is None and is_companion(p):
+        if is_companion(p):
             return
         adapter = forced or _sniff(p, adapters)
         if adapter is None:
