@@ -1,0 +1,601 @@
+"""CSV and TSV tables (plain or gzipped), in wide or long form, described by a small TOML mapping.
+
+WIDE form: each row (a patient, a stay, a study) becomes one TABLE item; its remaining columns go to
+``meta["values"]`` ({column: value}, numbers as numbers, dates shifted to ISO text, free text scrubbed).
+LONG form: each row is one observation (patient, time, code, value, unit) and becomes one TABLE item
+with the fields ``code``, ``value_num`` (or ``value_text`` when the value is not a number), ``unit``
+and ``time``; other kept columns go to ``meta["values"]``.
+
+The mapping (TOML) names the roles of the columns. Keys of one table section::
+
+    form = "wide" | "long"          patient = "subject_id"       study = "hadm_id"
+    time = "admittime"              time_offset = "labresultoffset"   offset_unit = "minutes"
+    code = "labname"                value = "labresult"          unit = "labmeasurenameinterface"
+    code_system = "ICD9-CM"         label = "expire_flag"        labels = ["a", "b"]
+    split = "fold"                  age = "age"                  birth_date = "dob"
+    sex = "gender"                  study_date = "admittime"     study_description = "diagnosis"
+    identifiers = ["name", "mrn"]   drop = ["row_id"]            dates = ["dischtime"]
+    text = ["diagnosis"]            date_format = "%d/%m/%Y"     skip = true
+    join = [{file = "patient.csv", on = "patientunitstayid", columns = ["uniquepid"]}]
+
+A mapping file either holds one section at its top level, or several under ``[files."NAME"]``
+(NAME = the file name, with or without its ``.csv``/``.gz`` suffixes), the top-level keys then
+being defaults for every file. Where the mapping comes from: the ingest option ``mapping`` (a path),
+else a sidecar ``<table>.mapping.toml`` beside the file, else ``medweave-mapping.toml`` in its
+folder, else nothing: the table is read as wide with a patient column guessed from common names.
+
+De-identification: the patient column becomes a keyed pseudonym, the study column a study id;
+``identifiers`` (and columns with well-known identifier names such as ``name`` or ``mrn``) are
+dropped before anything is stored; declared dates, and columns whose every value looks like an ISO
+date, are shifted per patient; ``birth_date`` is only used to compute ``age`` and then dropped;
+string cells of several words (and every cell of ``text`` columns) are scrubbed.
+
+Relative times (eICU's minute offsets from unit admission) are not dates: ``time`` stays NULL and
+the offset goes to ``meta["time_offset_min"]`` (converted from ``offset_unit`` to minutes), so no
+synthetic calendar is invented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ...store.catalog import Item, Modality
+from ..base import Adapter, IngestContext, IngestError, Unit
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+FOLDER_MAPPING = "medweave-mapping.toml"
+SIDECAR_SUFFIX = ".mapping.toml"
+MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
+
+# Normalised (lower case, letters and digits only) column names tried, in order, as the patient.
+PATIENT_COLUMN_GUESSES = (
+    "patientid", "subjectid", "uniquepid", "patientunitstayid", "personid", "participantid",
+    "patient", "subject", "pid", "caseid",
+)
+# Normalised column names that are identifiers whatever the mapping says: never stored.
+PHI_COLUMN_NAMES = frozenset({
+    "name", "patientname", "firstname", "lastname", "surname", "givenname", "familyname", "fullname",
+    "mrn", "medicalrecordnumber", "ssn", "socialsecuritynumber", "address", "streetaddress", "street",
+    "zip", "zipcode", "postcode", "postalcode", "phone", "phonenumber", "telephone", "email",
+    "dob", "dateofbirth", "birthdate", "birthday",
+})
+OFFSET_MINUTES = {"seconds": 1 / 60, "minutes": 1.0, "hours": 60.0, "days": 1440.0}
+ISO_DATE_RE = r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
+MAX_AGE = 120.0  # ages above this are the data set's masking (MIMIC's shifted DOB), not real ages
+AGE_OVER_89 = 90.0  # "> 89" (eICU, HIPAA) is stored as 90
+
+
+def builtin_mapping(name: str) -> Path:
+    """The path of a mapping shipped with medweave (``mimic-iii-demo``, ``eicu-demo``)."""
+    path = MAPPINGS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MAPPINGS_DIR.glob("*.toml"))
+        raise IngestError(f"no built-in mapping {name!r}; available: {', '.join(known) or '(none)'}")
+    return path
+
+
+def table_name(path: Path) -> str:
+    """The file name without its table suffix (``PATIENTS.csv.gz`` -> ``PATIENTS``)."""
+    name = path.name
+    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _norm(column: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(column).lower())
+
+
+# --- the mapping -------------------------------------------------------------------------------
+
+
+@dataclass
+class TableSpec:
+    """The validated mapping section of one table: which column plays which role."""
+
+    form: str = "wide"
+    patient: str | None = None
+    study: str | None = None
+    time: str | None = None
+    time_offset: str | None = None
+    offset_unit: str = "minutes"
+    code: str | None = None
+    value: str | None = None
+    unit: str | None = None
+    code_system: str | None = None
+    label: str | None = None
+    labels: list[str] = field(default_factory=list)
+    split: str | None = None
+    age: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    identifiers: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    dates: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    date_format: str | None = None
+    skip: bool = False
+    join: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> "TableSpec":
+        """Build a spec from a mapping section; an unknown key or a bad value raises IngestError."""
+        allowed = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise IngestError(f"{where}: unknown mapping key(s) {unknown}; allowed: {', '.join(allowed)}")
+        values = dict(data)
+        if isinstance(values.get("join"), dict):
+            values["join"] = [values["join"]]
+        for key, value in values.items():
+            kind = allowed[key].type
+            if "list" in kind and not (isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)):
+                raise IngestError(f"{where}: mapping key {key!r} must be a list, got {value!r}")
+            if kind.startswith("str") and not isinstance(value, str):
+                raise IngestError(f"{where}: mapping key {key!r} must be a column name (text), got {value!r}")
+        spec = cls(**values)
+        spec._check(where)
+        return spec
+
+    def _check(self, where: str) -> None:
+        if self.form not in ("wide", "long"):
+            raise IngestError(f"{where}: mapping key 'form' is {self.form!r}; allowed: wide, long")
+        if self.form == "long" and not self.code:
+            raise IngestError(f"{where}: a long table needs a 'code' column in its mapping")
+        if self.offset_unit not in OFFSET_MINUTES:
+            raise IngestError(f"{where}: 'offset_unit' is {self.offset_unit!r}; allowed: {', '.join(OFFSET_MINUTES)}")
+        for j in self.join:
+            if not isinstance(j, dict) or {"file", "on", "columns"} - set(j):
+                raise IngestError(f"{where}: each 'join' needs keys file, on, columns; got {j!r}")
+
+    def label_columns(self) -> list[str]:
+        return list(dict.fromkeys(([self.label] if self.label else []) + self.labels))
+
+    def date_columns(self) -> list[str]:
+        """Every column parsed as a date (and so shifted)."""
+        cols = [self.time, self.birth_date, self.study_date, *self.dates]
+        return list(dict.fromkeys(c for c in cols if c))
+
+    def role_columns(self) -> dict[str, str]:
+        """{column: role} for every column named by a single-column role."""
+        roles = {}
+        for role in ("patient", "study", "time", "time_offset", "code", "value", "unit", "label", "split",
+                     "age", "birth_date", "sex", "study_date", "study_description"):
+            col = getattr(self, role)
+            if col:
+                roles.setdefault(col, role)
+        for col in self.labels:
+            roles.setdefault(col, "labels")
+        for key in ("identifiers", "drop", "dates", "text"):
+            for col in getattr(self, key):
+                roles.setdefault(col, key)
+        return roles
+
+    def hidden_columns(self) -> set[str]:
+        """Columns that never go to ``meta["values"]``: ids, targets, and what has its own field."""
+        hidden = {self.patient, self.study, self.time, self.time_offset, self.code, self.value, self.unit,
+                  self.split, self.birth_date, *self.label_columns(), *self.identifiers, *self.drop}
+        return {c for c in hidden if c}
+
+
+def load_mapping(path: Path, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse a TOML mapping file (cached per run in ``cache``); bad TOML raises IngestError."""
+    key = str(Path(path).resolve())
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IngestError(f"mapping file {path} not found") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise IngestError(f"mapping file {Path(path).name} is not valid TOML: {exc}") from exc
+    if cache is not None:
+        cache[key] = data
+    return data
+
+
+def mapping_section(mapping: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The mapping keys for ``path``: its ``[files."NAME"]`` section over the top-level defaults."""
+    defaults = {k: v for k, v in mapping.items() if k != "files"}
+    files = mapping.get("files") or {}
+    for name in (path.name, table_name(path)):
+        if name in files:
+            if not isinstance(files[name], dict):
+                raise IngestError(f"mapping section files.{name} must be a table of keys, got {files[name]!r}")
+            return {**defaults, **files[name]}
+    return defaults
+
+
+def find_mapping(path: Path, options: dict[str, Any]) -> Path | None:
+    """The mapping file for a table: the ``mapping`` option (a path, or the name of a built-in
+    mapping), a sidecar, a folder mapping, or None."""
+    if options.get("mapping"):
+        given = Path(options["mapping"])
+        if not given.exists() and (MAPPINGS_DIR / f"{given.name}.toml").is_file():
+            return MAPPINGS_DIR / f"{given.name}.toml"
+        return given
+    for candidate in (path.parent / f"{table_name(path)}{SIDECAR_SUFFIX}", path.parent / FOLDER_MAPPING):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- reading and checking ----------------------------------------------------------------------
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally gzipped) as text columns, empty cells as missing."""
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            df = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False,
+                             na_values=[""], skipinitialspace=False)
+            break
+        except UnicodeDecodeError:
+            continue
+        except pd.errors.EmptyDataError as exc:
+            raise IngestError(f"{path.name} is empty: expected a header row of column names") from exc
+        except (pd.errors.ParserError, EOFError, OSError) as exc:
+            raise IngestError(f"{path.name} is not a readable table: {str(exc).splitlines()[0]}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(set(df.columns)) != len(df.columns):
+        raise IngestError(f"{path.name} has duplicate column names: expected each column once")
+    return df
+
+
+def check_columns(df: pd.DataFrame, spec: TableSpec, path: Path) -> None:
+    """Every column the mapping names must exist (identifier/drop lists may name absent ones)."""
+    present = set(df.columns)
+    for col, role in spec.role_columns().items():
+        if col not in present and role not in ("identifiers", "drop"):
+            raise IngestError(
+                f"{path.name}: mapping column {col!r} ({role}) is missing; columns present: "
+                f"{', '.join(df.columns)}"
+            )
+
+
+def guess_patient_column(columns: list[str], path: Path) -> str:
+    """The first column whose name is a common patient-id name, else IngestError naming the columns."""
+    by_norm = {_norm(c): c for c in columns}
+    for guess in PATIENT_COLUMN_GUESSES:
+        if guess in by_norm:
+            return by_norm[guess]
+    raise IngestError(
+        f"{path.name}: no patient column found (tried names like patient_id, subject_id, uniquepid); "
+        f"columns present: {', '.join(columns)}; name it with a mapping (patient = \"COLUMN\")"
+    )
+
+
+def apply_joins(df: pd.DataFrame, spec: TableSpec, path: Path, cache: dict[str, Any]) -> pd.DataFrame:
+    """Add columns from other tables of the same folder (a left join keeping the row order)."""
+    for j in spec.join:
+        other_path = path.parent / j["file"]
+        key = str(other_path.resolve())
+        if key not in cache:
+            if not other_path.is_file():
+                raise IngestError(f"{path.name}: join table {j['file']} not found beside it")
+            cache[key] = read_table(other_path)
+        other = cache[key]
+        on, cols = j["on"], list(j["columns"])
+        for col in [on, *cols]:
+            if col not in other.columns:
+                raise IngestError(f"{path.name}: join column {col!r} is missing from {j['file']}; "
+                                  f"columns present: {', '.join(other.columns)}")
+        if on not in df.columns:
+            raise IngestError(f"{path.name}: join key {on!r} is missing; columns present: {', '.join(df.columns)}")
+        clash = [c for c in cols if c in df.columns]
+        if clash:
+            raise IngestError(f"{path.name}: join columns {clash} already exist in the table")
+        right = other[[on, *cols]]
+        if right[on].duplicated().any():
+            raise IngestError(f"{path.name}: join key {on!r} is not unique in {j['file']}: expected one row per key")
+        df = df.merge(right, on=on, how="left", sort=False)
+    return df
+
+
+# --- column conversions (vectorised) -----------------------------------------------------------
+
+
+def parse_dates(values: pd.Series, column: str, date_format: str | None) -> pd.Series:
+    """Parse a text column as datetimes; a value that does not parse raises IngestError with its
+    row number and the expected format (never the value itself: a date may identify)."""
+    parsed = pd.to_datetime(values, format=date_format or "ISO8601", errors="coerce", utc=True)
+    parsed = parsed.dt.tz_convert(None)  # aware values in UTC, naive ones as written
+    bad = values.notna() & parsed.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+        expected = date_format or "ISO 8601, like 2020-01-31 or 2020-01-31 13:45:00"
+        raise IngestError(f"column {column!r}, row {row}: not a date; expected {expected} "
+                          f"(set date_format in the mapping for another layout)")
+    return parsed.astype("datetime64[us]")
+
+
+def looks_like_dates(values: pd.Series) -> bool:
+    """True when a text column has values and every one is an ISO date or date-time."""
+    present = values.dropna()
+    return len(present) > 0 and bool(present.str.fullmatch(ISO_DATE_RE).all())
+
+
+def parse_ages(values: pd.Series) -> pd.Series:
+    """Ages as floats: numbers as they are, ``> 89`` as 90, anything else missing."""
+    text = values.astype("string").str.strip()
+    ages = pd.to_numeric(text, errors="coerce").astype("float64")
+    over = text.str.fullmatch(r">\s*89").fillna(False).astype(bool)
+    return ages.mask(over, AGE_OVER_89)
+
+
+def normalise_sex(values: pd.Series) -> pd.Series:
+    """Map common spellings to ``F``/``M``; other non-empty values are kept as written."""
+    text = values.astype("string").str.strip()
+    mapped = text.str.upper().map({"F": "F", "FEMALE": "F", "W": "F", "WOMAN": "F",
+                                   "M": "M", "MALE": "M", "MAN": "M"})
+    return mapped.fillna(text).replace({"": pd.NA})
+
+
+def as_numbers(values: pd.Series) -> pd.Series | None:
+    """The column as numbers (ints where integral) when every present value is numeric, else None.
+    Codes written with leading zeros (``00006494300``) stay text."""
+    nums = pd.to_numeric(values, errors="coerce")
+    if values.notna().sum() == 0 or (nums.notna() != values.notna()).any():
+        return None
+    if values.astype("string").str.match(r"\s*[+-]?0\d").fillna(False).any():
+        return None
+    arr = nums.to_numpy(dtype="float64")
+    finite = np.isfinite(arr)
+    out = np.empty(len(arr), dtype=object)
+    out[~finite] = None
+    if np.all(arr[finite] == np.floor(arr[finite])) and np.all(np.abs(arr[finite]) < 2**53):
+        out[finite] = [int(v) for v in arr[finite]]
+    else:
+        out[finite] = [float(v) for v in arr[finite]]
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+def to_objects(values: pd.Series) -> list[Any]:
+    """Plain Python values (None for missing) for JSON and the catalog."""
+    arr = values.astype(object).to_numpy()
+    return [None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT) else v
+            for v in arr]
+
+
+# --- one table -----------------------------------------------------------------------------------
+
+
+class _Table:
+    """A table being turned into items: raw frame plus the de-identified columns computed from it."""
+
+    def __init__(self, df: pd.DataFrame, spec: TableSpec, path: Path, ctx: IngestContext):
+        self.df, self.spec, self.path, self.ctx = df, spec, path, ctx
+        self.name = table_name(path)
+        self.raw_pid = self._raw_patients()
+        unique = pd.unique(self.raw_pid)
+        pid_of = {raw: ctx.patient(raw) for raw in unique}
+        self.pid = self.raw_pid.map(pid_of)
+        anchor = dt.datetime(2000, 1, 1)
+        shift_of = {p: ctx.shift(p, anchor) - anchor for p in pid_of.values()}
+        self.shift = pd.to_timedelta(self.pid.map(shift_of))
+        self.known = self._known_identifiers()
+        self._scrubbed: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.dates = {c: parse_dates(df[c], c, spec.date_format) + self.shift for c in spec.date_columns()}
+        for c in df.columns:
+            if c not in self.dates and c not in spec.hidden_columns() and looks_like_dates(df[c]):
+                self.dates[c] = parse_dates(df[c], c, None) + self.shift
+
+    def _raw_patients(self) -> pd.Series:
+        raw = self.df[self.spec.patient].astype("string").str.strip()
+        empty = raw.isna() | (raw == "")
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0]) + 1
+            raise IngestError(f"{self.path.name}: row {row} has no patient id in column {self.spec.patient!r}")
+        return raw.astype(object)
+
+    def _known_identifiers(self) -> list[tuple[str, ...]]:
+        """Per row, the raw identifier strings that must not survive in scrubbed text."""
+        cols = [self.spec.patient, self.spec.study, *self.spec.identifiers, *self._phi_columns()]
+        cols = [c for c in dict.fromkeys(cols) if c and c in self.df.columns]
+        frame = self.df[cols].astype(object).where(self.df[cols].notna(), "")
+        return [tuple(sorted({str(v) for v in row if str(v).strip()})) for row in frame.itertuples(index=False)]
+
+    def _phi_columns(self) -> list[str]:
+        """Columns with well-known identifier names (dropped even when the mapping forgets them)."""
+        roles = {self.spec.birth_date, self.spec.patient}
+        return [c for c in self.df.columns if _norm(c) in PHI_COLUMN_NAMES and c not in roles]
+
+    def value_columns(self) -> list[str]:
+        hidden = self.spec.hidden_columns() | set(self._phi_columns())
+        return [c for c in self.df.columns if c not in hidden]
+
+    def scrub_cells(self, values: pd.Series, always: bool) -> list[Any]:
+        """Scrub free-text cells (all cells when ``always``, else those with several words or long)."""
+        out = to_objects(values)
+        for i, v in enumerate(out):
+            if isinstance(v, str) and (always or " " in v.strip() or len(v) > 24):
+                key = (v, self.known[i])
+                if key not in self._scrubbed:
+                    self._scrubbed[key] = self.ctx.scrub(v, known=list(self.known[i]))
+                out[i] = self._scrubbed[key]
+        return out
+
+    def cells(self, col: str) -> list[Any]:
+        """A column as stored values: shifted ISO dates, numbers, or (scrubbed) text."""
+        if col in self.dates:
+            return [None if v is None else v.isoformat() for v in to_objects(self.dates[col])]
+        if col == self.spec.age:
+            return to_objects(parse_ages(self.df[col]))
+        nums = as_numbers(self.df[col])
+        if nums is not None:
+            return to_objects(nums)
+        return self.scrub_cells(self.df[col], always=col in self.spec.text)
+
+    def studies(self) -> list[str | None]:
+        if not self.spec.study:
+            return [None] * len(self.df)
+        raw = self.df[self.spec.study].astype("string").str.strip()
+        pairs = pd.Series(list(zip(self.pid, raw.fillna(""))), index=raw.index)
+        ids = {pair: (self.ctx.study(*pair) if pair[1] else None) for pair in pd.unique(pairs)}
+        return [ids[p] for p in pairs]
+
+    def ages(self) -> list[Any]:
+        spec = self.spec
+        if spec.age:
+            ages = parse_ages(self.df[spec.age])
+        elif spec.birth_date and spec.time:
+            ages = (self.dates[spec.time] - self.dates[spec.birth_date]).dt.days / 365.25
+        else:
+            return [None] * len(self.df)
+        ages = ages.where((ages >= 0) & (ages <= MAX_AGE)).round(2)
+        return to_objects(ages)
+
+    def times(self, col: str | None) -> list[Any]:
+        if not col:
+            return [None] * len(self.df)
+        return [None if v is None else v.to_pydatetime() for v in to_objects(self.dates[col])]
+
+    def column(self, col: str | None, convert=None) -> list[Any]:
+        if not col:
+            return [None] * len(self.df)
+        return to_objects(convert(self.df[col]) if convert else self.df[col])
+
+    def offsets(self) -> list[Any]:
+        if not self.spec.time_offset:
+            return [None] * len(self.df)
+        minutes = pd.to_numeric(self.df[self.spec.time_offset], errors="coerce") * OFFSET_MINUTES[self.spec.offset_unit]
+        return to_objects(minutes)
+
+    def label_values(self) -> dict[str, list[Any]]:
+        return {c: self.cells(c) for c in self.spec.label_columns()}
+
+    def long_values(self) -> tuple[list[Any], list[Any]]:
+        """(value_num, value_text) per row: numbers where the value parses, text otherwise."""
+        if not self.spec.value:
+            return [None] * len(self.df), [None] * len(self.df)
+        raw = self.df[self.spec.value]
+        nums = pd.to_numeric(raw, errors="coerce")
+        text = raw.where(nums.isna())
+        return to_objects(nums.astype("float64")), self.scrub_cells(text, always=False)
+
+    def items(self) -> Iterator[Item]:
+        """One TABLE item per row."""
+        spec, ctx = self.spec, self.ctx
+        n = len(self.df)
+        pids, studies = list(self.pid), self.studies()
+        ages, sexes = self.ages(), self.column(spec.sex, normalise_sex)
+        times, offsets = self.times(spec.time), self.offsets()
+        splits = self.column(spec.split)
+        labels = self.label_values()
+        value_cols = self.value_columns()
+        values = {c: self.cells(c) for c in value_cols}
+        study_dates = self.times(spec.study_date)
+        descriptions = (self.scrub_cells(self.df[spec.study_description], always=True)
+                        if spec.study_description else [None] * n)
+        long = spec.form == "long"
+        if long:
+            codes, units = self.scrub_cells(self.df[spec.code], False), self.column(spec.unit)
+            value_num, value_text = self.long_values()
+        for i in range(n):
+            fields: dict[str, Any] = {"format": "csv"}
+            row_labels = {c: labels[c][i] for c in labels if labels[c][i] is not None}
+            if spec.label and labels[spec.label][i] is not None:
+                fields["label"] = str(labels[spec.label][i])
+            for key, val in (("age", ages[i]), ("time", times[i]), ("split", splits[i])):
+                if val is not None:
+                    fields[key] = val
+            if long:
+                fields.update({k: v for k, v in (("code", codes[i]), ("value_num", value_num[i]),
+                                                  ("value_text", value_text[i]), ("unit", units[i]))
+                               if v is not None})
+            meta: dict[str, Any] = {"table": self.name,
+                                    "values": {c: values[c][i] for c in value_cols if values[c][i] is not None}}
+            if offsets[i] is not None:
+                meta["time_offset_min"] = offsets[i]
+            if spec.code_system:
+                meta["code_system"] = spec.code_system
+            yield Item(
+                patient_id=pids[i],
+                study_id=studies[i],
+                modality=Modality.TABLE,
+                fields=fields,
+                labels=row_labels,
+                meta=meta,
+                source_key=f"row {i + 1}",
+                patient_attrs={"namespace": ctx.namespace, "sex": sexes[i]},
+                study_attrs={"date": study_dates[i].date() if study_dates[i] else None,
+                             "description": descriptions[i]} if studies[i] else {},
+            )
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+class CsvAdapter(Adapter):
+    """CSV/TSV tables (``.csv``, ``.tsv``, gzipped or not), wide or long, described by a mapping."""
+
+    name = "csv"
+    version = "1"
+    extensions = TABLE_SUFFIXES
+    description = "CSV/TSV tables, wide or long form, with an optional TOML column mapping"
+
+    def is_companion(self, path: Path) -> bool:
+        """Mapping files beside tables are read with them, not ingested on their own."""
+        return path.name == FOLDER_MAPPING or path.name.endswith(SIDECAR_SUFFIX)
+
+    def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
+        """One unit per table, carrying its resolved mapping section (and the hashes of the mapping
+        and joined tables, so a change to them re-ingests). Problems surface later, in ``read``."""
+        try:
+            section, mapping_path = self._section(path, ctx)
+            if section.get("skip") is True:
+                return
+            extra: dict[str, Any] = {"mapping": section, "mapping_file": str(mapping_path or "")}
+            joins = section.get("join") or []
+            for j in [joins] if isinstance(joins, dict) else joins:
+                other = path.parent / str(j.get("file", "")) if isinstance(j, dict) else None
+                if other is not None and other.is_file():
+                    extra.setdefault("join_sha256", {})[other.name] = sha256_file(other)
+        except IngestError as exc:
+            extra = {"error": str(exc)}
+        yield Unit(path, extra=extra)
+
+    def _section(self, path: Path, ctx: IngestContext) -> tuple[dict[str, Any], Path | None]:
+        mapping_path = find_mapping(path, ctx.options)
+        if mapping_path is None:
+            return {}, None
+        mapping = load_mapping(mapping_path, ctx.state.setdefault("csv_mappings", {}))
+        return mapping_section(mapping, path), mapping_path
+
+    def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        if "error" in unit.extra:
+            raise IngestError(unit.extra["error"])
+        path = unit.path
+        where = f"mapping for {path.name}"
+        spec = TableSpec.from_dict(unit.extra.get("mapping", {}), where)
+        df = read_table(path)
+        df = apply_joins(df, spec, path, ctx.state.setdefault("csv_tables", {}))
+        if not spec.patient:
+            spec.patient = guess_patient_column(list(df.columns), path)
+        check_columns(df, spec, path)
+        if df.empty:
+            return iter(())
+        return _Table(df, spec, path, ctx).items()

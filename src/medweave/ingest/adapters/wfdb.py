@@ -1,0 +1,304 @@
+"""PhysioNet WFDB records: a ``.hea`` header, its signal files (``.dat``, ``.mat``, ...) and
+annotation files (``.atr``, ...), read with the ``wfdb`` package.
+
+Each record becomes one SIGNAL item. Its blob is a deterministic ``.npz`` (a zip written with fixed
+timestamps, readable with ``numpy.load``) holding ``signal`` (channels x samples, float32, physical
+units) and, when the record has annotations, ``ann_sample`` (int64), ``ann_symbol`` (text) and
+``ann_extension`` (which annotation file each came from). The item meta holds the units per channel,
+the header comments parsed into a dict (scrubbed; values that are whole dates are shifted) and a
+count per annotation symbol.
+
+Header comments carry patient facts in a few known layouts: PTB's ``age: 81`` / ``sex: female`` /
+``Reason for admission: ...`` (age, sex, label ``diagnosis``), MIT-BIH's ``69 M 1085 1629 x1``
+(age, sex) and the PhysioNet 2015 alarm challenge's ``Asystole`` / ``False alarm`` (labels ``alarm``
+and ``alarm_true``).
+
+The patient is the record name (option ``patient_from = "record"``) or the folder holding it
+(``"parent"``, as in PTB's ``patient001/s0010_re``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import wfdb
+
+from ...store.catalog import Item, Modality
+from ..base import Adapter, IngestContext, IngestError, Unit
+from .table import sha256_file
+
+# Extensions PhysioNet uses for annotation files.
+ANNOTATION_EXTENSIONS = frozenset({
+    "atr", "ari", "ann", "qrs", "ecg", "apn", "st", "stf", "wabp", "wqrs", "sqrs", "gqrs", "jqrs",
+    "pu", "pu0", "pu1", "man", "alarm", "trigger", "hypn", "resp", "arou", "epi", "marker", "all",
+    "bih", "blh", "event", "atr_", "qrsc",
+})
+# Bytes per sample of the WFDB storage formats whose size is fixed.
+BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
+                    "310": 4 / 3, "311": 4 / 3}
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+MIT_BIH_PATIENT_RE = re.compile(r"^\s*(\d{1,3}|\?+)\s+([MF?])\b")
+ALARM_TRUTH_RE = re.compile(r"^\s*(true|false)\s+alarm\s*$", re.IGNORECASE)
+COMMENT_DATE_FORMATS = ("%d/%m/%Y", "%d-%b-%y", "%d-%b-%Y", "%Y-%m-%d", "%d.%m.%Y")
+DIAGNOSIS_KEYS = ("reason for admission", "diagnosis", "dx")
+
+
+def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` archive with fixed member timestamps and order, so equal arrays give equal bytes
+    (``numpy.savez`` stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def header_signal_files(hea: Path) -> list[str]:
+    """The signal file names a header lists (its signal lines' first field), read without wfdb."""
+    try:
+        lines = [ln.strip() for ln in hea.read_text(errors="replace").splitlines()]
+    except OSError:
+        return []
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    names = [ln.split()[0] for ln in lines[1:] if ln.split()]
+    return [n for n in dict.fromkeys(names) if n != "~"]
+
+
+def record_files(hea: Path) -> tuple[list[Path], list[Path]]:
+    """(signal files, annotation files) of the record whose header is ``hea``, as present on disk."""
+    signals = [hea.parent / n for n in header_signal_files(hea)]
+    annotations = sorted(p for p in hea.parent.glob(f"{glob_escape(hea.stem)}.*")
+                         if p.suffix[1:].lower() in ANNOTATION_EXTENSIONS and p.is_file())
+    return [p for p in signals if p.is_file()], annotations
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+# --- header comments -----------------------------------------------------------------------------
+
+
+def parse_comment_date(value: str) -> dt.date | None:
+    """A comment value that is wholly a date (``01/10/1990``, ``29-Sep-90``), else None."""
+    for fmt in COMMENT_DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(value.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def parse_comments(comments: list[str], ctx: IngestContext, pid: str, known: list[str]) -> dict[str, Any]:
+    """Header comments as ``{"fields": {key: value}, "lines": [...]}``: ``key: value`` lines into the
+    dict (dates shifted, other values scrubbed), other lines kept in order, scrubbed."""
+    fields: dict[str, Any] = {}
+    lines: list[str] = []
+    for raw in comments:
+        text = raw.strip()
+        if not text:
+            continue
+        key, sep, value = text.partition(":")
+        if sep and key.strip() and value.strip() and len(key) <= 80:
+            day = parse_comment_date(value)
+            fields[key.strip()] = (ctx.shift(pid, day).isoformat() if day
+                                   else ctx.scrub(value.strip(), known=known))
+        else:
+            lines.append(ctx.scrub(text, known=known))
+    return {"fields": fields, "lines": lines}
+
+
+def patient_facts(comments: list[str], parsed: dict[str, Any]) -> tuple[float | None, str | None, dict[str, Any]]:
+    """(age, sex, labels) read from header comments in the PTB (parsed ``key: value`` fields),
+    MIT-BIH (raw ``69 M ...`` line) and alarm-challenge (``Asystole`` / ``False alarm``) layouts."""
+    fields = {k.lower(): v for k, v in parsed["fields"].items()}
+    age = _number(fields.get("age"))
+    sex = _sex(fields.get("sex"))
+    labels: dict[str, Any] = {}
+    for key in DIAGNOSIS_KEYS:
+        if fields.get(key) and fields[key].lower() != "n/a":
+            labels["diagnosis"] = fields[key]
+            break
+    for line in comments:
+        m = MIT_BIH_PATIENT_RE.match(line)
+        if m and age is None and sex is None:
+            age, sex = _number(m.group(1)), _sex(m.group(2))
+    truth = [ALARM_TRUTH_RE.match(line) for line in parsed["lines"]]
+    if any(truth):
+        labels["alarm_true"] = next(m for m in truth if m).group(1).lower() == "true"
+        kinds = [line for line, m in zip(parsed["lines"], truth) if not m]
+        if kinds:
+            labels["alarm"] = kinds[0]
+    return age, sex, labels
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sex(value: Any) -> str | None:
+    text = str(value or "").strip().lower()
+    return {"f": "F", "female": "F", "m": "M", "male": "M"}.get(text)
+
+
+# --- reading a record ----------------------------------------------------------------------------
+
+
+def check_signal_sizes(header: wfdb.io.record.Record, hea: Path) -> None:
+    """Fail with the file name when a signal file is shorter than its header says."""
+    need: dict[str, float] = {}
+    offsets: dict[str, int] = {}
+    for name, fmt, offset in zip(header.file_name, header.fmt, header.byte_offset or [None] * header.n_sig):
+        if name == "~" or fmt not in BYTES_PER_SAMPLE:
+            continue
+        need[name] = need.get(name, 0) + BYTES_PER_SAMPLE[fmt] * header.sig_len
+        offsets[name] = int(offset or 0)
+    for name, nbytes in need.items():
+        path = hea.parent / name
+        if not path.is_file():
+            raise IngestError(f"record {hea.stem}: signal file {name} named in the header is missing")
+        expected = int(np.ceil(nbytes)) + offsets[name]
+        size = path.stat().st_size
+        if size < expected:
+            raise IngestError(f"record {hea.stem}: signal file {name} holds {size:,} bytes; the header implies "
+                              f"{expected:,} ({header.sig_len:,} samples per channel) - truncated?")
+
+
+def read_signal(hea: Path) -> wfdb.Record:
+    """Read a record's header and physical signal, turning wfdb's errors into IngestErrors."""
+    base = str(hea.with_suffix(""))
+    try:
+        header = wfdb.rdheader(base)
+    except Exception as exc:
+        raise IngestError(f"{hea.name}: not a readable WFDB header ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(header, wfdb.MultiRecord) or getattr(header, "seg_name", None):
+        raise IngestError(f"{hea.name}: multi-segment records are not supported; ingest each segment's header")
+    if not header.n_sig:
+        raise IngestError(f"{hea.name}: the header describes no signals; expected at least one channel")
+    check_signal_sizes(header, hea)
+    try:
+        record = wfdb.rdrecord(base, physical=True)
+    except Exception as exc:
+        raise IngestError(f"record {hea.stem}: signal data unreadable ({exc.__class__.__name__}: {exc}); "
+                          f"expected {header.sig_len:,} samples x {header.n_sig} channels") from exc
+    if record.p_signal is None or record.p_signal.shape != (header.sig_len, header.n_sig):
+        raise IngestError(f"record {hea.stem}: expected {header.sig_len:,} samples x {header.n_sig} channels")
+    return record
+
+
+def read_annotations(hea: Path, files: list[Path]) -> dict[str, np.ndarray]:
+    """Sample indices, symbols and source extension of every annotation file, in file order."""
+    samples, symbols, exts = [], [], []
+    for path in files:
+        ext = path.suffix[1:]
+        try:
+            ann = wfdb.rdann(str(hea.with_suffix("")), ext)
+        except Exception as exc:
+            raise IngestError(f"annotation file {path.name} unreadable ({exc.__class__.__name__}: {exc})") from exc
+        samples.append(np.asarray(ann.sample, dtype=np.int64))
+        symbols.extend(ann.symbol)
+        exts.extend([ext] * len(ann.sample))
+    if not files:
+        return {}
+    return {"ann_sample": np.concatenate(samples), "ann_symbol": np.array(symbols, dtype=str),
+            "ann_extension": np.array(exts, dtype=str)}
+
+
+def base_datetime(record: wfdb.Record) -> dt.datetime | None:
+    if record.base_date is None:
+        return None
+    return dt.datetime.combine(record.base_date, record.base_time or dt.time())
+
+
+class WfdbAdapter(Adapter):
+    """PhysioNet WFDB records (``.hea`` header + signal and annotation files)."""
+
+    name = "wfdb"
+    version = "1"
+    extensions = (".hea",)
+    description = "PhysioNet WFDB records: header, signals, annotations"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        return 0.9 if path.suffix.lower() == ".hea" else 0.0
+
+    def is_companion(self, path: Path) -> bool:
+        """True for a signal or annotation file whose record header lies beside it."""
+        if path.suffix.lower() == ".hea":
+            return False
+        hea = path.with_suffix(".hea")
+        if not hea.is_file():
+            return False
+        return path.suffix[1:].lower() in ANNOTATION_EXTENSIONS or path.name in header_signal_files(hea)
+
+    def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
+        """The record's header is the unit; its companions' hashes make a changed .dat re-ingest."""
+        signals, annotations = record_files(path)
+        yield Unit(path, extra={"companions": {p.name: sha256_file(p) for p in signals + annotations}})
+
+    def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        hea = unit.path
+        record = read_signal(hea)
+        _, annotation_files = record_files(hea)
+        annotations = read_annotations(hea, annotation_files)
+        raw_pid = hea.parent.name if ctx.options.get("patient_from") == "parent" else record.record_name
+        pid = ctx.patient(raw_pid)
+        known = [raw_pid, record.record_name]
+        parsed = parse_comments(record.comments or [], ctx, pid, known)
+        age, sex, labels = patient_facts(record.comments or [], parsed)
+        signal = np.ascontiguousarray(record.p_signal.T.astype(np.float32))
+        blob = deterministic_npz({"signal": signal, **annotations})
+        start = base_datetime(record)
+        shifted = ctx.shift(pid, start) if start else None
+        ecg_day = next((v for k, v in parsed["fields"].items() if "date" in k.lower() and "ecg" in k.lower()), None)
+        fields: dict[str, Any] = {
+            "format": "wfdb",
+            "sampling_rate": float(record.fs),
+            "n_channels": int(record.n_sig),
+            "n_samples": int(record.sig_len),
+            "channel_names": ",".join(record.sig_name),
+        }
+        if age is not None:
+            fields["age"] = age
+        if shifted:
+            fields["time"] = shifted
+        if "diagnosis" in labels:
+            fields["label"] = labels["diagnosis"]
+        elif "alarm_true" in labels:
+            fields["label"] = "True alarm" if labels["alarm_true"] else "False alarm"
+        meta: dict[str, Any] = {"units": list(record.units), "comments": parsed}
+        if annotations:
+            meta["annotations"] = {"count": int(len(annotations["ann_sample"])),
+                                   "files": [p.suffix[1:] for p in annotation_files],
+                                   "symbols": dict(sorted(Counter(annotations["ann_symbol"].tolist()).items()))}
+        study_day = shifted.date() if shifted else (dt.date.fromisoformat(ecg_day) if _is_iso(ecg_day) else None)
+        yield Item(
+            patient_id=pid,
+            study_id=ctx.study(pid, record.record_name),
+            modality=Modality.SIGNAL,
+            blob=blob,
+            blob_ext=".npz",
+            fields=fields,
+            labels=labels,
+            meta=meta,
+            source_key=record.record_name,
+            patient_attrs={"namespace": ctx.namespace, "sex": sex},
+            study_attrs={"date": study_day, "description": f"WFDB record, {record.n_sig} channels"},
+        )
+
+
+def _is_iso(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is not None
