@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import re
+import tarfile
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ...store.catalog import Item, Modality
 from ..base import Adapter, IngestContext, IngestError, Unit
+
+
+PATIENT_FROM = ("stem", "prefix", "parent")
+
+
+def patient_key(path: Path, how: str, stem: str | None = None) -> str:
+    """The raw patient identifier a file name stands for: its ``stem``, the ``prefix`` of the stem
+    before the first ``_``, ``-`` or ``.``, or the ``parent`` folder name (option ``patient_from``)."""
+    stem = path.stem if stem is None else stem
+    if how == "parent":
+        return path.parent.name
+    if how == "stem":
+        return stem
+    if how == "prefix":
+        return re.split(r"[_\-.]", stem, maxsplit=1)[0]
+    raise IngestError(f"option patient_from={how!r}: expected one of {', '.join(PATIENT_FROM)}")
 
 
 class TextReportAdapter(Adapter):
@@ -27,14 +47,8 @@ class TextReportAdapter(Adapter):
             raise IngestError(f"not UTF-8 text (byte {exc.start}); expected a UTF-8 report") from exc
         if not text.strip():
             raise IngestError("empty report: expected some text")
-        how = ctx.options.get("patient_from", "prefix")
         stem = unit.path.stem
-        if how == "parent":
-            raw_pid = unit.path.parent.name
-        elif how == "stem":
-            raw_pid = stem
-        else:
-            raw_pid = re.split(r"[_\-.]", stem, maxsplit=1)[0]
+        raw_pid = patient_key(unit.path, ctx.options.get("patient_from", "prefix"))
         pid = ctx.patient(raw_pid)
         clean = ctx.scrub(text, known=[raw_pid])
         yield Item(
@@ -45,3 +59,184 @@ class TextReportAdapter(Adapter):
             blob_ext=".txt",
             fields={"format": "text", "text": clean},
         )
+
+
+# --- Open-i (Indiana University chest X-ray) XML reports ----------------------------------------
+
+OPENI_SECTIONS = ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")
+_OPENI_LABEL_RE = re.compile(rb'<AbstractText[^>]*Label="(?:FINDINGS|IMPRESSION|INDICATION)"')
+_TAR_STATE = "openi.tars"  # ctx.state key: {tar path: (open TarFile, {member name: TarInfo})}
+
+
+def _is_tar_gz(path: Path) -> bool:
+    return path.name.lower().endswith((".tgz", ".tar.gz", ".tar"))
+
+
+def _tar_index(path: Path, ctx: IngestContext) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
+    """The tar archive at ``path``, opened once per run, with its XML members indexed by name.
+
+    Members are read in archive order, so the compressed stream is decoded once from start to end."""
+    cache = ctx.state.setdefault(_TAR_STATE, {})
+    key = str(path.resolve())
+    if key not in cache:
+        try:
+            tar = tarfile.open(path, "r:*")
+            members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".xml")}
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise IngestError(f"not a readable tar archive of Open-i XML reports ({exc})") from exc
+        cache[key] = (tar, members)
+    return cache[key]
+
+
+def _texts(root: ET.Element, tag: str) -> list[str]:
+    """The stripped, non-empty texts of every ``tag`` element under ``root``, in document order."""
+    return [e.text.strip() for e in root.iter(tag) if e.text and e.text.strip()]
+
+
+def _attr(root: ET.Element, tag: str, name: str = "id") -> str | None:
+    el = root.find(f".//{tag}")
+    return el.get(name) if el is not None else None
+
+
+@dataclass
+class OpenIReport:
+    """The parts of one Open-i report that we keep."""
+
+    report_id: str
+    sections: dict[str, str]
+    mesh_major: list[str]
+    mesh_automatic: list[str]
+    image_ids: list[str]
+    caption: str | None
+
+    @classmethod
+    def parse(cls, data: bytes) -> "OpenIReport":
+        """Parse an Open-i XML document; raise IngestError when it is not one."""
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError as exc:
+            raise IngestError(f"not well-formed XML ({exc}); expected an Open-i report") from exc
+        sections = {
+            (e.get("Label") or "").upper(): (e.text or "").strip()
+            for e in root.iter("AbstractText") if e.get("Label")
+        }
+        if not any(s in sections for s in OPENI_SECTIONS):
+            raise IngestError(f"no <AbstractText Label=...> with any of {', '.join(OPENI_SECTIONS)}; "
+                              "expected an Open-i report")
+        report_id = _attr(root, "uId") or _attr(root, "pmcId")
+        if not report_id:
+            raise IngestError("no <uId id=...> or <pmcId id=...>: expected the report id")
+        captions = _texts(root, "caption")
+        return cls(
+            report_id=report_id,
+            sections={k: v for k, v in sections.items() if v},
+            mesh_major=_texts(root, "major"),
+            mesh_automatic=_texts(root, "automatic"),
+            image_ids=[e.get("id") for e in root.iter("parentImage") if e.get("id")],
+            caption=captions[0] if captions else None,
+        )
+
+    def text(self) -> str:
+        """The report as readable text, the four standard sections first."""
+        order = [s for s in OPENI_SECTIONS if s in self.sections]
+        order += sorted(s for s in self.sections if s not in OPENI_SECTIONS)
+        return "\n".join(f"{s}: {self.sections[s]}" for s in order)
+
+    def is_normal(self) -> bool:
+        return any(term.lower() == "normal" for term in self.mesh_major)
+
+
+class OpenIAdapter(Adapter):
+    """Open-i XML radiology reports (the Indiana University chest X-ray collection): loose ``.xml``
+    files, or a ``.tgz`` of them (one unit per XML member). One TEXT item per report; the patient
+    is the report id (``uId``, e.g. ``CXR1``)."""
+
+    name = "openi"
+    version = "1"
+    extensions = (".xml",)
+    description = "Open-i XML radiology reports (.xml, or a .tgz of them)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        name = path.name.lower()
+        if name.endswith(".xml"):
+            if b"<eCitation" in head:
+                return 0.9
+            return 0.8 if b"<MedlineCitation" in head and _OPENI_LABEL_RE.search(head) else 0.0
+        if _is_tar_gz(path):
+            return 0.6 if b"<eCitation" in _gunzip_head(head) else 0.0
+        return 0.0
+
+    def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
+        if not _is_tar_gz(path):
+            yield Unit(path)
+            return
+        try:
+            _, members = _tar_index(path, ctx)
+        except IngestError:
+            yield Unit(path, key="*")  # read() reports the error for the archive as a whole
+            return
+        for name in members:
+            yield Unit(path, key=name)
+
+    def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        data = self._member_bytes(unit, ctx)
+        try:
+            report = OpenIReport.parse(data)
+        except IngestError as exc:
+            raise IngestError(f"member {unit.key}: {exc}" if unit.key else str(exc)) from exc
+        pid = ctx.patient(report.report_id)
+        text = ctx.scrub(report.text(), known=[report.report_id])
+        normal = int(report.is_normal())
+        yield Item(
+            patient_id=pid,
+            study_id=ctx.study(pid, report.report_id),
+            modality=Modality.TEXT,
+            blob=text.encode("utf-8"),
+            blob_ext=".txt",
+            fields={"format": "openi", "text": text, "label": "normal" if normal else "abnormal"},
+            labels={"normal": normal, "mesh": report.mesh_major},
+            meta={
+                "sections": {k: ctx.scrub(v, known=[report.report_id]) for k, v in report.sections.items()},
+                "mesh": report.mesh_major,
+                "mesh_automatic": report.mesh_automatic,
+                "image_ids": [_image_suffix(i, report.report_id, ctx) for i in report.image_ids],
+            },
+            patient_attrs={"namespace": ctx.namespace},
+            study_attrs={"description": report.caption},
+        )
+
+    def _member_bytes(self, unit: Unit, ctx: IngestContext) -> bytes:
+        """The XML bytes of a unit: the file itself, or its member of the tar archive."""
+        if not unit.key:
+            return unit.path.read_bytes()
+        tar, members = _tar_index(unit.path, ctx)
+        if unit.key not in members:
+            raise IngestError(f"member {unit.key}: not an XML file of the archive")
+        fh = tar.extractfile(members[unit.key])
+        if fh is None:
+            raise IngestError(f"member {unit.key}: cannot be read from the archive")
+        return fh.read()
+
+    def finish(self, ctx: IngestContext) -> Iterator[tuple[Unit, list[Item]]]:
+        """Close the archives opened during the run; adds no items."""
+        for tar, _ in ctx.state.pop(_TAR_STATE, {}).values():
+            tar.close()
+        return iter(())
+
+
+def _image_suffix(image_id: str, report_id: str, ctx: IngestContext) -> str:
+    """An Open-i image id (``CXR1_1_IM-0001-3001``) without the raw report id in front, unless PHI
+    is kept: the report id is the patient identifier, which is stored only as a pseudonym."""
+    if ctx.deid.keep_phi or not image_id.startswith(report_id + "_"):
+        return image_id
+    return image_id[len(report_id) + 1:]
+
+
+def _gunzip_head(head: bytes) -> bytes:
+    """As much of a gzip stream's start as ``head`` decompresses to (empty when not gzip)."""
+    if not head.startswith(b"\x1f\x8b"):
+        return head
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+    except zlib.error:
+        return b""

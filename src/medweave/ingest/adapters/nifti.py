@@ -1,0 +1,179 @@
+"""Volumes in NIfTI-1/NIfTI-2 (``.nii``, ``.nii.gz``) and FreeSurfer MGH (``.mgh``, ``.mgz``) files.
+
+The stored blob is the file itself, with the header text fields that can hold identifiers cleared
+in place (``descrip``, ``aux_file``, ``db_name``, ``intent_name``), NIfTI header extensions blanked,
+and, for MGH, the trailing tags (command lines, file names) cut off. The voxel bytes are never
+rewritten. Compressed files are re-compressed without a file name or time stamp in the gzip header,
+so the same volume always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import nibabel as nib
+import numpy as np
+
+from ...store.catalog import Item, Modality
+from ..base import Adapter, IngestContext, IngestError, Unit
+from .report import patient_key
+
+NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
+MGH_PARAMS_BYTES = 20  # TR, flip angle, TE, TI, field of view: float32 each, before the tags
+_SUFFIX_RE = re.compile(r"\.(nii|mgh|mgz)(\.gz)?$", re.I)
+
+
+@dataclass
+class Volume:
+    """A parsed volume: the nibabel image, its header as stored (with the on-disk data offset, which
+    the image's own header copy resets) and the uncompressed bytes it was read from."""
+
+    kind: str  # "nifti1", "nifti2" or "mgh"
+    image: Any
+    header: Any
+    data: bytes
+
+
+def _kind(data: bytes) -> str | None:
+    """The volume format named by the header's magic bytes, or None."""
+    if len(data) >= 348 and data[344:348] == b"n+1\x00":
+        return "nifti1"
+    if len(data) >= 540 and data[4:8] == b"n+2\x00":
+        return "nifti2"
+    if len(data) >= 284 and data[:4] == b"\x00\x00\x00\x01":
+        return "mgh"
+    return None
+
+
+_IMAGE_CLASSES = {"nifti1": nib.Nifti1Image, "nifti2": nib.Nifti2Image, "mgh": nib.MGHImage}
+
+
+def parse(raw: bytes, name: str) -> Volume:
+    """Decompress if needed, recognise and parse a volume; check the voxel data is all there."""
+    data = raw
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise IngestError(f"{name}: gzip stream does not decompress ({exc})") from exc
+    kind = _kind(data)
+    if kind is None:
+        raise IngestError(f"{name}: no NIfTI magic ('n+1' at byte 344 or 'n+2' at byte 4) or MGH "
+                          "version 1 header; expected a single-file NIfTI or MGH volume")
+    try:
+        image = _IMAGE_CLASSES[kind].from_bytes(data)
+        header = image.header_class.from_fileobj(io.BytesIO(data))
+    except Exception as exc:  # nibabel raises many kinds for bad headers
+        raise IngestError(f"{name}: {kind} header does not parse ({exc.__class__.__name__}: {exc})") from exc
+    offset, needed = _data_span(image.shape, header)
+    if len(data) < offset + needed:
+        raise IngestError(f"{name}: truncated: expected {needed} bytes of voxel data from byte {offset}, "
+                          f"the file has {max(len(data) - offset, 0)}")
+    return Volume(kind, image, header, data)
+
+
+def _data_span(shape: tuple[int, ...], header: Any) -> tuple[int, int]:
+    """(byte offset, byte count) of the voxel data described by a stored header."""
+    itemsize = np.dtype(header.get_data_dtype()).itemsize
+    return int(header.get_data_offset()), int(math.prod(shape)) * itemsize
+
+
+def clean_nifti(volume: Volume) -> bytes:
+    """The NIfTI bytes with identifying header text cleared and header extensions blanked."""
+    out = bytearray(volume.data)
+    fields = volume.header.template_dtype.fields
+    for name in NIFTI_TEXT_FIELDS:
+        if name in fields:
+            dtype, offset = fields[name][:2]
+            out[offset:offset + dtype.itemsize] = bytes(dtype.itemsize)
+    header_size = volume.header.template_dtype.itemsize
+    vox_offset = int(volume.header.get_data_offset())
+    if len(out) > header_size and out[header_size]:
+        # the extension flag and every extension up to the voxel data: zeroed, the flag says "none"
+        out[header_size:vox_offset] = bytes(vox_offset - header_size)
+    return bytes(out)
+
+
+def clean_mgh(volume: Volume) -> bytes:
+    """The MGH bytes up to the scan parameters, without the trailing tags."""
+    offset, needed = _data_span(volume.image.shape, volume.header)
+    return volume.data[:offset + needed + MGH_PARAMS_BYTES]
+
+
+def deidentified_bytes(raw: bytes, volume: Volume) -> bytes:
+    """The bytes to store: cleaned, and gzip-compressed deterministically when the input was."""
+    clean = clean_mgh(volume) if volume.kind == "mgh" else clean_nifti(volume)
+    if raw[:2] == b"\x1f\x8b":
+        return gzip.compress(clean, compresslevel=6, mtime=0)
+    return raw if clean == volume.data else clean
+
+
+def _blob_ext(name: str, compressed: bool) -> str:
+    m = _SUFFIX_RE.search(name)
+    base = m.group(1).lower() if m else "nii"
+    if base in ("mgh", "mgz"):
+        return ".mgz" if compressed else ".mgh"
+    return ".nii.gz" if compressed else ".nii"
+
+
+def volume_fields(volume: Volume) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(item fields, meta) of a volume. Columns run along the first axis, rows along the second and
+    frames along the third; spacings are the matching voxel sizes."""
+    image, header = volume.image, volume.image.header
+    shape = [int(n) for n in image.shape]
+    zooms = [float(z) for z in header.get_zooms()]
+    dims = shape + [1] * (3 - len(shape))
+    fields = {"format": "mgh" if volume.kind == "mgh" else "nifti",
+              "cols": dims[0], "rows": dims[1], "frames": dims[2]}
+    for key, i in (("pixel_spacing_x", 0), ("pixel_spacing_y", 1), ("slice_thickness", 2)):
+        if i < len(zooms):
+            fields[key] = zooms[i]
+    meta = {"shape": shape, "zooms": zooms, "affine": np.asarray(image.affine, dtype=float).tolist(),
+            "dtype": str(np.dtype(header.get_data_dtype())), "kind": volume.kind}
+    if volume.kind != "mgh":
+        space, time = header.get_xyzt_units()
+        meta["units"] = {"space": space, "time": time}
+        meta["qform_code"], meta["sform_code"] = int(header["qform_code"]), int(header["sform_code"])
+    return fields, meta
+
+
+def volume_stem(name: str) -> str:
+    """The file name without its volume suffix (``sub01.nii.gz`` -> ``sub01``)."""
+    return _SUFFIX_RE.sub("", name)
+
+
+class NiftiAdapter(Adapter):
+    """NIfTI-1/2 (``.nii``, ``.nii.gz``) and MGH (``.mgh``, ``.mgz``) volumes, one VOLUME item per
+    file. The patient is the file stem (option ``patient_from``); the study is the file stem."""
+
+    name = "nifti"
+    version = "1"
+    extensions = (".nii", ".nii.gz", ".mgh", ".mgz")
+    description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        if _kind(head) in ("nifti1", "nifti2"):
+            return 0.95
+        named = path.name.lower().endswith(self.extensions)
+        return 0.8 if named else 0.0
+
+    def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        raw = unit.path.read_bytes()
+        volume = parse(raw, unit.path.name)
+        stem = volume_stem(unit.path.name)
+        pid = ctx.patient(patient_key(unit.path, ctx.options.get("patient_from", "stem"), stem))
+        blob = raw if ctx.deid.keep_phi else deidentified_bytes(raw, volume)
+        fields, meta = volume_fields(volume)
+        meta["rewritten"] = blob != raw
+        yield Item(
+            patient_id=pid, study_id=ctx.study(pid, stem), modality=Modality.VOLUME,
+            blob=blob, blob_ext=_blob_ext(unit.path.name, raw[:2] == b"\x1f\x8b"),
+            fields=fields, meta=meta, patient_attrs={"namespace": ctx.namespace},
+        )
