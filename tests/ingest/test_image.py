@@ -179,11 +179,9 @@ def test_a_changed_csv_row_rereads_only_its_picture(tmp_path, store):
     assert (report.n_ok, report.n_skipped, report.n_failed) == (1, 4, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store: the item id depends on (modality, patient, study, content hash, source key) and rows are "
-    "INSERT OR IGNORE, so a re-read picture whose labels changed keeps its old row"))
 def test_a_changed_csv_row_updates_the_labels(tmp_path, store):
-    _reingest_with_changed_row(tmp_path / "cxr", store)
+    report = _reingest_with_changed_row(tmp_path / "cxr", store)
+    assert report.n_items_replaced == 1 and report.n_items_added == 0
     rows = store.items("source_path LIKE '%a2.png'")
     assert [json.loads(labels)["findings"] for labels in rows["labels"]] == [["Nodule"]]
 

@@ -44,6 +44,20 @@ def test_ingest_twice_adds_nothing(tmp_path, text_files):
     assert len(blob_files(tmp_path / "s")) == 30
 
 
+def test_a_changed_source_replaces_its_items_and_their_blobs(tmp_path, text_files):
+    paths = text_files(tmp_path / "in", 4)
+    with Store(tmp_path / "s", write=True) as st:
+        ingest([tmp_path / "in"], st, progress=False)
+        old = set(st.items()["blob"])
+        paths[0].write_text("An amended report: small effusion.\n")
+        report = ingest([tmp_path / "in"], st, progress=False)
+        assert (report.n_ok, report.n_skipped, report.n_items_replaced, report.n_items_added) == (1, 3, 1, 1)
+        items = st.items()
+        assert len(items) == 4 and items["text"].str.contains("amended").sum() == 1
+        assert st.con.execute("SELECT count(*) FROM sources").fetchone()[0] == 4
+    assert blob_files(tmp_path / "s") == set(items["blob"]) and len(old - set(items["blob"])) == 1
+
+
 def test_every_row_points_at_its_blob_and_content_hash(tmp_path, text_files):
     text_files(tmp_path / "in", 12)
     with Store(tmp_path / "s", write=True) as st:

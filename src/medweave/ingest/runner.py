@@ -30,6 +30,7 @@ class IngestReport:
     n_skipped: int = 0
     n_failed: int = 0
     n_items_added: int = 0
+    n_items_replaced: int = 0  # rows of sources whose bytes changed, replaced by their new version
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     per_adapter: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -46,6 +47,7 @@ class IngestReport:
             "skipped_already_stored": self.n_skipped,
             "failed": self.n_failed,
             "items_added": self.n_items_added,
+            "items_replaced": self.n_items_replaced,
             "per_adapter": self.per_adapter,
             "errors": [{"source": p, "reason": r} for p, r in self.errors],
             "warnings": self.warnings,
@@ -59,7 +61,7 @@ def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
     for name in ADAPTERS.names():
         try:
             out[name] = ADAPTERS.get(name)()
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # a broken plug-in must not stop the other formats
             warnings.append(f"format {name!r} unavailable: {exc}")
     return out
 
@@ -93,7 +95,7 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
         if p.is_dir():
             for a in ([forced] if forced else adapters.values()):
                 if a.claims_dir(p):
-                    work.extend((a, u) for u in a.units(p, ctx))
+                    add_units(a, p)
                     return
             for child in sorted(p.iterdir()):
                 visit(child)
@@ -108,7 +110,13 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
             unknown.append((str(p), "unknown file format: no adapter recognises its content or extension "
                                     f"(formats: {', '.join(sorted(adapters))}; use --format NAME)"))
             return
-        work.extend((adapter, u) for u in adapter.units(p, ctx))
+        add_units(adapter, p)
+
+    def add_units(adapter: Adapter, p: Path) -> None:
+        try:
+            work.extend((adapter, u) for u in adapter.units(p, ctx))
+        except Exception as exc:  # a source whose parts cannot even be listed is one error line
+            unknown.append((str(p), _reason(exc, ctx)))
 
     for path in paths:
         path = Path(path)
@@ -119,13 +127,30 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
     return work, unknown
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so a file of many units is read once."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if len(_FILE_HASHES) > 4096:
+            _FILE_HASHES.clear()
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def _fingerprint(adapter: Adapter, unit: Unit) -> str:
+    """What makes a unit "already stored": adapter and version, the unit, its bytes and its extras."""
     h = hashlib.sha256()
     h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
     if unit.path.is_file():
-        with open(unit.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(_file_sha256(unit.path).encode())
     h.update(canonical_json(unit.extra).encode())
     return h.hexdigest()
 
@@ -173,6 +198,7 @@ class _Batch:
                 "meta": canonical_json(it.meta) if it.meta else None,
                 "source_path": str(unit.path),
                 "source_key": it.source_key,
+                "unit_id": unit.source_id,
                 "adapter": adapter.name,
                 "adapter_version": adapter.version,
                 "ingested_at": now,
@@ -193,7 +219,8 @@ class _Batch:
                 row["linked_item"] = ids_by_ref[ref]
         self.items.extend(rows)
         self.sources.append({
-            "source_id": fingerprint, "source_path": str(unit.path), "raw_sha256": fingerprint,
+            "source_id": fingerprint, "unit_id": unit.source_id, "source_path": str(unit.path),
+            "raw_sha256": fingerprint,
             "adapter": adapter.name, "adapter_version": adapter.version, "n_items": len(rows),
             "run_id": self.run_id, "done_at": now,
         })
@@ -205,13 +232,14 @@ class _Batch:
     def due(self) -> bool:
         return len(self.items) >= 2000 or len(self.sources) >= 256 or time.monotonic() - self.started > 2.0
 
-    def flush(self) -> int:
+    def flush(self, report: "IngestReport") -> None:
         if not (self.items or self.sources or self.errors):
-            return 0
-        n = self.store.commit_batch(self.items, self.patients, self.studies, self.sources, self.errors)
+            return
+        added, replaced = self.store.commit_batch(self.items, self.patients, self.studies, self.sources, self.errors)
+        report.n_items_added += added
+        report.n_items_replaced += replaced
         self.items, self.patients, self.studies, self.sources, self.errors = [], {}, {}, [], []
         self.started = time.monotonic()
-        return n
 
 
 def ingest(
@@ -262,8 +290,8 @@ def ingest(
                 batch.add_error(str(unit.path), adapter.name, reason)
             advance()
             if batch.due():
-                report.n_items_added += batch.flush()
-        report.n_items_added += batch.flush()
+                batch.flush(report)
+        batch.flush(report)
     for adapter in used.values():
         for unit, items in adapter.finish(ctx):
             try:
@@ -275,8 +303,10 @@ def ingest(
                 report.errors.append((str(unit.path), reason))
                 batch.add_error(str(unit.path), adapter.name, reason)
             if batch.due():
-                report.n_items_added += batch.flush()
-        report.n_items_added += batch.flush()
+                batch.flush(report)
+        batch.flush(report)
+    if report.n_items_replaced:
+        store.sweep()  # blobs of replaced rows that no row references any more
     store.finish_run(report.run_id, report.n_units, report.n_skipped, report.n_failed, report.n_items_added)
     return report
 

@@ -106,6 +106,7 @@ CREATE TABLE IF NOT EXISTS items (
     meta JSON,
     source_path VARCHAR,
     source_key VARCHAR,
+    unit_id VARCHAR,
     adapter VARCHAR,
     adapter_version VARCHAR,
     ingested_at TIMESTAMP,
@@ -113,6 +114,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE TABLE IF NOT EXISTS sources (
     source_id VARCHAR PRIMARY KEY,
+    unit_id VARCHAR,
     source_path VARCHAR,
     raw_sha256 VARCHAR,
     adapter VARCHAR,
@@ -268,12 +270,22 @@ class Store:
         studies: dict[str, dict[str, Any]],
         sources: list[dict[str, Any]],
         errors: list[dict[str, Any]],
-    ) -> int:
-        """Insert one batch in a single transaction. Returns the number of new item rows."""
+    ) -> tuple[int, int]:
+        """Commit one batch in a single transaction: its patients, studies, items, the sources they
+        came from, and errors. A source read again because its bytes changed *replaces* the items its
+        earlier version gave (same ``unit_id``). Returns (new item ids added, rows of changed sources replaced)."""
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
             before = con.execute("SELECT count(*) FROM items").fetchone()[0]
+            old_ids: set[str] = set()
+            units = [src["unit_id"] for src in sources]
+            if units:
+                old_ids = {r[0] for r in con.execute(
+                    "SELECT item_id FROM items WHERE unit_id IN (SELECT unnest(?))", [units]).fetchall()}
+                if old_ids:
+                    con.execute("DELETE FROM items WHERE unit_id IN (SELECT unnest(?))", [units])
+                con.execute("DELETE FROM sources WHERE unit_id IN (SELECT unnest(?))", [units])
             if patients:
                 self._upsert_patients(patients)
             if studies:
@@ -303,9 +315,12 @@ class Store:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        return after - before
+        inserted = after - before + len(old_ids)
+        kept = len(old_ids & {it["item_id"] for it in items})
+        return inserted - kept, len(old_ids)
 
     def _upsert_patients(self, patients: dict[str, dict[str, Any]]) -> None:
+        """Insert new patients and merge the attributes of known ones, in two set-based statements."""
         existing = {
             r[0]: (r[1], json.loads(r[2]) if r[2] else {})
             for r in self.con.execute(
@@ -313,29 +328,36 @@ class Store:
                 [list(patients)],
             ).fetchall()
         }
-        rows = []
+        rows = {"patient_id": [], "namespace": [], "sex": [], "attrs": []}
         for pid, info in patients.items():
             sex, attrs = existing.get(pid, (None, {}))
             new_attrs = {k: v for k, v in info.items() if k not in ("sex", "namespace") and v is not None}
-            merged = {**attrs, **new_attrs}
-            rows.append([pid, info.get("namespace"), info.get("sex") or sex, canonical_json(merged)])
-        self.con.executemany(
-            "INSERT INTO patients VALUES (?, ?, ?, ?, now()) ON CONFLICT (patient_id) DO UPDATE SET "
-            "sex = excluded.sex, attrs = excluded.attrs",
-            rows,
-        )
+            rows["patient_id"].append(pid)
+            rows["namespace"].append(info.get("namespace"))
+            rows["sex"].append(info.get("sex") or sex)
+            rows["attrs"].append(canonical_json({**attrs, **new_attrs}))
+        self.con.register("_batch_patients", pd.DataFrame(rows))
+        self.con.execute(
+            "INSERT INTO patients SELECT patient_id, namespace, sex, attrs::JSON, now() FROM _batch_patients "
+            "ON CONFLICT (patient_id) DO UPDATE SET sex = excluded.sex, attrs = excluded.attrs")
+        self.con.unregister("_batch_patients")
 
     def _upsert_studies(self, studies: dict[str, dict[str, Any]]) -> None:
-        rows = []
+        rows = {"study_id": [], "patient_id": [], "study_date": [], "description": [], "attrs": []}
         for sid, info in studies.items():
-            attrs = {k: v for k, v in info.items() if k not in ("patient_id", "date", "description")}
-            rows.append([sid, info["patient_id"], info.get("date"), info.get("description"), canonical_json(attrs)])
-        self.con.executemany(
-            "INSERT INTO studies VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE SET "
+            rows["study_id"].append(sid)
+            rows["patient_id"].append(info["patient_id"])
+            rows["study_date"].append(str(info["date"])[:10] if info.get("date") is not None else None)
+            rows["description"].append(info.get("description"))
+            rows["attrs"].append(canonical_json(
+                {k: v for k, v in info.items() if k not in ("patient_id", "date", "description")}))
+        self.con.register("_batch_studies", pd.DataFrame(rows))
+        self.con.execute(
+            "INSERT INTO studies SELECT study_id, patient_id, study_date::DATE, description, attrs::JSON "
+            "FROM _batch_studies ON CONFLICT (study_id) DO UPDATE SET "
             "study_date = coalesce(excluded.study_date, studies.study_date), "
-            "description = coalesce(excluded.description, studies.description)",
-            rows,
-        )
+            "description = coalesce(excluded.description, studies.description)")
+        self.con.unregister("_batch_studies")
 
     def start_run(self, args: str) -> str:
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
