@@ -1,0 +1,57 @@
+"""Frozen encoders, registered by name, each with a version, an output size and its preprocessing.
+
+An encoder turns loaded item contents (see ``loaders``) into fixed-size float32 vectors. Its
+``version`` is part of the embedding-cache key: change the preprocessing or the weights, bump the
+version, and the cache re-encodes. New encoders plug in by name, or through the Python entry-point
+group ``medweave.encoders``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..registry import Registry
+
+
+class Encoder:
+    """Base class: set ``name``, ``version``, ``modalities``, ``dim``; implement ``encode``."""
+
+    name: str = ""
+    version: str = "1"
+    modalities: tuple[str, ...] = ()
+    dim: int = 0
+    batch_size: int = 32
+
+    def encode(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Encode a batch of loaded inputs into an array of shape (len(inputs), dim), float32."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "dim": self.dim, "modalities": list(self.modalities)}
+
+
+ENCODERS: Registry[type[Encoder]] = Registry("encoder", "medweave.encoders")
+for _name, _path in {
+    "efficientnet-lite0": "medweave.encode.image:EfficientNetLite0",
+    "efficientnet-lite0-volume": "medweave.encode.image:EfficientNetLite0Volume",
+    "e5-small": "medweave.encode.text:E5Small",
+    "e5-small-query": "medweave.encode.text:E5SmallQuery",
+    "signal-stats": "medweave.encode.signal:SignalStats",
+    "signal-waveform": "medweave.encode.signal:SignalWaveform",
+}.items():
+    ENCODERS.register(_name, _path)
+
+# The encoder each modality uses unless a config says otherwise.
+DEFAULT_ENCODERS = {
+    "image": "efficientnet-lite0",
+    "volume": "efficientnet-lite0-volume",
+    "text": "e5-small",
+    "qa": "e5-small",
+    "signal": "signal-stats",
+}
+
+
+def get_encoder(name: str) -> Encoder:
+    return ENCODERS.get(name)()

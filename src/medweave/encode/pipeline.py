@@ -1,0 +1,111 @@
+"""Encode a cohort: every present item through its modality's encoder, cached, batched, with a progress
+bar; then one vector per case and modality (the mean over the case's items).
+
+Absent stays absent: the rows of absent cases are NaN (never zeros), and the presence mask travels
+with the arrays. An item that cannot be loaded is reported and its case counts as absent for that
+modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..progress import progress_bar
+from .base import DEFAULT_ENCODERS, get_encoder
+from .cache import EmbeddingCache
+from .loaders import load_item
+
+
+@dataclass
+class CaseEmbeddings:
+    case_ids: list[str]
+    arrays: dict[str, np.ndarray]  # modality -> (cases, dim), NaN rows where absent
+    mask: dict[str, np.ndarray]  # modality -> (cases,) bool
+    encoders: dict[str, dict] = field(default_factory=dict)  # modality -> encoder description
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (item_id, reason)
+
+    def subset(self, index: np.ndarray) -> "CaseEmbeddings":
+        return CaseEmbeddings([self.case_ids[i] for i in index], {m: a[index] for m, a in self.arrays.items()},
+                              {m: k[index] for m, k in self.mask.items()}, dict(self.encoders), list(self.failures))
+
+
+@dataclass
+class EncodeStats:
+    encoded: int = 0
+    cached: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: EmbeddingCache | None,
+                 progress: bool = True, stats: EncodeStats | None = None,
+                 failures: list | None = None) -> dict[str, np.ndarray]:
+    """Vectors for items (rows of the items table), keyed by content hash, using and filling the cache."""
+    import time
+
+    encoder = get_encoder(encoder_name)
+    stats = stats if stats is not None else EncodeStats()
+    failures = failures if failures is not None else []
+    by_hash: dict[str, dict] = {}
+    for r in rows:
+        by_hash.setdefault(r["content_hash"], r)
+    found = cache.get(by_hash, encoder.name, encoder.version) if cache else {}
+    stats.cached += len(found)
+    todo = [h for h in by_hash if h not in found]
+    t0 = time.perf_counter()
+    with progress_bar(f"encode {encoder.name}", total=len(todo), unit="items", enabled=progress and bool(todo)) as advance:
+        for start in range(0, len(todo), encoder.batch_size):
+            chunk = todo[start:start + encoder.batch_size]
+            inputs, ok = [], []
+            for h in chunk:
+                try:
+                    inputs.append(load_item(store_root, by_hash[h]))
+                    ok.append(h)
+                except Exception as exc:  # a bad item never stops the batch
+                    failures.append((by_hash[h]["item_id"], f"{type(exc).__name__}: {exc}"))
+                    stats.failed += 1
+            if inputs:
+                vecs = encoder.encode(inputs)
+                new = {h: v for h, v in zip(ok, vecs)}
+                found.update(new)
+                if cache:
+                    cache.put(new, encoder.name, encoder.version)
+                stats.encoded += len(new)
+            advance(len(chunk))
+    stats.seconds += time.perf_counter() - t0
+    return found
+
+
+def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cache: EmbeddingCache | None = None,
+                  modalities: Iterable[str] | None = None, progress: bool = True,
+                  stats: EncodeStats | None = None) -> CaseEmbeddings:
+    """Case-level embeddings for the item modalities of a cohort (``table`` is featurised separately)."""
+    encoders = {**DEFAULT_ENCODERS, **(encoders or {})}
+    mods = [m for m in (modalities or cohort.modalities) if m != "table"]
+    arrays, masks, described, failures = {}, {}, {}, []
+    n = len(cohort.table)
+    for m in mods:
+        if m not in encoders:
+            raise KeyError(f"no encoder for modality {m!r}; set one of: {', '.join(sorted(encoders))}")
+        ids_per_case = cohort.table[f"{m}_items"].tolist()
+        all_ids = sorted({i for ids in ids_per_case for i in ids})
+        rows = store.con.execute(
+            "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?))", [all_ids]
+        ).df().to_dict("records") if all_ids else []
+        hash_of = {r["item_id"]: r["content_hash"] for r in rows}
+        vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures)
+        enc = get_encoder(encoders[m])
+        described[m] = enc.describe()
+        arr = np.full((n, enc.dim), np.nan, dtype=np.float32)
+        present = np.zeros(n, dtype=bool)
+        for i, ids in enumerate(ids_per_case):
+            got = [vecs[hash_of[x]] for x in ids if x in hash_of and hash_of[x] in vecs]
+            if got:
+                arr[i] = np.mean(got, axis=0)
+                present[i] = True
+        arrays[m], masks[m] = arr, present
+    return CaseEmbeddings(list(cohort.table["case_id"]), arrays, masks, described, failures)

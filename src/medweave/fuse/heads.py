@@ -1,0 +1,60 @@
+"""Task heads: binary, multi-class, multi-label, regression; several at once (multi-task).
+
+A head is a linear read-out of the fused state; its loss ignores samples whose target is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+HEAD_KINDS = ("binary", "multiclass", "multilabel", "regression")
+
+
+@dataclass
+class HeadSpec:
+    name: str
+    kind: str = "binary"
+    n_out: int = 1
+    classes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"head {self.name!r}: kind {self.kind!r} is not known; allowed values: {', '.join(HEAD_KINDS)}")
+        if self.kind in ("binary", "regression"):
+            self.n_out = 1
+
+
+def head_loss(spec: HeadSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean loss over samples with a target (NaN / -1 targets are missing). ``logits``: (B, n_out)."""
+    if spec.kind == "multiclass":
+        keep = target >= 0
+        if not keep.any():
+            return logits.sum() * 0
+        return F.cross_entropy(logits[keep], target[keep].long())
+    if spec.kind == "multilabel":
+        keep = ~torch.isnan(target)
+        if not keep.any():
+            return logits.sum() * 0
+        return F.binary_cross_entropy_with_logits(logits[keep], target[keep])
+    t = target.reshape(-1)
+    keep = ~torch.isnan(t)
+    if not keep.any():
+        return logits.sum() * 0
+    out = logits.reshape(-1)[keep]
+    if spec.kind == "binary":
+        return F.binary_cross_entropy_with_logits(out, t[keep])
+    return F.mse_loss(out, t[keep])
+
+
+def head_probs(spec: HeadSpec, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Probabilities (binary: P(y=1) of shape (B,); multiclass: softmax; multilabel: sigmoids) or values."""
+    if spec.kind == "binary":
+        return torch.sigmoid(logits.reshape(-1) / temperature)
+    if spec.kind == "multiclass":
+        return torch.softmax(logits / temperature, dim=-1)
+    if spec.kind == "multilabel":
+        return torch.sigmoid(logits / temperature)
+    return logits.reshape(-1)

@@ -1,0 +1,218 @@
+"""From a config to a trained, calibrated, saved model — and back from a saved model to predictions
+on new data with the same layout.
+
+ingest (idempotent) -> cohort -> simulated missingness (if configured) -> encode (cached) ->
+tabular features (fitted on train) -> fit -> temperature scaling -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..cohort import Cohort, build_cohort, simulate_missing
+from ..config import ExperimentConfig
+from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
+from ..encode.base import DEFAULT_ENCODERS
+from ..fuse import HeadSpec
+from ..ingest import ingest
+from ..store import Store
+from .trainer import (Dataset, TrainConfig, build_model, fit, fit_temperature, predict_logits,
+                      save_checkpoint)
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except Exception:
+        rev = ""
+    return f"{__version__}+{rev}" if rev else __version__
+
+
+def ingest_data(cfg: ExperimentConfig, store_dir: Path, paths: Sequence[str] | None = None,
+                progress: bool = True) -> None:
+    """Ingest the config's data (or ``paths``) into ``store_dir``; already stored sources are skipped."""
+    options = {"mapping": cfg.data.mapping} if cfg.data.mapping else {}
+    with Store(store_dir, write=True, keep_phi=cfg.data.keep_phi) as st:
+        report = ingest(list(paths or cfg.data.paths), st, fmt=cfg.data.format, namespace=cfg.data.namespace,
+                        options=options, progress=progress)
+    if report.n_ok + report.n_skipped == 0:
+        raise PipelineError(f"nothing could be ingested from {list(paths or cfg.data.paths)}: "
+                            + "; ".join(f"{p}: {r}" for p, r in report.errors[:5]))
+
+
+def make_cohort(cfg: ExperimentConfig, store: Store) -> Cohort:
+    c = cfg.cohort
+    return build_cohort(store, case_level=c.case, modalities=c.modalities, targets=c.targets,
+                        covariates=c.covariates, fractions=c.fractions, seed=c.seed, split_from=c.split_from)
+
+
+def apply_missing(cohort: Cohort, ds: Dataset, specs) -> tuple[Dataset, list[dict]]:
+    """Simulate missingness on the model's inputs (the ``table`` modality included) with the cohort's
+    own ``simulate_missing``; returns the dataset with its new mask and what was applied."""
+    if not specs:
+        return ds, []
+    view = cohort.table.drop(columns=[c for c in cohort.table.columns if c.endswith(("_items", "_present"))])
+    for j, m in enumerate(ds.modalities):
+        view[f"{m}_present"] = ds.mask[:, j]
+        view[f"{m}_items"] = [[] for _ in range(len(view))]
+    c = Cohort(view, list(ds.modalities), list(cohort.targets), list(cohort.covariates), {"missingness": []})
+    for s in specs:
+        rates = {_key(k): v for k, v in s.class_rates.items()} if s.class_rates else None
+        c = simulate_missing(c, s.modality, s.mechanism, rate=s.rate, seed=s.seed, column=s.column,
+                             class_rates=rates, splits=s.splits)
+    mask = np.stack([c.table[f"{m}_present"].to_numpy(dtype=bool) for m in ds.modalities], axis=1)
+    return ds.with_mask(mask), c.meta["missingness"]
+
+
+def _key(k: str):
+    try:
+        return int(k)
+    except ValueError:
+        return k
+
+
+def head_specs(cfg: ExperimentConfig, cohort: Cohort, classes: dict[str, list] | None = None) -> list[HeadSpec]:
+    specs = []
+    for h in cfg.heads:
+        if h.kind == "multiclass":
+            cls = (classes or {}).get(h.name) or sorted(
+                cohort.split("train").table[h.target].dropna().astype(str).unique())
+            specs.append(HeadSpec(h.name, h.kind, len(cls), list(cls)))
+        else:
+            specs.append(HeadSpec(h.name, h.kind))
+    return specs
+
+
+def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) -> dict[str, np.ndarray]:
+    out = {}
+    for h, spec in zip(cfg.heads, specs):
+        col = cohort.table[h.target]
+        if spec.kind == "multiclass":
+            index = {c: i for i, c in enumerate(spec.classes)}
+            out[h.name] = np.array([index.get(str(v), -1) if v is not None else -1 for v in col], dtype=np.float32)
+        else:
+            out[h.name] = np.array([np.nan if v is None else float(v) for v in col], dtype=np.float32)
+    return out
+
+
+def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: EmbeddingCache,
+                  featurizer: TabularFeaturizer | None = None, specs: list[HeadSpec] | None = None,
+                  progress: bool = True) -> tuple[Dataset, TabularFeaturizer | None, dict]:
+    """Model-ready arrays for every case of ``cohort``. The featurizer is fitted on the train split
+    when none is given."""
+    mods = list(cfg.model.modalities)
+    item_mods = [m for m in mods if m != "table"]
+    unknown = [m for m in item_mods if m not in cohort.modalities]
+    if unknown:
+        raise PipelineError(f"model modality {unknown[0]!r} is not in the cohort; cohort modalities: "
+                            f"{', '.join(cohort.modalities)} (and 'table' for covariates)")
+    emb = encode_cohort(cohort, store, cfg.encoders, cache, modalities=item_mods, progress=progress)
+    inputs, mask_cols = dict(emb.arrays), [emb.mask[m] for m in item_mods]
+    if "table" in mods:
+        frame = tabular_frame(cohort, store)
+        if featurizer is None:
+            featurizer = TabularFeaturizer().fit(frame[cohort.table["split"].to_numpy() == "train"])
+        x, present = featurizer.transform(frame)
+        x[~present] = np.nan
+        inputs["table"] = x
+        mask_cols.insert(mods.index("table"), present)
+    specs = specs or head_specs(cfg, cohort)
+    ds = Dataset(list(cohort.table["case_id"]), mods, {m: inputs[m] for m in mods},
+                 np.stack(mask_cols, axis=1), targets_for(cfg, cohort, specs))
+    return ds, featurizer, {"encoders": emb.encoders, "failures": emb.failures}
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    fit: dict[str, Any]
+    temperatures: dict[str, float]
+    cohort: Cohort
+    dataset: Dataset
+
+
+def train_experiment(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True,
+                     config_source: str | None = None) -> TrainResult:
+    model_dir = Path(model_dir)
+    store_dir = Path(cfg.data.store) if cfg.data.store else model_dir / "store"
+    ingest_data(cfg, store_dir, progress=progress)
+    with Store(store_dir) as store:
+        cohort = make_cohort(cfg, store)
+        cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
+        try:
+            specs = head_specs(cfg, cohort)
+            ds, featurizer, enc_info = build_dataset(cfg, cohort, store, cache, specs=specs, progress=progress)
+        finally:
+            cache.close()
+    ds, missingness = apply_missing(cohort, ds, cfg.missing)
+    split = cohort.table["split"].to_numpy()
+    train, valid = ds.subset(np.flatnonzero(split == "train")), ds.subset(np.flatnonzero(split == "valid"))
+    if len(train) == 0:
+        raise PipelineError("the train split is empty; check cohort.split_from / fractions")
+    dims = {m: int(a.shape[1]) for m, a in ds.inputs.items()}
+    model = build_model(cfg.model.kind, dims, specs, **cfg.model.kwargs())
+    tcfg = TrainConfig(**cfg.train.model_dump())
+    result = fit(model, train, valid if len(valid) else None, tcfg, progress=progress)
+    temps = {}
+    if tcfg.calibrate and len(valid):
+        logits = predict_logits(model, valid)
+        temps = {s.name: fit_temperature(logits[s.name], valid.targets[s.name], s.kind) for s in specs}
+    config = {
+        "medweave_version": __version__,
+        "code_version": code_version(),
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "experiment": cfg.model_dump(mode="json"),
+        "config_source": config_source,
+        "architecture": {"kind": cfg.model.kind, "dims": dims,
+                         "heads": [vars(s) for s in specs], "kwargs": cfg.model.kwargs()},
+        "encoders": {m: d for m, d in enc_info["encoders"].items()},
+        "default_encoders": DEFAULT_ENCODERS,
+        "tabular": featurizer.to_dict() if featurizer else None,
+        "temperatures": temps,
+        "cohort": {"store": str(store_dir), "cases": len(cohort), "splits": cohort.summary()["splits"],
+                   "meta": cohort.meta, "simulated_missingness": missingness,
+                   "presence": {m: int(ds.mask[:, j].sum()) for j, m in enumerate(ds.modalities)}},
+        "training": {k: v for k, v in result.items() if k != "history"},
+        "history": result["history"],
+        "encode_failures": enc_info["failures"][:50],
+    }
+    save_checkpoint(model_dir, model, config)
+    return TrainResult(model_dir, result, temps, cohort, ds)
+
+
+def experiment_from_checkpoint(config: dict[str, Any]) -> ExperimentConfig:
+    from ..config import parse_config
+
+    return parse_config(config["experiment"], "model config.json")
+
+
+def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] | None, store_dir: Path | None,
+                      progress: bool = True) -> tuple[ExperimentConfig, Store, Cohort, EmbeddingCache]:
+    """Open (and, for new data, ingest into) the store to evaluate on; returns an open store."""
+    cfg = experiment_from_checkpoint(config)
+    if data_paths:
+        store_dir = store_dir or model_dir / "eval-store"
+        ingest_data(cfg, store_dir, paths=data_paths, progress=progress)
+    else:
+        store_dir = Path(config["cohort"]["store"])
+    store = Store(store_dir)
+    cohort = make_cohort(cfg, store)
+    cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
+    return cfg, store, cohort, cache
+
+
+def save_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
