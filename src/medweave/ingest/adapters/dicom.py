@@ -1,0 +1,636 @@
+"""DICOM: images (single- and multi-frame), series stacked into volumes, ECG waveforms, SR text.
+
+Each file is read once with pydicom, de-identified in place (``store.deid_dicom``), and becomes:
+
+* an IMAGE item (a multi-frame 3D stack such as an enhanced CT/MR: a VOLUME item) whose blob is the
+  de-identified DICOM file, with geometry fields and decoded pixel statistics;
+* SIGNAL items for the multiplex groups of a waveform object (blob: a channels x samples ``.npy``);
+* a TEXT item for a structured report (its content tree as scrubbed text).
+
+Other objects (RT plans, presentation states, directories, ...) are reported with their SOP class.
+After all files, ``finish`` stacks the single-frame slices of each series found in the store into a
+VOLUME item ordered by slice position.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import iter_pixels
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ...store.catalog import Item, Modality
+from ...store.deid_dicom import DicomFacts, deidentify_dataset, parse_da
+from ..base import Adapter, IngestContext, IngestError, Unit
+
+log = logging.getLogger(__name__)
+
+DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Multi-frame SOP classes whose frames are slices of one 3D stack even without per-frame positions.
+VOLUME_SOP_NAMES = ("Enhanced CT Image Storage", "Enhanced MR Image Storage", "Enhanced PET Image Storage",
+                    "Legacy Converted Enhanced CT Image Storage", "Legacy Converted Enhanced MR Image Storage",
+                    "Legacy Converted Enhanced PET Image Storage", "Breast Tomosynthesis Image Storage",
+                    "RT Dose Storage")
+_VRS = {b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"OB", b"OW", b"PN", b"SH", b"SQ",
+        b"TM", b"UI", b"UL", b"US", b"UN", b"ST", b"LT"}
+
+
+@contextmanager
+def quiet_pydicom():
+    """Silence pydicom's warnings and log lines, whose messages may quote identifying values."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)  # also silences its child loggers (pixel decoders)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+# --- reading and writing --------------------------------------------------------------------------
+
+
+def load_dataset(path: Path) -> Dataset:
+    """Read a DICOM file (with or without preamble and file meta) or raise ``IngestError``."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise IngestError(f"not a readable DICOM file ({type(exc).__name__}: {exc}); "
+                          "expected a DICOM Part 10 file or a raw DICOM data set") from exc
+    if not any(tag.group > 0x0002 for tag in ds.keys()):
+        raise IngestError("no DICOM data elements found; expected a DICOM data set")
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Give a data set read without file meta the transfer syntax it was encoded with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """The data set as a DICOM Part 10 file (deterministic bytes)."""
+    buf = io.BytesIO()
+    if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
+        ds.save_as(buf, enforce_file_format=True)
+    else:
+        ds.save_as(buf, implicit_vr=ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+                   little_endian=ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian)
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``np.save`` of ``array`` into bytes (deterministic, no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+# --- attribute helpers ---------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    f = _float(value)
+    return None if f is None or f != int(f) else int(f)
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _floats(value: Any, n: int) -> list[float] | None:
+    """A multi-valued numeric attribute with exactly ``n`` values, else None."""
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _functional(ds: Dataset, macro: str, keyword: str, frame: int = 0) -> Any:
+    """An attribute from a functional group macro: shared groups first, then the frame's own."""
+    for top, index in (("SharedFunctionalGroupsSequence", 0), ("PerFrameFunctionalGroupsSequence", frame)):
+        groups = ds.get(top)
+        if groups and len(groups) > index:
+            inner = groups[index].get(macro)
+            if inner and keyword in inner[0]:
+                return inner[0].get(keyword)
+    return None
+
+
+def _attr(ds: Dataset, keyword: str, macro: str, frame: int = 0) -> Any:
+    """A top-level attribute, else the same attribute inside a functional group macro."""
+    value = ds.get(keyword)
+    return value if value not in (None, "") else _functional(ds, macro, keyword, frame)
+
+
+def _code_meaning(seq: Any) -> str:
+    return str(seq[0].get("CodeMeaning", "")).strip() if seq else ""
+
+
+def _sop(ds: Dataset) -> tuple[str, str]:
+    """(SOP class UID, its name) of a data set, from the data set or its file meta."""
+    uid = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "").strip()
+    name = UID(uid).name if uid else ""
+    return uid, (name if name and name != uid else "")
+
+
+def _describe_sop(ds: Dataset) -> str:
+    """The SOP class by name (a UID only when the class is unknown: error reasons are scrubbed as
+    free text, which would mistake parts of a dotted UID for dates)."""
+    uid, name = _sop(ds)
+    if not uid:
+        return "object without a SOP Class UID"
+    return name or f"object of unknown SOP class {uid}"
+
+
+def _timestamp(ds: Dataset) -> dt.datetime | None:
+    """When the item was acquired (already date-shifted when de-identified)."""
+    value = _text(ds.get("AcquisitionDateTime"))
+    if value and parse_da(value[:8]):
+        return _combine(parse_da(value[:8]), value[8:])
+    for prefix in ("Acquisition", "Content", "Series", "Study"):
+        day = parse_da(ds.get(f"{prefix}Date"))
+        if day:
+            return _combine(day, str(ds.get(f"{prefix}Time") or ""))
+    return None
+
+
+def _combine(day: dt.date, tm: str) -> dt.datetime:
+    digits = tm.split(".")[0].strip()
+    parts = [int(digits[i:i + 2]) if digits[i:i + 2].isdigit() else 0 for i in (0, 2, 4)]
+    hh, mm, ss = (min(parts[0], 23), min(parts[1], 59), min(parts[2], 59))
+    return dt.datetime(day.year, day.month, day.day, hh, mm, ss)
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+
+def _orientation(ds: Dataset) -> list[float] | None:
+    return _floats(_attr(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6)
+
+
+def _normal(orientation: list[float]) -> np.ndarray:
+    row, col = np.array(orientation[:3]), np.array(orientation[3:])
+    return np.cross(row, col)
+
+
+def _frame_position(ds: Dataset, normal: np.ndarray, frame: int) -> float | None:
+    ipp = _floats(_attr(ds, "ImagePositionPatient", "PlanePositionSequence", frame), 3)
+    return None if ipp is None else round(float(np.dot(ipp, normal)), 6)
+
+
+def _frame_positions(ds: Dataset, frames: int) -> list[float]:
+    """Slice positions of every frame (projections on the slice normal), when known."""
+    orientation = _orientation(ds)
+    if orientation is None:
+        return []
+    normal = _normal(orientation)
+    first = _frame_position(ds, normal, 0)
+    offsets = _floats(ds.get("GridFrameOffsetVector"), frames) if frames > 1 else None
+    if first is not None and offsets is not None:  # RT dose grids
+        return [round(first + o, 6) for o in offsets]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if frames > 1 and per_frame and len(per_frame) == frames:
+        positions = [_frame_position(ds, normal, i) for i in range(frames)]
+        return [] if None in positions else positions
+    return [] if first is None else [first]
+
+
+def _orientation_key(orientation: list[float] | None) -> str | None:
+    if orientation is None:
+        return None
+    return ",".join(f"{round(v, 4) + 0.0:.4f}" for v in orientation)
+
+
+def _is_stack(ds: Dataset, frames: int, positions: list[float]) -> bool:
+    """True when the frames of a multi-frame object are slices of one 3D volume."""
+    if frames < 2:
+        return False
+    if len(positions) == frames:
+        return len(set(positions)) == frames
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    _, name = _sop(ds)
+    return name in VOLUME_SOP_NAMES or (name.startswith("Nuclear Medicine") and "TOMO" in " ".join(image_type))
+
+
+def _frame_count(ds: Dataset) -> int:
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return 1
+    n = _int(value)
+    if n is None or n < 1:
+        raise IngestError(f"NumberOfFrames {str(value)!r} is not a whole number >= 1")
+    return n
+
+
+def _pixel_stats(ds: Dataset) -> dict[str, float]:
+    """Min, max and mean of the decoded pixel data, frame by frame (bounded memory)."""
+    lo, hi, total, count = np.inf, -np.inf, 0.0, 0
+    try:
+        for frame in iter_pixels(ds):
+            lo = min(lo, float(frame.min()))
+            hi = max(hi, float(frame.max()))
+            total += float(frame.sum(dtype=np.float64))
+            count += frame.size
+    except Exception as exc:
+        raise IngestError(f"pixel data cannot be decoded ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); transfer syntax "
+                          f"{ds.file_meta.TransferSyntaxUID.name}") from exc
+    if count == 0:
+        raise IngestError("pixel data is empty; expected at least one pixel")
+    return {"min": lo, "max": hi, "mean": round(total / count, 6)}
+
+
+# --- items ---------------------------------------------------------------------------------------
+
+
+class _Context(NamedTuple):
+    """What every item of one file shares."""
+
+    patient_id: str
+    study_id: str | None
+    facts: DicomFacts
+    patient_attrs: dict[str, Any]
+    study_attrs: dict[str, Any]
+    fields: dict[str, Any]
+
+
+def _shared(ds: Dataset, patient_id: str, facts: DicomFacts, ctx: IngestContext) -> _Context:
+    study_id = ctx.study(patient_id, facts.study_key) if facts.study_key else None
+    fields = {
+        "dicom_modality": _text(ds.get("Modality")),
+        "body_part": _text(ds.get("BodyPartExamined")),
+        "series_id": _text(ds.get("SeriesInstanceUID")),
+        "time": _timestamp(ds),
+        "age": facts.age,
+    }
+    return _Context(
+        patient_id=patient_id,
+        study_id=study_id,
+        facts=facts,
+        patient_attrs={"sex": facts.sex, "namespace": ctx.namespace},
+        study_attrs={"date": facts.study_date, "description": facts.study_description},
+        fields=fields,
+    )
+
+
+def _item(shared: _Context, modality: Modality, blob: bytes, ext: str, fields: dict, meta: dict,
+          source_key: str = "") -> Item:
+    return Item(
+        patient_id=shared.patient_id, study_id=shared.study_id, modality=modality, blob=blob, blob_ext=ext,
+        fields={**shared.fields, **fields}, meta=meta, source_key=source_key,
+        patient_attrs=shared.patient_attrs, study_attrs=shared.study_attrs,
+    )
+
+
+def _image_meta(ds: Dataset) -> dict[str, Any]:
+    """Non-identifying technical facts about an image."""
+    uid, name = _sop(ds)
+    meta = {
+        "sop_class_uid": uid,
+        "sop_class": name or None,
+        "sop_instance_uid": _text(ds.get("SOPInstanceUID")),
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+        "transfer_syntax_name": ds.file_meta.TransferSyntaxUID.name,
+        "photometric_interpretation": _text(ds.get("PhotometricInterpretation")),
+        "samples_per_pixel": _int(ds.get("SamplesPerPixel")),
+        "bits_allocated": _int(ds.get("BitsAllocated")),
+        "bits_stored": _int(ds.get("BitsStored")),
+        "pixel_representation": _int(ds.get("PixelRepresentation")),
+        "rescale_slope": _float(_attr(ds, "RescaleSlope", "PixelValueTransformationSequence")),
+        "rescale_intercept": _float(_attr(ds, "RescaleIntercept", "PixelValueTransformationSequence")),
+        "manufacturer": _text(ds.get("Manufacturer")),
+        "model": _text(ds.get("ManufacturerModelName")),
+        "series_number": _int(ds.get("SeriesNumber")),
+        "series_description": _text(ds.get("SeriesDescription")),
+        "image_type": "\\".join(str(v) for v in ds.get("ImageType") or []) or None,
+        "burned_in_annotation": _text(ds.get("BurnedInAnnotation")),
+        "orientation": _orientation_key(_orientation(ds)),
+    }
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def image_item(ds: Dataset, shared: _Context) -> Item:
+    """An IMAGE (or, for a 3D multi-frame stack, a VOLUME) item holding the de-identified file."""
+    frames = _frame_count(ds)
+    blob = encode_dataset(ds)  # first, while most elements are still undecoded (written as read)
+    positions = _frame_positions(ds, frames)
+    stack = _is_stack(ds, frames, positions)
+    spacing = _floats(_attr(ds, "PixelSpacing", "PixelMeasuresSequence"), 2) or _floats(
+        ds.get("ImagerPixelSpacing"), 2)
+    meta = _image_meta(ds)
+    meta["pixel_stats"] = _pixel_stats(ds)
+    if stack and len(positions) == frames:
+        meta["frame_positions"] = positions
+    fields = {
+        "format": "dicom",
+        "view_position": _text(ds.get("ViewPosition")),
+        "pixel_spacing_x": spacing[1] if spacing else None,
+        "pixel_spacing_y": spacing[0] if spacing else None,
+        "slice_thickness": _float(_attr(ds, "SliceThickness", "PixelMeasuresSequence")),
+        "rows": _int(ds.get("Rows")),
+        "cols": _int(ds.get("Columns")),
+        "frames": frames,
+        "position": positions[0] if positions else None,
+        "instance_number": _int(ds.get("InstanceNumber")),
+    }
+    modality = Modality.VOLUME if stack else Modality.IMAGE
+    return _item(shared, modality, blob, ".dcm", fields, meta)
+
+
+def _channel_name(channel: Dataset, index: int) -> str:
+    name = _code_meaning(channel.get("ChannelSourceSequence")) or _text(channel.get("ChannelLabel"))
+    return (name or f"channel {index + 1}").replace(",", ";")
+
+
+def waveform_items(ds: Dataset, shared: _Context) -> list[Item]:
+    """One SIGNAL item per multiplex group: a channels x samples float32 array in physical units."""
+    items = []
+    for index, group in enumerate(ds.WaveformSequence):
+        rate = _float(group.get("SamplingFrequency"))
+        if not rate or rate <= 0:
+            raise IngestError(f"waveform group {index}: SamplingFrequency {group.get('SamplingFrequency')!r} "
+                              "is not a positive number")
+        signal = np.asarray(ds.waveform_array(index), dtype=np.float32).T
+        channels = list(group.get("ChannelDefinitionSequence") or [])
+        units = {_text(c.ChannelSensitivityUnitsSequence[0].get("CodeValue"))
+                 for c in channels if c.get("ChannelSensitivityUnitsSequence")}
+        fields = {
+            "format": "dicom-waveform",
+            "sampling_rate": rate,
+            "n_channels": int(signal.shape[0]),
+            "n_samples": int(signal.shape[1]),
+            "channel_names": ",".join(_channel_name(c, i) for i, c in enumerate(channels)),
+            "unit": units.pop() if len(units) == 1 else None,
+        }
+        meta = {
+            "sop_class": _sop(ds)[1] or None,
+            "multiplex_group": _text(group.get("MultiplexGroupLabel")),
+            "originality": _text(group.get("WaveformOriginality")),
+            "sample_interpretation": _text(group.get("WaveformSampleInterpretation")),
+            "units": sorted(u for u in units if u) if units else None,
+        }
+        items.append(_item(shared, Modality.SIGNAL, npy_bytes(signal), ".npy", fields,
+                           {k: v for k, v in meta.items() if v is not None}, source_key=f"waveform{index}"))
+    return items
+
+
+_SR_TEMPORAL = {"DATE": "Date", "TIME": "Time", "DATETIME": "DateTime"}
+
+
+def _content_value(item: Dataset) -> str:
+    """The value of one SR content item as text (empty for containers and references)."""
+    kind = str(item.get("ValueType", "")).upper()
+    if kind == "TEXT":
+        return str(item.get("TextValue", "")).strip()
+    if kind == "CODE":
+        return _code_meaning(item.get("ConceptCodeSequence"))
+    if kind == "NUM" and item.get("MeasuredValueSequence"):
+        measured = item.MeasuredValueSequence[0]
+        unit = _code_meaning(measured.get("MeasurementUnitsCodeSequence"))
+        return f"{measured.get('NumericValue', '')} {unit}".strip()
+    if kind in _SR_TEMPORAL:
+        return str(item.get(_SR_TEMPORAL[kind], "")).strip()
+    return ""
+
+
+def _sr_lines(items: Any, depth: int = 0) -> list[str]:
+    """The SR content tree as indented 'concept: value' lines."""
+    lines = []
+    for item in items or []:
+        concept, value = _code_meaning(item.get("ConceptNameCodeSequence")), _content_value(item)
+        text = f"{concept}: {value}" if concept and value else concept or value
+        if text:
+            lines.append("  " * depth + text)
+        lines += _sr_lines(item.get("ContentSequence"), depth + 1)
+    return lines
+
+
+def report_item(ds: Dataset, shared: _Context, ctx: IngestContext) -> Item:
+    """A TEXT item with the scrubbed content of a structured report."""
+    title = _code_meaning(ds.get("ConceptNameCodeSequence"))
+    body = _sr_lines(ds.get("ContentSequence"))
+    if not any(":" in line for line in body):
+        raise IngestError(f"DICOM {_describe_sop(ds)}: the report has no text, code or numeric content")
+    text = ctx.scrub("\n".join(([title] if title else []) + body), shared.facts.known)
+    fields = {"format": "dicom-sr", "text": text}
+    meta = {"sop_class": _sop(ds)[1] or None, "completion": _text(ds.get("CompletionFlag")),
+            "verification": _text(ds.get("VerificationFlag"))}
+    return _item(shared, Modality.TEXT, text.encode("utf-8"), ".txt", fields,
+                 {k: v for k, v in meta.items() if v is not None})
+
+
+def dataset_items(ds: Dataset, shared: _Context, ctx: IngestContext) -> list[Item]:
+    """The items of one de-identified data set, by what it holds."""
+    uid, _ = _sop(ds)
+    if uid == DICOMDIR_SOP:
+        raise IngestError("DICOMDIR (Media Storage Directory): an index of other files, not an image; "
+                          "ingest the folder that holds the files it lists")
+    if any(k in ds for k in PIXEL_KEYWORDS):
+        return [image_item(ds, shared)]
+    if ds.get("WaveformSequence"):
+        return waveform_items(ds, shared)
+    if ds.get("ContentSequence") and (str(ds.get("Modality", "")) == "SR" or "SR" in _sop(ds)[1].split()):
+        return [report_item(ds, shared, ctx)]
+    raise IngestError(f"DICOM {_describe_sop(ds)}: no pixel data, waveform or report text to ingest")
+
+
+# --- series volumes ------------------------------------------------------------------------------
+
+_SLICE_WHERE = """
+adapter = ? AND modality = 'image' AND frames = 1 AND series_id IS NOT NULL AND position IS NOT NULL
+AND json_extract_string(meta, '$.orientation') IS NOT NULL
+"""
+_GROUPS_SQL = f"""
+SELECT series_id, rows, cols, json_extract_string(meta, '$.orientation') AS orientation FROM items
+WHERE {_SLICE_WHERE} GROUP BY ALL HAVING count(*) >= 2 ORDER BY ALL
+"""
+_SLICES_SQL = f"""
+SELECT item_id, patient_id, study_id, series_id, rows, cols, position, blob, dicom_modality, body_part,
+       pixel_spacing_x, pixel_spacing_y, slice_thickness,
+       json_extract_string(meta, '$.orientation') AS orientation,
+       coalesce(json_extract_string(meta, '$.sop_instance_uid'), item_id) AS instance
+FROM items
+WHERE {_SLICE_WHERE} AND series_id = ? AND rows = ? AND cols = ?
+  AND json_extract_string(meta, '$.orientation') = ?
+ORDER BY position, item_id
+"""
+_BUILT_SQL = """
+SELECT json_extract_string(meta, '$.members_digest') FROM items
+WHERE adapter = ? AND modality = 'volume' AND format = 'dicom-series'
+"""
+
+
+class _Slice(NamedTuple):
+    item_id: str
+    patient_id: str
+    study_id: str | None
+    series_id: str
+    rows: int
+    cols: int
+    position: float
+    blob: str
+    dicom_modality: str | None
+    body_part: str | None
+    pixel_spacing_x: float | None
+    pixel_spacing_y: float | None
+    slice_thickness: float | None
+    orientation: str
+    instance: str
+
+
+def series_stacks(con, adapter: str) -> Iterator[list[_Slice]]:
+    """Groups of >= 2 distinct single-frame slices (same series, size and orientation) that no
+    series volume covers yet, each ordered by position. One row per SOP instance (the same
+    instance stored in several encodings counts once). Reads one group at a time, so memory is
+    bounded by the largest series, not by the store."""
+    built = {r[0] for r in con.execute(_BUILT_SQL, [adapter]).fetchall()}
+    for group in con.execute(_GROUPS_SQL, [adapter]).fetchall():
+        rows = [_Slice(*r) for r in con.execute(_SLICES_SQL, [adapter, *group]).fetchall()]
+        unique: dict[str, _Slice] = {}
+        for row in rows:  # already ordered by position
+            unique.setdefault(row.instance, row)
+        members = list(unique.values())
+        positions = [s.position for s in members]
+        if len(members) < 2 or len(set(positions)) != len(positions):
+            continue  # a single slice, or several slices per position (multi-echo, time series)
+        if members_digest(members) not in built:
+            yield members
+
+
+def members_digest(members: list[_Slice]) -> str:
+    return hashlib.sha256(",".join(s.item_id for s in members).encode()).hexdigest()[:32]
+
+
+def _rescaled(data: bytes) -> np.ndarray:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    array = ds.pixel_array
+    slope = _float(ds.get("RescaleSlope")) or 1.0
+    intercept = _float(ds.get("RescaleIntercept")) or 0.0
+    if slope == 1.0 and intercept == 0.0:
+        return array
+    if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int32) * int(slope) + int(intercept)
+    return array * slope + intercept
+
+
+def stack_volume(read_blob, members: list[_Slice]) -> np.ndarray:
+    """The slices' rescaled pixels stacked in order: int16/int32 when integral, else float32."""
+    volume: np.ndarray | None = None
+    for i, member in enumerate(members):
+        plane = _rescaled(read_blob(member.blob))
+        if volume is None:
+            integral = np.issubdtype(plane.dtype, np.integer)
+            volume = np.empty((len(members), *plane.shape), dtype=np.int32 if integral else np.float32)
+        if plane.shape != volume.shape[1:]:
+            raise IngestError(f"slice {i} has shape {plane.shape}, expected {volume.shape[1:]}")
+        if volume.dtype == np.int32 and not np.issubdtype(plane.dtype, np.integer):
+            volume = volume.astype(np.float32)
+        volume[i] = plane
+    if volume.dtype == np.int32 and volume.size and volume.min() >= -32768 and volume.max() <= 32767:
+        volume = volume.astype(np.int16)
+    return volume
+
+
+def volume_item(members: list[_Slice], volume: np.ndarray) -> Item:
+    """The VOLUME item of a stacked series."""
+    first = members[0]
+    positions = [s.position for s in members]
+    gaps = np.diff(positions)
+    fields = {
+        "format": "dicom-series", "dicom_modality": first.dicom_modality, "body_part": first.body_part,
+        "rows": first.rows, "cols": first.cols, "frames": len(members),
+        "pixel_spacing_x": first.pixel_spacing_x, "pixel_spacing_y": first.pixel_spacing_y,
+        "slice_thickness": first.slice_thickness, "series_id": first.series_id, "position": positions[0],
+    }
+    meta = {
+        "members": [s.item_id for s in members],
+        "members_digest": members_digest(members),
+        "positions": positions,
+        "slice_spacing": round(float(np.median(gaps)), 6),
+        "uniform_spacing": bool(np.ptp(gaps) <= 0.01 * max(abs(float(np.median(gaps))), 1e-6)),
+        "orientation": first.orientation,
+        "dtype": str(volume.dtype),
+        "shape": list(volume.shape),
+        "rescaled": True,
+    }
+    return Item(patient_id=first.patient_id, study_id=first.study_id, modality=Modality.VOLUME,
+                blob=npy_bytes(volume), blob_ext=".npy", fields=fields, meta=meta,
+                source_key=f"series:{first.series_id}:{members_digest(members)[:12]}")
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    """A preamble-less data set starting with a group 0002/0008 element (little endian)."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00") or head[3] != 0:
+        return False
+    return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") < 1024
+
+
+class DicomAdapter(Adapter):
+    """DICOM files: images, multi-frame volumes, series volumes, waveforms and structured reports."""
+
+    name = "dicom"
+    version = "1"
+    extensions = (".dcm", ".dicom")
+    description = "DICOM images, series, ECG waveforms and structured reports (de-identified)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        if head[128:132] == b"DICM":
+            return 1.0
+        if path.name.lower().endswith(self.extensions):
+            return 0.6
+        return 0.3 if _looks_like_raw_dicom(head) else 0.0
+
+    def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        with quiet_pydicom():
+            ds = load_dataset(unit.path)
+            ds, patient_id, facts = deidentify_dataset(ds, ctx.deid, ctx.namespace)
+            try:
+                items = dataset_items(ds, _shared(ds, patient_id, facts, ctx), ctx)
+            except IngestError as exc:
+                raise IngestError(ctx.scrub(str(exc), facts.known)) from None
+            except Exception as exc:
+                raise IngestError(ctx.scrub(f"{type(exc).__name__}: {exc}", facts.known)) from None
+        return iter(items)
+
+    def finish(self, ctx: IngestContext) -> Iterator[tuple[Unit, list[Item]]]:
+        """One VOLUME item per series of single-frame slices in the store not yet stacked."""
+        for members in series_stacks(ctx.store.con, self.name):
+            try:
+                with quiet_pydicom():
+                    volume = stack_volume(ctx.store.read_blob, members)
+            except Exception as exc:  # the runner has no error channel here: log and go on
+                log.warning("series %s not stacked: %s: %s", members[0].series_id, type(exc).__name__, exc)
+                continue
+            yield Unit(Path(f"dicom-series:{members[0].series_id}")), [volume_item(members, volume)]

@@ -1,0 +1,84 @@
+"""DICOM de-identification on data sets built here: what is removed, emptied, shifted, remapped, kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from medweave.store.deid import Deidentifier
+from medweave.store.deid_dicom import deidentify_dataset, parse_age
+
+DEID = Deidentifier(b"\x07" * 32)
+
+
+def sample() -> Dataset:
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Quill^Henrietta", "MRN4471", "19300301"
+    ds.PatientSex, ds.PatientAge, ds.OtherPatientIDs = "F", "095Y", ["ALT-99812"]
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, "1.2.3.4.5.6.7"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4.5", "1.2.3.4.5.6"
+    ds.StudyDate, ds.AcquisitionDateTime = "20200115", "20200115101500.25"
+    ds.StudyDescription = "CT chest for Henrietta Quill"
+    ds.Manufacturer, ds.BodyPartExamined = "Quill Imaging Ltd", "QUILL"
+    ds.InstitutionName, ds.AccessionNumber = "St Elsewhere", "ACC77123"
+    ds.ImageComments = "call 555-123-4567"
+    ds.add_new(0x00091010, "LO", "private")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.4.5.6.7"
+    ref.PerformingPhysicianName = "Kildare^James"
+    ref.add_new(0x00191001, "LO", "private in a sequence")
+    ref.ContentDate = ["20200116", "not-a-date"]
+    ds.ReferencedImageSequence = Sequence([ref])
+    return ds
+
+
+def test_identifiers_go_dates_shift_uids_remap_and_links_survive():
+    ds, pid, facts = deidentify_dataset(sample(), DEID, "default")
+    ref = ds.ReferencedImageSequence[0]
+    assert pid == DEID.patient_id("default", "MRN4471") and str(ds.PatientName) == ds.PatientID == pid
+    assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
+    assert "OtherPatientIDs" not in ds and "InstitutionName" not in ds and "ImageComments" not in ds
+    assert ref.PerformingPhysicianName == "" and not any(e.tag.is_private for e in ds.iterall())
+    offset = DEID.date_offset_days(pid)
+    shifted = dt.date(2020, 1, 15) + dt.timedelta(days=offset)
+    assert ds.StudyDate == shifted.strftime("%Y%m%d") == facts.study_date.strftime("%Y%m%d")
+    assert ds.AcquisitionDateTime == shifted.strftime("%Y%m%d") + "101500.25"
+    assert list(ref.ContentDate) == [(shifted + dt.timedelta(days=1)).strftime("%Y%m%d"), ""]
+    assert ds.SOPClassUID == CTImageStorage == ref.ReferencedSOPClassUID  # well-known: kept
+    assert ds.SOPInstanceUID == ref.ReferencedSOPInstanceUID == DEID.uid("1.2.3.4.5.6.7") != "1.2.3.4.5.6.7"
+    assert ds.PatientIdentityRemoved == "YES" and ds.PatientAge == "090Y" and facts.age == 90
+    assert (facts.sex, facts.study_key) == ("F", "1.2.3.4.5")
+
+
+def test_final_sweep_and_scrubbed_descriptions():
+    ds, _, facts = deidentify_dataset(sample(), DEID, "default")
+    assert ds.Manufacturer == "[ID] Imaging Ltd" and ds.BodyPartExamined == ""
+    assert "Quill" not in ds.StudyDescription and "Henrietta" not in facts.study_description
+    assert {"Quill", "Henrietta", "MRN4471", "ALT-99812"} <= set(facts.known)
+
+
+def test_missing_id_uses_the_name_and_keep_phi_changes_nothing():
+    ds = sample()
+    ds.PatientID = ""
+    _, pid, _ = deidentify_dataset(ds, DEID, "site-a")
+    assert pid == DEID.patient_id("site-a", "Quill^Henrietta")
+    keep = Deidentifier(b"\x07" * 32, keep_phi=True)
+    kept, pid, facts = deidentify_dataset(sample(), keep, "default")
+    assert pid == "MRN4471" and str(kept.PatientName) == "Quill^Henrietta" and kept.StudyDate == "20200115"
+    assert "InstitutionName" in kept and facts.study_date == dt.date(2020, 1, 15)
+
+
+def test_file_meta_instance_uid_is_remapped_and_age_strings_parse():
+    ds = sample()
+    ds.file_meta = Dataset()
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.SourceApplicationEntityTitle = "WARD7_CT"
+    ds, _, _ = deidentify_dataset(ds, DEID, "default")
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert "SourceApplicationEntityTitle" not in ds.file_meta
+    assert parse_age("006M") == 0.5 and parse_age("045Y") == 45 and parse_age("bad") is None
