@@ -206,6 +206,68 @@ def _print_cohort(cohort, as_json: bool, path: Path) -> None:
         out.print(f"target {name}: {info}", highlight=False)
 
 
+@app.command(epilog="Example: medweave train --config configs/nih-cxr14.toml --out runs/nih")
+def train(
+    config: Path = typer.Option(..., "--config", help="Experiment config (TOML or YAML)."),
+    out_dir: Path = typer.Option(..., "--out", help="Model folder to write (safetensors + config.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Ingest the config's data (idempotent), build the cohort, encode (cached), fit, calibrate, save."""
+    from .config import ConfigError, load_config
+    from .train.pipeline import PipelineError, train_experiment
+
+    try:
+        cfg = load_config(config)
+        result = train_experiment(cfg, out_dir, progress=not quiet and not as_json, config_source=str(config))
+    except (ConfigError, PipelineError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    summary = {"model": str(out_dir), "kind": cfg.model.kind, "epochs_run": result.fit["epochs_run"],
+               "best_valid_loss": result.fit["best_valid_loss"], "temperatures": result.temperatures,
+               "train_samples_per_s": result.fit["train_samples_per_s"],
+               "splits": result.cohort.summary()["splits"]}
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+    else:
+        out.print(f"trained {cfg.model.kind} model -> {out_dir} ({summary['epochs_run']} epochs, best valid loss "
+                  f"{summary['best_valid_loss']:.4f}, temperatures {summary['temperatures']})", highlight=False)
+
+
+@app.command(epilog=(
+    "Example: medweave evaluate --model runs/nih --data /data/nih-test --json   "
+    "(or: --split test --missing mnar:image:0=0.5,1=0)"))
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Model folder from `medweave train`."),
+    data: List[Path] = typer.Option([], "--data", help="New data with the training layout (default: the model's own cohort)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Store for --data (default: MODEL/eval-store)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, valid, test or all (default: all for --data, else test)."),
+    missing: List[str] = typer.Option([], "--missing", help="Simulated missingness MECH:MODALITY:SPEC (repeatable)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """AUROC, AUPRC, balanced accuracy, F1, Brier, ECE per task with bootstrap 95% intervals."""
+    from .evaluate import EvaluateError, evaluate_model
+    from .train.pipeline import PipelineError
+
+    try:
+        res = evaluate_model(model, data=[str(d) for d in data] or None, store=store, split=split,
+                             missing=missing, n_boot=bootstrap, progress=not as_json)
+    except (EvaluateError, PipelineError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(res, default=str))
+        return
+    out.print(f"{res['cases']} cases ({res['split']}); presence {res['presence']}", highlight=False)
+    for head, metrics in res["metrics"].items():
+        t = Table(title=f"task {head}")
+        for c in ("metric", "value", "95% CI"):
+            t.add_column(c, justify="left" if c == "metric" else "right")
+        for name, v in metrics.items():
+            ci = f"[{v['lo']:.3f}, {v['hi']:.3f}]" if "lo" in v else ""
+            t.add_row(name, f"{v['value']:.3f}" if isinstance(v["value"], float) else str(v["value"]), ci)
+        out.print(t)
+
+
 @app.command(epilog="Example: medweave demo --out ./demo-out")
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files and store."),

@@ -65,7 +65,7 @@ class ModelConfig(_Strict):
     modalities: list[str] = Field(description="Model inputs in order; 'table' = covariates + table items.")
     hidden: int = 128
     dropout: float = 0.1
-    adapters: dict[str, Literal["mlp", "conv1d"]] = {}
+    adapters: dict[str, Literal["mlp", "tabular", "conv1d"]] = {}
     indicators: bool = True  # concat only: missing indicators beside the zero-filled embeddings
     layers: int = 2  # attention only
 
@@ -99,6 +99,7 @@ class TrainSection(_Strict):
     modality_dropout: float = 0.0
     random_order: bool = False
     step_loss: Literal["all", "last"] = "all"
+    balance_presence: bool = True
     calibrate: bool = True
 
 
@@ -108,7 +109,7 @@ class MissingConfig(_Strict):
     rate: Optional[float] = None
     column: Optional[str] = None
     class_rates: Optional[dict[str, float]] = None
-    splits: list[str] = ["train", "valid"]
+    splits: Optional[list[str]] = ["train", "valid"]  # None: every split
     seed: int = 0
 
 

@@ -28,9 +28,9 @@ def parse_missing(text: str) -> MissingConfig:
     try:
         if mech == "mnar" and "=" in spec:
             rates = {k: float(v) for k, v in (kv.split("=") for kv in spec.split(","))}
-            return MissingConfig(modality=modality, mechanism=mech, class_rates=rates, splits=[], seed=0)
+            return MissingConfig(modality=modality, mechanism=mech, class_rates=rates, splits=None, seed=0)
         return MissingConfig(modality=modality, mechanism=mech, rate=float(spec),
-                             column=parts[3] if len(parts) > 3 else None, splits=[], seed=0)
+                             column=parts[3] if len(parts) > 3 else None, splits=None, seed=0)
     except ValueError as exc:
         raise EvaluateError(f"--missing {text!r}: {exc}") from None
 

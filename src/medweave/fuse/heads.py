@@ -27,26 +27,39 @@ class HeadSpec:
             self.n_out = 1
 
 
-def head_loss(spec: HeadSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean loss over samples with a target (NaN / -1 targets are missing). ``logits``: (B, n_out)."""
+def head_loss(spec: HeadSpec, logits: torch.Tensor, target: torch.Tensor,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over samples with a target (NaN, or -1 for multi-class, means missing).
+
+    ``logits``: (B, n_out); ``weight``: optional (B,) per-sample weights (a weighted mean).
+    """
     if spec.kind == "multiclass":
         keep = target >= 0
+        per = F.cross_entropy(logits[keep], target[keep].long(), reduction="none") if keep.any() else None
+    elif spec.kind == "multilabel":
+        keep = ~torch.isnan(target).all(dim=1)
+        if keep.any():
+            t = target[keep]
+            elem = F.binary_cross_entropy_with_logits(logits[keep], torch.nan_to_num(t), reduction="none")
+            per = (elem * (~torch.isnan(t))).sum(1) / (~torch.isnan(t)).sum(1).clamp(min=1)
+        else:
+            per = None
+    else:
+        t = target.reshape(-1)
+        keep = ~torch.isnan(t)
+        out = logits.reshape(-1)[keep]
         if not keep.any():
-            return logits.sum() * 0
-        return F.cross_entropy(logits[keep], target[keep].long())
-    if spec.kind == "multilabel":
-        keep = ~torch.isnan(target)
-        if not keep.any():
-            return logits.sum() * 0
-        return F.binary_cross_entropy_with_logits(logits[keep], target[keep])
-    t = target.reshape(-1)
-    keep = ~torch.isnan(t)
-    if not keep.any():
+            per = None
+        elif spec.kind == "binary":
+            per = F.binary_cross_entropy_with_logits(out, t[keep], reduction="none")
+        else:
+            per = (out - t[keep]) ** 2
+    if per is None:
         return logits.sum() * 0
-    out = logits.reshape(-1)[keep]
-    if spec.kind == "binary":
-        return F.binary_cross_entropy_with_logits(out, t[keep])
-    return F.mse_loss(out, t[keep])
+    if weight is None:
+        return per.mean()
+    w = weight[keep]
+    return (per * w).sum() / w.sum().clamp(min=1e-8)
 
 
 def head_probs(spec: HeadSpec, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -4,7 +4,7 @@
 samples may hold anything, NaN included: they are never read), ``mask`` is a (B, M) bool tensor in the
 order of ``model.modalities``. The result is a dict with ``logits`` (head name -> (B, n_out)) and, for
 the sequential model, ``steps`` (head name -> (B, M + 1, n_out): the prediction before any modality and
-after each step).
+after each step) and ``step_present`` ((B, M) bool: whether step s updated the state of the sample).
 
 * ``SequentialFusion`` — the MultiModN idea: a learned initial state, one update per modality
   ``state = f_m(state, x_m)``, shared decoders reading the state after every step. An absent modality
@@ -29,11 +29,23 @@ from .heads import HeadSpec
 
 
 class MLPAdapter(nn.Module):
-    """Project one modality's embedding to the model width."""
+    """Project one modality's embedding to the model width (layer-normalised input: for embeddings)."""
 
     def __init__(self, d_in: int, d: int, dropout: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TabularAdapter(nn.Module):
+    """Standardised numbers and one-hot categories: no input normalisation across features (it would
+    mix a sample's age with its sex); the linear layer embeds each category."""
+
+    def __init__(self, d_in: int, d: int, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, d), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -56,7 +68,8 @@ class Conv1dAdapter(nn.Module):
         return self.net(x.reshape(x.shape[0], self.leads, -1))
 
 
-ADAPTER_KINDS = {"mlp": MLPAdapter, "conv1d": Conv1dAdapter}
+ADAPTER_KINDS = {"mlp": MLPAdapter, "tabular": TabularAdapter, "conv1d": Conv1dAdapter}
+DEFAULT_ADAPTERS = {"table": "tabular"}
 
 
 class FusionModel(nn.Module):
@@ -71,7 +84,8 @@ class FusionModel(nn.Module):
         self.head_specs = list(heads)
         adapters = adapters or {}
         self.adapters = nn.ModuleDict({
-            m: ADAPTER_KINDS[adapters.get(m, "mlp")](d, hidden, dropout) for m, d in dims.items()})
+            m: ADAPTER_KINDS[adapters.get(m, DEFAULT_ADAPTERS.get(m, "mlp"))](d, hidden, dropout)
+            for m, d in dims.items()})
         self.heads = nn.ModuleDict({h.name: nn.Linear(hidden, h.n_out) for h in heads})
 
     def _embed(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -86,6 +100,21 @@ class FusionModel(nn.Module):
         return {name: head(state) for name, head in self.heads.items()}
 
 
+class StateUpdate(nn.Module):
+    """``f_m(state, x) = state + g * tanh(W [state, x])``, with a learned gate ``g`` from the same
+    product: one matrix multiply per step (a GRU cell needs several), residual so that a step can be
+    close to the identity when a modality adds little."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.proj = nn.Linear(2 * hidden, 2 * hidden)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        cand, gate = self.proj(torch.cat([state, x], dim=1)).split(self.hidden, dim=1)
+        return state + torch.sigmoid(gate) * torch.tanh(cand)
+
+
 class SequentialFusion(FusionModel):
     kind = "sequential"
 
@@ -94,7 +123,7 @@ class SequentialFusion(FusionModel):
         super().__init__(dims, heads, hidden, dropout, adapters)
         self.order = list(order) if order else list(self.modalities)
         self.state0 = nn.Parameter(torch.zeros(hidden))
-        self.updates = nn.ModuleDict({m: nn.GRUCell(hidden, hidden) for m in self.modalities})
+        self.updates = nn.ModuleDict({m: StateUpdate(hidden) for m in self.modalities})
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, inputs, mask, order: Sequence[str] | None = None):
@@ -102,14 +131,17 @@ class SequentialFusion(FusionModel):
         emb = self._embed(inputs, mask)
         batch = mask.shape[0]
         state = self.state0.expand(batch, -1)
-        steps = [self._read(self.norm(state))]
+        states, updated = [state], []
         for m in order:
             j = self.modalities.index(m)
             new = self.updates[m](emb[m], state)
             state = torch.where(mask[:, j:j + 1], new, state)
-            steps.append(self._read(self.norm(state)))
-        return {"logits": steps[-1],
-                "steps": {name: torch.stack([s[name] for s in steps], dim=1) for name in self.heads}}
+            states.append(state)
+            updated.append(mask[:, j])
+        # All decoders read all steps in one call: (B, steps, hidden) -> (B, steps, n_out).
+        steps = self._read(self.norm(torch.stack(states, dim=1)))
+        return {"logits": {name: v[:, -1] for name, v in steps.items()}, "steps": steps,
+                "step_present": torch.stack(updated, dim=1), "order": order}
 
 
 class ConcatFusion(FusionModel):

@@ -57,6 +57,7 @@ class TrainConfig:
     modality_dropout: float = 0.0
     random_order: bool = False
     step_loss: str = "all"  # sequential models: "all" steps (MultiModN) or the "last" only
+    balance_presence: bool = True  # sequential, step_loss "all": see ``presence_weights``
     calibrate: bool = True
 
 
@@ -71,13 +72,53 @@ def build_model(kind: str, dims: Mapping[str, int], heads: Sequence[HeadSpec], *
     return cls(dims, heads, **kwargs)
 
 
-def _loss(model: FusionModel, out: dict, targets: dict[str, torch.Tensor], step_loss: str) -> torch.Tensor:
+def presence_weights(ds: Dataset, specs: Sequence[HeadSpec]) -> dict[str, torch.Tensor]:
+    """Per head, a (modalities, classes) table of weights P(y = c) / P(y = c | modality present).
+
+    Under missingness that depends on the label, the samples that reach step m of a sequential model
+    have another class balance than the cohort; a decoder trained on them learns "this modality is
+    present" as evidence. Weighting each step's loss by these ratios gives every step the cohort's
+    class balance, so presence carries no label information into the model.
+    """
+    out = {}
+    for spec in specs:
+        if spec.kind not in ("binary", "multiclass"):
+            continue
+        y = ds.targets[spec.name]
+        known = (y >= 0) & ~np.isnan(y)
+        n_cls = 2 if spec.kind == "binary" else spec.n_out
+        prior = np.array([(y[known] == c).mean() for c in range(n_cls)])
+        w = np.ones((len(ds.modalities), n_cls))
+        for j in range(len(ds.modalities)):
+            sel = known & ds.mask[:, j]
+            if sel.sum() == 0:
+                continue
+            cond = np.array([(y[sel] == c).mean() for c in range(n_cls)])
+            w[j] = np.where(cond > 0, prior / np.maximum(cond, 1e-8), 1.0)
+        out[spec.name] = torch.tensor(np.clip(w, 0.1, 10.0), dtype=torch.float32)
+    return out
+
+
+def _loss(model: FusionModel, out: dict, targets: dict[str, torch.Tensor], step_loss: str,
+          weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     total = 0.0
     for spec in model.head_specs:
         t = targets[spec.name]
         if "steps" in out and step_loss == "all":
-            steps = out["steps"][spec.name]
-            total = total + sum(head_loss(spec, steps[:, s], t) for s in range(1, steps.shape[1])) / (steps.shape[1] - 1)
+            # The MultiModN loss: every step that updated a sample's state (a skipped modality adds no
+            # term, so absence itself is never rewarded), computed as one call over (sample, step).
+            steps = out["steps"][spec.name][:, 1:]
+            n_steps = steps.shape[1]
+            flat_t = t.repeat_interleave(n_steps, dim=0).clone()
+            skipped = ~out["step_present"].reshape(-1)
+            flat_t[skipped] = -1 if spec.kind == "multiclass" else float("nan")
+            w = None
+            if weights and spec.name in weights:
+                order_idx = torch.tensor([model.modalities.index(m) for m in out["order"]])
+                cls = torch.nan_to_num(t, nan=0).clamp(min=0).long()
+                w = weights[spec.name][order_idx][None, :, :].expand(len(t), -1, -1)
+                w = w.gather(2, cls[:, None, None].expand(-1, n_steps, 1)).reshape(-1)
+            total = total + head_loss(spec, steps.reshape(-1, steps.shape[-1]), flat_t, w)
         else:
             total = total + head_loss(spec, out["logits"][spec.name], t)
     return total
@@ -102,6 +143,7 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
     gen = seed_everything(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x_all, mask_all, t_all = train.tensors()
+    weights = presence_weights(train, model.head_specs) if cfg.balance_presence and hasattr(model, "order") else None
     best, best_state, bad_epochs = math.inf, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
     samples, seconds = 0, 0.0
@@ -119,7 +161,7 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
                 if cfg.random_order and hasattr(model, "order"):
                     order = [model.order[i] for i in torch.randperm(len(model.order), generator=gen)]
                 out = model(x, mask, order=order)
-                loss = _loss(model, out, {k: v[idx] for k, v in t_all.items()}, cfg.step_loss)
+                loss = _loss(model, out, {k: v[idx] for k, v in t_all.items()}, cfg.step_loss, weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
