@@ -78,7 +78,7 @@ def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, tr
     kw = {"hidden": hidden, "dropout": 0.2}
     if kind == "sequential":
         kw["order"] = list(ds.modalities)
-    model = build_model(kind, {m: ds.inputs[m].shape[1] for m in ds.modalities}, [HeadSpec(target)], **kw)
+    model = build_model(kind, {m: ds.inputs[m].shape[1] for m in ds.modalities}, [HeadSpec(target)], seed=seed, **kw)
     cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed)
     fit(model, train_ds.subset(np.flatnonzero(split == "train")), train_ds.subset(np.flatnonzero(split == "valid")),
         cfg, progress=False)
@@ -198,7 +198,9 @@ def phantom_config(data: Path, mapping: Path) -> dict:
         "data": {"paths": [str(data)], "mapping": str(mapping)},
         "cohort": {"case": "patient", "targets": ["disease"], "covariates": ["age", "sex"],
                    "modalities": ["image", "text", "table", "signal"], "fractions": [0.6, 0.15, 0.25]},
-        "model": {"kind": "sequential", "modalities": ["table", "image", "text", "signal"], "hidden": 64},
+        # Reports restate the label almost word for word (their AUROC alone is ~0.99), which would
+        # saturate every fusion model; the fusion table uses the three modalities that leave room.
+        "model": {"kind": "sequential", "modalities": ["table", "image", "signal"], "hidden": 64},
     }
 
 

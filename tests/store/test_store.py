@@ -58,6 +58,14 @@ def test_a_changed_source_replaces_its_items_and_their_blobs(tmp_path, text_file
     assert blob_files(tmp_path / "s") == set(items["blob"]) and len(old - set(items["blob"])) == 1
 
 
+def test_a_store_inside_the_ingested_folder_is_not_ingested(tmp_path, text_files):
+    text_files(tmp_path, 3)
+    with Store(tmp_path / "store", write=True) as st:
+        first = ingest([tmp_path], st, progress=False)
+        again = ingest([tmp_path], st, progress=False)
+    assert first.ok and again.ok and first.n_items_added == 3 and again.n_skipped == 3
+
+
 def test_every_row_points_at_its_blob_and_content_hash(tmp_path, text_files):
     text_files(tmp_path / "in", 12)
     with Store(tmp_path / "s", write=True) as st:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-PHANTOM_VERSION = "1"
+PHANTOM_VERSION = "2"
 IMAGE_SIZE = 128
 PIXEL_SPACING_MM = 2.8
 ECG_FS = 250
@@ -56,23 +56,23 @@ TRUTH_MODEL: dict[str, Any] = {
 # Lab and vital values: base + delta * disease + beta * z_inflammation + sd * noise, rounded, clipped.
 # (unit, base, delta, beta, sd, decimals, lo, hi)
 LABS: dict[str, tuple[str, float, float, float, float, int, float, float]] = {
-    "WBC": ("10^9/L", 7.0, 5.0, 0.8, 1.8, 1, 1.0, 40.0),
-    "CRP": ("mg/L", 6.0, 60.0, 10.0, 15.0, 0, 0.5, 400.0),
-    "LACTATE": ("mmol/L", 1.2, 1.3, 0.3, 0.5, 1, 0.3, 12.0),
+    "WBC": ("10^9/L", 7.0, 0.7, 0.3, 1.8, 1, 1.0, 40.0),
+    "CRP": ("mg/L", 6.0, 6.0, 2.0, 15.0, 0, 0.5, 400.0),
+    "LACTATE": ("mmol/L", 1.2, 0.2, 0.05, 0.5, 1, 0.3, 12.0),
     "SODIUM": ("mmol/L", 139.0, 0.0, 0.0, 3.0, 0, 120.0, 155.0),  # a null feature: no effect at all
 }
 VITALS: dict[str, tuple[str, float, float, float, float, int, float, float]] = {
-    "HR": ("/min", 74.0, 18.0, 3.0, 9.0, 0, 40.0, 180.0),
-    "SPO2": ("%", 97.5, -4.5, -0.8, 1.5, 0, 70.0, 100.0),
-    "TEMP": ("Cel", 36.8, 1.2, 0.2, 0.4, 1, 35.0, 41.5),
+    "HR": ("/min", 74.0, 3.0, 1.0, 9.0, 0, 40.0, 180.0),
+    "SPO2": ("%", 97.5, -0.5, -0.2, 1.5, 0, 70.0, 100.0),
+    "TEMP": ("Cel", 36.8, 0.15, 0.05, 0.4, 1, 35.0, 41.5),
 }
 REPEAT_MEASUREMENT_P = 0.3  # a second measurement of a code, 4-24 h later, within-patient sd / 3
 
 TRUE_EFFECTS: dict[str, Any] = {
     "image": {
         "disease": "a bright round opacity (Gaussian blob) in one lung zone",
-        "opacity_radius_mm": "(0.08 + 0.08 * severity) * 64 px * 2.8 mm",
-        "opacity_peak_intensity": "700 * (0.5 + 0.5 * severity) stored values (12-bit image)",
+        "opacity_radius_mm": "(0.05 + 0.06 * severity) * 64 px * 2.8 mm",
+        "opacity_peak_intensity": "300 * (0.4 + 0.6 * severity) stored values (12-bit image)",
         "cardiomegaly": "heart shadow half-width 0.34 instead of 0.24 (image half-width = 1)",
         "ap_view": "AP view magnifies the heart by 1.1 (a real-world confounder: AP is more common "
                    "when disease = 1, see missingness.view_ap)",
@@ -80,8 +80,8 @@ TRUE_EFFECTS: dict[str, Any] = {
     },
     "text": {
         "disease": "opacity/consolidation sentence with size and location; impression of pneumonia",
-        "hedged_rate_if_disease": 0.08,
-        "distractor_rate_if_healthy": 0.06,
+        "hedged_rate_if_disease": 0.2,
+        "distractor_rate_if_healthy": 0.15,
         "hedged": "positive report worded uncertainly ('cannot exclude early consolidation')",
         "distractor": "healthy report mentioning a benign finding (atelectasis, granuloma)",
         "cardiomegaly": "'the cardiac silhouette is enlarged' vs 'heart size is normal'",
@@ -93,8 +93,8 @@ TRUE_EFFECTS: dict[str, Any] = {
         "null_features": ["SODIUM"],
     },
     "signal": {
-        "heart_rate_bpm": "72 + 20 * disease + 4 * z_inflammation + 6 * N(0, 1), clipped to [45, 150]",
-        "st_offset_mV": "-0.12 * disease + 0.02 * N(0, 1) on leads II and V2 (ST depression)",
+        "heart_rate_bpm": "72 + 7 * disease + 3 * z_inflammation + 8 * N(0, 1), clipped to [45, 150]",
+        "st_offset_mV": "-0.04 * disease + 0.04 * N(0, 1) on leads II and V2 (ST depression)",
         "r_amplitude_factor": "1.4 if cardiomegaly else 1.0 (voltage criterion)",
     },
 }
@@ -275,14 +275,14 @@ def _finding_geometry(rng: np.random.Generator, severity: float) -> dict[str, An
     zone = "lower" if rng.random() < 0.65 else "upper"
     cx = (-0.4 if side == "right" else 0.4) + rng.uniform(-0.06, 0.06)
     cy = (0.18 if zone == "lower" else -0.3) + rng.uniform(-0.06, 0.06)
-    radius = 0.08 + 0.08 * severity
+    radius = 0.05 + 0.06 * severity
     px = IMAGE_SIZE / 2
     return {
         "side": side, "zone": zone, "severity": round(float(severity), 4),
         "center_xy_px": [round((cx + 1) * px - 0.5, 2), round((cy + 1) * px - 0.5, 2)],
         "radius_px": round(radius * px, 2),
         "diameter_cm": round(2 * radius * px * PIXEL_SPACING_MM / 10, 1),
-        "peak_intensity": round(700 * (0.5 + 0.5 * severity), 1),
+        "peak_intensity": round(300 * (0.4 + 0.6 * severity), 1),
     }
 
 
@@ -547,8 +547,8 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
     noise_u = r_text.random((n, 2))
     hedged = noise_u < TRUE_EFFECTS["text"]["hedged_rate_if_disease"]
     distractor = noise_u < TRUE_EFFECTS["text"]["distractor_rate_if_healthy"]
-    hr = np.clip(72 + 20 * d + 4 * t["z_inf"] + 6 * r_ecg.standard_normal(n), 45, 150)
-    st = -0.12 * d + 0.02 * r_ecg.standard_normal(n)
+    hr = np.clip(72 + 7 * d + 3 * t["z_inf"] + 8 * r_ecg.standard_normal(n), 45, 150)
+    st = -0.04 * d + 0.04 * r_ecg.standard_normal(n)
 
     pids = [f"PH{i + 1:04d}" for i in range(n)]
     admits = [dt.datetime.combine(BASE_DATE + dt.timedelta(days=int(a)), dt.time(8, 0)) for a in t["admit_day"]]

@@ -31,34 +31,27 @@ def head_loss(spec: HeadSpec, logits: torch.Tensor, target: torch.Tensor,
               weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over samples with a target (NaN, or -1 for multi-class, means missing).
 
-    ``logits``: (B, n_out); ``weight``: optional (B,) per-sample weights (a weighted mean).
+    ``logits``: (B, n_out); ``weight``: optional (B,) per-sample weights (a weighted mean). Missing
+    targets get weight 0 (multiplied, not indexed: no data-dependent shapes in the hot path).
     """
     if spec.kind == "multiclass":
-        keep = target >= 0
-        per = F.cross_entropy(logits[keep], target[keep].long(), reduction="none") if keep.any() else None
+        keep = (target >= 0).to(logits.dtype)
+        per = F.cross_entropy(logits, target.clamp(min=0).long(), reduction="none")
     elif spec.kind == "multilabel":
-        keep = ~torch.isnan(target).all(dim=1)
-        if keep.any():
-            t = target[keep]
-            elem = F.binary_cross_entropy_with_logits(logits[keep], torch.nan_to_num(t), reduction="none")
-            per = (elem * (~torch.isnan(t))).sum(1) / (~torch.isnan(t)).sum(1).clamp(min=1)
-        else:
-            per = None
+        known = ~torch.isnan(target)
+        elem = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), reduction="none") * known
+        per = elem.sum(1) / known.sum(1).clamp(min=1)
+        keep = known.any(dim=1).to(logits.dtype)
     else:
         t = target.reshape(-1)
-        keep = ~torch.isnan(t)
-        out = logits.reshape(-1)[keep]
-        if not keep.any():
-            per = None
-        elif spec.kind == "binary":
-            per = F.binary_cross_entropy_with_logits(out, t[keep], reduction="none")
+        keep = (~torch.isnan(t)).to(logits.dtype)
+        out = logits.reshape(-1)
+        filled = torch.nan_to_num(t)
+        if spec.kind == "binary":
+            per = F.binary_cross_entropy_with_logits(out, filled, reduction="none")
         else:
-            per = (out - t[keep]) ** 2
-    if per is None:
-        return logits.sum() * 0
-    if weight is None:
-        return per.mean()
-    w = weight[keep]
+            per = (out - filled) ** 2
+    w = keep if weight is None else keep * weight
     return (per * w).sum() / w.sum().clamp(min=1e-8)
 
 

@@ -89,8 +89,10 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
     def is_companion(p: Path) -> bool:
         return any(getattr(a, "is_companion", lambda _p: False)(p) for a in adapters.values())
 
+    store_root = ctx.store.root.resolve()
+
     def visit(p: Path) -> None:
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.resolve() == store_root:  # never ingest the store into itself
             return
         if p.is_dir():
             for a in ([forced] if forced else adapters.values()):

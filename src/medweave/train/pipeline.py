@@ -163,7 +163,7 @@ def train_experiment(cfg: ExperimentConfig, model_dir: str | Path, progress: boo
     if len(train) == 0:
         raise PipelineError("the train split is empty; check cohort.split_from / fractions")
     dims = {m: int(a.shape[1]) for m, a in ds.inputs.items()}
-    model = build_model(cfg.model.kind, dims, specs, **cfg.model.kwargs())
+    model = build_model(cfg.model.kind, dims, specs, seed=cfg.train.seed, **cfg.model.kwargs())
     tcfg = TrainConfig(**cfg.train.model_dump())
     result = fit(model, train, valid if len(valid) else None, tcfg, progress=progress)
     temps = {}

@@ -67,9 +67,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def build_model(kind: str, dims: Mapping[str, int], heads: Sequence[HeadSpec], **kwargs) -> FusionModel:
+def build_model(kind: str, dims: Mapping[str, int], heads: Sequence[HeadSpec], seed: int = 0,
+                **kwargs) -> FusionModel:
+    """A fusion model by registry name; its initial weights depend on ``seed`` only."""
     cls = FUSERS.get(kind)
-    return cls(dims, heads, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(dims, heads, **kwargs)
 
 
 def presence_weights(ds: Dataset, specs: Sequence[HeadSpec]) -> dict[str, torch.Tensor]:
@@ -109,15 +113,11 @@ def _loss(model: FusionModel, out: dict, targets: dict[str, torch.Tensor], step_
             # term, so absence itself is never rewarded), computed as one call over (sample, step).
             steps = out["steps"][spec.name][:, 1:]
             n_steps = steps.shape[1]
-            flat_t = t.repeat_interleave(n_steps, dim=0).clone()
-            skipped = ~out["step_present"].reshape(-1)
-            flat_t[skipped] = -1 if spec.kind == "multiclass" else float("nan")
-            w = None
+            flat_t = t.repeat_interleave(n_steps, dim=0)
+            w = out["step_present"].reshape(-1).to(steps.dtype)  # a skipped step adds no term
             if weights and spec.name in weights:
-                order_idx = torch.tensor([model.modalities.index(m) for m in out["order"]])
                 cls = torch.nan_to_num(t, nan=0).clamp(min=0).long()
-                w = weights[spec.name][order_idx][None, :, :].expand(len(t), -1, -1)
-                w = w.gather(2, cls[:, None, None].expand(-1, n_steps, 1)).reshape(-1)
+                w = w * weights[spec.name].T[cls][:, [model.modalities.index(m) for m in out["order"]]].reshape(-1)
             total = total + head_loss(spec, steps.reshape(-1, steps.shape[-1]), flat_t, w)
         else:
             total = total + head_loss(spec, out["logits"][spec.name], t)
@@ -141,7 +141,7 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
         progress: bool = True) -> dict[str, Any]:
     """Train with AdamW; keep the weights of the epoch with the lowest validation loss."""
     gen = seed_everything(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     x_all, mask_all, t_all = train.tensors()
     weights = presence_weights(train, model.head_specs) if cfg.balance_presence and hasattr(model, "order") else None
     best, best_state, bad_epochs = math.inf, copy.deepcopy(model.state_dict()), 0

@@ -191,7 +191,8 @@ def picture_item(data: bytes, name: str, ctx: IngestContext, patient_id: str, st
 
 
 class ImageAdapter(Adapter):
-    """One PNG, JPEG or TIFF picture. The patient is the file stem (option ``patient_from``:
+    """One PNG, JPEG or TIFF picture. The patient is the file-name prefix before the first ``_``, ``-``
+    or ``.`` (option ``patient_from``:
     ``stem`` | ``prefix`` | ``parent``); the study is the file stem."""
 
     name = "image"
@@ -205,7 +206,7 @@ class ImageAdapter(Adapter):
         return 0.3 if path.name.lower().endswith(self.extensions) else 0.0
 
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
-        raw_pid = patient_key(unit.path, ctx.options.get("patient_from", "stem"))
+        raw_pid = patient_key(unit.path, ctx.options.get("patient_from", "prefix"))
         pid = ctx.patient(raw_pid)
         yield picture_item(unit.path.read_bytes(), unit.path.name, ctx, pid,
                            ctx.study(pid, unit.path.stem))
@@ -457,7 +458,7 @@ class ImageFolderAdapter(Adapter):
             raise IngestError(unit.extra["csv_error"])
         row = unit.extra.get("row")
         facts = _row_facts(row, unit.path.name) if row else RowFacts(meta={"metadata_row": False})
-        raw_pid = facts.patient or patient_key(unit.path, ctx.options.get("patient_from", "stem"))
+        raw_pid = facts.patient or patient_key(unit.path, ctx.options.get("patient_from", "prefix"))
         pid = ctx.patient(raw_pid)
         cls = unit.extra["class"]
         labels = {"class": cls, **facts.labels}

@@ -151,7 +151,7 @@ def volume_stem(name: str) -> str:
 
 class NiftiAdapter(Adapter):
     """NIfTI-1/2 (``.nii``, ``.nii.gz``) and MGH (``.mgh``, ``.mgz``) volumes, one VOLUME item per
-    file. The patient is the file stem (option ``patient_from``); the study is the file stem."""
+    file. The patient is the file-name prefix (option ``patient_from``); the study is the file stem."""
 
     name = "nifti"
     version = "1"
@@ -168,7 +168,7 @@ class NiftiAdapter(Adapter):
         raw = unit.path.read_bytes()
         volume = parse(raw, unit.path.name)
         stem = volume_stem(unit.path.name)
-        pid = ctx.patient(patient_key(unit.path, ctx.options.get("patient_from", "stem"), stem))
+        pid = ctx.patient(patient_key(unit.path, ctx.options.get("patient_from", "prefix"), stem))
         blob = raw if ctx.deid.keep_phi else deidentified_bytes(raw, volume)
         fields, meta = volume_fields(volume)
         meta["rewritten"] = blob != raw

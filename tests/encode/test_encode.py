@@ -1,0 +1,114 @@
+"""Encoders on real items, and the embedding cache: encode twice -> nothing re-encoded; a new version
+re-encodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medweave.cohort import build_cohort
+from medweave.encode import ENCODERS, EmbeddingCache, EncodeStats, Encoder, encode_cohort, get_encoder
+from medweave.encode.image import to_input, window_to_uint8
+from medweave.encode.loaders import Signal
+from medweave.ingest import ingest
+from medweave.registry import UnknownNameError
+from medweave.store import Store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        arr = (rng.random((48, 40)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"pt{i}_img.png")
+        (root / f"pt{i}_note.txt").write_text(f"Note {i}: {'opacity' if i % 2 else 'clear'} lungs.")
+    st = Store(root / "store", write=True)
+    assert ingest([root], st, progress=False).ok
+    yield st
+    st.close()
+
+
+def test_image_preprocessing_matches_the_weights_expectations():
+    x = to_input(np.arange(100 * 80, dtype=np.float32).reshape(100, 80) * 16)  # 12-bit-like values
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    assert -1.0 <= x.min() < -0.9 and 0.9 < x.max() <= 1.0  # x/255 with mean = std = 0.5
+    assert np.allclose(x[0], x[1])  # grayscale replicated
+    assert (window_to_uint8(np.full((4, 4), 7.0)) == 0).all()  # a constant image is not a division by zero
+
+
+def test_real_encoders_give_their_declared_sizes(store):
+    img = get_encoder("efficientnet-lite0").encode([np.random.default_rng(0).random((64, 64)) * 4000])
+    assert img.shape == (1, 1280) and np.isfinite(img).all()
+    txt = get_encoder("e5-small").encode(["Right lower lobe opacity.", "Lungs are clear."])
+    assert txt.shape == (2, 384) and np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-3)
+    sig = Signal(np.sin(np.linspace(0, 60, 2500))[None].repeat(3, 0).astype(np.float32), 250.0)
+    stats = get_encoder("signal-stats").encode([sig])
+    assert stats.shape == (1, get_encoder("signal-stats").dim)
+    wave = get_encoder("signal-waveform").encode([sig])
+    assert wave.shape == (1, 12 * 1000) and np.isclose(wave[0, :1000].std(), 1, atol=0.01)
+    vol = get_encoder("efficientnet-lite0-volume").encode([np.random.default_rng(1).random((5, 32, 32))])
+    assert vol.shape == (1, 2560)
+
+
+def test_encoding_twice_encodes_nothing_and_a_new_version_re_encodes(store, tmp_path):
+    cohort = build_cohort(store)
+    cache = EmbeddingCache(tmp_path / "emb.duckdb")
+    first = EncodeStats()
+    emb = encode_cohort(cohort, store, cache=cache, progress=False, stats=first)
+    assert first.encoded == 12 and first.cached == 0
+    assert emb.arrays["image"].shape == (6, 1280) and emb.mask["image"].all()
+    second = EncodeStats()
+    emb2 = encode_cohort(cohort, store, cache=cache, progress=False, stats=second)
+    assert second.encoded == 0 and second.cached == 12
+    np.testing.assert_array_equal(emb.arrays["text"], emb2.arrays["text"])
+
+    class E5v2(type(get_encoder("e5-small"))):
+        version = "2"
+
+    ENCODERS.register("e5-small", E5v2)
+    try:
+        third = EncodeStats()
+        encode_cohort(cohort, store, cache=cache, progress=False, stats=third, modalities=["text"])
+        assert third.encoded == 6 and third.cached == 0
+    finally:
+        ENCODERS.register("e5-small", "medweave.encode.text:E5Small")
+    assert cache.count("e5-small") == 12
+    cache.close()
+
+
+def test_absent_cases_are_nan_not_zero(store):
+    from medweave.cohort import simulate_missing
+
+    cohort = simulate_missing(build_cohort(store), "text", "mcar", rate=0.5, seed=1)
+    emb = encode_cohort(cohort, store, progress=False, modalities=["text"])
+    absent = ~emb.mask["text"]
+    assert absent.any() and np.isnan(emb.arrays["text"][absent]).all()
+    assert np.isfinite(emb.arrays["text"][~absent]).all()
+
+
+def test_an_item_that_cannot_load_is_reported_and_absent(store, tmp_path):
+    cohort = build_cohort(store)
+    blob = store.items("modality = 'image'")["blob"].iloc[0]
+    path = store.root / blob
+    saved = path.read_bytes()
+    path.write_bytes(b"not an image any more")
+    try:
+        emb = encode_cohort(cohort, store, progress=False, modalities=["image"])
+    finally:
+        path.write_bytes(saved)
+    assert len(emb.failures) == 1 and emb.mask["image"].sum() == 5
+
+
+def test_plugin_encoder_by_name_and_unknown_names():
+    class Mean(Encoder):
+        name, version, modalities, dim = "mean", "1", ("image",), 1
+
+        def encode(self, inputs):
+            return np.array([[float(np.mean(a))] for a in inputs], np.float32)
+
+    ENCODERS.register("mean", Mean)
+    assert get_encoder("mean").encode([np.ones((2, 2))]).tolist() == [[1.0]]
+    with pytest.raises(UnknownNameError, match="allowed values: .*efficientnet-lite0"):
+        get_encoder("resnet50")

@@ -1,0 +1,39 @@
+"""Metrics agree with scikit-learn's definitions; intervals cover the value; ECE counts as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from medweave.evaluate.metrics import auroc, average_precision, balanced_accuracy, binary_report, ece, f1
+
+
+def test_metrics_equal_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 150)
+        p = np.round(np.clip(rng.random(150) * 0.7 + y * 0.25, 0, 1), 1)  # many ties
+        assert np.isclose(auroc(y, p), roc_auc_score(y, p))
+        assert np.isclose(average_precision(y, p), average_precision_score(y, p))
+        assert np.isclose(balanced_accuracy(y, p), balanced_accuracy_score(y, p >= 0.5))
+        assert np.isclose(f1(y, p), f1_score(y, p >= 0.5))
+
+
+def test_ece_counts_bins_as_documented():
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.95, 0.95, 0.05, 0.05])
+    assert np.isclose(ece(y, p), 0.05)
+    assert np.isclose(ece(np.array([1, 0]), np.array([0.5, 0.5])), 0.0)
+
+
+def test_report_has_intervals_around_values_and_skips_missing_labels():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300).astype(float)
+    p = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    y[:10] = np.nan
+    r = binary_report(y, p, n_boot=200)
+    assert r["n"]["value"] == 290
+    for m in ("auroc", "auprc", "balanced_accuracy", "f1", "brier", "ece"):
+        assert r[m]["lo"] <= r[m]["value"] <= r[m]["hi"], m
+    one_class = binary_report(np.ones(20), rng.random(20), n_boot=50)
+    assert np.isnan(one_class["auroc"]["value"]) and not np.isnan(one_class["brier"]["value"])
