@@ -220,7 +220,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, kind: str) -> float:
         return loss
 
     opt.step(closure)
-    value = float(torch.exp(log_t))
+    value = float(torch.exp(log_t.detach()))
     return value if math.isfinite(value) and 0.05 < value < 20 else 1.0
 
 
