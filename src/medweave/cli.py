@@ -52,6 +52,7 @@ def ingest(
     namespace: str = typer.Option("default", "--namespace", help="Patient id namespace (keeps ids of different sources apart)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping for CSV tables."),
     option: List[str] = typer.Option([], "--option", help="Adapter option KEY=VALUE (repeatable)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPU count, max 8; 1 = none)."),
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -74,7 +75,7 @@ def ingest(
     try:
         with Store(store, write=True, keep_phi=keep_phi) as st:
             report = run_ingest(paths, st, fmt=format, namespace=namespace, options=opts,
-                                progress=not quiet and not as_json,
+                                progress=not quiet and not as_json, workers=workers,
                                 args=shlex.join(["ingest", *map(str, paths)]))
     except UnknownNameError as exc:
         _fail(str(exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,84 @@ class _Batch:
         self.started = time.monotonic()
 
 
+PARALLEL_MIN_UNITS = 64  # below this, starting reader processes costs more than it saves
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# --- reading units, in this process or in a pool of reader processes -------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(secret: bytes, keep_phi: bool, namespace: str, options: dict[str, Any]) -> None:
+    """A reader process: its own adapters and a context without the store (only the main process
+    writes; readers never open the catalog)."""
+    from ..store.deid import Deidentifier
+
+    _WORKER["adapters"] = _adapter_instances([])
+    _WORKER["ctx"] = IngestContext(store=None, deid=Deidentifier(secret, keep_phi), namespace=namespace,
+                                   options=options)
+
+
+def _read_in_worker(adapter_name: str, unit: Unit) -> tuple[list[Item] | None, tuple[str, str, bool] | None]:
+    try:
+        return list(_WORKER["adapters"][adapter_name].read(unit, _WORKER["ctx"])), None
+    except Exception as exc:  # sent back as text: not every exception pickles
+        return None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+
+
+def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int):
+    """Yield (adapter, unit, fingerprint, items, error) in the order of ``work``; ``items`` is None for
+    a unit already stored, ``error`` a (class name, message, is IngestError) triple for a failed one."""
+    def fingerprint(adapter, unit):
+        try:
+            return _fingerprint(adapter, unit), None
+        except Exception as exc:
+            return None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+
+    if workers <= 1 or len(work) < PARALLEL_MIN_UNITS:
+        for adapter, unit in work:
+            fp, err = fingerprint(adapter, unit)
+            if err or fp in known:
+                yield adapter, unit, fp, None, err
+                continue
+            try:
+                yield adapter, unit, fp, list(adapter.read(unit, ctx)), None
+            except Exception as exc:  # a bad unit never stops the batch
+                yield adapter, unit, fp, None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options)) as pool:
+        def drain(limit: int):
+            while len(window) > limit:
+                adapter, unit, fp, fut = window.popleft()
+                if fut is None:
+                    yield adapter, unit, fp, None, err_of.pop(id(unit), None)
+                else:
+                    items, err = fut.result()
+                    yield adapter, unit, fp, items, err
+
+        err_of: dict[int, tuple] = {}
+        for adapter, unit in work:
+            fp, err = fingerprint(adapter, unit)
+            if err or fp in known:
+                if err:
+                    err_of[id(unit)] = err
+                window.append((adapter, unit, fp, None))
+            else:
+                window.append((adapter, unit, fp, pool.submit(_read_in_worker, adapter.name, unit)))
+            yield from drain(4 * workers)
+        yield from drain(0)
+
+
 def ingest(
     paths: Iterable[str | Path],
     store: Store,
@@ -252,8 +331,13 @@ def ingest(
     options: dict[str, Any] | None = None,
     progress: bool = True,
     args: str = "",
+    workers: int | None = None,
 ) -> IngestReport:
-    """Ingest files and folders into ``store`` (opened for writing). See the module docstring."""
+    """Ingest files and folders into ``store`` (opened for writing). See the module docstring.
+
+    Units are read (parsed, de-identified) by ``workers`` reader processes when there are many;
+    this process alone writes blobs and commits, in the order of the work list.
+    """
     report = IngestReport()
     if fmt:
         ADAPTERS.get(fmt)  # an unknown name raises, listing the allowed formats
@@ -272,38 +356,38 @@ def ingest(
     known = store.known_sources()
     report.n_units = len(work)
     used: dict[str, Adapter] = {}
+    workers = default_workers() if workers is None else workers
     with progress_bar("ingest", total=len(work), unit="files", enabled=progress) as advance:
-        for adapter, unit in work:
+        for adapter, unit, fp, items, err in _read_all(work, ctx, known, workers):
             used[adapter.name] = adapter
-            try:
-                fp = _fingerprint(adapter, unit)
-                if fp in known:
-                    report.n_skipped += 1
-                else:
-                    items = list(adapter.read(unit, ctx))
+            if err is None and items is None:
+                report.n_skipped += 1
+            else:
+                try:
+                    if err is not None:
+                        raise _Failed(err)
                     batch.add_unit(adapter, unit, fp, items)
                     known.add(fp)
                     report.n_ok += 1
                     report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
-            except Exception as exc:  # a bad unit never stops the batch
-                reason = _reason(exc, ctx)
-                report.n_failed += 1
-                report.errors.append((str(unit.path), reason))
-                batch.add_error(str(unit.path), adapter.name, reason)
+                except Exception as exc:  # a bad unit never stops the batch
+                    _record_failure(report, batch, ctx, adapter, unit, exc)
             advance()
             if batch.due():
                 batch.flush(report)
         batch.flush(report)
     for adapter in used.values():
-        for unit, items in adapter.finish(ctx):
+        try:
+            derived = list(adapter.finish(ctx))
+        except Exception as exc:
+            _record_failure(report, batch, ctx, adapter, Unit(Path(f"{adapter.name}:finish")), exc)
+            derived = []
+        for unit, items in derived:
             try:
                 batch.add_unit(adapter, unit, _fingerprint(adapter, unit), items)
                 report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
             except Exception as exc:
-                reason = _reason(exc, ctx)
-                report.n_failed += 1
-                report.errors.append((str(unit.path), reason))
-                batch.add_error(str(unit.path), adapter.name, reason)
+                _record_failure(report, batch, ctx, adapter, unit, exc)
             if batch.due():
                 batch.flush(report)
         batch.flush(report)
@@ -313,8 +397,26 @@ def ingest(
     return report
 
 
+class _Failed(Exception):
+    """A unit that failed in a reader process: carries (class name, message, is IngestError)."""
+
+    def __init__(self, err: tuple[str, str, bool]):
+        super().__init__(err[1])
+        self.err = err
+
+
+def _record_failure(report: IngestReport, batch: "_Batch", ctx: IngestContext, adapter: Adapter, unit: Unit,
+                    exc: BaseException) -> None:
+    reason = _reason(exc, ctx)
+    report.n_failed += 1
+    report.errors.append((str(unit.path), reason))
+    batch.add_error(str(unit.path), adapter.name, reason)
+
+
 def _reason(exc: BaseException, ctx: IngestContext) -> str:
-    text = str(exc) or exc.__class__.__name__
-    if not isinstance(exc, IngestError):
-        text = f"{exc.__class__.__name__}: {text}"
+    name, text, plain = (exc.err if isinstance(exc, _Failed)
+                         else (exc.__class__.__name__, str(exc), isinstance(exc, IngestError)))
+    text = text or name
+    if not plain:
+        text = f"{name}: {text}"
     return ctx.scrub(text.splitlines()[0] if text else text)[:500]

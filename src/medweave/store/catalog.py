@@ -8,10 +8,10 @@ Layout of a store directory::
     DIR/blobs/.tmp/         blobs being written (swept at the next open for writing)
     DIR/secret.key          the pseudonymisation key (never leaves the store)
 
-Atomicity: a blob is written to ``.tmp`` and renamed into place; its row is inserted later in a
-transaction together with the row marking its source as done. A process killed in between leaves
-only blobs without rows, and the next writer deletes those (``sweep``). So no row ever points at a
-missing blob, and after the sweep no blob lives without its row.
+Atomicity: a blob is written first; its row is inserted later in a transaction together with the
+row marking its source as done. A process killed in between leaves only blobs without rows (complete
+or partial), and the next writer deletes those (``sweep``). So no row ever points at a missing or
+partial blob, and after the sweep no blob lives without its row.
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ class Store:
                 f"{self.root}: no medweave store here (expected {self.CATALOG}); "
                 f"create one with `medweave ingest PATH --store {self.root}`"
             )
+        self._dirs: set[Path] = set()
         self.con = duckdb.connect(str(self.root / self.CATALOG), read_only=not write)
         if write:
             self.con.execute(SCHEMA)
@@ -241,16 +242,23 @@ class Store:
         return f"blobs/{content_hash[:2]}/{content_hash[2:4]}/{content_hash}{ext}"
 
     def put_blob(self, data: bytes, content_hash: str, ext: str) -> str:
-        """Write a blob atomically (temp file + rename); a no-op when it already exists."""
+        """Write a blob under its content hash; a no-op when it already exists.
+
+        Written in place with exclusive create: a file interrupted half-way has no row yet (rows are
+        committed after their blobs), and the sweep at the next open for writing deletes every blob
+        without a row, so a partial blob can never be read through the catalog.
+        """
         rel = self.blob_relpath(content_hash, ext)
         dest = self.root / rel
-        if dest.exists():
-            return rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.blob_dir / ".tmp" / f"{uuid.uuid4().hex}{ext}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
+        parent = dest.parent
+        if parent not in self._dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(parent)
+        try:
+            with open(dest, "xb") as fh:
+                fh.write(data)
+        except FileExistsError:
+            pass
         return rel
 
     def blob_path(self, rel: str) -> Path:
