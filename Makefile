@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup system-deps demo test test-fast bench clean
+
+# Debian packages the tests drive for real: espeak-ng (spoken questions), chromium + chromedriver
+# (browser tests of the web UI). Installed when missing and when we may (root with apt-get);
+# otherwise the tests that need them skip with the reason.
+SYSTEM_PACKAGES := espeak-ng chromium chromium-driver
 
 # torch is installed first and pinned (CPU build on local disk) so pip never resolves a CUDA build.
 $(BIN)/.medweave-installed: pyproject.toml
@@ -14,10 +19,18 @@ $(BIN)/.medweave-installed: pyproject.toml
 
 setup: $(BIN)/.medweave-installed
 
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "not installing$$missing (needs root and apt-get); the tests that need them will skip"; fi
+
 demo: setup
 	$(BIN)/medweave demo --out demo-out
 
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_REPO_GUESS = Path(__file__).resolve().parents[3]
+_REPO_GUESS = Path(__file__).resolve().parents[2]  # src/medweave/settings.py -> the repository
 
 
 def shared_data_dir() -> Path:
