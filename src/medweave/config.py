@@ -90,6 +90,8 @@ class ModelConfig(_Strict):
 
 
 class TrainSection(_Strict):
+    """Training options (also the trainer's own ``TrainConfig``)."""
+
     epochs: int = 60
     batch_size: int = 64
     lr: float = 1e-3
@@ -98,9 +100,9 @@ class TrainSection(_Strict):
     seed: int = 0
     modality_dropout: float = 0.0
     random_order: bool = False
-    step_loss: Literal["all", "last"] = "all"
-    balance_presence: bool = True
-    calibrate: bool = True
+    step_loss: Literal["all", "last"] = "all"  # sequential: every step (MultiModN) or the last only
+    balance_presence: bool = True  # sequential, step_loss "all": see train.trainer.presence_weights
+    calibrate: bool = True  # temperature scaling on the validation split
 
 
 class MissingConfig(_Strict):

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..config import TrainSection as TrainConfig  # one definition: the config section
 from ..fuse import FUSERS, FusionModel, HeadSpec, head_loss, modality_dropout
 from ..progress import progress_bar
 
@@ -44,21 +45,6 @@ class Dataset:
         x = {m: torch.from_numpy(np.ascontiguousarray(a[idx], dtype=np.float32)) for m, a in self.inputs.items()}
         return x, torch.from_numpy(np.ascontiguousarray(self.mask[idx])), {
             k: torch.from_numpy(np.ascontiguousarray(v[idx], dtype=np.float32)) for k, v in self.targets.items()}
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 60
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 8
-    seed: int = 0
-    modality_dropout: float = 0.0
-    random_order: bool = False
-    step_loss: str = "all"  # sequential models: "all" steps (MultiModN) or the "last" only
-    balance_presence: bool = True  # sequential, step_loss "all": see ``presence_weights``
-    calibrate: bool = True
 
 
 def seed_everything(seed: int) -> torch.Generator:
