@@ -284,6 +284,15 @@ def demo(
     raise typer.Exit(code)
 
 
+from .explain.cli import EPILOG as _EXPLAIN_EPILOG, explain_command  # noqa: E402
+from .report.cli import EPILOG as _REPORT_EPILOG, report_command  # noqa: E402
+from .serve.cli import EPILOG as _SERVE_EPILOG, serve_command  # noqa: E402
+
+app.command("explain", epilog=_EXPLAIN_EPILOG)(explain_command)
+app.command("report", epilog=_REPORT_EPILOG)(report_command)
+app.command("serve", epilog=_SERVE_EPILOG)(serve_command)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app(prog_name="medweave")
 

@@ -1,0 +1,59 @@
+"""``medweave serve``: the REST API, the OpenAI-compatible endpoint and the web UI on one port."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+EPILOG = ("Example: medweave serve --store demo-out/store --model demo-out/models/sequential "
+          "--host 127.0.0.1 --port 8000")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to listen on a non-loopback address without an API token."""
+    if not is_loopback(host) and not token:
+        raise ValueError(f"refusing to listen on {host}: any address other than loopback needs an API token "
+                         "(--token or $MEDWEAVE_API_TOKEN); clients then send 'Authorization: Bearer <token>'")
+
+
+def serve_command(
+    store: Path = typer.Option(..., "--store", help="Store folder (cases, uploads are ingested here)."),
+    model: Path = typer.Option(..., "--model", help="Model folder from `medweave train`."),
+    vqa_model: Optional[Path] = typer.Option(None, "--vqa-model", help="VQA model folder (ask, /v1/chat/completions)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="Port."),
+    token: Optional[str] = typer.Option(None, "--token", help="API token (default: $MEDWEAVE_API_TOKEN); "
+                                        "required for any non-loopback --host."),
+    max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Size limit per uploaded file."),
+) -> None:
+    """Serve a store and a model: REST with OpenAPI docs (/docs), OpenAI-compatible /v1/chat/completions,
+    and the web UI (/)."""
+    import uvicorn
+    from rich.console import Console
+
+    from .app import create_app
+
+    token = token or os.environ.get("MEDWEAVE_API_TOKEN") or None
+    err = Console(stderr=True)
+    try:
+        check_exposure(host, token)
+        app = create_app(store, model, vqa_model, token=token, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    err.print(f"medweave serving on http://{host}:{port}/ (API docs: /docs)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,189 @@
+"""What the server holds: the model with its cohort, the store (opened per request, under a lock),
+the optional VQA answerer, and the helpers the routes share (uploads, image decoding, similarity)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ..explain import ModelContext
+from ..store import Store
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+ALLOWED_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".txt", ".csv", ".tsv", ".json", ".xml",
+                    ".nii", ".nii.gz", ".hea", ".dat")
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+
+
+class ServeError(Exception):
+    """An error a route turns into a JSON response with ``status`` and a clear ``message``."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+@dataclass
+class ServerState:
+    store_dir: Path
+    model_dir: Path
+    ctx: ModelContext
+    answerer: Any = None
+    vqa_error: str = "no VQA model loaded: start the server with --vqa-model DIR"
+    token: str | None = None
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # --- store access ---------------------------------------------------------------------------
+    def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        """Rows of a read-only query on the store (one connection per call, serialised by the lock)."""
+        with self.lock, Store(self.store_dir) as st:
+            return st.con.execute(sql, params).df().to_dict("records")
+
+    def item(self, item_id: str, modality: str) -> dict[str, Any]:
+        rows = self.query("SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id = ? AND modality = ?",
+                          [item_id, modality])
+        if not rows:
+            raise ServeError(404, f"no {modality} item {item_id!r} in the store")
+        return rows[0]
+
+    def reload(self) -> None:
+        """Rebuild the cohort (after an ingest): new cases become visible."""
+        with self.lock:
+            self.ctx = ModelContext.load(self.model_dir, store_dir=self.store_dir)
+
+    # --- uploads --------------------------------------------------------------------------------
+    def upload_dir(self) -> Path:
+        path = (self.store_dir / "uploads" / uuid.uuid4().hex).resolve()
+        path.mkdir(parents=True)
+        return path
+
+    def ingest_folder(self, folder: Path) -> dict[str, Any]:
+        """Ingest an upload folder into the store, reload the cohort, delete the folder. The report
+        names files by their position only (file names can carry identifiers)."""
+        from ..ingest import ingest
+
+        names = sorted(p.name for p in folder.iterdir())
+        try:
+            with self.lock:
+                with Store(self.store_dir, write=True) as st:
+                    report = ingest([folder], st, progress=False, args="serve upload")
+                self.reload()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        errors = [{"file": _position(names, p), "reason": _strip_paths(r, folder)} for p, r in report.errors]
+        return {"ingested": report.n_ok, "skipped_already_stored": report.n_skipped, "failed": report.n_failed,
+                "items_added": report.n_items_added, "per_adapter": report.per_adapter, "errors": errors,
+                "cases": len(self.ctx.dataset)}
+
+
+def _position(names: list[str], path: str) -> str:
+    name = PurePosixPath(str(path).replace("\\", "/")).name
+    return f"file {names.index(name) + 1}" if name in names else "a file"
+
+
+def _strip_paths(reason: str, folder: Path) -> str:
+    return reason.replace(str(folder), "<upload>")
+
+
+def safe_filename(name: str | None) -> str:
+    """The last component of an uploaded file name, reduced to [A-Za-z0-9._-]; never '', '.' or '..'."""
+    base = PurePosixPath((name or "").replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    if not base:
+        raise ServeError(400, f"invalid file name {name!r}: give the file a name such as scan.dcm")
+    return base[:120]
+
+
+def check_type(name: str, head: bytes) -> None:
+    """Allowed suffix, and for pictures/DICOM the matching magic bytes."""
+    low = name.lower()
+    if not low.endswith(ALLOWED_SUFFIXES):
+        raise ServeError(415, f"file type of {name!r} is not accepted; allowed: {', '.join(ALLOWED_SUFFIXES)}",
+                         "unsupported_media_type")
+    kind = sniff_image(head)
+    if low.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")) and kind is None:
+        raise ServeError(415, f"{name!r}: the content is not the image its suffix says (no PNG/JPEG/TIFF/DICOM "
+                         "signature)", "unsupported_media_type")
+
+
+def sniff_image(head: bytes) -> str | None:
+    """'png', 'jpeg', 'tiff', 'dicom' from the first bytes, or None."""
+    if head[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def save_within(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` as ``folder/name``; refuses any path that would land outside ``folder``."""
+    dest = (folder / name).resolve()
+    if not dest.is_relative_to(folder.resolve()) or dest.parent != folder.resolve():
+        raise ServeError(400, f"invalid file name {name!r}: uploads are written inside the store only")
+    dest.write_bytes(data)
+    return dest
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An uploaded or data-URL image (PNG/JPEG/TIFF/DICOM) as a float32 array."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..encode.loaders import _dicom_pixels
+
+    kind = sniff_image(data[:132])
+    if kind is None:
+        raise ServeError(415, "the image is not PNG, JPEG, TIFF or DICOM", "unsupported_media_type")
+    if kind == "dicom":
+        return _dicom_pixels(data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("L" if im.mode in ("L", "LA", "P", "1", "I;16", "I") else "RGB"),
+                              dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ServeError(415, f"the image cannot be decoded: {exc}", "unsupported_media_type") from None
+
+
+def image_embedding(arr: np.ndarray) -> np.ndarray:
+    """The EfficientNet-Lite0 embedding of one image (the cohort's image encoder)."""
+    from ..encode.image import features, to_input
+
+    return features(to_input(arr)[None])[0]
+
+
+def nearest(ctx: ModelContext, query: np.ndarray, modality: str = "image", k: int = 5,
+            exclude: str | None = None) -> list[dict[str, Any]]:
+    """The k cases whose ``modality`` embedding is closest (cosine) to ``query``."""
+    if modality not in ctx.modalities:
+        raise ServeError(404, f"the model has no {modality} modality; modalities: {', '.join(ctx.modalities)}")
+    j = ctx.modalities.index(modality)
+    present = np.flatnonzero(ctx.dataset.mask[:, j])
+    emb = np.nan_to_num(ctx.dataset.inputs[modality][present].astype(np.float64))
+    q = np.asarray(query, dtype=np.float64)
+    sims = emb @ q / (np.linalg.norm(emb, axis=1) * np.linalg.norm(q) + 1e-12)
+    out = []
+    for i in np.argsort(-sims):
+        cid = ctx.dataset.case_ids[present[i]]
+        if cid == exclude:
+            continue
+        row = ctx.cohort.table.iloc[present[i]]
+        out.append({"case_id": cid, "similarity": float(sims[i]), "split": str(row["split"]),
+                    "targets": {t: _plain(row[t]) for t in ctx.cohort.targets}})
+        if len(out) >= k:
+            break
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
