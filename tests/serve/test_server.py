@@ -1,0 +1,170 @@
+"""The server, run for real on a loopback port: REST, errors, uploads, security, OpenAI-compatible chat."""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from medweave.demo.phantom import PhantomManifest
+from medweave.serve import create_app
+from medweave.serve.testing import ThreadServer, start_server, stop_server
+
+
+class BrightnessAnswerer:
+    """A stand-in VQA model for the wire protocol tests: answers from the image's mean brightness."""
+
+    name = "brightness-vqa"
+
+    def answer(self, image, question):
+        if image is None:
+            return {"answer": "no image given", "confidence": 0.0}
+        return {"answer": "bright" if float(np.mean(image)) > 127 else "dark", "confidence": 0.9}
+
+
+def png_bytes(value: int = 200, size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(phantom_model, tmp_path_factory):
+    import shutil
+
+    root = tmp_path_factory.mktemp("srv")
+    store = root / "store"
+    shutil.copytree(phantom_model.parent.parent / "store", store)
+    log = root / "server.log"
+    proc, url = start_server(store, phantom_model, ["--max-upload-mb", "1"], log=log)
+    yield {"url": url, "store": store, "log": log, "root": root}
+    stop_server(proc)
+
+
+def test_rest_routes(server):
+    url = server["url"]
+    cohort = httpx.get(url + "/api/cohort").json()
+    assert cohort["cases"] == 60 and "image" in cohort["modalities"]
+    cases = httpx.get(url + "/api/cases", params={"limit": 5}).json()
+    assert cases["total"] == 60 and len(cases["cases"]) == 5
+    cid = cases["cases"][0]["case_id"]
+    detail = httpx.get(f"{url}/api/cases/{cid}").json()
+    assert {"reports", "labs", "images", "signals"} <= set(detail)
+    pred = httpx.post(url + "/api/predict", json={"case_id": cid}).json()
+    assert 0 <= pred["heads"]["disease"] <= 1 and pred["steps"][-1]["prob"] == pytest.approx(pred["heads"]["disease"], abs=1e-6)
+    ex = httpx.get(f"{url}/api/cases/{cid}/explain", params={"parts": "modalities"}, timeout=60).json()
+    assert abs(sum(ex["shapley"].values()) - (ex["prediction"] - ex["all_absent"])) < 1e-6
+    sim = httpx.get(f"{url}/api/cases/{cid}/similar", params={"k": 3}).json()["similar"]
+    assert len(sim) == 3 and cid not in [s["case_id"] for s in sim]
+    if detail["images"]:
+        img = httpx.get(url + detail["images"][0]["url"])
+        assert img.headers["content-type"] == "image/png" and img.content.startswith(b"\x89PNG")
+    assert "/api/predict" in httpx.get(url + "/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("method,path,body,status,needle", [
+    ("post", "/api/predict", {"case_id": "nope"}, 404, "unknown case 'nope'"),
+    ("post", "/api/predict", {"wrong": 1}, 422, "case_id"),
+    ("get", "/api/does-not-exist", None, 404, "not found"),
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 503, "--vqa-model"),
+])
+def test_errors_are_json_with_a_message(server, method, path, body, status, needle):
+    r = httpx.request(method.upper(), server["url"] + path, json=body)
+    assert r.status_code == status
+    assert needle in r.json()["error"]["message"]
+
+
+def test_ask_without_vqa_model_is_503_and_similar_still_works(server):
+    r = httpx.post(server["url"] + "/api/ask", data={"question": "is it bright?"},
+                   files={"image": ("x.png", png_bytes(), "image/png")})
+    assert r.status_code == 503 and "VQA" in r.json()["error"]["message"]
+    s = httpx.post(server["url"] + "/api/similar", files={"image": ("x.png", png_bytes(), "image/png")}).json()
+    assert len(s["similar"]) == 5
+
+
+def test_upload_type_and_size_checks(server):
+    url = server["url"] + "/api/upload"
+    r = httpx.post(url, files={"files": ("tool.exe", b"MZ....", "application/octet-stream")})
+    assert r.status_code == 415 and "not accepted" in r.json()["error"]["message"]
+    r = httpx.post(url, files={"files": ("fake.png", b"GIF89a not a png", "image/png")})
+    assert r.status_code == 415 and "signature" in r.json()["error"]["message"]
+    r = httpx.post(url, files={"files": ("big.png", b"\x89PNG\r\n\x1a\n" + b"0" * (1024 * 1024 + 10), "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["../../evil.png", "..\\..\\evil.png", "/tmp/evil.png", "....//evil.png"])
+def test_uploads_cannot_write_outside_the_store(server, name):
+    root = server["root"]
+    r = httpx.post(server["url"] + "/api/upload", files={"files": (name, png_bytes(90), "image/png")}, timeout=120)
+    assert r.status_code in (200, 400), r.text
+    outside = [p for p in root.rglob("evil.png") if server["store"] not in p.parents]
+    assert not outside and not list(root.parent.glob("evil.png"))
+    assert name not in r.text
+
+
+def test_upload_ingests_a_new_case(server):
+    before = httpx.get(server["url"] + "/api/cohort").json()["cases"]
+    r = httpx.post(server["url"] + "/api/upload", files={"files": ("NEWPAT_scan.png", png_bytes(30, 96), "image/png")},
+                   timeout=120)
+    assert r.status_code == 200 and r.json()["failed"] == 0
+    assert httpx.get(server["url"] + "/api/cohort").json()["cases"] >= before + 1
+    assert "NEWPAT" not in r.text  # the file name's patient prefix is pseudonymised
+
+
+def test_no_patient_identifier_in_responses_or_log(server, phantom_model):
+    manifest = PhantomManifest.load(phantom_model.parent.parent / "phantom")
+    url = server["url"]
+    texts = [httpx.get(url + "/api/cases", params={"limit": 500}).text]
+    for c in httpx.get(url + "/api/cases", params={"limit": 500}).json()["cases"][:20]:
+        texts.append(httpx.get(f"{url}/api/cases/{c['case_id']}").text)
+        texts.append(httpx.post(url + "/api/predict", json={"case_id": c["case_id"]}).text)
+    texts.append(server["log"].read_text(errors="replace"))
+    blob = "\n".join(texts)
+    for p in manifest.patients:
+        assert p.name not in blob and p.patient_id not in blob and p.birth_date not in blob
+
+
+def test_non_loopback_host_needs_a_token(phantom_model):
+    out = subprocess.run([sys.executable, "-m", "medweave.cli", "serve", "--store", str(phantom_model.parent.parent / "store"),
+                          "--model", str(phantom_model), "--host", "0.0.0.0", "--port", "9"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2 and "needs an API token" in " ".join(out.stderr.split())
+
+
+def test_token_is_required_when_set(phantom_model):
+    proc, url = start_server(phantom_model.parent.parent / "store", phantom_model, ["--token", "s3cret"])
+    try:
+        r = httpx.get(url + "/api/cohort")
+        assert r.status_code == 401 and "token" in r.json()["error"]["message"]
+        assert httpx.get(url + "/api/cohort", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(url + "/api/cohort", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        stop_server(proc)
+
+
+def test_openai_client_against_the_chat_endpoint(phantom_model):
+    openai = pytest.importorskip("openai")
+    app = create_app(phantom_model.parent.parent / "store", phantom_model)
+    app.state.medweave.answerer = BrightnessAnswerer()
+    with ThreadServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+        assert [m.id for m in client.models.list().data] == ["brightness-vqa"]
+        data_url = "data:image/png;base64," + base64.b64encode(png_bytes(220)).decode()
+        resp = client.chat.completions.create(model="brightness-vqa", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Is the image bright or dark?"},
+            {"type": "image_url", "image_url": {"url": data_url}}]}])
+        assert resp.choices[0].message.content == "bright"
+        stream = client.chat.completions.create(model="brightness-vqa", stream=True, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "and now?"}, {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + base64.b64encode(png_bytes(10)).decode()}}]}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == "dark"
+        with pytest.raises(openai.BadRequestError, match="data URL"):
+            client.chat.completions.create(model="x", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "q"}, {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}])
+        r = httpx.post(srv.url + "/api/ask", data={"question": "bright?"}, files={"image": ("a.png", png_bytes(250), "image/png")})
+        assert r.json()["answer"] == "bright" and len(r.json()["similar"]) == 5
