@@ -23,6 +23,12 @@ cohort_app = typer.Typer(help="Build and inspect cohorts (cases x modalities).",
                          rich_markup_mode=None)
 app.add_typer(store_app, name="store")
 app.add_typer(cohort_app, name="cohort")
+from .retrieve.cli import retrieve as _retrieve_command  # noqa: E402
+from .vqa.cli import vqa_app  # noqa: E402
+
+app.add_typer(vqa_app, name="vqa")
+app.command("retrieve", epilog="Example: medweave retrieve --model runs/vqa "
+            "--image ../shared/data/vqa-rad/images/synpic54610.jpg -k 5")(_retrieve_command)
 
 out = Console()
 err = Console(stderr=True)

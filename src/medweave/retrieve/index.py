@@ -1,0 +1,83 @@
+"""A FAISS inner-product index over L2-normalised vectors (cosine similarity), each row carrying its
+case record (a dict), and same-label precision@k."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+
+
+class Index:
+    """Cosine-similarity search over vectors with one record per row.
+
+    Several embeddings of a case (picture and question) are joined by ``Index.joint``: each part is
+    normalised and weighted, so neither dominates through its size.
+    """
+
+    def __init__(self, vectors: np.ndarray, records: Sequence[dict]):
+        import faiss
+
+        vectors = _unit(vectors)
+        if len(vectors) != len(records):
+            raise ValueError(f"{len(vectors)} vectors but {len(records)} records")
+        self.records = list(records)
+        self.vectors = vectors
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(vectors)
+
+    @staticmethod
+    def joint(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+        """Concatenate normalised embedding blocks (rows aligned), each scaled by sqrt(weight)."""
+        weights = weights or [1.0] * len(parts)
+        return np.concatenate([_unit(p) * np.sqrt(w) for p, w in zip(parts, weights)], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def search(self, query: np.ndarray, k: int = 5, exclude: Sequence[int] | None = None) -> list[list[dict]]:
+        """For each query row the k most similar records, each with its ``score`` (cosine) and ``rank``.
+
+        ``exclude`` gives, per query, an indexed row to leave out (leave-one-out over indexed rows).
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = _unit(query)
+        drop = list(exclude) if exclude is not None else [-1] * len(q)
+        scores, ids = self.index.search(q, min(len(self), k + int(exclude is not None)))
+        out = []
+        for srow, irow, own in zip(scores, ids, drop):
+            hits = [(float(s), int(i)) for s, i in zip(srow, irow) if i >= 0 and i != own]
+            out.append([{**self.records[i], "score": s, "rank": r + 1} for r, (s, i) in enumerate(hits[:k])])
+        return out
+
+
+def precision_at_k(index: Index, queries: np.ndarray, labels: Sequence[str], key: str, k: int = 5,
+                   exclude: Sequence[int] | None = None) -> float:
+    """Mean share of the top-k hits whose record ``key`` equals the query's label (``exclude``: see search)."""
+    hits = index.search(queries, k, exclude=exclude)
+    shares = [np.mean([h.get(key) == lab for h in hs]) for hs, lab in zip(hits, labels) if hs]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def case_indexes(img_emb: np.ndarray, q_emb: np.ndarray, cases: Sequence[dict]) -> tuple[Index, Index]:
+    """(picture index with one row per distinct picture, joint picture+question index per case).
+
+    Cases are dicts with at least ``image``; picture rows carry the first case's fields plus its
+    ``questions`` count.
+    """
+    first: dict[str, int] = {}
+    for i, c in enumerate(cases):
+        first.setdefault(c["image"], i)
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c["image"]] = counts.get(c["image"], 0) + 1
+    rows = list(first.values())
+    pictures = Index(img_emb[rows], [{"image": cases[i]["image"], "organ": cases[i].get("organ", ""),
+                                      "questions": counts[cases[i]["image"]]} for i in rows])
+    return pictures, Index(Index.joint([img_emb, q_emb]), cases)

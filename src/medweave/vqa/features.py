@@ -1,0 +1,72 @@
+"""Embeddings for VQA: pictures through the frozen EfficientNet-Lite0 (``efficientnet-lite0``), questions
+through e5-small with the query prefix (``e5-small-query``), both cached on disk by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..encode import EmbeddingCache, get_encoder
+from .data import file_hash, read_image
+
+IMAGE_ENCODER = "efficientnet-lite0"
+QUESTION_ENCODER = "e5-small-query"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.strip().encode()).hexdigest()
+
+
+def array_hash(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
+
+
+@contextmanager
+def open_cache(path: str | Path | None) -> Iterator[EmbeddingCache | None]:
+    """The embedding cache at ``path`` (None: no cache), closed on exit."""
+    cache = EmbeddingCache(path) if path else None
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _encode_cached(keys: list[str], load, encoder_name: str, cache: EmbeddingCache | None) -> np.ndarray:
+    """Vectors for ``keys``: looked up in the cache, the misses loaded with ``load(i)`` and encoded."""
+    enc = get_encoder(encoder_name)
+    found = cache.get(keys, enc.name, enc.version) if cache is not None else {}
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    missing = [k for k in first if k not in found]
+    new: dict[str, np.ndarray] = {}
+    for b in range(0, len(missing), enc.batch_size):
+        chunk = missing[b:b + enc.batch_size]
+        new.update(zip(chunk, enc.encode([load(first[k]) for k in chunk])))
+    if cache is not None:
+        cache.put(new, enc.name, enc.version)
+    found.update(new)
+    return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, enc.dim), np.float32)
+
+
+def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> np.ndarray:
+    """(n, 1280) picture embeddings for image files, cached by file hash."""
+    paths = [Path(p) for p in paths]
+    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]), IMAGE_ENCODER, cache)
+
+
+def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None) -> np.ndarray:
+    """(n, 1280) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
+    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], IMAGE_ENCODER, cache)
+
+
+def embed_questions(texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
+    """(n, 384) question embeddings (e5-small, query prefix, L2-normalised), cached by text hash."""
+    texts = [str(t).strip() for t in texts]
+    return _encode_cached([text_hash(t) for t in texts], lambda i: texts[i], QUESTION_ENCODER, cache)

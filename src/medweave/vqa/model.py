@@ -1,0 +1,255 @@
+"""The answerer: an ensemble of small fusion networks over frozen picture and question embeddings,
+with an answer-type head and a same-picture memory of training questions.
+
+- Fusion: picture (1280-d, standardised) and question (384-d) each projected to ``hidden`` units;
+  the answer head reads [picture, question, picture * question] and classifies over the training
+  answer vocabulary (normalised answers).
+- Answer type: a head on the question predicts closed vs open; answer probabilities are reweighted
+  by it over the answers seen as closed and those seen as open in training.
+- Memory: training (picture, question, answer) triples. When the asked picture *is* a training picture
+  (embedding cosine >= ``same_image_cos``) and a training question about it is close
+  (cosine >= ``question_cos``), their answers are blended in. A blank or unseen picture matches no
+  training picture, so the memory never answers from the question text alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .normalize import normalize_answer
+
+MODEL_FORMAT = "medweave-vqa/1"
+
+
+@dataclass
+class VqaConfig:
+    """Training choices (picked on the question-held-out split, confirmed on the image-held-out one)."""
+
+    hidden: int = 512
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.3
+    image_dropout: float = 0.2
+    label_smoothing: float = 0.1
+    seeds: int = 3
+    memory_weight: float = 0.5
+    same_image_cos: float = 0.99
+    question_cos: float = 0.9
+    memory_temperature: float = 0.02
+    threads: int = 1
+
+
+def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int):
+    """The fusion network: returns (answer logits, closed-type logit)."""
+    import torch
+    from torch import nn
+
+    class FusionNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            h = cfg.hidden
+            self.image = nn.Sequential(nn.Dropout(cfg.image_dropout), nn.Linear(img_dim, h), nn.GELU())
+            self.question = nn.Sequential(nn.Linear(q_dim, h), nn.GELU())
+            self.answer = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(3 * h, h), nn.GELU(),
+                                        nn.Dropout(cfg.dropout), nn.Linear(h, n_answers))
+            self.kind = nn.Linear(q_dim, 1)
+
+        def forward(self, img: "torch.Tensor", q: "torch.Tensor"):
+            a, b = self.image(img), self.question(q)
+            return self.answer(torch.cat([a, b, a * b], dim=1)), self.kind(q).squeeze(1)
+
+    return FusionNet()
+
+
+def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, n_answers: int) -> dict:
+    """Train one ensemble member; returns its state dict."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.manual_seed(seed)
+    net = _build_net(cfg, n_answers, img.shape[1], q.shape[1])
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    xi, xq = torch.from_numpy(img), torch.from_numpy(q)
+    yt, ct = torch.from_numpy(y).long(), torch.from_numpy(closed.astype(np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(yt), generator=gen)
+        for b in range(0, len(yt), cfg.batch_size):
+            j = perm[b:b + cfg.batch_size]
+            logits, kind = net(xi[j], xq[j])
+            loss = (F.cross_entropy(logits, yt[j], label_smoothing=cfg.label_smoothing)
+                    + F.binary_cross_entropy_with_logits(kind, ct[j]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+@dataclass
+class Prediction:
+    """One answer with its probability, the answer type assumed and P(closed)."""
+
+    answer: str
+    prob: float
+    closed: bool
+    p_closed: float
+    from_memory: float = 0.0
+
+
+@dataclass
+class Answerer:
+    """A trained VQA model: vocabulary, type masks, ensemble weights, training memory."""
+
+    cfg: VqaConfig
+    vocab: list[str]
+    type_masks: np.ndarray  # (2, vocab): answers seen as closed, as open
+    img_mean: np.ndarray
+    img_std: np.ndarray
+    members: list[dict]
+    mem_img: np.ndarray          # (n, 1280) L2-normalised training picture embeddings, one per question
+    mem_q: np.ndarray            # (n, 384) training question embeddings
+    mem_answer: np.ndarray       # (n,) vocabulary index
+    cases: list[dict] = field(default_factory=list)  # per memory row: image, question, answer, organ
+    meta: dict = field(default_factory=dict)
+    _nets: list = field(default_factory=list, repr=False)
+
+    # -- training -------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
+            cases: list[dict], cfg: VqaConfig | None = None) -> "Answerer":
+        """Train on per-question picture embeddings, question embeddings, answers and answer types."""
+        import torch
+
+        cfg = cfg or VqaConfig()
+        norm = [normalize_answer(a) for a in answers]
+        vocab = sorted(set(norm))
+        index = {a: i for i, a in enumerate(vocab)}
+        y = np.array([index[a] for a in norm], dtype=np.int64)
+        closed = np.asarray(closed, dtype=bool)
+        closed_mask = np.zeros(len(vocab), dtype=bool)
+        closed_mask[y[closed]] = True
+        mean, std = img_emb.mean(0), img_emb.std(0) + 1e-3
+        xi = ((img_emb - mean) / std).astype(np.float32)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        t0 = time.perf_counter()
+        try:
+            members = [_fit_one(cfg, s, xi, q_emb.astype(np.float32), y, closed, len(vocab))
+                       for s in range(cfg.seeds)]
+        finally:
+            torch.set_num_threads(threads)
+        open_mask = np.zeros(len(vocab), dtype=bool)
+        open_mask[y[~closed]] = True
+        return cls(cfg, vocab, np.stack([closed_mask, open_mask]), mean.astype(np.float32),
+                   std.astype(np.float32), members, _l2(img_emb), q_emb.astype(np.float32), y, cases,
+                   {"n_train": len(y), "fit_seconds": time.perf_counter() - t0})
+
+    # -- answering ------------------------------------------------------------------------------
+    def _networks(self):
+        if not self._nets:
+            for state in self.members:
+                n_ans, img_dim = len(self.vocab), self.img_mean.shape[0]
+                net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1])
+                net.load_state_dict(state)
+                net.eval()
+                self._nets.append(net)
+        return self._nets
+
+    def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(answer probabilities reweighted by answer type, P(closed)) from the network ensemble."""
+        import torch
+
+        xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
+        xq = torch.from_numpy(q_emb.astype(np.float32))
+        probs, p_closed = 0.0, 0.0
+        with torch.inference_mode():
+            for net in self._networks():
+                logits, kind = net(xi, xq)
+                probs = probs + torch.softmax(logits, 1).numpy()
+                p_closed = p_closed + torch.sigmoid(kind).numpy()
+        probs, p_closed = probs / len(self.members), p_closed / len(self.members)
+        weight = self.type_masks[0][None] * p_closed[:, None] + self.type_masks[1][None] * (1 - p_closed[:, None])
+        probs = probs * weight
+        return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12), p_closed
+
+    def same_image(self, img_emb: np.ndarray) -> np.ndarray:
+        """(n, memory) boolean: which training rows show the asked picture itself."""
+        return (_l2(img_emb) @ self.mem_img.T) >= self.cfg.same_image_cos
+
+    def memory_probs(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(answer distribution from same-picture close questions, blend weight per question)."""
+        sim_q = q_emb @ self.mem_q.T
+        w = self.same_image(img_emb) * (sim_q >= self.cfg.question_cos) * np.exp(
+            (sim_q - 1.0) / self.cfg.memory_temperature)
+        dist = np.zeros((len(q_emb), len(self.vocab)))
+        np.add.at(dist.T, self.mem_answer, w.T)
+        mass = dist.sum(1, keepdims=True)
+        dist = np.where(mass > 0, dist / np.maximum(mass, 1e-12), 0.0)
+        return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
+
+    def predict(self, img_emb: np.ndarray, q_emb: np.ndarray) -> list[Prediction]:
+        """Answers for rows of picture and question embeddings."""
+        img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
+        probs, p_closed = self.classifier_probs(img_emb, q_emb)
+        mem, lam = self.memory_probs(img_emb, q_emb)
+        probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
+        best = probs.argmax(1)
+        return [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
+                           float(lam[i])) for i, b in enumerate(best)]
+
+    def similar_cases(self, img_emb: np.ndarray, q_emb: np.ndarray, k: int = 3) -> list[dict]:
+        """The k training cases closest in picture and question (cosine sum), with their answers."""
+        score = (_l2(np.atleast_2d(img_emb)) @ self.mem_img.T + np.atleast_2d(q_emb) @ self.mem_q.T)[0]
+        top = np.argsort(-score)[:k]
+        return [{**self.cases[i], "score": float(score[i]) / 2} for i in top]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``weights.safetensors`` (ensemble + memory arrays) and ``config.json``."""
+        from safetensors.numpy import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"img_mean": self.img_mean, "img_std": self.img_std, "type_masks": self.type_masks.astype(np.uint8),
+                   "mem_img": self.mem_img.astype(np.float32), "mem_q": self.mem_q, "mem_answer": self.mem_answer}
+        for m, state in enumerate(self.members):
+            tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "weights.safetensors"))
+        config = {"format": MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab,
+                  "cases": self.cases, "meta": self.meta}
+        (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        return out
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Answerer":
+        """Read a model folder written by ``save``; a clear error when it is not one."""
+        import torch
+        from safetensors.numpy import load_file
+
+        model_dir = Path(model_dir)
+        cfg_path, w_path = model_dir / "config.json", model_dir / "weights.safetensors"
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise FileNotFoundError(f"{model_dir}: not a VQA model folder (needs config.json and "
+                                    "weights.safetensors from `medweave vqa train`)")
+        config = json.loads(cfg_path.read_text())
+        if config.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{cfg_path}: field format is {config.get('format')!r}; expected {MODEL_FORMAT!r}")
+        t = load_file(str(w_path))
+        cfg = VqaConfig(**config["config"])
+        members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
+                   for m in range(cfg.seeds)]
+        return cls(cfg, config["vocab"], t["type_masks"].astype(bool), t["img_mean"], t["img_std"], members,
+                   t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"])
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

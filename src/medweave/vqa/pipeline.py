@@ -1,0 +1,110 @@
+"""Train, answer, evaluate and validate: the functions the ``medweave vqa`` commands call."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import VqaSet, load_vqa
+from .features import embed_image_files, embed_questions, open_cache
+from .model import Answerer, Prediction, VqaConfig
+from .scoring import score
+from .splits import make_split
+
+CACHE_NAME = "embeddings.duckdb"
+
+
+def embed_set(vqa: VqaSet, cache) -> tuple[np.ndarray, np.ndarray]:
+    """(per-question picture embeddings, question embeddings) for a VQA set."""
+    names = vqa.image_names()
+    pics = embed_image_files([vqa.image_path(n) for n in names], cache)
+    row = {n: i for i, n in enumerate(names)}
+    img = pics[[row[q.image] for q in vqa.questions]] if vqa.questions else np.zeros((0, pics.shape[1]), np.float32)
+    return img, embed_questions([q.question for q in vqa.questions], cache)
+
+
+def _cases(vqa: VqaSet) -> list[dict]:
+    return [{"image": q.image, "question": q.question, "answer": q.answer, "organ": q.organ, "question_type": q.question_type,
+             "answer_type": q.answer_type} for q in vqa.questions]
+
+
+def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None) -> Answerer:
+    """An answerer trained on a VQA set whose embeddings are given."""
+    closed = np.array([q.closed for q in vqa.questions], dtype=bool)
+    return Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg)
+
+
+def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = None,
+              images: str | Path | None = None) -> tuple[Answerer, dict]:
+    """Train on a VQA-RAD layout folder (or question file) and save the model to ``out_dir``.
+
+    Embeddings are cached in ``out_dir/embeddings.duckdb``; evaluating on the same pictures reuses them.
+    """
+    t0 = time.perf_counter()
+    vqa = load_vqa(data, images)
+    if not vqa.questions:
+        raise ValueError(f"{vqa.source}: no questions to train on")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_cache(out / CACHE_NAME) as cache:
+        img, qe = embed_set(vqa, cache)
+    t_embed = time.perf_counter() - t0
+    model = fit_set(vqa, img, qe, cfg)
+    model.meta.update({"data": vqa.source, "images": len(vqa.image_names()), "embed_seconds": t_embed,
+                       "train_seconds": time.perf_counter() - t0})
+    model.save(out)
+    return model, dict(model.meta)
+
+
+def answer_set(model: Answerer, vqa: VqaSet, cache) -> list[Prediction]:
+    """The model's answers to every question of a set."""
+    if not vqa.questions:
+        return []
+    img, qe = embed_set(vqa, cache)
+    return model.predict(img, qe)
+
+
+def evaluate_vqa(model_dir: str | Path, questions: str | Path, images: str | Path | None = None,
+                 n_boot: int = 1000) -> dict:
+    """Score a saved model on a question file in the VQA-RAD layout (all score definitions)."""
+    model = Answerer.load(model_dir)
+    vqa = load_vqa(questions, images)
+    with open_cache(Path(model_dir) / CACHE_NAME) as cache:
+        preds = answer_set(model, vqa, cache)
+    res = score(vqa.questions, [p.answer for p in preds], n_boot=n_boot)
+    res["questions"] = len(vqa.questions)
+    res["source"] = vqa.source
+    return res
+
+
+def validate(data: str | Path, split: str, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
+             frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Train on one side of a validation split and score the held-out side."""
+    vqa = load_vqa(data)
+    strata = [f"{q.answer_type}/{q.question_type}" for q in vqa.questions]
+    train_idx, held_idx = make_split(split, strata, [q.image for q in vqa.questions], frac, seed)
+    with open_cache(cache_path) as cache:
+        img, qe = embed_set(vqa, cache)
+    t0 = time.perf_counter()
+    model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg)
+    fit_s = time.perf_counter() - t0
+    held = vqa.subset(held_idx)
+    preds = model.predict(img[held_idx], qe[held_idx])
+    res = score(held.questions, [p.answer for p in preds], n_boot=n_boot)
+    res.update({"split": split, "train_questions": len(train_idx), "held_out_questions": len(held_idx),
+                "fit_seconds": fit_s})
+    return res
+
+
+def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 3) -> dict:
+    """Answer one question about one picture file: answer, probability, type assumed, similar cases."""
+    if not str(question).strip():
+        raise ValueError("the question is empty")
+    img = embed_image_files([image], cache)
+    qe = embed_questions([question], cache)
+    pred = model.predict(img, qe)[0]
+    return {"question": question, "answer": pred.answer, "probability": pred.prob,
+            "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
+            "memory_weight": pred.from_memory, "similar_cases": model.similar_cases(img, qe, k)}

