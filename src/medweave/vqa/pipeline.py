@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ def embed_set(vqa: VqaSet, cache) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cases(vqa: VqaSet) -> list[dict]:
-    return [{"image": q.image, "question": q.question, "answer": q.answer, "organ": q.organ, "question_type": q.question_type,
-             "answer_type": q.answer_type} for q in vqa.questions]
+    return [{"image": q.image, "question": q.question, "answer": q.answer, "organ": q.organ,
+             "question_type": q.question_type, "answer_type": q.answer_type} for q in vqa.questions]
 
 
 def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None) -> Answerer:
@@ -79,23 +80,47 @@ def evaluate_vqa(model_dir: str | Path, questions: str | Path, images: str | Pat
     return res
 
 
-def validate(data: str | Path, split: str, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
-             frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
-    """Train on one side of a validation split and score the held-out side."""
+@dataclass
+class SplitRun:
+    """A model trained on one side of a validation split, with the held-out side and its embeddings."""
+
+    split: str
+    model: Answerer
+    held: VqaSet
+    img: np.ndarray
+    qe: np.ndarray
+    train_questions: int
+    fit_seconds: float
+
+    def predictions(self) -> list[Prediction]:
+        return self.model.predict(self.img, self.qe)
+
+    def scores(self, n_boot: int = 1000) -> dict:
+        res = score(self.held.questions, [p.answer for p in self.predictions()], n_boot=n_boot)
+        res.update({"split": self.split, "train_questions": self.train_questions,
+                    "held_out_questions": len(self.held.questions), "fit_seconds": self.fit_seconds})
+        return res
+
+
+def fit_split(data: str | Path, split: str, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
+              seed: int = 0) -> SplitRun:
+    """Train on one side of a validation split ("questions" or "images") of a VQA set."""
     vqa = load_vqa(data)
     strata = [f"{q.answer_type}/{q.question_type}" for q in vqa.questions]
     train_idx, held_idx = make_split(split, strata, [q.image for q in vqa.questions], frac, seed)
-    with open_cache(cache_path) as cache:
-        img, qe = embed_set(vqa, cache)
+    img, qe = embed_set(vqa, cache)
     t0 = time.perf_counter()
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg)
-    fit_s = time.perf_counter() - t0
-    held = vqa.subset(held_idx)
-    preds = model.predict(img[held_idx], qe[held_idx])
-    res = score(held.questions, [p.answer for p in preds], n_boot=n_boot)
-    res.update({"split": split, "train_questions": len(train_idx), "held_out_questions": len(held_idx),
-                "fit_seconds": fit_s})
-    return res
+    return SplitRun(split, model, vqa.subset(held_idx), img[held_idx], qe[held_idx], len(train_idx),
+                    time.perf_counter() - t0)
+
+
+def validate(data: str | Path, split: str, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
+             frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Train on one side of a validation split and score the held-out side."""
+    with open_cache(cache_path) as cache:
+        run = fit_split(data, split, cfg, cache, frac, seed)
+    return run.scores(n_boot)
 
 
 def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 3) -> dict:

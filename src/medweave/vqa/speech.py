@@ -11,6 +11,10 @@ from pathlib import Path
 from .normalize import tokens
 
 _WHISPER = None
+# Domain words prime the decoder (Whisper's initial prompt); tiny.en otherwise mishears radiology terms.
+PROMPT = ("Radiology questions about a CT, MRI or x-ray image of the chest, head, brain or abdomen: "
+          "Is there a mass, lesion, opacity, effusion, fracture, pneumothorax, hemorrhage or infarct? "
+          "Which side, which lobe, which plane, what modality, is it normal?")
 
 
 class SpeechError(RuntimeError):
@@ -49,7 +53,7 @@ def transcribe(audio: str | Path) -> str:
     if not path.is_file():
         raise SpeechError(f"audio file {path} not found")
     try:
-        segments, _info = load_whisper().transcribe(str(path), language="en", beam_size=1,
+        segments, _info = load_whisper().transcribe(str(path), language="en", beam_size=1, initial_prompt=PROMPT,
                                                     vad_filter=False, condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
     except (OSError, ValueError, RuntimeError) as exc:

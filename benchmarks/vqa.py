@@ -1,0 +1,151 @@
+"""VQA-RAD benchmark: accuracy on both validation splits under every score definition, training time,
+answer latency, probes, same-organ retrieval precision, and spoken questions (espeak-ng -> Whisper).
+
+    .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing]
+
+Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from medweave.retrieve.index import case_indexes, precision_at_k
+from medweave.settings import shared_data_dir
+from medweave.vqa.cli import print_probes
+from medweave.vqa.features import embed_questions, open_cache
+from medweave.vqa.model import Answerer
+from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
+from medweave.vqa.probes import run_probes
+from medweave.vqa.scoring import SCORE_NAMES, exact_match
+from medweave.vqa.speech import SpeechError, espeak_available, speak, transcribe, wer
+
+console = Console(width=150)
+PUBLISHED = "published VQA-RAD test (overall/closed/open): MEVF 62.7/75.1/43.9, MMQ+MEVF 68.2/75.7/56.9, " \
+            "PubMedCLIP ~72/80.0/60.1, M2I2 ~76.8/83.5/66.5; MedGemma-4B 72.5, Lingshu-32B 76.5 overall"
+
+
+def _cell(v: dict) -> str:
+    return "-" if v["n"] == 0 else f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] n={v['n']}"
+
+
+def accuracy_table(results: dict[str, dict]) -> None:
+    t = Table(title="VQA-RAD validation (exact match after normalisation; bootstrap 95% CI)")
+    t.add_column("score")
+    for split in results:
+        t.add_column(f"split: {split}")
+    for name in SCORE_NAMES:
+        t.add_row(name, *(_cell(r[name]) for r in results.values()))
+    for group in ("by_question_type", "by_organ"):
+        keys = sorted(set().union(*(r[group] for r in results.values())))
+        for k in keys:
+            t.add_row(f"  {group[3:]}={k}", *(_cell(r[group][k]) if k in r[group] else "-" for r in results.values()))
+    console.print(t)
+    console.print(PUBLISHED, highlight=False)
+
+
+def retrieval_precision(run, k: int = 5) -> float:
+    """Same-organ precision@k of the held-out pictures against the training pictures' index."""
+    pictures, _ = case_indexes(run.model.mem_img, run.model.mem_q, run.model.cases)
+    first = {}
+    for i, q in enumerate(run.held.questions):
+        first.setdefault(q.image, i)
+    rows = list(first.values())
+    if run.split == "images":
+        return precision_at_k(pictures, run.img[rows], [run.held.questions[i].organ for i in rows], "organ", k)
+    return precision_at_k(pictures, pictures.vectors, [r["organ"] for r in pictures.records], "organ", k,
+                          exclude=range(len(pictures)))
+
+
+def latency(model: Answerer, run, cache, n: int = 50) -> tuple[float, float]:
+    """(median ms per question with the picture embedding cached, ms to embed a new picture)."""
+    qs = run.held.questions[:n]
+    times = []
+    for q in qs:
+        t0 = time.perf_counter()
+        ask(model, run.held.image_path(q.image), q.question, cache, k=3)
+        times.append(time.perf_counter() - t0)
+    blank = Path(tempfile.mkdtemp()) / "noise.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256), dtype=np.uint8)).save(blank)
+    t0 = time.perf_counter()
+    ask(model, blank, qs[0].question, None, k=3)
+    return 1000 * statistics.median(times), 1000 * (time.perf_counter() - t0)
+
+
+def spoken(run, cache, n: int) -> None:
+    """Accuracy on n held-out questions typed vs spoken by espeak-ng and transcribed by Whisper."""
+    if not espeak_available():
+        console.print("spoken questions: skipped (espeak-ng not installed; apt-get install -y espeak-ng)")
+        return
+    idx = np.random.default_rng(0).permutation(len(run.held.questions))[:n]
+    qs = [run.held.questions[i] for i in idx]
+    heard = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for j, q in enumerate(qs):
+            heard.append(transcribe(speak(q.question, Path(tmp) / f"q{j}.wav")))
+    typed = run.model.predict(run.img[idx], run.qe[idx])
+    said = run.model.predict(run.img[idx], embed_questions(heard, cache))
+    acc_t = np.mean([exact_match(p.answer, q.answer) for p, q in zip(typed, qs)])
+    acc_s = np.mean([exact_match(p.answer, q.answer) for p, q in zip(said, qs)])
+    console.print(f"spoken questions ({run.split} split, {len(qs)} held-out questions, espeak-ng -> Whisper tiny.en): "
+                  f"typed {acc_t:.3f}, spoken {acc_s:.3f} (difference {100 * (acc_s - acc_t):+.1f} points); "
+                  f"transcription WER {wer([q.question for q in qs], heard):.3f}", highlight=False)
+    for q, h in list(zip(qs, heard))[:5]:
+        console.print(f"  said: {q.question!r}  heard: {h!r}", highlight=False, markup=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=shared_data_dir() / "vqa-rad")
+    ap.add_argument("--spoken", type=int, default=50)
+    ap.add_argument("--no-train-timing", action="store_true", help="skip the cold full training run")
+    args = ap.parse_args()
+    if not (args.data / "trainset.json").is_file():
+        console.print(f"VQA-RAD not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
+    if not args.no_train_timing:
+        t0 = time.perf_counter()
+        _, meta = train_vqa(args.data, work / "model")
+        console.print(f"training on all {meta['n_train']} questions from cold (embedding included): "
+                      f"{time.perf_counter() - t0:.0f} s (embedding {meta['embed_seconds']:.0f} s, "
+                      f"fit {meta['fit_seconds']:.0f} s); limit 600 s", highlight=False)
+    cache_path = work / "model" / CACHE_NAME
+    runs, results = {}, {}
+    with open_cache(cache_path) as cache:
+        for split in ("questions", "images"):
+            runs[split] = fit_split(args.data, split, cache=cache)
+            results[split] = runs[split].scores()
+            console.print(f"split {split}: {results[split]['train_questions']} train / "
+                          f"{results[split]['held_out_questions']} held-out questions, fit "
+                          f"{results[split]['fit_seconds']:.0f} s", highlight=False)
+        accuracy_table(results)
+        for split, run in runs.items():
+            console.print(f"same-organ retrieval precision@5 ({split} split): {retrieval_precision(run):.3f}")
+        for split, run in runs.items():
+            console.rule(f"probes on the {split} split's held-out questions")
+            print_probes(run_probes(run.model, run.held, cache, n_boot=200))
+        med, cold = latency(runs["questions"].model, runs["questions"], cache)
+        console.print(f"answer latency: median {med:.1f} ms per question (picture embedding cached, question "
+                      f"encoded, answered, 3 similar cases); a new picture adds its encoding: {cold:.0f} ms "
+                      f"for the first", highlight=False)
+        try:
+            spoken(runs["questions"], cache, args.spoken)
+        except SpeechError as exc:
+            console.print(f"spoken questions: skipped ({exc})", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

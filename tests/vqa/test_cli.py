@@ -1,0 +1,95 @@
+"""Train, evaluate, ask, probe and retrieve through the real ``medweave`` command on a tiny set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medweave.vqa.data import VqaDataError, load_vqa
+from medweave.vqa.features import embed_image_files, embed_questions
+from medweave.vqa.model import Answerer
+from medweave.vqa.splits import make_split
+
+from .conftest import N_IMAGES, medweave
+
+
+def test_evaluate_json_scores_the_training_set(tiny_model, tiny_set):
+    res = json.loads(medweave("vqa", "evaluate", "--model", str(tiny_model), "--questions",
+                              str(tiny_set / "train.json"), "--images", str(tiny_set / "images"),
+                              "--bootstrap", "50", "--json").stdout)
+    assert res["questions"] == 2 * N_IMAGES
+    assert res["overall_acc"]["value"] >= 0.9
+    for name in ("closed_acc", "open_acc", "closed_acc_yesno", "open_recall"):
+        assert res[name]["lo"] <= res[name]["value"] <= res[name]["hi"]
+    assert set(res["by_organ"]) == {"CHEST", "HEAD"}
+
+
+def test_ask_prints_answer_type_and_similar_cases(tiny_model, tiny_set):
+    res = json.loads(medweave("vqa", "ask", "--model", str(tiny_model), "--image", str(tiny_set / "images/img01.png"),
+                              "--question", "Which side is the opacity on?", "-k", "2", "--json").stdout)
+    assert res["answer"] == "right" and res["type"] == "open" and 0 < res["probability"] <= 1
+    assert len(res["similar_cases"]) == 2 and res["similar_cases"][0]["image"] == "img01.png"
+
+
+def test_probe_blank_image_is_worse(tiny_model, tiny_set):
+    res = json.loads(medweave("vqa", "probe", "--model", str(tiny_model), "--questions", str(tiny_set / "train.json"),
+                              "--bootstrap", "20", "--json").stdout)
+    abl = res["ablation"]
+    assert set(abl) == {"real", "blank", "noise", "other_same_organ"}
+    assert abl["blank"]["overall_acc"]["value"] < abl["real"]["overall_acc"]["value"]
+    paired = res["paired"]
+    assert paired["random_pair_acc"] == 0.25 and paired["by_kind"]["organ"]["pairs"] == N_IMAGES
+    assert 0.0 <= paired["by_kind"]["all"]["pair_acc"] <= 1.0
+
+
+def test_retrieve_returns_k_cases_with_organ(tiny_model, tiny_set):
+    res = json.loads(medweave("retrieve", "--model", str(tiny_model), "--image", str(tiny_set / "images/img02.png"),
+                              "-k", "3", "--json").stdout)
+    assert len(res["hits"]) == 3 and all(h["organ"] in ("CHEST", "HEAD") for h in res["hits"])
+    assert res["hits"][0]["image"] == "img02.png" and res["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert 0.0 <= res["precision_at_k_same_organ"] <= 1.0
+
+
+def test_bad_inputs_name_the_culprit(tiny_model, tiny_set, tmp_path):
+    proc = medweave("vqa", "ask", "--model", str(tiny_model), "--image", str(tmp_path / "nope.png"),
+                    "--question", "x?", check=False)
+    assert proc.returncode == 2 and "nope.png" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_name": "missing.png", "question": "q?", "answer": "yes"}]))
+    proc = medweave("vqa", "evaluate", "--model", str(tiny_model), "--questions", str(bad),
+                    "--images", str(tiny_set / "images"), check=False)
+    assert proc.returncode == 2 and "missing.png" in proc.stderr
+    with pytest.raises(VqaDataError, match="answer_type is 'MAYBE'"):
+        bad.write_text(json.dumps([{"image_name": "img00.png", "question": "q?", "answer": "y", "answer_type": "maybe"}]))
+        load_vqa(bad, tiny_set / "images")
+
+
+def test_help_has_examples():
+    for cmd in (["vqa", "train"], ["vqa", "evaluate"], ["vqa", "ask"], ["vqa", "probe"], ["retrieve"]):
+        assert "Example: medweave " + cmd[0] in medweave(*cmd, "--help").stdout
+
+
+def test_checkpoint_round_trip(tiny_model, tiny_set):
+    vqa = load_vqa(tiny_set)
+    img = embed_image_files([vqa.image_path(q.image) for q in vqa.questions])
+    qe = embed_questions([q.question for q in vqa.questions])
+    a, b = Answerer.load(tiny_model), Answerer.load(tiny_model)
+    pa, pb = a.predict(img, qe), b.predict(img, qe)
+    assert [p.answer for p in pa] == [p.answer for p in pb]
+    assert np.allclose([p.prob for p in pa], [p.prob for p in pb])
+    a.save(tiny_model.parent / "copy")
+    pc = Answerer.load(tiny_model.parent / "copy").predict(img, qe)
+    assert np.allclose([p.prob for p in pa], [p.prob for p in pc]) and a.vocab == ["left", "no", "right", "yes"]
+
+
+def test_splits_keep_images_or_hold_them_out():
+    images = [f"i{k // 4}" for k in range(40)]
+    strata = ["CLOSED/PRES" if k % 2 else "OPEN/POS" for k in range(40)]
+    tr, te = make_split("questions", strata, images, 0.25)
+    assert len(te) == 10 and {images[i] for i in te} <= {images[i] for i in tr}
+    tr, te = make_split("images", strata, images, 0.2)
+    assert not ({images[i] for i in te} & {images[i] for i in tr}) and len(te) == 8
+    with pytest.raises(ValueError, match="allowed values: questions, images"):
+        make_split("patients", strata, images)
