@@ -1,8 +1,8 @@
 """The small interface through which the report and the server use a VQA model.
 
 An *answerer* has ``name`` and ``answer(image, question) -> dict`` (``answer`` text, optional
-``confidence``); ``image`` is a 2D/3D array or None. ``load_answerer(dir)`` builds one from a VQA model
-folder through ``medweave.vqa``; ``vqa_tables(dir)`` reads the scores by definition and the probe
+``confidence``); ``image`` is a 2D/3D array or None. ``load_answerer(dir)`` wraps a model folder of
+``medweave vqa train``; ``vqa_tables(dir)`` reads the scores by definition and the probe
 tables that the VQA package wrote next to its model.
 """
 
@@ -25,17 +25,36 @@ class Answerer(Protocol):
     def answer(self, image: np.ndarray | None, question: str) -> dict[str, Any]: ...
 
 
+class VqaAnswerer:
+    """``medweave.vqa``'s trained ``Answerer`` behind the ``Answerer`` protocol: the picture through its
+    EfficientNet-Lite0 embedding, the question through e5 (query prefix)."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    def answer(self, image: np.ndarray | None, question: str) -> dict[str, Any]:
+        from ..vqa.features import embed_image_arrays, embed_questions
+
+        if image is None:
+            raise VQAUnavailable("this VQA model answers questions about a picture: send an image")
+        pred = self.model.predict(embed_image_arrays([image]), embed_questions([question]))[0]
+        return {"answer": pred.answer, "confidence": float(pred.prob),
+                "type": "closed" if pred.closed else "open"}
+
+
 def load_answerer(model_dir: str | Path) -> Answerer:
-    """A VQA model folder as an ``Answerer`` (through ``medweave.vqa.load_answerer``)."""
+    """A VQA model folder (``medweave vqa train``) as an ``Answerer``."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise VQAUnavailable(f"{model_dir}: no such VQA model folder")
     try:
-        from .. import vqa  # noqa: F401  (built in the VQA issue)
-        loader = getattr(vqa, "load_answerer")
-    except (ImportError, AttributeError) as exc:
-        raise VQAUnavailable(f"medweave.vqa cannot load VQA models in this version ({exc})") from None
-    return loader(model_dir)
+        from ..vqa import Answerer as VqaModel
+    except ImportError as exc:
+        raise VQAUnavailable(f"medweave.vqa cannot be imported ({exc})") from None
+    try:
+        return VqaAnswerer(VqaModel.load(model_dir), f"medweave-vqa-{model_dir.name}")
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise VQAUnavailable(f"{model_dir}: not a VQA model folder ({exc})") from None
 
 
 def vqa_tables(model_dir: str | Path) -> dict[str, Any]:

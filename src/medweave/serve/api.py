@@ -132,7 +132,12 @@ def answer_question(st: ServerState, image: np.ndarray | None, question: str) ->
     """The VQA model's answer, or a 503 naming why there is none."""
     if st.answerer is None:
         raise ServeError(503, st.vqa_error, "vqa_unavailable")
-    out = st.answerer.answer(image, question)
+    from ..report.vqa import VQAUnavailable
+
+    try:
+        out = st.answerer.answer(image, question)
+    except VQAUnavailable as exc:
+        raise ServeError(400, str(exc)) from None
     return {"answer": out["answer"], "confidence": out.get("confidence"), "model": st.answerer.name}
 
 
