@@ -62,7 +62,8 @@ def test_bad_inputs_name_the_culprit(tiny_model, tiny_set, tmp_path):
                     "--images", str(tiny_set / "images"), check=False)
     assert proc.returncode == 2 and "missing.png" in proc.stderr
     with pytest.raises(VqaDataError, match="answer_type is 'MAYBE'"):
-        bad.write_text(json.dumps([{"image_name": "img00.png", "question": "q?", "answer": "y", "answer_type": "maybe"}]))
+        bad.write_text(json.dumps([{"image_name": "img00.png", "question": "q?", "answer": "y",
+                                    "answer_type": "maybe"}]))
         load_vqa(bad, tiny_set / "images")
 
 
@@ -93,3 +94,17 @@ def test_splits_keep_images_or_hold_them_out():
     assert not ({images[i] for i in te} & {images[i] for i in tr}) and len(te) == 8
     with pytest.raises(ValueError, match="allowed values: questions, images"):
         make_split("patients", strata, images)
+
+
+def test_memory_needs_the_same_picture(tiny_model, tiny_set):
+    """Same-picture memory answers only for a training picture, never for a blank or another picture."""
+    from medweave.vqa.features import embed_image_arrays
+    from medweave.vqa.probes import blank_image
+
+    model = Answerer.load(tiny_model)
+    qe = embed_questions(["Which side is the opacity on?"])
+    real = embed_image_files([tiny_set / "images/img00.png"])
+    blank = embed_image_arrays([blank_image()])
+    assert model.predict(real, qe)[0].from_memory > 0.3
+    assert model.predict(blank, qe)[0].from_memory == 0.0
+    assert not model.same_image(blank).any() and model.same_image(real).sum() == 2

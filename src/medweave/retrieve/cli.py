@@ -47,6 +47,7 @@ def retrieve(
         return
     for h in hits:
         extra = f": {h['question']} -> {h['answer']}" if "question" in h else f" ({h['questions']} questions)"
-        out.print(f"{h['rank']}. {h['score']:.3f}  {h['image']}  organ={h['organ']}{extra}", highlight=False, markup=False)
+        out.print(f"{h['rank']}. {h['score']:.3f}  {h['image']}  organ={h['organ']}{extra}",
+                  highlight=False, markup=False)
     out.print(f"same-organ precision@{k} over the {len(pictures)} indexed pictures (leave-one-out): {p_at_k:.3f}",
               highlight=False)

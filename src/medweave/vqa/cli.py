@@ -51,7 +51,8 @@ def print_scores(res: dict, title: str) -> None:
 
 @vqa_app.command("train", epilog="Example: medweave vqa train --data ../shared/data/vqa-rad --out runs/vqa")
 def train(
-    data: Path = typer.Option(..., "--data", help="VQA-RAD layout: a folder with one question JSON and images/, or the JSON."),
+    data: Path = typer.Option(..., "--data",
+                              help="VQA-RAD layout: a folder with one question JSON and images/, or the JSON."),
     out_dir: Path = typer.Option(..., "--out", help="Model folder to write (weights.safetensors + config.json)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Picture folder (default: images/ beside the JSON)."),
     seeds: int = typer.Option(3, "--seeds", help="Ensemble members."),
@@ -74,7 +75,8 @@ def train(
 
 
 @vqa_app.command("evaluate", epilog=(
-    "Example: medweave vqa evaluate --model runs/vqa --questions test.json --images ../shared/data/vqa-rad/images --json"))
+    "Example: medweave vqa evaluate --model runs/vqa --questions test.json "
+    "--images ../shared/data/vqa-rad/images --json"))
 def evaluate(
     model: Path = typer.Option(..., "--model", help="Model folder from `medweave vqa train`."),
     questions: Path = typer.Option(..., "--questions", help="Question JSON in the VQA-RAD layout (with answers)."),
@@ -144,7 +146,8 @@ def ask(
 
 
 @vqa_app.command("probe", epilog=(
-    "Example: medweave vqa probe --model runs/vqa --questions valid.json --images ../shared/data/vqa-rad/images --json"))
+    "Example: medweave vqa probe --model runs/vqa --questions valid.json "
+    "--images ../shared/data/vqa-rad/images --json"))
 def probe(
     model: Path = typer.Option(..., "--model", help="Model folder from `medweave vqa train`."),
     questions: Path = typer.Option(..., "--questions", help="Question JSON in the VQA-RAD layout (with answers)."),
