@@ -54,3 +54,5 @@ def test_scrub_text_removes_identifiers_and_keeps_clinical_content():
     for keep in ["70% stenosis", "3.5 cm nodule"]:
         assert keep in out
     assert "[NAME]" in out and "[DATE]" in out and "[PHONE]" in out and "[EMAIL]" in out
+    signed = scrub_text("Referring: Dr. Ruth Hale. Signed by: Prof. Sam Osei")
+    assert "Ruth" not in signed and "Hale" not in signed and "Osei" not in signed, signed

@@ -102,11 +102,25 @@ def run_demo(out_dir: Path, data_dir: Path | None = None, n_patients: int = 300,
     _train_and_evaluate(out_dir, manifest, store_dir, seed, console)
 
     data_dir = Path(data_dir) if data_dir else shared_data_dir()
-    if use_real and data_dir.is_dir():
+    real = use_real and data_dir.is_dir()
+    if real:
         failed += _real_sets(out_dir, data_dir, console)
     elif use_real:
         console.print(f"5. no real data at {data_dir} (set --data or MEDWEAVE_DATA); skipped the real sets")
-    console.rule("done" if not failed else f"done, {failed} source(s) failed")
+
+    from ..report.demo import demo_report
+    from ..vqa.demo import demo_vqa
+
+    console.print("6. visual question answering")
+    failed += demo_vqa(out_dir, store_dir, data_dir / "vqa-rad" if real else None, console)
+    console.print("7. the report: per-modality contributions, metrics, plots, missingness")
+    report = demo_report(out_dir, console)
+    console.rule("done" if not failed else f"done, {failed} step(s) or source(s) failed")
+    console.print(f"Open the report: {report.resolve()}", highlight=False)
+    vqa_model = out_dir / "vqa-rad-model" if real else out_dir / "vqa-phantom-model"
+    console.print("Serve it (REST, OpenAI-compatible /v1/chat/completions, web UI on http://127.0.0.1:8765):\n"
+                  f"  medweave serve --store {store_dir} --model {out_dir / 'models' / 'sequential'} "
+                  f"--vqa-model {vqa_model} --host 127.0.0.1 --port 8765", highlight=False)
     return 0 if not failed else 1
 
 

@@ -73,7 +73,8 @@ _TITLED_NAME_RE = re.compile(
 )
 _LABELLED_NAME_RE = re.compile(
     r"\b(?:patient name|name|patient|physician|doctor|attending|referring|signed by|dictated by|"
-    r"reported by|electronically signed by)\s*:\s*[A-Z][a-zA-Z'-]+(?:[ ,]+[A-Z][a-zA-Z'-]+){0,2}",
+    r"reported by|electronically signed by)\s*:\s*(?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+)?"
+    r"[A-Z][a-zA-Z'-]+(?:[ ,]+[A-Z][a-zA-Z'-]+){0,2}",
     re.IGNORECASE,
 )
 
@@ -94,8 +95,8 @@ def scrub_text(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
     out = _DATE_RE.sub("[DATE]", out)
     out = _PHONE_RE.sub("[PHONE]", out)
     out = _LONG_NUMBER_RE.sub("[ID]", out)
-    out = _LABELLED_NAME_RE.sub(lambda m: m.group(0).split(":")[0] + ": [NAME]", out)
     out = _TITLED_NAME_RE.sub("[NAME]", out)
+    out = _LABELLED_NAME_RE.sub(lambda m: m.group(0).split(":")[0] + ": [NAME]", out)
     return out
 
 
