@@ -166,7 +166,10 @@ def main() -> None:
     args = ap.parse_args()
     from medweave.report.demo import small_phantom_model
 
-    model = args.phantom_model or small_phantom_model(args.work / "phantom", n_patients=120, epochs=30)
+    # Without the reports: they restate the label, which saturates the prediction at ~1 and leaves
+    # nothing for the tabular and image attributions to show.
+    model = args.phantom_model or small_phantom_model(args.work / "phantom-no-reports", n_patients=200, epochs=30,
+                                                      modalities=["table", "image", "signal"])
     ctx = ModelContext.load(model)
     run(ctx, "phantom (synthetic)", args.cases, "SODIUM", phantom_truth(ctx))
     if args.nih:

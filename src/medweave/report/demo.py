@@ -18,7 +18,8 @@ def demo_report(out_dir: str | Path, console: Console | None = None) -> Path:
     return path
 
 
-def small_phantom_model(out_dir: str | Path, n_patients: int = 60, seed: int = 0, epochs: int = 15) -> Path:
+def small_phantom_model(out_dir: str | Path, n_patients: int = 60, seed: int = 0, epochs: int = 15,
+                        modalities: list[str] | None = None) -> Path:
     """A small phantom cohort with a trained sequential model in ``out_dir`` (the demo's experiment,
     fewer patients and epochs): what tests and benchmarks of explanations, report and server run on.
     Re-running with an existing ``out_dir/models/sequential`` only returns its path."""
@@ -35,5 +36,7 @@ def small_phantom_model(out_dir: str | Path, n_patients: int = 60, seed: int = 0
     _demo_key(out_dir / "store", seed)
     exp = phantom_experiment(manifest, out_dir / "store", "sequential", seed)
     exp["train"].update(epochs=epochs, patience=5)
+    if modalities:
+        exp["model"]["modalities"] = list(modalities)
     train_experiment(parse_config(exp, "small phantom"), model_dir, progress=False)
     return model_dir
