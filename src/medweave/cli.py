@@ -58,7 +58,7 @@ def ingest(
     namespace: str = typer.Option("default", "--namespace", help="Patient id namespace (keeps ids of different sources apart)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping for CSV tables."),
     option: List[str] = typer.Option([], "--option", help="Adapter option KEY=VALUE (repeatable)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPU count, max 8; 1 = none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPU count - 1, max 8; below 2 = none)."),
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:

@@ -66,6 +66,21 @@ def test_a_store_inside_the_ingested_folder_is_not_ingested(tmp_path, text_files
     assert first.ok and again.ok and first.n_items_added == 3 and again.n_skipped == 3
 
 
+def test_reader_processes_give_the_same_catalog_as_one_process(tmp_path, text_files):
+    text_files(tmp_path / "in", 150, patients=30)
+    (tmp_path / "in" / "broken.txt").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "one").mkdir()
+    with Store(tmp_path / "one", write=True) as st:
+        one = ingest([tmp_path / "in"], st, progress=False, workers=1)
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "secret.key").write_bytes((tmp_path / "one" / "secret.key").read_bytes())
+    with Store(tmp_path / "pool", write=True) as st:
+        pool = ingest([tmp_path / "in"], st, progress=False, workers=2)
+    assert (one.n_ok, one.n_failed) == (pool.n_ok, pool.n_failed) == (150, 1)
+    assert one.errors == pool.errors and "not UTF-8" in pool.errors[0][1]
+    assert catalog_fingerprint(tmp_path / "one") == catalog_fingerprint(tmp_path / "pool")
+
+
 def test_every_row_points_at_its_blob_and_content_hash(tmp_path, text_files):
     text_files(tmp_path / "in", 12)
     with Store(tmp_path / "s", write=True) as st:

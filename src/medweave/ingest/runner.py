@@ -249,7 +249,10 @@ PARALLEL_MIN_UNITS = 64  # below this, starting reader processes costs more than
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """One reader per core beyond the one the writing process needs, at most 8. Measured on 2 cores:
+    a reader process beside the writer is slower than none (they share the cores and the items
+    cross a pipe), so below 3 cores everything runs in this process."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 # --- reading units, in this process or in a pool of reader processes -------------------------------
@@ -283,7 +286,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
         except Exception as exc:
             return None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
 
-    if workers <= 1 or len(work) < PARALLEL_MIN_UNITS:
+    if workers < 2 or len(work) < PARALLEL_MIN_UNITS:
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
             if err or fp in known:
