@@ -8,7 +8,7 @@ import pytest
 from medweave.serve import create_app
 from medweave.serve.testing import ThreadServer
 
-from .test_server import BrightnessAnswerer, png_bytes
+from .test_server import side_png
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -17,10 +17,9 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 
 
 @pytest.fixture(scope="module")
-def page(phantom_model, tmp_path_factory):
+def page(phantom_model, tiny_vqa_model, tmp_path_factory):
     playwright = pytest.importorskip("playwright.sync_api")
-    app = create_app(phantom_model.parent.parent / "store", phantom_model)
-    app.state.medweave.answerer = BrightnessAnswerer()
+    app = create_app(phantom_model.parent.parent / "store", phantom_model, vqa_model_dir=tiny_vqa_model)
     profile = tmp_path_factory.mktemp("chromium-profile")
     with ThreadServer(app) as srv, playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
@@ -55,14 +54,14 @@ def test_case_page_shows_prediction_contributions_and_saliency(page, tmp_path):
 
 
 def test_ask_flow(page, tmp_path):
-    img = tmp_path / "bright.png"
-    img.write_bytes(png_bytes(230, 128))
+    img = tmp_path / "left.png"
+    img.write_bytes(side_png("left", 11))
     page.goto(page.base_url + "/ask")
     page.set_input_files("#image", str(img))
-    page.fill("#question", "Is this image bright?")
+    page.fill("#question", "Which side is the opacity on?")
     page.click("#submit")
     page.wait_for_selector("#answer", timeout=30_000)
-    assert page.inner_text("#answer") == "bright"
+    assert page.inner_text("#answer") == "left"
     assert page.locator("#similar tr").count() == 6
     page.screenshot(path=str(tmp_path / "ask.png"), full_page=True)
     shutil.copy(tmp_path / "ask.png", "/tmp/medweave-ask.png")

@@ -16,20 +16,18 @@ from medweave.serve import create_app
 from medweave.serve.testing import ThreadServer, start_server, stop_server
 
 
-class BrightnessAnswerer:
-    """A stand-in VQA model for the wire protocol tests: answers from the image's mean brightness."""
-
-    name = "brightness-vqa"
-
-    def answer(self, image, question):
-        if image is None:
-            return {"answer": "no image given", "confidence": 0.0}
-        return {"answer": "bright" if float(np.mean(image)) > 127 else "dark", "confidence": 0.9}
-
-
 def png_bytes(value: int = 200, size: int = 64) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def side_png(side: str, seed: int = 100) -> bytes:
+    """A picture like those the tiny VQA model was trained on (a bright blob on one side)."""
+    from medweave.vqa.testing import picture
+
+    buf = io.BytesIO()
+    Image.fromarray(picture(side, "CHEST", seed)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -147,24 +145,27 @@ def test_token_is_required_when_set(phantom_model):
         stop_server(proc)
 
 
-def test_openai_client_against_the_chat_endpoint(phantom_model):
+def test_openai_client_against_the_chat_endpoint(phantom_model, tiny_vqa_model):
+    """The official openai client, unchanged, against a real VQA model served by medweave."""
     openai = pytest.importorskip("openai")
-    app = create_app(phantom_model.parent.parent / "store", phantom_model)
-    app.state.medweave.answerer = BrightnessAnswerer()
+    app = create_app(phantom_model.parent.parent / "store", phantom_model, vqa_model_dir=tiny_vqa_model)
     with ThreadServer(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
-        assert [m.id for m in client.models.list().data] == ["brightness-vqa"]
-        data_url = "data:image/png;base64," + base64.b64encode(png_bytes(220)).decode()
-        resp = client.chat.completions.create(model="brightness-vqa", messages=[{"role": "user", "content": [
-            {"type": "text", "text": "Is the image bright or dark?"},
+        models = [m.id for m in client.models.list().data]
+        assert len(models) == 1
+        data_url = "data:image/png;base64," + base64.b64encode(side_png("left")).decode()
+        resp = client.chat.completions.create(model=models[0], messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Which side is the opacity on?"},
             {"type": "image_url", "image_url": {"url": data_url}}]}])
-        assert resp.choices[0].message.content == "bright"
-        stream = client.chat.completions.create(model="brightness-vqa", stream=True, messages=[
-            {"role": "user", "content": [{"type": "text", "text": "and now?"}, {"type": "image_url", "image_url": {
-                "url": "data:image/png;base64," + base64.b64encode(png_bytes(10)).decode()}}]}])
-        assert "".join(c.choices[0].delta.content or "" for c in stream) == "dark"
+        assert resp.choices[0].message.content == "left"
+        stream = client.chat.completions.create(model=models[0], stream=True, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Which side is the opacity on?"},
+                                         {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + base64.b64encode(side_png("right")).decode()}}]}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == "right"
         with pytest.raises(openai.BadRequestError, match="data URL"):
             client.chat.completions.create(model="x", messages=[{"role": "user", "content": [
                 {"type": "text", "text": "q"}, {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}])
-        r = httpx.post(srv.url + "/api/ask", data={"question": "bright?"}, files={"image": ("a.png", png_bytes(250), "image/png")})
-        assert r.json()["answer"] == "bright" and len(r.json()["similar"]) == 5
+        r = httpx.post(srv.url + "/api/ask", data={"question": "Which side is the opacity on?"},
+                       files={"image": ("a.png", side_png("right", 7), "image/png")})
+        assert r.json()["answer"] == "right" and len(r.json()["similar"]) == 5

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-N_IMAGES = 12
+from medweave.vqa.testing import N_IMAGES, picture, tiny_set, write_tiny_set  # noqa: F401  (shared support)
 
 
 def medweave(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -19,41 +17,6 @@ def medweave(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"medweave {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def picture(side: str, organ: str, seed: int) -> np.ndarray:
-    """A gray square with a bright blob on the given side; head pictures carry a ring."""
-    rng = np.random.default_rng(seed)
-    a = (30 + rng.integers(0, 20, (96, 96))).astype(np.uint8)
-    cols = slice(8, 40) if side == "left" else slice(56, 88)
-    a[30:62, cols] = 230
-    if organ == "HEAD":
-        a[4:8, :] = 200
-        a[-8:-4, :] = 200
-    return a
-
-
-def write_tiny_set(folder: Path) -> Path:
-    """Write ``train.json`` + ``images/`` with a side question (open) and a yes/no question per picture."""
-    from PIL import Image
-
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    recs = []
-    for i in range(N_IMAGES):
-        side, organ = ("left", "right")[i % 2], ("CHEST", "HEAD")[(i // 2) % 2]
-        name = f"img{i:02d}.png"
-        Image.fromarray(picture(side, organ, i)).save(folder / "images" / name)
-        for question, answer, kind in (("Which side is the opacity on?", side, "OPEN"),
-                                       ("Is the opacity on the left?", "Yes" if side == "left" else "No", "CLOSED")):
-            recs.append({"qid": len(recs), "image_name": name, "question": question, "answer": answer,
-                         "answer_type": kind, "question_type": "POS", "image_organ": organ})
-    (folder / "train.json").write_text(json.dumps(recs))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_set(tmp_path_factory) -> Path:
-    return write_tiny_set(tmp_path_factory.mktemp("tiny-vqa"))
 
 
 @pytest.fixture(scope="session")
