@@ -169,3 +169,18 @@ def test_openai_client_against_the_chat_endpoint(phantom_model, tiny_vqa_model):
         r = httpx.post(srv.url + "/api/ask", data={"question": "Which side is the opacity on?"},
                        files={"image": ("a.png", side_png("right", 7), "image/png")})
         assert r.json()["answer"] == "right" and len(r.json()["similar"]) == 5
+
+
+def test_transcribe_a_spoken_question(server, tmp_path):
+    """The record button's route: a question spoken by espeak-ng comes back as text (Whisper, offline)."""
+    from medweave.vqa.speech import espeak_available, speak
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    wav = speak("Is there an opacity in the right lung?", tmp_path / "q.wav")
+    r = httpx.post(server["url"] + "/api/transcribe", files={"audio": ("q.wav", wav.read_bytes(), "audio/wav")},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert "opacity" in r.json()["text"].lower() and "right" in r.json()["text"].lower()
+    bad = httpx.post(server["url"] + "/api/transcribe", files={"audio": ("q.txt", b"hello", "text/plain")})
+    assert bad.status_code == 415 and ".wav" in bad.json()["error"]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
@@ -105,6 +106,11 @@ def build_router() -> APIRouter:
         result = answer_question(st, arr, question)
         return {**result, "question": question, "similar": similar}
 
+    @r.post("/transcribe", summary="Transcribe a spoken question (Whisper tiny.en, offline)")
+    async def transcribe_audio(request: Request, audio: UploadFile = File(...)) -> dict[str, Any]:
+        data = await read_limited(audio, state_of(request).max_upload_bytes)
+        return {"text": transcribe_bytes(data, audio.filename or "question.wav")}
+
     @r.get("/items/{item_id}/image.png", summary="An image item as PNG (windowed, 8 bit)")
     def item_image(request: Request, item_id: str) -> Response:
         return Response(image_png(state_of(request), item_id), media_type="image/png")
@@ -126,6 +132,25 @@ async def read_limited(upload: UploadFile, limit: int) -> bytes:
                              "request_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def transcribe_bytes(data: bytes, filename: str) -> str:
+    """Speech to text with the VQA package's Whisper (WAV, WebM/Opus, OGG, MP3: decoded by PyAV)."""
+    import tempfile
+
+    from ..vqa.speech import transcribe
+
+    suffix = Path(filename).suffix.lower()
+    if suffix not in (".wav", ".webm", ".ogg", ".mp3", ".m4a", ".flac"):
+        raise ServeError(415, f"audio {filename!r}: expected .wav, .webm, .ogg, .mp3, .m4a or .flac")
+    with tempfile.NamedTemporaryFile(suffix=suffix) as fh:
+        fh.write(data)
+        fh.flush()
+        try:
+            text = transcribe(fh.name)
+        except Exception as exc:  # undecodable audio is the client's problem, said plainly
+            raise ServeError(400, f"audio {filename!r} could not be transcribed: {type(exc).__name__}") from None
+    return text
 
 
 def answer_question(st: ServerState, image: np.ndarray | None, question: str) -> dict[str, Any]:
