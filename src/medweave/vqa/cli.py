@@ -117,11 +117,12 @@ def ask(
         fail("give exactly one of --question TEXT or --audio FILE.wav")
     try:
         transcript = None
-        if audio is not None:
-            from .speech import transcribe
-
-            question = transcript = transcribe(audio)
         answerer = Answerer.load(model)
+        if audio is not None:
+            from .speech import correct_transcript, question_lexicon, transcribe
+
+            transcript = transcribe(audio)
+            question = correct_transcript(transcript, question_lexicon([c["question"] for c in answerer.cases]))
         from .features import open_cache
 
         t0 = time.perf_counter()
@@ -136,7 +137,8 @@ def ask(
         _dump(res)
         return
     if transcript is not None:
-        out.print(f"heard: {transcript}", highlight=False)
+        out.print(f"heard: {transcript}" + (f"  (read as: {question})" if question != transcript else ""),
+                  highlight=False)
     out.print(f"answer: {res['answer']}  (probability {res['probability']:.2f}; assumed {res['type']}, "
               f"P(closed) {res['p_closed']:.2f})", highlight=False)
     out.print("similar training cases:")

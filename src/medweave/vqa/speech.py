@@ -4,6 +4,7 @@ questions for tests and benchmarks; word error rate for transcripts."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,6 +59,33 @@ def transcribe(audio: str | Path) -> str:
         return " ".join(s.text.strip() for s in segments).strip()
     except (OSError, ValueError, RuntimeError) as exc:
         raise SpeechError(f"audio file {path}: cannot be transcribed ({exc})") from exc
+
+
+def question_lexicon(questions: list[str]) -> frozenset[str]:
+    """The lower-case words (four letters or more) of a set of questions: the domain lexicon."""
+    return frozenset(w for q in questions for w in re.findall(r"[a-z]{4,}", q.lower()))
+
+
+def correct_transcript(text: str, lexicon: frozenset[str], cutoff: float = 0.8) -> str:
+    """Snap each misheard word (four letters or more, not in the lexicon) to its closest lexicon word
+    when one is similar enough (difflib ratio >= ``cutoff``): "noality" -> "modality"."""
+    import difflib
+
+    words = sorted(lexicon)
+
+    def fix(m: re.Match) -> str:
+        w = m.group(0)
+        if w.lower() in lexicon:
+            return w
+        close = difflib.get_close_matches(w.lower(), words, n=1, cutoff=cutoff)
+        return close[0] if close else w
+
+    return re.sub(r"[A-Za-z]{4,}", fix, text)
+
+
+def spoken_form(question: str) -> str:
+    """How a person reads a written question aloud: of slash alternatives ("is/are") the first."""
+    return re.sub(r"(\w+)(?:/\w+)+", r"\1", question)
 
 
 def espeak_available() -> bool:
