@@ -64,7 +64,8 @@ def main() -> None:
         cases = [c["case_id"] for c in httpx.get(url + "/api/cases", params={"limit": 500}).json()["cases"]]
         buf = io.BytesIO()
         Image.fromarray((np.random.default_rng(0).random((224, 224)) * 255).astype(np.uint8)).save(buf, "PNG")
-        ask_ok = httpx.post(url + "/api/ask", data={"question": "q"}, files={"image": ("q.png", buf.getvalue(), "image/png")})
+        ask_ok = httpx.post(url + "/api/ask", data={"question": "q"}, files={"image": ("q.png", buf.getvalue(), "image/png")},
+                            timeout=300)  # the first ask loads the encoders: a warm-up, not measured
         kinds = ["predict", "ask"] if ask_ok.status_code == 200 else ["predict", "similar"]
         if "ask" not in kinds:
             print(f"ask without its VQA model ({ask_ok.json()['error']['message']}): benchmarking /api/similar, "
