@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import torch_threads
 from .normalize import normalize_answer
 
 MODEL_FORMAT = "medweave-vqa/1"
@@ -126,8 +127,6 @@ class Answerer:
     def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
             cases: list[dict], cfg: VqaConfig | None = None) -> "Answerer":
         """Train on per-question picture embeddings, question embeddings, answers and answer types."""
-        import torch
-
         cfg = cfg or VqaConfig()
         norm = [normalize_answer(a) for a in answers]
         vocab = sorted(set(norm))
@@ -138,14 +137,10 @@ class Answerer:
         closed_mask[y[closed]] = True
         mean, std = img_emb.mean(0), img_emb.std(0) + 1e-3
         xi = ((img_emb - mean) / std).astype(np.float32)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.threads)
         t0 = time.perf_counter()
-        try:
+        with torch_threads(cfg.threads):
             members = [_fit_one(cfg, s, xi, q_emb.astype(np.float32), y, closed, len(vocab))
                        for s in range(cfg.seeds)]
-        finally:
-            torch.set_num_threads(threads)
         open_mask = np.zeros(len(vocab), dtype=bool)
         open_mask[y[~closed]] = True
         return cls(cfg, vocab, np.stack([closed_mask, open_mask]), mean.astype(np.float32),
@@ -170,7 +165,7 @@ class Answerer:
         xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
         xq = torch.from_numpy(q_emb.astype(np.float32))
         probs, p_closed = 0.0, 0.0
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.cfg.threads):
             for net in self._networks():
                 logits, kind = net(xi, xq)
                 probs = probs + torch.softmax(logits, 1).numpy()

@@ -128,7 +128,7 @@ def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 
     if not str(question).strip():
         raise ValueError("the question is empty")
     img = embed_image_files([image], cache)
-    qe = embed_questions([question], cache)
+    qe = embed_questions([question])  # a one-off question: not worth a cache write
     pred = model.predict(img, qe)[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
