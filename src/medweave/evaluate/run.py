@@ -65,18 +65,14 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
                    split: str | None = None, missing: Sequence[str] = (), n_boot: int = 1000,
                    progress: bool = True) -> dict[str, Any]:
     from ..train import load_checkpoint
-    from ..train.pipeline import apply_missing, build_dataset, head_specs, prepare_eval_data
-    from ..encode import TabularFeaturizer
+    from ..train.pipeline import apply_missing, checkpoint_dataset, prepare_eval_data
 
     model_dir = Path(model_dir)
     model, config = load_checkpoint(model_dir)
     specs_missing = [parse_missing(m) for m in missing]
     cfg, st, cohort, cache = prepare_eval_data(model_dir, config, data, Path(store) if store else None, progress)
     try:
-        featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
-        classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
-        specs = head_specs(cfg, cohort, classes)
-        ds, _, info = build_dataset(cfg, cohort, st, cache, featurizer=featurizer, specs=specs, progress=progress)
+        ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress)
     finally:
         cache.close()
         st.close()

@@ -47,7 +47,7 @@ class ModelContext:
         """Load a model folder and the cohort it was trained on (read from its store and cache), or the
         cohort that the model's config builds from another store (``store_dir``)."""
         from ..encode import EmbeddingCache
-        from ..train.pipeline import build_dataset, experiment_from_checkpoint, head_specs, make_cohort
+        from ..train.pipeline import checkpoint_dataset, experiment_from_checkpoint, make_cohort
 
         model_dir = Path(model_dir)
         model, config = load_checkpoint(model_dir)
@@ -61,10 +61,7 @@ class ModelContext:
             raise
         cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
         try:
-            featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
-            classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
-            specs = head_specs(cfg, cohort, classes)
-            ds, _, _ = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress)
+            ds, featurizer, _ = checkpoint_dataset(config, cfg, cohort, store, cache, progress)
         finally:
             cache.close()
             store.close()

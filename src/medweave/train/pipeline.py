@@ -214,5 +214,16 @@ def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] |
     return cfg, store, cohort, cache
 
 
+def checkpoint_dataset(config: dict[str, Any], cfg: ExperimentConfig, cohort: Cohort, store: Store,
+                       cache: EmbeddingCache, progress: bool = True):
+    """Model-ready arrays for ``cohort`` the way a saved model saw its training data: its own fitted
+    tabular featuriser and its heads' classes. Returns (dataset, featuriser, encode info)."""
+    featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
+    classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
+    specs = head_specs(cfg, cohort, classes)
+    ds, _, info = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress)
+    return ds, featurizer, info
+
+
 def save_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
