@@ -270,11 +270,24 @@ def _init_worker(secret: bytes, keep_phi: bool, namespace: str, options: dict[st
                                    options=options)
 
 
-def _read_in_worker(adapter_name: str, unit: Unit) -> tuple[list[Item] | None, tuple[str, str, bool] | None]:
+def _describe(exc: BaseException) -> tuple[str, str, bool]:
+    """An exception as (class name, message, is IngestError): it crosses processes (not every exception
+    pickles) and becomes the report's reason (``_reason``)."""
+    if isinstance(exc, _Failed):
+        return exc.err
+    return exc.__class__.__name__, str(exc), isinstance(exc, IngestError)
+
+
+def _read_unit(adapter: Adapter, unit: Unit, ctx: IngestContext) -> tuple[list[Item] | None, tuple | None]:
+    """(items, None), or (None, the failure described) — a bad unit never stops the batch."""
     try:
-        return list(_WORKER["adapters"][adapter_name].read(unit, _WORKER["ctx"])), None
-    except Exception as exc:  # sent back as text: not every exception pickles
-        return None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+        return list(adapter.read(unit, ctx)), None
+    except Exception as exc:
+        return None, _describe(exc)
+
+
+def _read_in_worker(adapter_name: str, unit: Unit) -> tuple[list[Item] | None, tuple | None]:
+    return _read_unit(_WORKER["adapters"][adapter_name], unit, _WORKER["ctx"])
 
 
 def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int):
@@ -284,44 +297,32 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
         try:
             return _fingerprint(adapter, unit), None
         except Exception as exc:
-            return None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+            return None, _describe(exc)
 
     if workers < 2 or len(work) < PARALLEL_MIN_UNITS:
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
             if err or fp in known:
                 yield adapter, unit, fp, None, err
-                continue
-            try:
-                yield adapter, unit, fp, list(adapter.read(unit, ctx)), None
-            except Exception as exc:  # a bad unit never stops the batch
-                yield adapter, unit, fp, None, (exc.__class__.__name__, str(exc), isinstance(exc, IngestError))
+            else:
+                yield adapter, unit, fp, *_read_unit(adapter, unit, ctx)
         return
     import multiprocessing as mp
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    window = deque()
+    window: deque = deque()  # (adapter, unit, fingerprint, future or None, error): bounded, in order
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options)) as pool:
         def drain(limit: int):
             while len(window) > limit:
-                adapter, unit, fp, fut = window.popleft()
-                if fut is None:
-                    yield adapter, unit, fp, None, err_of.pop(id(unit), None)
-                else:
-                    items, err = fut.result()
-                    yield adapter, unit, fp, items, err
+                adapter, unit, fp, fut, err = window.popleft()
+                yield (adapter, unit, fp, None, err) if fut is None else (adapter, unit, fp, *fut.result())
 
-        err_of: dict[int, tuple] = {}
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
-            if err or fp in known:
-                if err:
-                    err_of[id(unit)] = err
-                window.append((adapter, unit, fp, None))
-            else:
-                window.append((adapter, unit, fp, pool.submit(_read_in_worker, adapter.name, unit)))
+            fut = None if err or fp in known else pool.submit(_read_in_worker, adapter.name, unit)
+            window.append((adapter, unit, fp, fut, err))
             yield from drain(4 * workers)
         yield from drain(0)
 
@@ -417,8 +418,7 @@ def _record_failure(report: IngestReport, batch: "_Batch", ctx: IngestContext, a
 
 
 def _reason(exc: BaseException, ctx: IngestContext) -> str:
-    name, text, plain = (exc.err if isinstance(exc, _Failed)
-                         else (exc.__class__.__name__, str(exc), isinstance(exc, IngestError)))
+    name, text, plain = _describe(exc)
     text = text or name
     if not plain:
         text = f"{name}: {text}"
