@@ -19,6 +19,14 @@ from ..ingest.base import IngestError
 from .normalize import is_yesno, normalize_answer
 
 ANSWER_TYPES = ("CLOSED", "OPEN")
+_TYPE_TYPOS = {"ATRIB": "ATTRIB", "PRSE": "PRES"}
+
+
+def main_question_type(question_type: str) -> str:
+    """The first of a set's question types ("PRES, POS" -> "PRES"), upper case, known typos fixed;
+    "OTHER" when there is none."""
+    first = str(question_type).split(",")[0].strip().upper() or "OTHER"
+    return _TYPE_TYPOS.get(first, first)
 
 
 class VqaDataError(ValueError):

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .features import torch_threads
+from .data import main_question_type
 from .normalize import normalize_answer
 
-MODEL_FORMAT = "medweave-vqa/1"
+MODEL_FORMAT = "medweave-vqa/2"
 
 
 @dataclass
@@ -45,10 +46,12 @@ class VqaConfig:
     question_cos: float = 0.9
     memory_temperature: float = 0.02
     threads: int = 1
+    fact_questions: int = 2      # per known organ/modality/plane fact: true and hallucinated questions each
+    fact_weight: float = 0.5     # their loss weight beside a real question's 1.0
 
 
-def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int):
-    """The fusion network: returns (answer logits, closed-type logit)."""
+def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtypes: int):
+    """The fusion network: returns (answer logits, closed-type logit, question-type logits)."""
     import torch
     from torch import nn
 
@@ -61,33 +64,42 @@ def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int):
             self.answer = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(3 * h, h), nn.GELU(),
                                         nn.Dropout(cfg.dropout), nn.Linear(h, n_answers))
             self.kind = nn.Linear(q_dim, 1)
+            self.qtype = nn.Linear(q_dim, n_qtypes)
 
         def forward(self, img: "torch.Tensor", q: "torch.Tensor"):
             a, b = self.image(img), self.question(q)
-            return self.answer(torch.cat([a, b, a * b], dim=1)), self.kind(q).squeeze(1)
+            return self.answer(torch.cat([a, b, a * b], dim=1)), self.kind(q).squeeze(1), self.qtype(q)
 
     return FusionNet()
 
 
-def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, n_answers: int) -> dict:
-    """Train one ensemble member; returns its state dict."""
+def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, n_answers: int, n_qtypes: int) -> dict:
+    """Train one ensemble member (per-row answer-loss weights ``weight``; ``real`` marks the set's own
+    questions); returns its state dict."""
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(seed)
-    net = _build_net(cfg, n_answers, img.shape[1], q.shape[1])
+    net = _build_net(cfg, n_answers, img.shape[1], q.shape[1], n_qtypes)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xi, xq = torch.from_numpy(img), torch.from_numpy(q)
     yt, ct = torch.from_numpy(y).long(), torch.from_numpy(closed.astype(np.float32))
+    wt, tt = torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(qtype).long()
+    rt = torch.from_numpy(real.astype(np.float32))
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(yt), generator=gen)
         for b in range(0, len(yt), cfg.batch_size):
             j = perm[b:b + cfg.batch_size]
-            logits, kind = net(xi[j], xq[j])
-            loss = (F.cross_entropy(logits, yt[j], label_smoothing=cfg.label_smoothing)
-                    + F.binary_cross_entropy_with_logits(kind, ct[j]))
+            logits, kind, qt = net(xi[j], xq[j])
+            # the answer head learns from every row (generated ones at their weight); the answer-type
+            # and question-type heads only from the set's own questions, whose mix they must learn
+            real = rt[j]
+            answer = F.cross_entropy(logits, yt[j], label_smoothing=cfg.label_smoothing, reduction="none")
+            types = (F.binary_cross_entropy_with_logits(kind, ct[j], reduction="none")
+                     + F.cross_entropy(qt, tt[j], reduction="none"))
+            loss = (answer * wt[j]).sum() / wt[j].sum() + (types * real).sum() / real.sum().clamp(min=1.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -112,6 +124,8 @@ class Answerer:
     cfg: VqaConfig
     vocab: list[str]
     type_masks: np.ndarray  # (2, vocab): answers seen as closed, as open
+    qtypes: list[str]        # main question types (PRES, POS, MODALITY, ...)
+    qtype_masks: np.ndarray  # (qtypes, vocab): answers seen with each question type
     img_mean: np.ndarray
     img_std: np.ndarray
     members: list[dict]
@@ -125,54 +139,75 @@ class Answerer:
     # -- training -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
-            cases: list[dict], cfg: VqaConfig | None = None) -> "Answerer":
-        """Train on per-question picture embeddings, question embeddings, answers and answer types."""
+            cases: list[dict], cfg: VqaConfig | None = None,
+            facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None) -> "Answerer":
+        """Train on per-question picture embeddings, question embeddings, answers and answer types
+        (question types come from ``cases[i]["question_type"]``).
+
+        ``facts``: (picture embeddings, question embeddings, yes/no answers, question types) of
+        generated closed questions (``facts.fact_questions``), trained on with weight
+        ``cfg.fact_weight``; they are not part of the memory of training cases.
+        """
         cfg = cfg or VqaConfig()
-        norm = [normalize_answer(a) for a in answers]
-        vocab = sorted(set(norm))
-        index = {a: i for i, a in enumerate(vocab)}
+        if facts is None or not len(facts[2]):
+            facts = (np.zeros((0, img_emb.shape[1]), np.float32), np.zeros((0, q_emb.shape[1]), np.float32), [], [])
+        f_img, f_q, f_ans, f_types = facts
+        norm = [normalize_answer(a) for a in answers] + [normalize_answer(a) for a in f_ans]
+        types = [main_question_type(c.get("question_type", "")) for c in cases] + [main_question_type(t) for t in f_types]
+        vocab, qtypes = sorted(set(norm)), sorted(set(types))
+        index, tindex = {a: i for i, a in enumerate(vocab)}, {t: i for i, t in enumerate(qtypes)}
         y = np.array([index[a] for a in norm], dtype=np.int64)
-        closed = np.asarray(closed, dtype=bool)
-        closed_mask = np.zeros(len(vocab), dtype=bool)
-        closed_mask[y[closed]] = True
+        t = np.array([tindex[x] for x in types], dtype=np.int64)
+        closed_all = np.concatenate([np.asarray(closed, dtype=bool), np.ones(len(f_ans), dtype=bool)])
+        type_masks = np.zeros((2, len(vocab)), dtype=bool)
+        type_masks[0, y[closed_all]] = True
+        type_masks[1, y[~closed_all]] = True
+        qtype_masks = np.zeros((len(qtypes), len(vocab)), dtype=bool)
+        qtype_masks[t, y] = True
         mean, std = img_emb.mean(0), img_emb.std(0) + 1e-3
-        xi = ((img_emb - mean) / std).astype(np.float32)
+        xi = ((np.concatenate([img_emb, f_img]) - mean) / std).astype(np.float32)
+        xq = np.concatenate([q_emb, f_q]).astype(np.float32)
+        weight = np.concatenate([np.ones(len(answers)), np.full(len(f_ans), cfg.fact_weight)])
         t0 = time.perf_counter()
         with torch_threads(cfg.threads):
-            members = [_fit_one(cfg, s, xi, q_emb.astype(np.float32), y, closed, len(vocab))
+            real = np.arange(len(y)) < len(answers)
+            members = [_fit_one(cfg, s, xi, xq, y, closed_all, t, weight, real, len(vocab), len(qtypes))
                        for s in range(cfg.seeds)]
-        open_mask = np.zeros(len(vocab), dtype=bool)
-        open_mask[y[~closed]] = True
-        return cls(cfg, vocab, np.stack([closed_mask, open_mask]), mean.astype(np.float32),
-                   std.astype(np.float32), members, _l2(img_emb), q_emb.astype(np.float32), y, cases,
-                   {"n_train": len(y), "fit_seconds": time.perf_counter() - t0})
+        n = len(answers)
+        return cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
+                   members, _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
+                   {"n_train": n, "n_fact_questions": len(f_ans), "fit_seconds": time.perf_counter() - t0})
 
     # -- answering ------------------------------------------------------------------------------
     def _networks(self):
         if not self._nets:
             for state in self.members:
                 n_ans, img_dim = len(self.vocab), self.img_mean.shape[0]
-                net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1])
+                net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1], len(self.qtypes))
                 net.load_state_dict(state)
                 net.eval()
                 self._nets.append(net)
         return self._nets
 
     def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(answer probabilities reweighted by answer type, P(closed)) from the network ensemble."""
+        """(answer probabilities reweighted by answer type and question type, P(closed)) from the
+        network ensemble: an answer keeps P(closed) of its weight if it was seen as a closed answer,
+        1 - P(closed) if seen as open, and is scaled by the probability of the question types it was
+        seen with (an answer never given to a modality question does not answer one)."""
         import torch
 
         xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
         xq = torch.from_numpy(q_emb.astype(np.float32))
-        probs, p_closed = 0.0, 0.0
+        probs, p_closed, p_type = 0.0, 0.0, 0.0
         with torch.inference_mode(), torch_threads(self.cfg.threads):
             for net in self._networks():
-                logits, kind = net(xi, xq)
+                logits, kind, qtype = net(xi, xq)
                 probs = probs + torch.softmax(logits, 1).numpy()
                 p_closed = p_closed + torch.sigmoid(kind).numpy()
-        probs, p_closed = probs / len(self.members), p_closed / len(self.members)
+                p_type = p_type + torch.softmax(qtype, 1).numpy()
+        probs, p_closed, p_type = (x / len(self.members) for x in (probs, p_closed, p_type))
         weight = self.type_masks[0][None] * p_closed[:, None] + self.type_masks[1][None] * (1 - p_closed[:, None])
-        probs = probs * weight
+        probs = probs * weight * (p_type @ self.qtype_masks)
         return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12), p_closed
 
     def same_image(self, img_emb: np.ndarray) -> np.ndarray:
@@ -214,11 +249,12 @@ class Answerer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"img_mean": self.img_mean, "img_std": self.img_std, "type_masks": self.type_masks.astype(np.uint8),
+                   "qtype_masks": self.qtype_masks.astype(np.uint8),
                    "mem_img": self.mem_img.astype(np.float32), "mem_q": self.mem_q, "mem_answer": self.mem_answer}
         for m, state in enumerate(self.members):
             tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "weights.safetensors"))
-        config = {"format": MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab,
+        config = {"format": MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
                   "cases": self.cases, "meta": self.meta}
         (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
         return out
@@ -241,7 +277,8 @@ class Answerer:
         cfg = VqaConfig(**config["config"])
         members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
                    for m in range(cfg.seeds)]
-        return cls(cfg, config["vocab"], t["type_masks"].astype(bool), t["img_mean"], t["img_std"], members,
+        return cls(cfg, config["vocab"], t["type_masks"].astype(bool), config["qtypes"],
+                   t["qtype_masks"].astype(np.float32), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"])
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import VqaSet, load_vqa
+from .facts import fact_questions, picture_facts, question_records
 from .features import embed_image_files, embed_questions, open_cache
 from .model import Answerer, Prediction, VqaConfig
 from .scoring import score
@@ -31,10 +32,17 @@ def _cases(vqa: VqaSet) -> list[dict]:
              "question_type": q.question_type, "answer_type": q.answer_type} for q in vqa.questions]
 
 
-def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None) -> Answerer:
-    """An answerer trained on a VQA set whose embeddings are given."""
+def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None, cache=None) -> Answerer:
+    """An answerer trained on a VQA set whose embeddings are given, plus yes/no questions generated
+    from what the set states about each picture (``facts.fact_questions``; ``cfg.fact_questions=0``: none)."""
+    cfg = cfg or VqaConfig()
     closed = np.array([q.closed for q in vqa.questions], dtype=bool)
-    return Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg)
+    generated = fact_questions(picture_facts(question_records(vqa.questions)), cfg.fact_questions)
+    row = {q.image: i for i, q in enumerate(vqa.questions)}
+    facts = (img[[row[q.image] for q in generated]].reshape(len(generated), img.shape[1]),
+             embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
+             [q.question_type for q in generated])
+    return Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg, facts)
 
 
 def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = None,
@@ -51,8 +59,8 @@ def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = Non
     out.mkdir(parents=True, exist_ok=True)
     with open_cache(out / CACHE_NAME) as cache:
         img, qe = embed_set(vqa, cache)
-    t_embed = time.perf_counter() - t0
-    model = fit_set(vqa, img, qe, cfg)
+        t_embed = time.perf_counter() - t0
+        model = fit_set(vqa, img, qe, cfg, cache)
     model.meta.update({"data": vqa.source, "images": len(vqa.image_names()), "embed_seconds": t_embed,
                        "train_seconds": time.perf_counter() - t0})
     model.save(out)
@@ -110,7 +118,7 @@ def fit_split(data: str | Path, split: str, cfg: VqaConfig | None = None, cache=
     train_idx, held_idx = make_split(split, strata, [q.image for q in vqa.questions], frac, seed)
     img, qe = embed_set(vqa, cache)
     t0 = time.perf_counter()
-    model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg)
+    model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
     return SplitRun(split, model, vqa.subset(held_idx), img[held_idx], qe[held_idx], len(train_idx),
                     time.perf_counter() - t0)
 

@@ -2,10 +2,10 @@
 
 - Image ablation: the same questions answered with a blank picture, with noise, and with another
   patient's picture of the same organ; each scored like the real picture.
-- Paired probes (in the spirit of ProbMed): for each picture, what is known of it — its organ (the
-  set's ``image_organ``) and, where a training or evaluated question states them, its modality and
-  plane — is asked as a true question (answer yes) and as a hallucinated one (answer no). A pair
-  counts only when both answers are right; random guessing gets 25%.
+- Paired probes (in the spirit of ProbMed): for each picture, what is known of it (``facts.py``: its
+  organ, and its modality and plane where a training or evaluated question's answer states them) is
+  asked as a true question (answer yes) and as a hallucinated one (answer no), in wording that
+  training never uses. A pair counts only when both answers are right; random guessing gets 25%.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ from collections import defaultdict
 import numpy as np
 
 from .data import Question, VqaSet
+from .facts import hallucinated, picture_facts, probe_question, question_records
 from .features import embed_image_arrays, embed_image_files, embed_questions
 from .model import Answerer
 from .normalize import normalize_answer
 from .pipeline import embed_set
 from .scoring import score
 
-ORGANS = {"CHEST": "chest", "HEAD": "head", "ABD": "abdomen"}
-MODALITIES = {"ct": "CT", "mri": "MRI", "x ray": "x-ray"}
-PLANES = {"axial": "axial", "coronal": "coronal", "sagittal": "sagittal"}
-TEMPLATES = {"organ": "Is this an image of the {}?", "modality": "Is this a {} image?",
-             "plane": "Is this image in the {} plane?"}
 RANDOM_PAIR_ACC = 0.25
 ABLATIONS = ("real", "blank", "noise", "other_same_organ")
 
@@ -81,40 +77,18 @@ def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> d
 
 
 def known_facts(model: Answerer, vqa: VqaSet) -> dict[str, dict[str, str]]:
-    """Per picture: {"organ", "modality", "plane"} values known from the set and the training questions."""
-    facts: dict[str, dict[str, str]] = defaultdict(dict)
-    stated = [(c["image"], c.get("question_type", ""), c["answer"]) for c in model.cases]
-    stated += [(q.image, q.question_type, q.answer) for q in vqa.questions]
-    wanted = set(vqa.image_names())
-    for image, qtype, answer in stated:
-        norm = normalize_answer(answer)
-        if image not in wanted:
-            continue
-        if qtype == "MODALITY" and norm in MODALITIES:
-            facts[image].setdefault("modality", norm)
-        if qtype == "PLANE" and norm in PLANES:
-            facts[image].setdefault("plane", norm)
-    for q in vqa.questions:
-        if q.organ in ORGANS:
-            facts[q.image].setdefault("organ", q.organ)
-    return facts
+    """Per picture of ``vqa``: {"organ", "modality", "plane"} known from the set and the training cases."""
+    records = [(c["image"], c["question"], c.get("question_type", ""), c["answer"], c.get("organ", ""))
+               for c in model.cases]
+    facts = picture_facts(records + question_records(vqa.questions))
+    return {name: facts[name] for name in vqa.image_names() if name in facts}
 
 
 def probe_pairs(model: Answerer, vqa: VqaSet) -> list[tuple[str, str, Question, Question]]:
     """(picture, fact kind, true question, hallucinated question) for every known fact."""
-    words = {"organ": ORGANS, "modality": MODALITIES, "plane": PLANES}
-    pairs = []
-    for image, facts in sorted(known_facts(model, vqa).items()):
-        for kind, value in sorted(facts.items()):
-            options = sorted(words[kind])
-            false_value = options[(options.index(value) + 1 + len(image) % (len(options) - 1)) % len(options)]
-            pairs.append((image, kind, _probe_question(kind, words[kind][value], image, "yes"),
-                          _probe_question(kind, words[kind][false_value], image, "no")))
-    return pairs
-
-
-def _probe_question(kind: str, word: str, image: str, answer: str) -> Question:
-    return Question(TEMPLATES[kind].format(word), image, answer, "CLOSED", "PROBE")
+    return [(image, kind, probe_question(kind, value, image, "yes"),
+             probe_question(kind, hallucinated(kind, value, image), image, "no"))
+            for image, facts in sorted(known_facts(model, vqa).items()) for kind, value in sorted(facts.items())]
 
 
 def paired_probes(model: Answerer, vqa: VqaSet, cache) -> dict:
