@@ -1,7 +1,7 @@
 """VQA-RAD benchmark: accuracy on both validation splits under every score definition, training time,
 answer latency, probes, same-organ retrieval precision, and spoken questions (espeak-ng -> Whisper).
 
-    .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing]
+    .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing] [--only-spoken --transcripts]
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -27,8 +27,8 @@ from medweave.vqa.model import Answerer
 from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
 from medweave.vqa.probes import run_probes
 from medweave.vqa.scoring import SCORE_NAMES, exact_match
-from medweave.vqa.speech import (SpeechError, correct_transcript, espeak_available, question_lexicon, speak,
-                                  spoken_form, transcribe, wer)
+from medweave.vqa.speech import (SpeechError, espeak_available, read_question, speak, spoken_form, transcribe,
+                                  transcript_tokens, wer)
 
 console = Console(width=150)
 PUBLISHED = "published VQA-RAD test (overall/closed/open): MEVF 62.7/75.1/43.9, MMQ+MEVF 68.2/75.7/56.9, " \
@@ -94,34 +94,49 @@ def print_latency(run) -> None:
                   f"for the first", highlight=False)
 
 
-def spoken(run, cache, n: int) -> None:
-    """Accuracy on n held-out questions typed vs spoken by espeak-ng and transcribed by Whisper."""
+def spoken(run, cache, n: int, show: bool = False) -> None:
+    """Accuracy on n held-out questions typed vs spoken by espeak-ng and transcribed by Whisper: as heard
+    (the raw transcript) and as read (``read_question`` against the training questions' lexicon, what
+    ``vqa ask --audio`` and the server's record button pass on); word error rates of both; with ``show``
+    every question whose transcript differs from what was said."""
     if not espeak_available():
         console.print("spoken questions: skipped (espeak-ng not installed; apt-get install -y espeak-ng)")
         return
     idx = np.random.default_rng(0).permutation(len(run.held.questions))[:n]
     qs = [run.held.questions[i] for i in idx]
-    said_text = [spoken_form(q.question) for q in qs]
-    heard = []
+    said = [spoken_form(q.question) for q in qs]
+    heard, seconds = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for j, text in enumerate(said_text):
-            heard.append(transcribe(speak(text, Path(tmp) / f"q{j}.wav")))
-    lexicon = question_lexicon([c["question"] for c in run.model.cases])
-    corrected = [correct_transcript(h, lexicon) for h in heard]
-    typed = run.model.predict(run.img[idx], run.qe[idx])
-    fixed = run.model.predict(run.img[idx], embed_questions(corrected, cache))
-    said = run.model.predict(run.img[idx], embed_questions(heard, cache))
-    acc_t = np.mean([exact_match(p.answer, q.answer) for p, q in zip(typed, qs)])
-    acc_s = np.mean([exact_match(p.answer, q.answer) for p, q in zip(said, qs)])
-    acc_f = np.mean([exact_match(p.answer, q.answer) for p, q in zip(fixed, qs)])
-    console.print(f"spoken questions ({run.split} split, {len(qs)} held-out questions, espeak-ng -> Whisper tiny.en): "
-                  f"typed {acc_t:.3f}, spoken {acc_s:.3f} (difference {100 * (acc_s - acc_t):+.1f} points); "
-                  f"transcription WER {wer(said_text, heard):.3f} (spoken form: first of slash alternatives)", highlight=False)
-    console.print(f"  with misheard words snapped to the training questions' lexicon (what `vqa ask --audio` does): "
-                  f"spoken {acc_f:.3f} (difference {100 * (acc_f - acc_t):+.1f} points), WER "
-                  f"{wer(said_text, corrected):.3f}", highlight=False)
-    for text, h in list(zip(said_text, heard))[:5]:
-        console.print(f"  said: {text!r}  heard: {h!r}", highlight=False, markup=False)
+        for j, text in enumerate(said):
+            wav = speak(text, Path(tmp) / f"q{j}.wav")
+            t0 = time.perf_counter()
+            heard.append(transcribe(wav))
+            seconds.append(time.perf_counter() - t0)
+    read = [read_question(h, [c["question"] for c in run.model.cases]) for h in heard]
+    right = {name: np.array([exact_match(p.answer, q.answer) for p, q in zip(preds, qs)]) for name, preds in (
+        ("typed", run.model.predict(run.img[idx], run.qe[idx])),
+        ("heard", run.model.predict(run.img[idx], embed_questions(heard, cache))),
+        ("read", run.model.predict(run.img[idx], embed_questions(read, cache))))}
+    table = Table(title=f"spoken questions: {len(qs)} held-out questions of the {run.split} split, espeak-ng "
+                        f"(en-us, -s 150 -g 3: about 70 ms between words) -> Whisper tiny.en (beam 5), "
+                        f"{statistics.median(seconds):.2f} s median transcription")
+    for col in ("question text", "accuracy", "vs typed (points)", "WER vs said"):
+        table.add_column(col)
+    table.add_row("typed", f"{right['typed'].mean():.3f}", "", "")
+    for name, texts, label in (("heard", heard, "spoken: transcript as heard"),
+                               ("read", read, "spoken: transcript read against the lexicon")):
+        table.add_row(label, f"{right[name].mean():.3f}", f"{100 * (right[name].mean() - right['typed'].mean()):+.1f}",
+                      f"{wer(said, texts):.3f}")
+    console.print(table)
+    console.print("  WER: word edits over said words after transcript_tokens (lower case, no punctuation, hyphens as "
+                  "spaces, articles dropped, number words as digits, British spellings as American); said = the "
+                  "question with the first of slash alternatives", highlight=False)
+    if show:
+        for j, (s, h, r) in enumerate(zip(said, heard, read)):
+            if transcript_tokens(s) != transcript_tokens(r):
+                mark = "/".join("right" if right[k][j] else "wrong" for k in ("typed", "read"))
+                console.print(f"  typed/read {mark:11} said {s!r}  heard {h!r}" + (f"  read {r!r}" if r != h else ""),
+                              highlight=False, markup=False)
 
 
 def main() -> int:
@@ -131,6 +146,7 @@ def main() -> int:
     ap.add_argument("--no-train-timing", action="store_true", help="skip the cold full training run")
     ap.add_argument("--cache", type=Path, help="embedding cache to reuse (default: the timed model's, or a new one)")
     ap.add_argument("--only-spoken", action="store_true", help="only the spoken-question comparison")
+    ap.add_argument("--transcripts", action="store_true", help="print every misheard spoken question")
     ap.add_argument("--only-latency", action="store_true", help="only the answer latency")
     args = ap.parse_args()
     if not (args.data / "trainset.json").is_file():
@@ -154,7 +170,7 @@ def main() -> int:
                           f"{results[split]['fit_seconds']:.0f} s", highlight=False)
         if args.only_spoken or args.only_latency:
             if args.only_spoken:
-                spoken(runs["questions"], cache, args.spoken)
+                spoken(runs["questions"], cache, args.spoken, args.transcripts)
             else:
                 print_latency(runs["questions"])
             return 0
@@ -166,7 +182,7 @@ def main() -> int:
             print_probes(run_probes(run.model, run.held, cache, n_boot=200))
         print_latency(runs["questions"])
         try:
-            spoken(runs["questions"], cache, args.spoken)
+            spoken(runs["questions"], cache, args.spoken, args.transcripts)
         except SpeechError as exc:
             console.print(f"spoken questions: skipped ({exc})", highlight=False)
     return 0

@@ -108,8 +108,10 @@ def build_router() -> APIRouter:
 
     @r.post("/transcribe", summary="Transcribe a spoken question (Whisper tiny.en, offline)")
     async def transcribe_audio(request: Request, audio: UploadFile = File(...)) -> dict[str, Any]:
-        data = await read_limited(audio, state_of(request).max_upload_bytes)
-        return {"text": transcribe_bytes(data, audio.filename or "question.wav")}
+        st = state_of(request)
+        data = await read_limited(audio, st.max_upload_bytes)
+        cases = getattr(getattr(st.answerer, "model", None), "cases", None) or []
+        return transcribe_bytes(data, audio.filename or "question.wav", [c["question"] for c in cases])
 
     @r.get("/items/{item_id}/image.png", summary="An image item as PNG (windowed, 8 bit)")
     def item_image(request: Request, item_id: str) -> Response:
@@ -134,11 +136,13 @@ async def read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def transcribe_bytes(data: bytes, filename: str) -> str:
-    """Speech to text with the VQA package's Whisper (WAV, WebM/Opus, OGG, MP3: decoded by PyAV)."""
+def transcribe_bytes(data: bytes, filename: str, questions: list[str] | None = None) -> dict[str, str]:
+    """Speech to text with the VQA package's Whisper (WAV, WebM/Opus, OGG, MP3: decoded by PyAV): ``heard``,
+    the transcript, and ``text``, the question it is read as against the VQA model's training ``questions``
+    (``read_question``; the transcript itself without a model)."""
     import tempfile
 
-    from ..vqa.speech import transcribe
+    from ..vqa.speech import read_question, transcribe
 
     suffix = Path(filename).suffix.lower()
     if suffix not in (".wav", ".webm", ".ogg", ".mp3", ".m4a", ".flac"):
@@ -150,7 +154,7 @@ def transcribe_bytes(data: bytes, filename: str) -> str:
             text = transcribe(fh.name)
         except Exception as exc:  # undecodable audio is the client's problem, said plainly
             raise ServeError(400, f"audio {filename!r} could not be transcribed: {type(exc).__name__}") from None
-    return text
+    return {"text": read_question(text, questions or []), "heard": text}
 
 
 def answer_question(st: ServerState, image: np.ndarray | None, question: str) -> dict[str, Any]:

@@ -119,10 +119,10 @@ def ask(
         transcript = None
         answerer = Answerer.load(model)
         if audio is not None:
-            from .speech import correct_transcript, question_lexicon, transcribe
+            from .speech import read_question, transcribe
 
             transcript = transcribe(audio)
-            question = correct_transcript(transcript, question_lexicon([c["question"] for c in answerer.cases]))
+            question = read_question(transcript, [c["question"] for c in answerer.cases])
         from .features import open_cache
 
         t0 = time.perf_counter()
