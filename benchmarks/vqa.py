@@ -139,6 +139,24 @@ def spoken(run, cache, n: int, show: bool = False) -> None:
                               highlight=False, markup=False)
 
 
+def seed_table(data: Path, seeds: list[int], cache) -> None:
+    """overall / closed / open accuracy of the model trained on each seed's split, and their mean."""
+    t = Table(title="accuracy over validation split seeds (model retrained on each split; exact match)")
+    for col in ("split", "seed", "overall_acc", "closed_acc", "open_acc", "held out"):
+        t.add_column(col)
+    for split in ("questions", "images"):
+        rows = []
+        for seed in seeds:
+            res = fit_split(data, split, cache=cache, seed=seed).scores(n_boot=200)
+            rows.append([res[k]["value"] for k in ("overall_acc", "closed_acc", "open_acc")])
+            t.add_row(split, str(seed), *(f"{res[k]['value']:.3f} [{res[k]['lo']:.3f}, {res[k]['hi']:.3f}]"
+                                          for k in ("overall_acc", "closed_acc", "open_acc")),
+                      str(res["held_out_questions"]))
+        mean, sd = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
+        t.add_row(split, "mean ± sd", *(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)), "", end_section=True)
+    console.print(t)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=shared_data_dir() / "vqa-rad")
@@ -148,6 +166,10 @@ def main() -> int:
     ap.add_argument("--only-spoken", action="store_true", help="only the spoken-question comparison")
     ap.add_argument("--transcripts", action="store_true", help="print every misheard spoken question")
     ap.add_argument("--only-latency", action="store_true", help="only the answer latency")
+    ap.add_argument("--split-seeds", default="0,1,2",
+                    help="validation split seeds for the overall/closed/open table (the first seed's split gets "
+                         "every other figure); one seed's split moves overall_acc by +-3 points")
+    ap.add_argument("--only-seeds", action="store_true", help="only the accuracy over split seeds")
     args = ap.parse_args()
     if not (args.data / "trainset.json").is_file():
         console.print(f"VQA-RAD not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
@@ -161,9 +183,14 @@ def main() -> int:
                       f"fit {meta['fit_seconds']:.0f} s); limit 600 s", highlight=False)
     cache_path = args.cache or ((work / "model" / CACHE_NAME) if not args.no_train_timing else work / CACHE_NAME)
     runs, results = {}, {}
+    seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     with open_cache(cache_path) as cache:
+        if len(seeds) > 1 and not (args.only_spoken or args.only_latency):
+            seed_table(args.data, seeds, cache)
+            if args.only_seeds:
+                return 0
         for split in ("questions",) if args.only_spoken or args.only_latency else ("questions", "images"):
-            runs[split] = fit_split(args.data, split, cache=cache)
+            runs[split] = fit_split(args.data, split, cache=cache, seed=seeds[0] if seeds else 0)
             results[split] = runs[split].scores()
             console.print(f"split {split}: {results[split]['train_questions']} train / "
                           f"{results[split]['held_out_questions']} held-out questions, fit "

@@ -112,10 +112,14 @@ def _phantom_part(out_dir: Path, store_dir: Path, console: Console) -> None:
 
 def _real_part(out_dir: Path, real_dir: Path, console: Console) -> None:
     model_dir = out_dir / "vqa-rad-model"
+    model = None
     if (model_dir / "config.json").is_file():
-        model = Answerer.load(model_dir)
-        console.print(f"VQA-RAD (real): reusing the model in {model_dir}", highlight=False)
-    else:
+        try:
+            model = Answerer.load(model_dir)
+            console.print(f"VQA-RAD (real): reusing the model in {model_dir}", highlight=False)
+        except ValueError as exc:  # a model written by an older medweave: train a new one
+            console.print(f"VQA-RAD (real): not reusing {model_dir} ({exc}); training again", highlight=False)
+    if model is None:
         model, meta = train_vqa(real_dir, model_dir)
         console.print(f"VQA-RAD (real): trained on {meta['n_train']} questions in {meta['train_seconds']:.0f} s "
                       f"-> {model_dir}", highlight=False)
