@@ -38,15 +38,16 @@ SYNONYMS = {
                  "x ray": ("x-ray", "radiograph", "plain film")},
     "plane": {"axial": ("axial", "transverse"), "coronal": ("coronal",), "sagittal": ("sagittal",)},
 }
-PROBE_TEMPLATES = {"organ": "Is this an image of the {}?", "modality": "Is this {} image?",
-                   "plane": "Is this image in the {} plane?"}
+# {w}: the word; {a_w}: the word after "a"/"an" (``with_article``)
+PROBE_TEMPLATES = {"organ": "Is this an image of the {w}?", "modality": "Is this {a_w} image?",
+                   "plane": "Is this image in the {w} plane?"}
 TRAIN_TEMPLATES = {
-    "organ": ("Does this image show the {}?", "Is the {} shown here?", "Is this a scan of the {}?",
-              "Was this picture taken of the {}?", "Is the {} the body part pictured?"),
-    "modality": ("Was this image taken with {}?", "Is the modality {}?", "Is this picture {} study?",
-                 "Was {} used to make this image?", "Is this study done by {}?"),
-    "plane": ("Was this image taken in the {} plane?", "Is this {} section?", "Is this {} slice?",
-              "Is the plane of this image {}?"),
+    "organ": ("Does this image show the {w}?", "Is the {w} shown here?", "Is this a scan of the {w}?",
+              "Was this picture taken of the {w}?", "Is the {w} the body part pictured?"),
+    "modality": ("Was this image taken with {a_w}?", "Is the modality {a_w}?", "Is this picture {a_w} study?",
+                 "Was {a_w} used to make this image?", "Is this study done by {a_w}?"),
+    "plane": ("Was this image taken in the {w} plane?", "Is this {a_w} section?", "Is this {a_w} slice?",
+              "Is the plane of this image {w}?"),
 }
 
 # answer keywords that name a modality or plane ("mr - t2 weighted" -> mri, "pa xray" -> x ray)
@@ -97,14 +98,13 @@ def hallucinated(kind: str, value: str, image: str) -> str:
     return others[sum(map(ord, image)) % len(others)]
 
 
-def _say(kind: str, template: str, word: str) -> str:
-    return template.format(with_article(word) if kind == "modality" or template.endswith("this {} section?")
-                           or template.endswith("this {} slice?") else word)
+def _say(template: str, word: str) -> str:
+    return template.format(w=word, a_w=with_article(word))
 
 
 def probe_question(kind: str, value: str, image: str, answer: str) -> Question:
     """The probe wording of "does ``image`` have ``value``?" with its reference answer."""
-    return Question(_say(kind, PROBE_TEMPLATES[kind], WORDS[kind][value]), image, answer, "CLOSED", "PROBE")
+    return Question(_say(PROBE_TEMPLATES[kind], WORDS[kind][value]), image, answer, "CLOSED", "PROBE")
 
 
 def fact_questions(facts: dict[str, dict[str, str]], per_fact: int = 2, seed: int = 0) -> list[Question]:
@@ -119,6 +119,6 @@ def fact_questions(facts: dict[str, dict[str, str]], per_fact: int = 2, seed: in
                 for target, answer in ((value, "yes"), (others[(j + rng.integers(len(others))) % len(others)], "no")):
                     words = SYNONYMS[kind][target]
                     template = TRAIN_TEMPLATES[kind][rng.integers(len(TRAIN_TEMPLATES[kind]))]
-                    text = _say(kind, template, words[rng.integers(len(words))])
+                    text = _say(template, words[rng.integers(len(words))])
                     out.append(Question(text, image, answer, "CLOSED", kind.upper()))
     return out

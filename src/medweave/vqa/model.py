@@ -283,7 +283,7 @@ class Answerer:
         members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
                    for m in range(cfg.seeds)]
         return cls(cfg, config["vocab"], t["type_masks"].astype(bool), config["qtypes"],
-                   t["qtype_masks"].astype(np.float32), t["img_mean"], t["img_std"], members,
+                   t["qtype_masks"].astype(bool), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"])
 
 
