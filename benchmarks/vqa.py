@@ -139,15 +139,19 @@ def spoken(run, cache, n: int, show: bool = False) -> None:
                               highlight=False, markup=False)
 
 
-def seed_table(data: Path, seeds: list[int], cache) -> None:
-    """overall / closed / open accuracy of the model trained on each seed's split, and their mean."""
+def seed_table(data: Path, seeds: list[int], cache) -> dict:
+    """overall / closed / open accuracy of the model trained on each seed's split, and their mean.
+    Returns the first seed's run per split, which the other figures reuse."""
     t = Table(title="accuracy over validation split seeds (model retrained on each split; exact match)")
     for col in ("split", "seed", "overall_acc", "closed_acc", "open_acc", "held out"):
         t.add_column(col)
+    first = {}
     for split in ("questions", "images"):
         rows = []
         for seed in seeds:
-            res = fit_split(data, split, cache=cache, seed=seed).scores(n_boot=200)
+            run = fit_split(data, split, cache=cache, seed=seed)
+            first.setdefault(split, run)
+            res = run.scores(n_boot=200)
             rows.append([res[k]["value"] for k in ("overall_acc", "closed_acc", "open_acc")])
             t.add_row(split, str(seed), *(f"{res[k]['value']:.3f} [{res[k]['lo']:.3f}, {res[k]['hi']:.3f}]"
                                           for k in ("overall_acc", "closed_acc", "open_acc")),
@@ -155,6 +159,7 @@ def seed_table(data: Path, seeds: list[int], cache) -> None:
         mean, sd = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
         t.add_row(split, "mean ± sd", *(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)), "", end_section=True)
     console.print(t)
+    return first
 
 
 def main() -> int:
@@ -186,11 +191,12 @@ def main() -> int:
     seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     with open_cache(cache_path) as cache:
         if len(seeds) > 1 and not (args.only_spoken or args.only_latency):
-            seed_table(args.data, seeds, cache)
+            runs = seed_table(args.data, seeds, cache)
             if args.only_seeds:
                 return 0
         for split in ("questions",) if args.only_spoken or args.only_latency else ("questions", "images"):
-            runs[split] = fit_split(args.data, split, cache=cache, seed=seeds[0] if seeds else 0)
+            if split not in runs:
+                runs[split] = fit_split(args.data, split, cache=cache, seed=seeds[0] if seeds else 0)
             results[split] = runs[split].scores()
             console.print(f"split {split}: {results[split]['train_questions']} train / "
                           f"{results[split]['held_out_questions']} held-out questions, fit "
