@@ -39,41 +39,43 @@ def open_cache(path: str | Path | None) -> Iterator[EmbeddingCache | None]:
             cache.close()
 
 
-def _encode_cached(keys: list[str], load, encoder_name: str, cache: EmbeddingCache | None) -> np.ndarray:
-    """Vectors for ``keys``: looked up in the cache, the misses loaded with ``load(i)`` and encoded."""
-    enc = get_encoder(encoder_name)
-    found = cache.get(keys, enc.name, enc.version) if cache is not None else {}
+def _encode_cached(keys: list[str], load, encoder_names: Sequence[str], cache: EmbeddingCache | None) -> np.ndarray:
+    """Vectors for ``keys``, each encoder's side by side: looked up in the cache; a miss is loaded once
+    with ``load(i)`` and encoded by every encoder that lacks it (a picture is decoded once for both views)."""
+    encs = [get_encoder(name) for name in encoder_names]
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
-    missing = [k for k in first if k not in found]
-    new: dict[str, np.ndarray] = {}
-    for b in range(0, len(missing), enc.batch_size):
-        chunk = missing[b:b + enc.batch_size]
-        new.update(zip(chunk, enc.encode([load(first[k]) for k in chunk])))
-    if cache is not None:
-        cache.put(new, enc.name, enc.version)
-    found.update(new)
-    return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, enc.dim), np.float32)
-
-
-def _picture_views(keys: list[str], load, cache: EmbeddingCache | None) -> np.ndarray:
-    return np.concatenate([_encode_cached(keys, load, name, cache) for name in IMAGE_ENCODERS], axis=1)
+    found = [cache.get(list(first), e.name, e.version) if cache is not None else {} for e in encs]
+    missing = [k for k in first if any(k not in f for f in found)]
+    step = min(e.batch_size for e in encs)
+    for b in range(0, len(missing), step):
+        loaded = {k: load(first[k]) for k in missing[b:b + step]}
+        for enc, have in zip(encs, found):
+            todo = [k for k in loaded if k not in have]
+            if todo:
+                new = dict(zip(todo, enc.encode([loaded[k] for k in todo])))
+                if cache is not None:
+                    cache.put(new, enc.name, enc.version)
+                have.update(new)
+    if not keys:
+        return np.zeros((0, sum(e.dim for e in encs)), np.float32)
+    return np.concatenate([np.stack([have[k] for k in keys]) for have in found], axis=1).astype(np.float32)
 
 
 def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> np.ndarray:
     """(n, 2560) picture embeddings (two views) for image files, cached by file hash."""
     paths = [Path(p) for p in paths]
-    return _picture_views([file_hash(p) for p in paths], lambda i: read_image(paths[i]), cache)
+    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]), IMAGE_ENCODERS, cache)
 
 
 def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None) -> np.ndarray:
     """(n, 2560) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
-    return _picture_views([array_hash(a) for a in arrays], lambda i: arrays[i], cache)
+    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], IMAGE_ENCODERS, cache)
 
 
 def embed_questions(texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
     """(n, 384) question embeddings (e5-small, query prefix, L2-normalised), cached by text hash."""
     texts = [str(t).strip() for t in texts]
     with torch_threads(1):
-        return _encode_cached([text_hash(t) for t in texts], lambda i: texts[i], QUESTION_ENCODER, cache)
+        return _encode_cached([text_hash(t) for t in texts], lambda i: texts[i], (QUESTION_ENCODER,), cache)
