@@ -10,7 +10,6 @@ import pytest
 from medweave.vqa.data import VqaDataError, load_vqa
 from medweave.vqa.features import embed_image_files, embed_questions
 from medweave.vqa.model import Answerer
-from medweave.vqa.splits import make_split
 
 from .conftest import N_IMAGES, medweave
 
@@ -83,17 +82,6 @@ def test_checkpoint_round_trip(tiny_model, tiny_set):
     a.save(tiny_model.parent / "copy")
     pc = Answerer.load(tiny_model.parent / "copy").predict(img, qe)
     assert np.allclose([p.prob for p in pa], [p.prob for p in pc]) and a.vocab == ["left", "no", "right", "yes"]
-
-
-def test_splits_keep_images_or_hold_them_out():
-    images = [f"i{k // 4}" for k in range(40)]
-    strata = ["CLOSED/PRES" if k % 2 else "OPEN/POS" for k in range(40)]
-    tr, te = make_split("questions", strata, images, 0.25)
-    assert len(te) == 10 and {images[i] for i in te} <= {images[i] for i in tr}
-    tr, te = make_split("images", strata, images, 0.2)
-    assert not ({images[i] for i in te} & {images[i] for i in tr}) and len(te) == 8
-    with pytest.raises(ValueError, match="allowed values: questions, images"):
-        make_split("patients", strata, images)
 
 
 def test_memory_needs_the_same_picture(tiny_model, tiny_set):

@@ -44,6 +44,7 @@ class Question:
     question_type: str = ""
     organ: str = ""
     qid: object = None
+    phrase_type: str = ""  # VQA-RAD: freeform, para (paraphrase) or frame (templated); '' when unknown
 
     @property
     def closed(self) -> bool:
@@ -108,7 +109,8 @@ def load_vqa(questions: str | Path, images: str | Path | None = None) -> VqaSet:
         raise VqaDataError(f"{path}: {exc}") from exc
     out = [Question(question=str(r["question"]), image=image_name(r), answer=str(r["answer"]),
                     answer_type=_answer_type(r, i, path), question_type=_question_type(r),
-                    organ=str(r.get("image_organ", "") or "").strip().upper(), qid=r.get("qid"))
+                    organ=str(r.get("image_organ", "") or "").strip().upper(), qid=r.get("qid"),
+                    phrase_type=str(r.get("phrase_type", "") or "").strip().lower())
            for i, r in enumerate(records)]
     missing = sorted({q.image for q in out if not (folder / q.image).is_file()})
     if missing:
@@ -137,6 +139,7 @@ def write_vqa(path: str | Path, questions: list[Question]) -> Path:
     """Write questions as a VQA-RAD style JSON list (used for synthetic sets and probes)."""
     recs = [{"qid": q.qid if q.qid is not None else i, "image_name": q.image, "question": q.question,
              "answer": q.answer, "answer_type": q.answer_type, "question_type": q.question_type,
-             "image_organ": q.organ} for i, q in enumerate(questions)]
+             "image_organ": q.organ, **({"phrase_type": q.phrase_type} if q.phrase_type else {})}
+            for i, q in enumerate(questions)]
     Path(path).write_text(json.dumps(recs, indent=1))
     return Path(path)

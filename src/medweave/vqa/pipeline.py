@@ -13,7 +13,7 @@ from .facts import fact_questions, picture_facts, question_records
 from .features import embed_image_files, embed_questions, open_cache
 from .model import Answerer, Prediction, VqaConfig
 from .scoring import score
-from .splits import make_split
+from .splits import DEFAULT_SPLIT, make_split
 
 CACHE_NAME = "embeddings.duckdb"
 
@@ -110,12 +110,11 @@ class SplitRun:
         return res
 
 
-def fit_split(data: str | Path, split: str, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
+def fit_split(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
               seed: int = 0) -> SplitRun:
-    """Train on one side of a validation split ("questions" or "images") of a VQA set."""
+    """Train on one side of a validation split (``testlike``, ``images`` or ``questions``) of a VQA set."""
     vqa = load_vqa(data)
-    strata = [f"{q.answer_type}/{q.question_type}" for q in vqa.questions]
-    train_idx, held_idx = make_split(split, strata, [q.image for q in vqa.questions], frac, seed)
+    train_idx, held_idx = make_split(split, vqa.questions, frac, seed)
     img, qe = embed_set(vqa, cache)
     t0 = time.perf_counter()
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
@@ -123,7 +122,7 @@ def fit_split(data: str | Path, split: str, cfg: VqaConfig | None = None, cache=
                     time.perf_counter() - t0)
 
 
-def validate(data: str | Path, split: str, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
+def validate(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
              frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
     """Train on one side of a validation split and score the held-out side."""
     with open_cache(cache_path) as cache:
