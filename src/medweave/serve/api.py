@@ -28,13 +28,11 @@ def build_router() -> APIRouter:
 
     @r.get("/health", summary="Liveness and what is loaded")
     def health(request: Request) -> dict[str, Any]:
-        st = state_of(request)
-        return {"status": "ok", "model": st.ctx.model.kind, "cases": len(st.ctx.dataset),
-                "vqa": st.answerer is not None}
+        return {"status": "ok", **state_of(request).loaded()}
 
     @r.get("/cohort", summary="Cases, splits, presence per modality, targets")
     def cohort(request: Request) -> dict[str, Any]:
-        ctx = state_of(request).ctx
+        ctx = state_of(request).model()
         s = ctx.cohort.summary()
         return {"cases": s["cases"], "splits": s["splits"], "targets": s["targets"], "modalities": ctx.modalities,
                 "present": {m: int(ctx.dataset.mask[:, j].sum()) for j, m in enumerate(ctx.modalities)},
@@ -42,7 +40,7 @@ def build_router() -> APIRouter:
 
     @r.get("/cases", summary="List cases (paged)")
     def cases(request: Request, split: Optional[str] = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        ctx = state_of(request).ctx
+        ctx = state_of(request).model()
         tab = ctx.cohort.table
         idx = np.flatnonzero(tab["split"].to_numpy() == split) if split else np.arange(len(tab))
         page = idx[max(0, offset):max(0, offset) + min(max(limit, 1), 500)]
@@ -54,17 +52,17 @@ def build_router() -> APIRouter:
 
     @r.post("/predict", summary="Predict one case (every head; per-step for sequential models)")
     def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
-        return state_of(request).ctx.predict(body.case_id)
+        return state_of(request).model().predict(body.case_id)
 
     @r.get("/cases/{case_id}/explain", summary="Explain one case (parts: modalities, tabular, image, text)")
     def explain_case(request: Request, case_id: str, parts: str = "modalities,tabular,image,text") -> dict[str, Any]:
         wanted = [p for p in parts.split(",") if p]
-        return explain(state_of(request).ctx, case_id, parts=wanted or PARTS, image_methods=("occlusion",)
+        return explain(state_of(request).model(), case_id, parts=wanted or PARTS, image_methods=("occlusion",)
                        if "fast" in request.query_params else ("integrated_gradients", "occlusion"))
 
     @r.get("/cases/{case_id}/similar", summary="Cases with the closest embedding of one modality")
     def similar(request: Request, case_id: str, modality: str = "image", k: int = 5) -> dict[str, Any]:
-        ctx = state_of(request).ctx
+        ctx = state_of(request).model()
         j = ctx.modalities.index(modality) if modality in ctx.modalities else None
         row = ctx.row(case_id)
         if j is None or not ctx.dataset.mask[row, j]:
@@ -75,8 +73,9 @@ def build_router() -> APIRouter:
     @r.post("/similar", summary="Cases whose image is closest to an uploaded image")
     async def similar_image(request: Request, image: UploadFile = File(...), k: int = Form(5)) -> dict[str, Any]:
         st = state_of(request)
+        ctx = st.model()
         arr = decode_image(await read_limited(image, st.max_upload_bytes))
-        return {"similar": nearest(st.ctx, image_embedding(arr), "image", k)}
+        return {"similar": nearest(ctx, image_embedding(arr), "image", k)}
 
     @r.post("/upload", summary="Upload files and ingest them into the store (size limit, type check)")
     async def upload(request: Request, files: List[UploadFile] = File(...)) -> dict[str, Any]:
@@ -101,9 +100,18 @@ def build_router() -> APIRouter:
         st = state_of(request)
         if not question.strip():
             raise ServeError(400, "the question is empty")
-        arr = decode_image(await read_limited(image, st.max_upload_bytes)) if image is not None else None
-        similar = nearest(st.ctx, image_embedding(arr), "image", k) if arr is not None and "image" in st.ctx.modalities else []
-        result = answer_question(st, arr, question)
+        data = await read_limited(image, st.max_upload_bytes) if image is not None else None
+        picture = None
+        if data is not None:
+            from ..generate import ImageData
+            from ..generate.messages import sniff_mime
+
+            decode_image(data)  # a clear 415 for anything that is not a picture
+            picture = ImageData(data, sniff_mime(data) or "application/octet-stream")
+        result = answer_question(st, picture, question)
+        similar = []
+        if data is not None and st.ctx is not None and "image" in st.ctx.modalities:
+            similar = nearest(st.ctx, image_embedding(decode_image(data)), "image", k)
         return {**result, "question": question, "similar": similar}
 
     @r.post("/transcribe", summary="Transcribe a spoken question (Whisper tiny.en, offline)")
@@ -157,17 +165,18 @@ def transcribe_bytes(data: bytes, filename: str, questions: list[str] | None = N
     return {"text": read_question(text, questions or []), "heard": text}
 
 
-def answer_question(st: ServerState, image: np.ndarray | None, question: str) -> dict[str, Any]:
-    """The VQA model's answer, or a 503 naming why there is none."""
+def answer_question(st: ServerState, image, question: str) -> dict[str, Any]:
+    """The VQA model's answer (``image``: ``ImageData`` or None), or a 503 naming why there is none."""
     if st.answerer is None:
         raise ServeError(503, st.vqa_error, "vqa_unavailable")
-    from ..report.vqa import VQAUnavailable
+    from ..generate import BackendError
 
     try:
         out = st.answerer.answer(image, question)
-    except VQAUnavailable as exc:
-        raise ServeError(400, str(exc)) from None
-    return {"answer": out["answer"], "confidence": out.get("confidence"), "model": st.answerer.name}
+    except BackendError as exc:
+        raise ServeError(415 if "decoded" in str(exc) else 400, str(exc)) from None
+    return {"answer": out["answer"], "confidence": out["probability"], "type": out["type"],
+            "model": st.answerer.name}
 
 
 def case_row(ctx, i: int) -> dict[str, Any]:
@@ -179,7 +188,7 @@ def case_row(ctx, i: int) -> dict[str, Any]:
 
 def case_detail(st: ServerState, case_id: str) -> dict[str, Any]:
     """What the case page shows. Only de-identified store content: no names, no source paths."""
-    ctx = st.ctx
+    ctx = st.model()
     out = case_row(ctx, ctx.row(case_id))
     row = ctx.cohort.table.iloc[ctx.row(case_id)]
     out["covariates"] = {c: _plain(row[c]) for c in ctx.cohort.covariates}

@@ -1,4 +1,5 @@
-"""``create_app(store, model_dir, vqa_model_dir=None, token=None)``: the FastAPI application.
+"""``create_app(store=None, model_dir=None, vqa_model_dir=None, token=None)``: the FastAPI application,
+with any combination of a store, a fusion model and a VQA model (at least one).
 
 REST under ``/api`` (OpenAPI docs at ``/docs``), the OpenAI-compatible ``/v1``, and the web UI
 (``/``, ``/case/{id}``, ``/ask``) from static files in this package. With a ``token``, every ``/api``
@@ -19,7 +20,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..explain import ExplainError, ModelContext
-from ..report.vqa import VQAUnavailable, load_answerer
 from .state import ServeError, ServerState
 
 STATIC = Path(__file__).parent / "static"
@@ -90,22 +90,35 @@ def install_ui(app: FastAPI) -> None:
         return FileResponse(STATIC / "ask.html")
 
 
-def create_app(store: str | Path, model_dir: str | Path, vqa_model_dir: str | Path | None = None,
-               token: str | None = None, max_upload_bytes: int | None = None) -> FastAPI:
-    """The application for a store and a model (and optionally a VQA model)."""
+def create_app(store: str | Path | None = None, model_dir: str | Path | None = None,
+               vqa_model_dir: str | Path | None = None, token: str | None = None,
+               max_upload_bytes: int | None = None) -> FastAPI:
+    """The application for whatever it is given: a store, a fusion model (with the store it was trained
+    on, or ``store``), a VQA model (``medweave vqa train``), any combination, at least one.
+
+    A part that cannot be loaded is a ``ValueError`` / ``FileNotFoundError`` naming it."""
+    from ..generate import BackendError
+    from ..generate.builtin import BuiltinBackend
     from .api import build_router
     from .openai_compat import build_router as build_v1
 
-    store, model_dir = Path(store), Path(model_dir)
-    ctx = ModelContext.load(model_dir, store_dir=store)
-    state = ServerState(store, model_dir, ctx, token=token)
+    if store is None and model_dir is None and vqa_model_dir is None:
+        raise ValueError("nothing to serve: give at least one of --store DIR, --model DIR, --vqa-model DIR")
+    store = Path(store) if store is not None else None
+    if store is not None and not (store / "catalog.duckdb").is_file():
+        raise FileNotFoundError(f"{store}: not a medweave store (no catalog.duckdb); create one with "
+                                "`medweave ingest PATH --store DIR`")
+    state = ServerState(store, Path(model_dir) if model_dir is not None else None, token=token)
+    if model_dir is not None:
+        state.ctx = ModelContext.load(model_dir, store_dir=store)
+        state.store_dir = state.ctx.store_dir
     if max_upload_bytes:
         state.max_upload_bytes = max_upload_bytes
     if vqa_model_dir is not None:
         try:
-            state.answerer = load_answerer(vqa_model_dir)
-        except VQAUnavailable as exc:
-            state.vqa_error = f"the VQA model could not be loaded: {exc}"
+            state.answerer = BuiltinBackend(model=Path(vqa_model_dir))
+        except BackendError as exc:
+            raise ValueError(f"--vqa-model {vqa_model_dir}: {exc}") from None
     app = FastAPI(title="medweave", version="0.1",
                   description="Multimodal medical AI on a CPU: cases, predictions, explanations, VQA.")
     app.state.medweave = state

@@ -9,8 +9,9 @@ from typing import Optional
 
 import typer
 
-EPILOG = ("Example: medweave serve --store demo-out/store --model demo-out/models/sequential "
-          "--host 127.0.0.1 --port 8000")
+EPILOG = ("Examples: medweave serve --store demo-out/store --model demo-out/models/sequential "
+          "--host 127.0.0.1 --port 8000;  medweave serve --vqa-model runs/vqa --port 8000  (a VQA model alone: "
+          "OpenAI-compatible /v1/chat/completions)")
 
 
 def is_loopback(host: str) -> bool:
@@ -31,8 +32,9 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 def serve_command(
-    store: Path = typer.Option(..., "--store", help="Store folder (cases, uploads are ingested here)."),
-    model: Path = typer.Option(..., "--model", help="Model folder from `medweave train`."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Store folder (cases, uploads are ingested here)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Fusion model folder from `medweave train` "
+                                         "(its own store unless --store)."),
     vqa_model: Optional[Path] = typer.Option(None, "--vqa-model", help="VQA model folder (ask, /v1/chat/completions)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="Port."),
@@ -40,8 +42,8 @@ def serve_command(
                                         "required for any non-loopback --host."),
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Size limit per uploaded file."),
 ) -> None:
-    """Serve a store and a model: REST with OpenAPI docs (/docs), OpenAI-compatible /v1/chat/completions,
-    and the web UI (/)."""
+    """Serve any combination of a store, a fusion model and a VQA model (at least one): REST with OpenAPI
+    docs (/docs), OpenAI-compatible /v1/chat/completions, and the web UI (/)."""
     import uvicorn
     from rich.console import Console
 
@@ -55,5 +57,6 @@ def serve_command(
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
-    err.print(f"medweave serving on http://{host}:{port}/ (API docs: /docs)", highlight=False)
+    loaded = ", ".join(f"{k} {v}" for k, v in app.state.medweave.loaded().items() if v is not None)
+    err.print(f"medweave serving on http://{host}:{port}/ (API docs: /docs): {loaded}", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,5 +1,7 @@
-"""What the server holds: the model with its cohort, the store (opened per request, under a lock),
-the optional VQA answerer, and the helpers the routes share (uploads, image decoding, similarity)."""
+"""What the server holds — any of: a store (opened per request, under a lock), a fusion model with its
+cohort, a VQA answerer (the ``builtin`` generation backend) — and the helpers the routes share
+(uploads, image decoding, similarity). A route that needs a part the server was not started with
+answers 503 naming the option that provides it."""
 
 from __future__ import annotations
 
@@ -33,19 +35,38 @@ class ServeError(Exception):
 
 @dataclass
 class ServerState:
-    store_dir: Path
-    model_dir: Path
-    ctx: ModelContext
-    answerer: Any = None
+    store_dir: Path | None = None
+    model_dir: Path | None = None
+    ctx: ModelContext | None = None
+    answerer: Any = None  # a ``medweave.generate.builtin.BuiltinBackend``
     vqa_error: str = "no VQA model loaded: start the server with --vqa-model DIR"
     token: str | None = None
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     lock: threading.RLock = field(default_factory=threading.RLock)
 
+    def model(self) -> ModelContext:
+        """The fusion model and its cohort, or a 503 saying how to load one."""
+        if self.ctx is None:
+            raise ServeError(503, "no fusion model loaded: start the server with --model DIR (cases, predict, "
+                             "explain, similar need one)", "model_unavailable")
+        return self.ctx
+
+    def store(self) -> Path:
+        if self.store_dir is None:
+            raise ServeError(503, "no store: start the server with --store DIR (uploads are ingested into it)",
+                             "store_unavailable")
+        return self.store_dir
+
+    def loaded(self) -> dict[str, Any]:
+        return {"store": str(self.store_dir) if self.store_dir else None,
+                "model": self.ctx.model.kind if self.ctx is not None else None,
+                "cases": len(self.ctx.dataset) if self.ctx is not None else None,
+                "vqa": self.answerer.name if self.answerer is not None else None}
+
     # --- store access ---------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         """Rows of a read-only query on the store (one connection per call, serialised by the lock)."""
-        with self.lock, Store(self.store_dir) as st:
+        with self.lock, Store(self.store()) as st:
             return st.con.execute(sql, params).df().to_dict("records")
 
     def item(self, item_id: str, modality: str) -> dict[str, Any]:
@@ -57,12 +78,14 @@ class ServerState:
 
     def reload(self) -> None:
         """Rebuild the cohort (after an ingest): new cases become visible."""
+        if self.model_dir is None:
+            return
         with self.lock:
             self.ctx = ModelContext.load(self.model_dir, store_dir=self.store_dir)
 
     # --- uploads --------------------------------------------------------------------------------
     def upload_dir(self) -> Path:
-        path = (self.store_dir / "uploads" / uuid.uuid4().hex).resolve()
+        path = (self.store() / "uploads" / uuid.uuid4().hex).resolve()
         path.mkdir(parents=True)
         return path
 
@@ -82,7 +105,7 @@ class ServerState:
         errors = [{"file": _position(names, p), "reason": _strip_paths(r, folder)} for p, r in report.errors]
         return {"ingested": report.n_ok, "skipped_already_stored": report.n_skipped, "failed": report.n_failed,
                 "items_added": report.n_items_added, "per_adapter": report.per_adapter, "errors": errors,
-                "cases": len(self.ctx.dataset)}
+                "cases": len(self.ctx.dataset) if self.ctx is not None else None}
 
 
 def _position(names: list[str], path: str) -> str:
@@ -160,9 +183,12 @@ def image_embedding(arr: np.ndarray) -> np.ndarray:
     return features(to_input(arr)[None])[0]
 
 
-def nearest(ctx: ModelContext, query: np.ndarray, modality: str = "image", k: int = 5,
+def nearest(ctx: ModelContext | None, query: np.ndarray, modality: str = "image", k: int = 5,
             exclude: str | None = None) -> list[dict[str, Any]]:
     """The k cases whose ``modality`` embedding is closest (cosine) to ``query``."""
+    if ctx is None:
+        raise ServeError(503, "no fusion model loaded: start the server with --model DIR to compare cases",
+                         "model_unavailable")
     if modality not in ctx.modalities:
         raise ServeError(404, f"the model has no {modality} modality; modalities: {', '.join(ctx.modalities)}")
     j = ctx.modalities.index(modality)

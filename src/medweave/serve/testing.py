@@ -34,16 +34,19 @@ def wait_ready(url: str, timeout: float = 120.0, headers: dict | None = None, pr
     raise TimeoutError(f"server at {url} not ready after {timeout} s")
 
 
-def start_server(store: Path, model: Path, extra: Sequence[str] = (), log: Path | None = None):
-    """``medweave serve`` as a subprocess on a free loopback port; returns (process, base URL)."""
+def start_server(store: Path | None, model: Path | None, extra: Sequence[str] = (), log: Path | None = None,
+                 timeout: float = 120.0):
+    """``medweave serve`` as a subprocess on a free loopback port; returns (process, base URL).
+    ``store`` / ``model`` may be None (e.g. a VQA model alone: ``extra=["--vqa-model", DIR]``)."""
     port = free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "medweave.cli", "serve", "--store", str(store), "--model",
-                             str(model), "--host", "127.0.0.1", "--port", str(port), *extra],
-                            stdout=out, stderr=subprocess.STDOUT)
+    parts = [*(["--store", str(store)] if store is not None else []),
+             *(["--model", str(model)] if model is not None else [])]
+    proc = subprocess.Popen([sys.executable, "-m", "medweave.cli", "serve", *parts, "--host", "127.0.0.1",
+                             "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc=proc, headers={"Authorization": "Bearer " + extra[list(extra).index("--token") + 1]}
+        wait_ready(url, timeout=timeout, proc=proc, headers={"Authorization": "Bearer " + extra[list(extra).index("--token") + 1]}
                    if "--token" in extra else None)
     except Exception:
         proc.kill()
