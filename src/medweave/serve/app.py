@@ -118,7 +118,7 @@ def create_app(store: str | Path | None = None, model_dir: str | Path | None = N
         try:
             state.answerer = BuiltinBackend(model=Path(vqa_model_dir))
         except BackendError as exc:
-            raise ValueError(f"--vqa-model {vqa_model_dir}: {exc}") from None
+            raise ValueError(f"--vqa-model: {exc}") from None
     app = FastAPI(title="medweave", version="0.1",
                   description="Multimodal medical AI on a CPU: cases, predictions, explanations, VQA.")
     app.state.medweave = state

@@ -55,7 +55,7 @@ def serve_command(
         check_exposure(host, token)
         app = create_app(store, model, vqa_model, token=token, max_upload_bytes=max_upload_mb * 1024 * 1024)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     loaded = ", ".join(f"{k} {v}" for k, v in app.state.medweave.loaded().items() if v is not None)
     err.print(f"medweave serving on http://{host}:{port}/ (API docs: /docs): {loaded}", highlight=False)
