@@ -25,8 +25,8 @@ from medweave.vqa.cli import print_probes
 from medweave.vqa.features import embed_image_files, embed_questions, open_cache
 from medweave.vqa.model import Answerer
 from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
-from medweave.vqa.probes import run_probes
-from medweave.vqa.scoring import SCORE_NAMES, exact_match
+from medweave.evaluate.answers import SCORE_NAMES, exact_match
+from medweave.evaluate.vqa import run_probes, split_scores
 from medweave.vqa.speech import (SpeechError, espeak_available, read_question, speak, spoken_form, transcribe,
                                   transcript_tokens, wer)
 
@@ -151,7 +151,7 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...]) -> 
         for seed in seeds:
             run = fit_split(data, split, cache=cache, seed=seed)
             first.setdefault(split, run)
-            res = run.scores(n_boot=200)
+            res = split_scores(run, n_boot=200)
             rows.append([res[k]["value"] for k in ("overall_acc", "closed_acc", "open_acc")])
             t.add_row(split, str(seed), *(f"{res[k]['value']:.3f} [{res[k]['lo']:.3f}, {res[k]['hi']:.3f}]"
                                           for k in ("overall_acc", "closed_acc", "open_acc")),
@@ -202,7 +202,7 @@ def main() -> int:
         for split in splits[:1] if args.only_spoken or args.only_latency else splits:
             if split not in runs:
                 runs[split] = fit_split(args.data, split, cache=cache, seed=seeds[0] if seeds else 0)
-            results[split] = runs[split].scores()
+            results[split] = split_scores(runs[split])
             console.print(f"split {split}: {results[split]['train_questions']} train / "
                           f"{results[split]['held_out_questions']} held-out questions, fit "
                           f"{results[split]['fit_seconds']:.0f} s", highlight=False)

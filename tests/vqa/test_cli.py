@@ -87,7 +87,7 @@ def test_checkpoint_round_trip(tiny_model, tiny_set):
 def test_memory_needs_the_same_picture(tiny_model, tiny_set):
     """Same-picture memory answers only for a training picture, never for a blank or another picture."""
     from medweave.vqa.features import embed_image_arrays
-    from medweave.vqa.probes import blank_image
+    from medweave.evaluate.vqa import blank_image
 
     model = Answerer.load(tiny_model)
     qe = embed_questions(["Which side is the opacity on?"])

@@ -8,7 +8,7 @@ from medweave.vqa.facts import (PROBE_TEMPLATES, SYNONYMS, TRAIN_TEMPLATES, fact
 from medweave.vqa.features import open_cache
 from medweave.vqa.model import VqaConfig
 from medweave.vqa.pipeline import train_vqa
-from medweave.vqa.probes import paired_probes, probe_pairs
+from medweave.evaluate.vqa import paired_probes, probe_pairs
 
 
 def _q(image, question, qtype, answer, organ="HEAD"):

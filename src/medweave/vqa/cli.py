@@ -1,4 +1,5 @@
-"""``medweave vqa``: train, evaluate, ask, probe. Thin: each command calls one function."""
+"""``medweave vqa``: train, evaluate, ask, probe. Thin: each command calls one function (part of the
+command layer: evaluate and probe call ``medweave.evaluate.vqa``, where every model's scoring lives)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _fmt(v: dict) -> str:
 
 def print_scores(res: dict, title: str) -> None:
     """The score table and the breakdowns by question type and organ."""
-    from .scoring import SCORE_NAMES
+    from ..evaluate.answers import SCORE_NAMES
 
     t = Table(title=title)
     for c in ("score", "value [95% CI]", "n"):
@@ -85,7 +86,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Every score definition (see README) with bootstrap 95% intervals and breakdowns."""
-    from .pipeline import evaluate_vqa
+    from ..evaluate.vqa import evaluate_vqa
 
     try:
         res = evaluate_vqa(model, questions, images, n_boot=bootstrap)
@@ -162,7 +163,7 @@ def probe(
     from .features import open_cache
     from .model import Answerer
     from .pipeline import CACHE_NAME
-    from .probes import run_probes
+    from ..evaluate.vqa import run_probes
 
     try:
         answerer = Answerer.load(model)

@@ -1,4 +1,5 @@
-"""Train, answer, evaluate and validate: the functions the ``medweave vqa`` commands call."""
+"""Train, answer and fit validation splits: the functions the ``medweave vqa`` commands call (scoring
+and probes live in ``medweave.evaluate``: ``answers`` and ``vqa``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from .data import VqaSet, load_vqa
 from .facts import fact_questions, picture_facts, question_records
 from .features import embed_image_files, embed_questions, open_cache
 from .model import Answerer, Prediction, VqaConfig
-from .scoring import score
 from .splits import DEFAULT_SPLIT, make_split
 
 CACHE_NAME = "embeddings.duckdb"
@@ -75,19 +75,6 @@ def answer_set(model: Answerer, vqa: VqaSet, cache) -> list[Prediction]:
     return model.predict(img, qe)
 
 
-def evaluate_vqa(model_dir: str | Path, questions: str | Path, images: str | Path | None = None,
-                 n_boot: int = 1000) -> dict:
-    """Score a saved model on a question file in the VQA-RAD layout (all score definitions)."""
-    model = Answerer.load(model_dir)
-    vqa = load_vqa(questions, images)
-    with open_cache(Path(model_dir) / CACHE_NAME) as cache:
-        preds = answer_set(model, vqa, cache)
-    res = score(vqa.questions, [p.answer for p in preds], n_boot=n_boot)
-    res["questions"] = len(vqa.questions)
-    res["source"] = vqa.source
-    return res
-
-
 @dataclass
 class SplitRun:
     """A model trained on one side of a validation split, with the held-out side and its embeddings."""
@@ -103,12 +90,6 @@ class SplitRun:
     def predictions(self) -> list[Prediction]:
         return self.model.predict(self.img, self.qe)
 
-    def scores(self, n_boot: int = 1000) -> dict:
-        res = score(self.held.questions, [p.answer for p in self.predictions()], n_boot=n_boot)
-        res.update({"split": self.split, "train_questions": self.train_questions,
-                    "held_out_questions": len(self.held.questions), "fit_seconds": self.fit_seconds})
-        return res
-
 
 def fit_split(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
               seed: int = 0) -> SplitRun:
@@ -120,14 +101,6 @@ def fit_split(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | Non
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
     return SplitRun(split, model, vqa.subset(held_idx), img[held_idx], qe[held_idx], len(train_idx),
                     time.perf_counter() - t0)
-
-
-def validate(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache_path: str | Path | None = None,
-             frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
-    """Train on one side of a validation split and score the held-out side."""
-    with open_cache(cache_path) as cache:
-        run = fit_split(data, split, cfg, cache, frac, seed)
-    return run.scores(n_boot)
 
 
 def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 3) -> dict:

@@ -1,4 +1,5 @@
-"""VQA scores, each under its own name, all computed on the same predictions.
+"""Answer scores, each under its own name, all computed on the same predictions (moved here from
+``medweave.vqa`` so that every model, the built-in answerer included, is scored by this code).
 
 Every answer is compared after ``normalize_answer`` (case, punctuation, articles, whitespace, yes/no
 synonyms).
@@ -22,9 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluate.metrics import bootstrap_ci
-from .data import Question
-from .normalize import is_yesno, normalize_answer, tokens
+from ..vqa.normalize import is_yesno, normalize_answer, tokens
+from .metrics import bootstrap_ci
 
 SCORE_NAMES = ("overall_acc", "closed_acc", "open_acc", "closed_acc_yesno", "open_recall")
 
@@ -51,8 +51,9 @@ def mean_with_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> 
     return {"value": float(v.mean()), "lo": lo, "hi": hi, "n": int(v.size)}
 
 
-def score(questions: Sequence[Question], predictions: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
-    """All scores (see the module docstring) for predictions aligned with questions."""
+def vqa_scores(questions: Sequence, predictions: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """All scores (see the module docstring) for predictions aligned with questions (objects with
+    ``answer``, ``closed``, ``question_type`` and ``organ``, such as ``medweave.vqa.Question``)."""
     if len(questions) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(questions)} questions")
     correct = np.array([exact_match(p, q.answer) for q, p in zip(questions, predictions)], dtype=float)

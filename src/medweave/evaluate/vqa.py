@@ -1,4 +1,7 @@
-"""Probes: does the answerer read the picture?
+"""Scores and probes of medweave's own VQA answerer on a VQA set, in one batch over its embeddings
+(what ``medweave vqa evaluate`` / ``probe`` and the VQA benchmark print), scored by ``answers``.
+
+Probes: does the answerer read the picture?
 
 - Image ablation: the same questions answered with a blank picture, with noise, and with another
   patient's picture of the same organ; each scored like the real picture.
@@ -14,15 +17,46 @@ from collections import defaultdict
 
 import numpy as np
 
-from .data import Question, VqaSet
-from .facts import hallucinated, picture_facts, probe_question, question_records
-from .features import embed_image_arrays, embed_image_files, embed_questions
-from .model import Answerer
-from .normalize import normalize_answer
-from .pipeline import embed_set
-from .scoring import score
+from pathlib import Path
+
+from ..vqa.data import Question, VqaSet, load_vqa
+from ..vqa.facts import hallucinated, picture_facts, probe_question, question_records
+from ..vqa.features import embed_image_arrays, embed_image_files, embed_questions, open_cache
+from ..vqa.model import Answerer
+from ..vqa.normalize import normalize_answer
+from ..vqa.pipeline import CACHE_NAME, DEFAULT_SPLIT, SplitRun, answer_set, embed_set, fit_split
+from .answers import vqa_scores as score
 
 RANDOM_PAIR_ACC = 0.25
+
+
+def evaluate_vqa(model_dir: str | Path, questions: str | Path, images: str | Path | None = None,
+                 n_boot: int = 1000) -> dict:
+    """Score a saved model on a question file in the VQA-RAD layout (all score definitions)."""
+    model = Answerer.load(model_dir)
+    vqa = load_vqa(questions, images)
+    with open_cache(Path(model_dir) / CACHE_NAME) as cache:
+        preds = answer_set(model, vqa, cache)
+    res = score(vqa.questions, [p.answer for p in preds], n_boot=n_boot)
+    res["questions"] = len(vqa.questions)
+    res["source"] = vqa.source
+    return res
+
+
+def split_scores(run: SplitRun, n_boot: int = 1000) -> dict:
+    """Every score of a model trained on one side of a validation split, on its held-out side."""
+    res = score(run.held.questions, [p.answer for p in run.predictions()], n_boot=n_boot)
+    res.update({"split": run.split, "train_questions": run.train_questions,
+                "held_out_questions": len(run.held.questions), "fit_seconds": run.fit_seconds})
+    return res
+
+
+def validate(data: str | Path, split: str = DEFAULT_SPLIT, cfg=None, cache_path: str | Path | None = None,
+             frac: float = 0.15, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Train on one side of a validation split and score the held-out side."""
+    with open_cache(cache_path) as cache:
+        run = fit_split(data, split, cfg, cache, frac, seed)
+    return split_scores(run, n_boot)
 ABLATIONS = ("real", "blank", "noise", "other_same_organ")
 
 
