@@ -22,6 +22,21 @@ class ConfigError(ValueError):
     """A config that does not validate; the message names the key and the allowed values."""
 
 
+def validation_messages(exc: ValidationError, noun: str = "key", show_input: bool = False) -> list[str]:
+    """One plain sentence per pydantic error: the unknown / missing / bad ``noun`` by its dotted name."""
+    out = []
+    for e in exc.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            out.append(f"unknown {noun} {key!r}")
+        elif e["type"] == "missing":
+            out.append(f"{noun} {key!r} is required")
+        else:
+            got = f" (got {e.get('input')!r})" if show_input else ""
+            out.append(f"{noun} {key!r}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -57,11 +57,6 @@ def interval_plot(names: list[str], values: list[dict], title: str) -> str:
 
 
 def probe_plot(rows: list[dict], metric: str, title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["variant"] for r in rows]
     vals = [r["metrics"][metric] for r in rows]
     return interval_plot(names, vals, title) if rows else ""

@@ -81,40 +81,20 @@ class Task(_Strict):
     probes: dict[str, dict[str, Any]] = {}
     source: str = ""  # the file it was read from (set on load)
 
-    @field_validator("layout")
+    @field_validator("layout", "extract", "metrics", "probes")
     @classmethod
-    def _layout(cls, v):
-        if v not in LAYOUTS:
-            raise ValueError(f"unknown layout {v!r}; allowed values: {', '.join(LAYOUTS.names())}")
-        return v
-
-    @field_validator("extract")
-    @classmethod
-    def _extract(cls, v):
+    def _registered(cls, v, info):
         from .extract import EXTRACTORS
-
-        if v not in EXTRACTORS:
-            raise ValueError(f"unknown extractor {v!r}; allowed values: {', '.join(EXTRACTORS.names())}")
-        return v
-
-    @field_validator("metrics")
-    @classmethod
-    def _metrics(cls, v):
         from .sample_metrics import METRICS
 
-        bad = [m for m in v if m not in METRICS]
+        kind, allowed = {"layout": ("layout", LAYOUTS.names()), "extract": ("extractor", EXTRACTORS.names()),
+                         "metrics": ("metric", METRICS.names()), "probes": ("probe", list(PROBES))}[info.field_name]
+        names = [v] if isinstance(v, str) else list(v)
+        bad = [n for n in names if n not in allowed]
         if bad:
-            raise ValueError(f"unknown metric {bad[0]!r}; allowed values: {', '.join(METRICS.names())}")
-        if not v:
+            raise ValueError(f"unknown {kind} {bad[0]!r}; allowed values: {', '.join(allowed)}")
+        if info.field_name == "metrics" and not names:
             raise ValueError("at least one metric is needed")
-        return v
-
-    @field_validator("probes")
-    @classmethod
-    def _probes(cls, v):
-        bad = [p for p in v if p not in PROBES]
-        if bad:
-            raise ValueError(f"unknown probe {bad[0]!r}; allowed values: {', '.join(PROBES)}")
         return v
 
     @field_validator("generation")
@@ -195,14 +175,10 @@ def load_task(name_or_path: str | Path) -> Task:
     try:
         return Task(**raw, source=str(path.resolve()))
     except ValidationError as exc:
+        from ..config import validation_messages
+
         allowed = ", ".join(k for k in Task.model_fields if k != "source")
-        msgs = []
-        for e in exc.errors():
-            key = ".".join(str(x) for x in e["loc"])
-            if e["type"] == "extra_forbidden":
-                msgs.append(f"unknown key {key!r} (allowed keys: {allowed})")
-            elif e["type"] == "missing":
-                msgs.append(f"key {key!r} is required")
-            else:
-                msgs.append(f"key {key!r}: {e['msg'].removeprefix('Value error, ')}")
+        msgs = validation_messages(exc)
+        if any(m.startswith("unknown key") for m in msgs):
+            msgs.append(f"allowed keys: {allowed} (split: {', '.join(SplitSpec.model_fields)})")
         raise TaskError(f"{path}: {'; '.join(msgs)}") from None

@@ -159,16 +159,10 @@ def validate_options(kind: str, model: type[BackendOptions], options: dict[str, 
     try:
         return model(**options)
     except ValidationError as exc:
+        from ..config import validation_messages
+
         allowed = ", ".join(model.model_fields)
-        parts = []
-        for e in exc.errors():
-            key = ".".join(str(x) for x in e["loc"]) or "(options)"
-            if e["type"] == "extra_forbidden":
-                parts.append(f"unknown option {key!r}")
-            elif e["type"] == "missing":
-                parts.append(f"option {key!r} is required")
-            else:
-                parts.append(f"option {key!r}: {e['msg']} (got {e.get('input')!r})")
+        parts = validation_messages(exc, "option", show_input=True)
         raise OptionsError(f"{kind} backend: {'; '.join(parts)}; allowed options: {allowed}") from None
 
 
