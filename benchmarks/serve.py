@@ -1,10 +1,18 @@
-"""Load test of the server: N concurrent clients on loopback for T seconds against predict and ask.
+"""Load test of the server: N concurrent clients on loopback for T seconds against predict and ask,
+and the latency of an answer over the OpenAI-compatible chat endpoint.
 
-Starts ``medweave serve`` as a subprocess on 127.0.0.1 (with a stand-in VQA answerer unless
---vqa-model is given: then ask goes through the real model), runs bounded client loops, prints
-requests/s, p50/p99 latency, errors, and the server's memory before and after. Stops by itself.
+Starts ``medweave serve`` as a subprocess on 127.0.0.1, runs bounded client loops, prints requests/s,
+p50/p99 latency, errors, and the server's memory before and after. Stops by itself.
+
+With ``--vqa-model DIR`` it also starts ``medweave serve --vqa-model DIR`` alone and measures
+``/v1/chat/completions`` one request at a time (the latency a client sees): a picture the model has
+seen (a training picture, or one asked before) and a new picture each time (a random picture never
+sent before), beside the same requests answered in-process by the ``builtin`` backend, and beside the
+answer path the server used before (the picture decoded to a float RGB array and re-encoded, the
+question re-embedded, on every call). Targets: p50 <= 100 ms seen, <= 300 ms new.
 
     .venv/bin/python benchmarks/serve.py [--model DIR --store DIR] [--clients 8] [--seconds 30]
+    .venv/bin/python benchmarks/serve.py --vqa-model runs/vqa --only-chat [--requests 40]
 """
 
 from __future__ import annotations
@@ -43,6 +51,87 @@ def client_loop(url: str, kind: str, cases: list[str], image: bytes, deadline: f
             i += 1
 
 
+def png_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+def chat_body(image: bytes, question: str, mime: str) -> dict:
+    import base64
+
+    return {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(image).decode()}"}},
+        {"type": "text", "text": question + "\nAnswer the question using a single word or phrase."}]}]}
+
+
+def chat_latency(vqa_model: Path, n: int, work: Path) -> None:
+    """p50/p90 of chat answers over HTTP (seen / new picture) beside in-process and the old path."""
+    import json
+
+    from medweave.generate import ImageData
+    from medweave.generate.builtin import BuiltinBackend
+    from medweave.serve.state import decode_image
+    from medweave.serve.testing import start_server, stop_server
+
+    cfg = json.loads((vqa_model / "config.json").read_text())
+    cases = cfg["cases"]
+    data = Path(cfg["meta"].get("data", ""))
+    folder = data.parent / "images"
+    seen = [(folder / c["image"], c["question"]) for c in cases[:: max(1, len(cases) // n)]][:n]
+    seen = [(p.read_bytes(), q, "image/jpeg") for p, q in seen if p.is_file()]
+    rng = np.random.default_rng(1)
+    new = [(png_bytes((rng.random((256, 256)) * 255).astype(np.uint8)), "What organ system is shown?", "image/png")
+           for _ in range(n)]
+    if not seen:
+        print(f"no training pictures found beside {data}: 'seen' uses pictures asked once before")
+        seen = [(b, q, m) for b, q, m in new[: n // 2]]
+    proc, url = start_server(None, None, ["--vqa-model", str(vqa_model)], log=work / "vqa-server.log", timeout=300)
+    rows = []
+    try:
+        with httpx.Client(timeout=120) as c:
+            c.post(url + "/v1/chat/completions", json=chat_body(*new[0]))  # warm-up: encoders load
+            for label, items in (("seen picture", seen), ("new picture", new[1:])):
+                lat, ok = [], 0
+                for b, q, m in items:
+                    t0 = time.perf_counter()
+                    r = c.post(url + "/v1/chat/completions", json=chat_body(b, q, m))
+                    lat.append(time.perf_counter() - t0)
+                    ok += r.status_code == 200
+                rows.append((f"HTTP /v1/chat/completions, {label}", lat, ok))
+        mem = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        stop_server(proc)
+    backend = BuiltinBackend(model=vqa_model)
+    from medweave.generate import user
+    backend.generate([user(ImageData(new[0][0]), "warm up?")])
+    for label, items in (("seen picture", seen), ("new picture", [(png_bytes((rng.random((256, 256)) * 255)
+                                                                           .astype(np.uint8)), q, m)
+                                                                 for _, q, m in new[1:]])):
+        lat = []
+        for b, q, m in items:
+            t0 = time.perf_counter()
+            backend.generate([user(ImageData(b, m), q + "\nAnswer the question using a single word or phrase.")])
+            lat.append(time.perf_counter() - t0)
+        rows.append((f"in-process builtin backend, {label}", lat, len(items)))
+    from medweave.report.vqa import VqaAnswerer
+
+    old = VqaAnswerer(backend.model, "old")
+    for label, items in (("seen picture", seen[: max(3, n // 4)]),):
+        lat = []
+        for b, q, m in items:
+            t0 = time.perf_counter()
+            old.answer(decode_image(b), q + "\nAnswer the question using a single word or phrase.")
+            lat.append(time.perf_counter() - t0)
+        rows.append((f"old answer path in-process (RGB float decode, both views re-encoded), {label}", lat,
+                     len(items)))
+    print(f"{'chat answer latency':78s} {'n':>4s} {'p50 ms':>8s} {'p90 ms':>8s} ok")
+    for label, lat, ok in rows:
+        a = np.array(lat) * 1000
+        print(f"{label:78s} {len(a):4d} {np.percentile(a, 50):8.1f} {np.percentile(a, 90):8.1f} {ok}")
+    print(f"VQA server RSS {mem / 2**20:.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path)
@@ -50,11 +139,19 @@ def main() -> None:
     ap.add_argument("--vqa-model", type=Path)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--requests", type=int, default=40, help="Chat requests per picture kind.")
+    ap.add_argument("--only-chat", action="store_true", help="Only the chat latency (needs --vqa-model).")
     args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mw-serve-bench-"))
+    if args.vqa_model:
+        chat_latency(args.vqa_model, args.requests, work)
+    elif args.only_chat:
+        ap.error("--only-chat needs --vqa-model DIR")
+    if args.only_chat:
+        return
     from medweave.report.demo import small_phantom_model
     from medweave.serve.testing import start_server, stop_server
 
-    work = Path(tempfile.mkdtemp(prefix="mw-serve-bench-"))
     model = args.model or small_phantom_model(work / "phantom")
     store = args.store or model.parent.parent / "store"
     extra = ["--vqa-model", str(args.vqa_model)] if args.vqa_model else []

@@ -12,7 +12,9 @@ A picture is identified by the sha256 of its bytes, the key under which training
 embeddings: the embeddings of every picture (and question) in the model's ``embeddings.duckdb`` are
 read once at load, so a picture seen in training is not encoded again, and bytes sent over HTTP give
 the embedding that a file of those bytes gives. A new picture is decoded as training decodes files
-(grayscale, 8 bit) and encoded once; its embedding is kept in memory (up to ``memory_pictures``).
+(grayscale, 8 bit) and encoded once, on ``threads`` torch threads (default 1: a single picture gains
+nothing from more, and on a busy machine multi-threaded encoding was measured at 17-23 s per picture
+instead of a fraction of a second); its embedding is kept in memory (up to ``memory_pictures``).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def decode_picture(image: ImageData) -> np.ndarray:
 class BuiltinOptions(BackendOptions):
     model: Path = Field(description="VQA model folder written by `medweave vqa train`.")
     memory_pictures: int = Field(4096, ge=0, description="New pictures whose embeddings are kept in memory.")
+    threads: int = Field(1, ge=1, description="torch threads for encoding a new picture (1: see the module notes).")
 
 
 class BuiltinBackend(Backend):
@@ -157,8 +160,11 @@ class BuiltinBackend(Backend):
         if hit is not None:
             self._pictures.move_to_end(key)
             return hit
+        from ..encode.text import torch_threads
+
         arr = decode_picture(image) if isinstance(image, ImageData) else np.asarray(image)
-        vec = _encode_cached([key], lambda _i: arr, IMAGE_ENCODERS, None)[0]
+        with torch_threads(self.options.threads):
+            vec = _encode_cached([key], lambda _i: arr, IMAGE_ENCODERS, None)[0]
         self._pictures[key] = vec
         while len(self._pictures) > self._preloaded + self.options.memory_pictures:
             self._pictures.popitem(last=False)

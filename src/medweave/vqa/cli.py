@@ -58,6 +58,9 @@ def train(
     images: Optional[Path] = typer.Option(None, "--images", help="Picture folder (default: images/ beside the JSON)."),
     seeds: int = typer.Option(3, "--seeds", help="Ensemble members."),
     epochs: int = typer.Option(60, "--epochs"),
+    split: Optional[str] = typer.Option(None, "--split", help="Train on the training side of this validation "
+                                        "split only (testlike, images, questions; 15 percent held out)."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of --split."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -65,7 +68,8 @@ def train(
     from .pipeline import train_vqa
 
     try:
-        _model, meta = train_vqa(data, out_dir, VqaConfig(seeds=seeds, epochs=epochs), images=images)
+        _model, meta = train_vqa(data, out_dir, VqaConfig(seeds=seeds, epochs=epochs), images=images, split=split,
+                                 split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))
     if as_json:

@@ -46,13 +46,19 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
 
 
 def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = None,
-              images: str | Path | None = None) -> tuple[Answerer, dict]:
-    """Train on a VQA-RAD layout folder (or question file) and save the model to ``out_dir``.
+              images: str | Path | None = None, split: str | None = None, split_frac: float = 0.15,
+              split_seed: int = 0) -> tuple[Answerer, dict]:
+    """Train on a VQA-RAD layout folder (or question file) and save the model to ``out_dir``; with
+    ``split``, on the training side of that validation split only (its held-out side is what
+    ``medweave eval run --task vqa-rad-testlike`` asks).
 
     Embeddings are cached in ``out_dir/embeddings.duckdb``; evaluating on the same pictures reuses them.
     """
     t0 = time.perf_counter()
     vqa = load_vqa(data, images)
+    if split is not None:
+        train_idx, _ = make_split(split, vqa.questions, split_frac, split_seed)
+        vqa = vqa.subset(train_idx)
     if not vqa.questions:
         raise ValueError(f"{vqa.source}: no questions to train on")
     out = Path(out_dir)
@@ -62,6 +68,7 @@ def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = Non
         t_embed = time.perf_counter() - t0
         model = fit_set(vqa, img, qe, cfg, cache)
     model.meta.update({"data": vqa.source, "images": len(vqa.image_names()), "embed_seconds": t_embed,
+                       "split": {"name": split, "side": "train", "frac": split_frac, "seed": split_seed} if split else None,
                        "train_seconds": time.perf_counter() - t0})
     model.save(out)
     return model, dict(model.meta)
