@@ -33,3 +33,16 @@ def _write_text_files(folder: Path, n: int, patients: int = 10) -> list[Path]:
 def text_files():
     """A function writing n small reports into a folder (see ``_write_text_files``)."""
     return _write_text_files
+
+
+def _items_by_file(store, root: Path) -> dict:
+    """{file name: item row} for the files under ``root``, found through their keyed ``unit_id``
+    (stored paths are de-identified, so a test cannot match file names against them)."""
+    ids = {store.unit_id(p): p.name for p in Path(root).rglob("*") if p.is_file()}
+    return {ids[r.unit_id]: r for r in store.items().itertuples() if r.unit_id in ids}
+
+
+@pytest.fixture
+def by_file():
+    """A function mapping file names under a folder to their stored item rows (see ``_items_by_file``)."""
+    return _items_by_file

@@ -66,7 +66,9 @@ def ingest(
 ) -> None:
     """Ingest files into a store: picks an adapter per file by content, reports every bad file.
 
-    Exit code 0 when every file ingested (or was already there), 1 when any file failed.
+    Every file found is counted once: ingested, already stored, skipped as not a data file (a
+    README, a DICOMDIR, ...: listed with the reason) or failed. Exit code 0 when nothing failed, 1
+    when any file that should have ingested did not.
     """
     from .ingest import ingest as run_ingest
     from .registry import UnknownNameError
@@ -90,15 +92,42 @@ def ingest(
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
-        out.print(f"ingested {report.n_ok} source(s), skipped {report.n_skipped} already stored, "
-                  f"{report.n_failed} failed; {report.n_items_added} new item(s)", highlight=False)
-        for name, n in sorted(report.per_adapter.items()):
-            out.print(f"  {name}: {n} item(s)", highlight=False)
-        for path, reason in report.errors:
-            out.print(f"  FAILED {path}: {reason}", highlight=False, markup=False)
-        for w in report.warnings:
-            out.print(f"  warning: {w}", highlight=False, markup=False)
+        _print_ingest_report(report)
     raise typer.Exit(0 if report.ok else 1)
+
+
+SKIPPED_LISTED = 20  # above this many skipped files, the human report groups them by reason
+
+
+def _print_ingest_report(report) -> None:
+    """The ingest report for people: counts that add up, how patients were assigned, one line per
+    failed file (never wrapped, so that ``grep FAILED`` finds whole paths), skipped files by reason."""
+    def line(text: str) -> None:
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    line(f"{report.n_units} unit(s): {report.n_ok} ingested, {report.n_already} already stored, "
+         f"{report.n_not_data} skipped (not data files), {report.n_failed} failed; "
+         f"{report.n_items_added} new item(s)" + (f", {report.n_derived} derived" if report.n_derived else ""))
+    for name, c in sorted(report.per_adapter.items()):
+        parts = [f"{c[k]} {k.replace('_', ' ')}" for k in ("ingested", "already_stored", "skipped", "failed") if c[k]]
+        line(f"  {name}: {', '.join(parts) or 'nothing'}; {c['items']} item(s)")
+    for name, info in sorted(report.patients.items()):
+        line(f"  patients ({name}): {info['patients']}, {info['rule']}")
+    for path, reason in report.errors:
+        line(f"  FAILED {path}: {reason}")
+    if len(report.skipped) <= SKIPPED_LISTED:
+        for path, reason in report.skipped:
+            line(f"  SKIPPED {path}: not a data file: {reason}")
+    else:
+        by_reason: dict[str, list[str]] = {}
+        for path, reason in report.skipped:
+            by_reason.setdefault(reason, []).append(path)
+        for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+            line(f"  SKIPPED {len(paths)} file(s), not data files: {reason} (e.g. {', '.join(paths[:3])}{more})")
+        line("  (--json lists every skipped file)")
+    for w in report.warnings:
+        line(f"  warning: {w}")
 
 
 @app.command(epilog="Example: medweave formats")
@@ -141,11 +170,17 @@ def store_stats(
     t.add_row("blob bytes", f"{stats['bytes']:,}")
     out.print(t)
     if stats["errors"]:
-        out.print(f"errors in the last {runs} ingest run(s):")
+        out.print(f"files that failed in the last {runs} ingest run(s) and have not ingested since "
+                  f"({len(stats['errors'])}):", highlight=False)
         for e in stats["errors"]:
-            out.print(f"  {e['source_path']}: {e['reason']}", highlight=False, markup=False)
+            again = f" (in {e['runs']} runs)" if e["runs"] > 1 else ""
+            out.print(f"  FAILED {e['source_path']}: {e['reason']}{again}", highlight=False, markup=False,
+                      soft_wrap=True)
     else:
-        out.print(f"no errors in the last {runs} ingest run(s)")
+        out.print(f"no failed files in the last {runs} ingest run(s)")
+    for s in stats.get("skipped", []):
+        out.print(f"  skipped {s['files']} file(s), not data files: {s['reason']}", highlight=False, markup=False,
+                  soft_wrap=True)
 
 
 @cohort_app.command("build", epilog=(

@@ -33,15 +33,20 @@ def test_ingest_exit_code_report_and_stats(tmp_path, text_files):
     text_files(tmp_path / "in", 6)
     (tmp_path / "in" / "mystery.xyz").write_bytes(b"\x00\x01garbage")
     res = run("ingest", str(tmp_path / "in"), "--store", str(tmp_path / "s"), "--json")
-    assert res.returncode == 1, "a failed file must make the exit code non-zero"
+    assert res.returncode == 0, "an unknown file met in a folder is skipped (not a data file), not a failure"
     report = json.loads(res.stdout)
-    assert report["items_added"] == 6 and report["failed"] == 1
-    assert "mystery.xyz" in report["errors"][0]["source"] and "unknown file format" in report["errors"][0]["reason"]
+    assert report["items_added"] == 6 and report["failed"] == 0 and report["skipped"] == 1
+    assert report["units"] == 7 == report["ingested"] + report["skipped"] + report["failed"] + report["already_stored"]
+    assert "mystery.xyz" in report["skipped_files"][0]["source"]
+    named = run("ingest", str(tmp_path / "in" / "mystery.xyz"), "--store", str(tmp_path / "s"), "--json")
+    assert named.returncode == 1, "a file the user names that nothing reads is a failure"
+    report = json.loads(named.stdout)
+    assert report["failed"] == 1 and "unknown file format" in report["errors"][0]["reason"]
     stats = json.loads(run("store", "stats", "--store", str(tmp_path / "s"), "--json").stdout)
     assert stats["items_per_modality"] == {"text": 6} and stats["patients"] == 6
     assert any("mystery.xyz" in e["source_path"] for e in stats["errors"])
     ok = run("ingest", str(tmp_path / "in" / "pt0000_r00000.txt"), "--store", str(tmp_path / "s"))
-    assert ok.returncode == 0 and "skipped 1 already stored" in ok.stdout
+    assert ok.returncode == 0 and "1 already stored" in ok.stdout
 
 
 def test_cohort_build_and_show(tmp_path, text_files):

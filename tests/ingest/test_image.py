@@ -62,14 +62,14 @@ def _decoded_pages(data: bytes) -> list[np.ndarray]:
         return pages
 
 
-def test_pictures_are_stored_with_identifying_metadata_removed(tmp_path, store):
+def test_pictures_are_stored_with_identifying_metadata_removed(tmp_path, store, by_file):
     src = tmp_path / "pics"
     src.mkdir()
     files = [_png(src / "a.png", text=SECRET_NAME), _png(src / "clean.png", seed=5), _jpeg(src / "b.jpg"),
              _tiff(src / "c.tif")]
     report = ingest([src], store, progress=False)
     assert report.errors == [] and report.n_items_added == 4
-    items = {Path(r.source_path).name: r for r in store.items().itertuples()}
+    items = by_file(store, src)
     for f in files:
         row = items[f.name]
         blob = store.read_blob(row.blob)
@@ -97,9 +97,11 @@ def test_undecodable_picture_is_one_error_and_the_batch_goes_on(tmp_path, store)
     assert report.n_items_added == 1 and report.n_failed == 1
     (path, reason), = report.errors
     assert path == str(broken) and "broken.png" in reason and "does not decode" in reason
-    assert store.items()["source_path"].tolist() == [str(good)]
-    logged = store.con.execute("SELECT source_path, reason FROM errors").fetchall()
-    assert logged == [(str(broken), reason)]
+    assert store.items()["unit_id"].tolist() == [store.unit_id(good)]
+    (unit, logged), = store.con.execute("SELECT unit_id, reason FROM errors").fetchall()
+    # the file name is its patient key (prefix rule): stored de-identified, shown as it is on disk
+    assert unit == store.unit_id(broken) and logged.endswith(reason.removeprefix("broken.png"))
+    assert "broken" not in logged
 
 
 def test_ingesting_twice_adds_nothing_and_bytes_are_deterministic(tmp_path):
@@ -137,12 +139,12 @@ def _class_folder(root: Path) -> dict[str, str]:
     return layout
 
 
-def test_class_folders_with_csv_give_labels_split_and_patient_facts(tmp_path, store):
+def test_class_folders_with_csv_give_labels_split_and_patient_facts(tmp_path, store, by_file):
     root = tmp_path / "cxr"
     layout = _class_folder(root)
     report = ingest([root], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"image-folder": 5}
-    items = {Path(r.source_path).name: r for r in store.items().itertuples()}
+    assert report.errors == [] and report.items_per_adapter == {"image-folder": 5}
+    items = by_file(store, root)
     a1 = items["a1.png"]
     labels = json.loads(a1.labels)
     assert (a1.split, a1.label, labels["class"], labels["abnormal"]) == ("train", "1_abnormal", "1_abnormal", 1)
@@ -182,7 +184,7 @@ def test_a_changed_csv_row_rereads_only_its_picture(tmp_path, store):
 def test_a_changed_csv_row_updates_the_labels(tmp_path, store):
     report = _reingest_with_changed_row(tmp_path / "cxr", store)
     assert report.n_items_replaced == 1 and report.n_items_added == 0
-    rows = store.items("source_path LIKE '%a2.png'")
+    rows = store.items("source_path LIKE '%a2.png'")  # a name without identifiers is stored as it is
     assert [json.loads(labels)["findings"] for labels in rows["labels"]] == [["Nodule"]]
 
 
@@ -223,10 +225,11 @@ def test_nih_subset_has_every_picture_with_its_csv_facts(shared_data, store):
     df = store.con.execute(
         "SELECT i.*, p.sex FROM items i JOIN patients p USING (patient_id)").df()
     assert len(df) == 800 and set(df["modality"]) == {"image"}
+    files = {store.unit_id(p): p for p in root.rglob("*.png")}  # stored paths are de-identified
     for row in df.itertuples():
-        name = Path(row.source_path).name
+        name = files[row.unit_id].name
         want = expected[name]
-        split, cls = Path(row.source_path).parts[-3:-1]
+        split, cls = files[row.unit_id].parts[-3:-1]
         labels = json.loads(row.labels)
         assert (row.split, row.label, labels["class"]) == (split, cls, cls)
         assert labels["abnormal"] == int(cls == "1_abnormal")
@@ -238,6 +241,6 @@ def test_nih_subset_has_every_picture_with_its_csv_facts(shared_data, store):
     # images of one NIH patient share one pseudonymised patient id
     per_patient = {}
     for row in df.itertuples():
-        per_patient.setdefault(expected[Path(row.source_path).name]["Patient ID"], set()).add(row.patient_id)
+        per_patient.setdefault(expected[files[row.unit_id].name]["Patient ID"], set()).add(row.patient_id)
     assert all(len(ids) == 1 for ids in per_patient.values())
     assert len(set(df["patient_id"])) == len(per_patient)

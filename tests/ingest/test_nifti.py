@@ -37,14 +37,16 @@ def store(tmp_path):
         yield s
 
 
-def _by_name(store: Store) -> dict:
-    return {Path(r.source_path).name: r for r in store.items().itertuples()}
+def _by_name(store: Store, folder: Path) -> dict:
+    """{file name: row}, through the keyed unit ids (stored paths are de-identified)."""
+    ids = {store.unit_id(p): p.name for p in folder.iterdir()}
+    return {ids[r.unit_id]: r for r in store.items().itertuples()}
 
 
 def test_volumes_keep_voxels_and_affine_and_lose_header_text(volumes, store):
     report = ingest([volumes], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"nifti": len(FILES)}
-    rows = _by_name(store)
+    assert report.errors == [] and report.items_per_adapter == {"nifti": len(FILES)}
+    rows = _by_name(store, volumes)
     for name in FILES:
         row, original = rows[name], nib.load(volumes / name)
         stored = nib.load(store.blob_path(row.blob))

@@ -61,7 +61,7 @@ def store(tmp_path):
 def test_text_reports_still_ingest(tmp_path, store, text_files):
     text_files(tmp_path / "notes", 6, patients=3)
     report = ingest([tmp_path / "notes"], store, progress=False)
-    assert report.per_adapter == {"text": 6}
+    assert report.items_per_adapter == {"text": 6}
     assert store.items()["patient_id"].nunique() == 3
 
 
@@ -69,7 +69,7 @@ def test_a_loose_openi_report_becomes_one_scrubbed_text_item(tmp_path, store):
     path = tmp_path / "12.xml"
     path.write_bytes(_openi(12, normal=False))
     report = ingest([path], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"openi": 1}
+    assert report.errors == [] and report.items_per_adapter == {"openi": 1}
     (row,) = store.items().itertuples()
     assert row.modality == "text" and row.format == "openi"
     assert row.text.startswith("INDICATION: ") and "\nFINDINGS: Left basilar opacity." in row.text

@@ -49,7 +49,7 @@ def test_a_vqa_folder_gives_linked_pictures_and_questions(tmp_path, store):
     root = tmp_path / "vqa"
     records = _vqa_rad(root)
     report = ingest([root], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"vqa": 7}
+    assert report.errors == [] and report.items_per_adapter == {"vqa": 7}
     images = store.items("modality = 'image'")
     questions = store.items("modality = 'qa'")
     assert len(images) == 2 and len(questions) == 5  # synpic3.jpg is referenced by no question
@@ -89,7 +89,7 @@ def test_slake_spelling_and_a_json_given_directly(tmp_path, store):
                 "answer_type": "OPEN", "content_type": "Organ", "qid": 11}]
     (root / "test.json").write_text(json.dumps(records))
     report = ingest([root / "test.json"], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"vqa": 2}
+    assert report.errors == [] and report.items_per_adapter == {"vqa": 2}
     (q,) = store.items("modality = 'qa'").itertuples()
     (img,) = store.items("modality = 'image'").itertuples()
     assert (q.organ, q.question_type, q.linked_item) == ("Lung", "Organ", img.item_id)
@@ -126,7 +126,7 @@ def test_vqa_rad_has_3064_questions_on_314_pictures(shared_data, store):
     on_disk = {p.name for p in (root / "images").iterdir()}
     assert len(on_disk - referenced) == 1  # one picture no question asks about: not ingested
     report = ingest([root], store, progress=False)
-    assert report.errors == [] and report.per_adapter == {"vqa": 3064 + 314}
+    assert report.errors == [] and report.items_per_adapter == {"vqa": 3064 + 314}
     counts = dict(store.con.execute("SELECT modality, count(*) FROM items GROUP BY 1").fetchall())
     assert counts == {"qa": 3064, "image": 314}
     images = store.items("modality = 'image'")

@@ -38,9 +38,10 @@ def _demo_key(store_dir: Path, seed: int) -> None:
 
 
 def _ingest_report_line(console: Console, name: str, report, seconds: float) -> None:
-    console.print(f"  {name}: {report.n_ok} source(s) ingested, {report.n_skipped} already stored, "
-                  f"{report.n_failed} failed, {report.n_items_added} new item(s) in {seconds:.1f} s "
-                  f"{dict(sorted(report.per_adapter.items()))}", highlight=False)
+    items = report.items_per_adapter
+    console.print(f"  {name}: {report.n_ok} source(s) ingested, {report.n_already} already stored, "
+                  f"{report.n_not_data} skipped (not data files), {report.n_failed} failed, "
+                  f"{report.n_items_added} new item(s) in {seconds:.1f} s {items}", highlight=False)
     for path, reason in report.errors[:5]:
         console.print(f"    FAILED {path}: {reason}", highlight=False, markup=False)
 

@@ -20,7 +20,28 @@ from ..store.deid import Deidentifier
 
 
 class IngestError(Exception):
-    """A source that cannot be ingested. The message says what was expected; the runner adds the path."""
+    """A source that cannot be ingested. The message says what was expected; the runner adds the path.
+
+    The message is the tool's own text and is shown as written. Text it quotes from a library or from
+    the file itself (which may hold identifiers) goes through ``quoted``, or is the text of the
+    exception this one is raised ``from``: only that part is scrubbed before anything is stored.
+    """
+
+
+class NotADataFile(Exception):
+    """Raised by an adapter (in ``units`` or ``read``) for a file that is not a data file at all: a
+    DICOMDIR, a README, a checksum list, a FHIR resource of a kind that holds no patient data. The
+    runner reports it as "skipped, not a data file (reason)", which does not make the exit code 1.
+    The message is the reason, e.g. ``"a DICOMDIR (an index of the files beside it)"``."""
+
+
+QUOTE_OPEN, QUOTE_CLOSE = "\x02", "\x03"
+
+
+def quoted(text: object) -> str:
+    """Mark text inside an ``IngestError`` message as quoted data (a library's message, a value): the
+    runner scrubs identifiers from marked parts only, never from the tool's own words or the paths."""
+    return f"{QUOTE_OPEN}{text}{QUOTE_CLOSE}"
 
 
 @dataclass
@@ -30,6 +51,7 @@ class Unit:
     path: Path
     key: str = ""  # distinguishes several units of one file (rarely needed)
     extra: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the path given to ``ingest`` that this unit was found under (set by the runner)
 
     @property
     def source_id(self) -> str:
@@ -45,9 +67,19 @@ class IngestContext:
     namespace: str = "default"
     options: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # per-adapter scratch space for one run
+    forced: bool = False  # the user named the format (``--format``): read what a sniff would doubt
+    # Filled while one unit is read, then taken by the runner: warnings for the report, and the raw
+    # patient keys the unit used (so that its stored path can be scrubbed of them).
+    warnings: list[str] = field(default_factory=list)
+    seen_ids: set[str] = field(default_factory=set)
+
+    def warn(self, message: str) -> None:
+        """A warning about the unit being read (it still ingests), shown in the ingest report."""
+        self.warnings.append(message)
 
     # Convenience wrappers so adapters never handle a raw identifier longer than needed.
     def patient(self, raw_id: str) -> str:
+        self.seen_ids.add(str(raw_id).strip())
         return self.deid.patient_id(self.namespace, str(raw_id))
 
     def study(self, patient_id: str, raw_study: str) -> str:
@@ -71,6 +103,10 @@ class Adapter:
     def sniff(self, path: Path, head: bytes) -> float:
         """How sure (0..1) this adapter is that it reads ``path`` (``head`` = its first 4 KiB)."""
         return 0.5 if path.name.lower().endswith(self.extensions) else 0.0
+
+    def patient_rule(self, options: dict[str, Any]) -> str:
+        """How this adapter assigns items to patients, in words, for the ingest report."""
+        return "from the patient identifier inside each file"
 
     def claims_dir(self, path: Path) -> bool:
         """True when ``path`` is a whole data set in this adapter's layout."""

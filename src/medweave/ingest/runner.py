@@ -3,6 +3,16 @@
 Every unit is all-or-nothing: its blobs are written first, its rows and its "source done" mark are
 committed in one transaction. A failing unit is recorded as one line (file and reason) and the run
 goes on. Re-running skips sources already done (same path, same bytes, same adapter version).
+
+Each unit found ends in one of four outcomes: ingested, already stored, skipped as not a data file
+(a README, a DICOMDIR, a checksum list: an adapter raises ``NotADataFile``, or no adapter reads a file
+met while walking a folder), or failed (a file that should have ingested). Only failures make the
+run not ``ok`` (exit code 1).
+
+Paths are stored de-identified: ``unit_id`` is a keyed fingerprint of the absolute path (so a re-read
+finds its earlier rows), ``source_path`` the path relative to the folder the user gave, each part
+that names or numbers a patient replaced (``Deidentifier.display_path``). The report the user sees
+keeps the paths as they are on disk.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,41 +29,77 @@ from typing import Any, Iterable
 
 from ..progress import progress_bar
 from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, canonical_json
-from .base import ADAPTERS, Adapter, IngestContext, IngestError, Unit
+from ..store.deid import Deidentifier
+from .base import ADAPTERS, QUOTE_CLOSE, QUOTE_OPEN, Adapter, IngestContext, IngestError, NotADataFile, Unit
 
 HEAD_BYTES = 4096
+NONE_ADAPTER = "(none)"  # per_adapter key of files that no adapter took
 
 
 @dataclass
 class IngestReport:
+    """What one run did. Every unit found ends in exactly one of four outcomes, so
+    ``n_units == n_ok + n_already + n_not_data + n_failed``, and the same holds per adapter."""
+
     run_id: str = ""
-    n_units: int = 0
-    n_ok: int = 0
-    n_skipped: int = 0
-    n_failed: int = 0
+    n_ok: int = 0  # units ingested now
+    n_already: int = 0  # units already in the store (same path, bytes and adapter version)
+    n_not_data: int = 0  # skipped: not a data file (a DICOMDIR, a README, ...), with the reason
+    n_failed: int = 0  # should have ingested and did not: bad or unreadable files
+    n_derived: int = 0  # units an adapter built from stored items after the walk (volumes from slices)
     n_items_added: int = 0
     n_items_replaced: int = 0  # rows of sources whose bytes changed, replaced by their new version
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    per_adapter: dict[str, int] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # failed: (path as given, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not data files: (path, reason)
+    unexpected: list[str] = field(default_factory=list)  # failed paths whose reason is a reader's bug
+    per_adapter: dict[str, dict[str, int]] = field(default_factory=dict)
+    patients: dict[str, dict[str, Any]] = field(default_factory=dict)  # adapter -> {rule, patients}
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def n_units(self) -> int:
+        return self.n_ok + self.n_already + self.n_not_data + self.n_failed
+
+    @property
+    def n_skipped(self) -> int:
+        """Units already stored (the name this count had before "skipped, not a data file" existed)."""
+        return self.n_already
+
+    @property
     def ok(self) -> bool:
+        """True when nothing that should have ingested failed (skipped non-data files are fine)."""
         return self.n_failed == 0
 
+    @property
+    def items_per_adapter(self) -> dict[str, int]:
+        """{adapter: items stored by this run}, for adapters that stored any."""
+        return {a: c["items"] for a, c in sorted(self.per_adapter.items()) if c["items"]}
+
+    def count(self, adapter: str, outcome: str, n: int = 1) -> None:
+        counts = self.per_adapter.setdefault(adapter, {k: 0 for k in PER_ADAPTER_KEYS})
+        counts[outcome] += n
+
     def to_dict(self) -> dict[str, Any]:
+        unexpected = set(self.unexpected)
         return {
             "run_id": self.run_id,
             "units": self.n_units,
             "ingested": self.n_ok,
-            "skipped_already_stored": self.n_skipped,
+            "already_stored": self.n_already,
+            "skipped": self.n_not_data,
             "failed": self.n_failed,
+            "derived": self.n_derived,
             "items_added": self.n_items_added,
             "items_replaced": self.n_items_replaced,
             "per_adapter": self.per_adapter,
-            "errors": [{"source": p, "reason": r} for p, r in self.errors],
+            "patients": self.patients,
+            "errors": [{"source": p, "reason": r, "unexpected": p in unexpected} for p, r in self.errors],
+            "skipped_files": [{"source": p, "reason": r} for p, r in self.skipped],
             "warnings": self.warnings,
         }
+
+
+PER_ADAPTER_KEYS = ("ingested", "already_stored", "skipped", "failed", "items")
 
 
 def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
@@ -67,67 +114,146 @@ def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
     return out
 
 
-def _sniff(path: Path, adapters: dict[str, Adapter]) -> Adapter | None:
+def _sniff(path: Path, adapters: dict[str, Adapter]) -> tuple[Adapter | None, bytes]:
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except OSError:
-        return None
+        return None, b""
     best, score = None, 0.0
     for adapter in adapters.values():
         s = adapter.sniff(path, head)
         if s > score:
             best, score = adapter, s
-    return best
+    return best, head
+
+
+# Files that are documentation, checksums or tooling beside data, never data themselves.
+_NOT_DATA_NAMES = re.compile(
+    r"^(?:readme|license|licence|copying|notice|authors|changes|changelog|history|contributing|"
+    r"install|manifest|makefile|records|annotators|sha\d*sums|md5sums|checksums)(?:[._-].*)?$",
+    re.IGNORECASE)
+_NOT_DATA_SUFFIXES = {
+    ".md": "a Markdown document", ".rst": "a reStructuredText document", ".html": "a web page",
+    ".htm": "a web page", ".pdf": "a PDF document", ".py": "Python source", ".pyc": "compiled Python",
+    ".sh": "a shell script", ".icc": "an ICC colour profile", ".icm": "an ICC colour profile",
+    ".yml": "a YAML file", ".yaml": "a YAML file", ".toml": "a TOML file", ".cfg": "a configuration file",
+    ".ini": "a configuration file", ".log": "a log file", ".sha256": "a checksum", ".md5": "a checksum",
+    ".zip": "a zip archive (unpack it first)", ".whl": "a Python wheel",
+}
+
+
+def _not_data_reason(path: Path, head: bytes) -> str:
+    """Why a file no adapter reads is not a data file, as precisely as its name and bytes tell."""
+    name = path.name
+    if _NOT_DATA_NAMES.match(name):
+        return "documentation or an index file beside the data (by its name)"
+    kind = _NOT_DATA_SUFFIXES.get(path.suffix.lower())
+    if kind:
+        return kind
+    if len(head) >= 40 and head[36:40] == b"acsp":
+        return "an ICC colour profile"
+    if not head:
+        return "an empty file"
+    return "no adapter recognises its content or extension"
+
+
+@dataclass
+class _Outcome:
+    """A file that became no unit: skipped (not a data file) or failed before reading."""
+
+    path: Path
+    root: Path | None
+    kind: str  # "skip" or "error"
+    reason: str | tuple  # the tool's own words, or an exception described by ``_describe``
+    adapter: str = NONE_ADAPTER
 
 
 def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext,
-         forced: Adapter | None = None) -> tuple[list[tuple[Adapter, Unit]], list[tuple[str, str]]]:
-    """Turn paths into (adapter, unit) pairs, and a list of (path, reason) for what nobody reads."""
+         forced: Adapter | None = None) -> tuple[list[tuple[Adapter, Unit]], list[_Outcome]]:
+    """Turn paths into (adapter, unit) pairs, and outcomes for the files that became no unit.
+
+    A file found while walking a folder that no adapter reads is skipped as not a data file; one the
+    user named explicitly fails. Folder links are followed once: a link leading back to a folder
+    already walked (a loop) is not entered again.
+    """
     work: list[tuple[Adapter, Unit]] = []
-    unknown: list[tuple[str, str]] = []
+    outcomes: list[_Outcome] = []
+    walked: set[str] = set()
 
     def is_companion(p: Path) -> bool:
         return any(getattr(a, "is_companion", lambda _p: False)(p) for a in adapters.values())
 
     store_root = ctx.store.root.resolve()
 
-    def visit(p: Path) -> None:
-        if p.name.startswith(".") or p.resolve() == store_root:  # never ingest the store into itself
+    def visit(p: Path, root: Path, explicit: bool) -> None:
+        if not explicit and p.name.startswith("."):
+            return
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError):  # a link that loops on itself
+            outcomes.append(_Outcome(p, root, "skip", "a link that cannot be resolved (it loops)"))
+            return
+        if real == store_root:  # never ingest the store into itself
             return
         if p.is_dir():
+            if p.is_symlink() and not explicit:
+                above = p.parent.resolve()
+                if real == above or real in above.parents:
+                    ctx.warn(f"{p}: a folder link back to a folder above it (a loop); not followed")
+                    return
+            if str(real) in walked:
+                ctx.warn(f"{p}: a folder link to a folder already walked; not followed again")
+                return
+            walked.add(str(real))
             for a in ([forced] if forced else adapters.values()):
                 if a.claims_dir(p):
-                    add_units(a, p)
+                    add_units(a, p, root)
                     return
-            for child in sorted(p.iterdir()):
-                visit(child)
+            try:
+                children = sorted(p.iterdir())
+            except OSError as exc:
+                outcomes.append(_Outcome(p, root, "error", f"folder cannot be listed ({exc.strerror})"))
+                return
+            for child in children:
+                visit(child, root, False)
             return
         if not p.is_file():
-            unknown.append((str(p), "not a regular file"))
+            what = "a broken link" if p.is_symlink() and not p.exists() else "not a regular file"
+            outcomes.append(_Outcome(p, root, "error" if explicit else "skip", what))
             return
-        if is_companion(p):
+        if not explicit and is_companion(p):
             return
-        adapter = forced or _sniff(p, adapters)
+        adapter, head = (forced, b"") if forced else _sniff(p, adapters)
         if adapter is None:
-            unknown.append((str(p), "unknown file format: no adapter recognises its content or extension "
-                                    f"(formats: {', '.join(sorted(adapters))}; use --format NAME)"))
+            reason = _not_data_reason(p, head)
+            if explicit:
+                reason = (f"unknown file format: {reason} (formats: {', '.join(sorted(adapters))}; "
+                          "use --format NAME)")
+            outcomes.append(_Outcome(p, root, "error" if explicit else "skip", reason))
             return
-        add_units(adapter, p)
+        add_units(adapter, p, root)
 
-    def add_units(adapter: Adapter, p: Path) -> None:
+    def add_units(adapter: Adapter, p: Path, root: Path) -> None:
         try:
-            work.extend((adapter, u) for u in adapter.units(p, ctx))
+            units = list(adapter.units(p, ctx))
+        except NotADataFile as exc:
+            outcomes.append(_Outcome(p, root, "skip", str(exc), adapter.name))
+            return
         except Exception as exc:  # a source whose parts cannot even be listed is one error line
-            unknown.append((str(p), _reason(exc, ctx)))
+            outcomes.append(_Outcome(p, root, "error", _describe(exc), adapter.name))
+            return
+        for u in units:
+            u.root = root
+            work.append((adapter, u))
 
     for path in paths:
         path = Path(path)
-        if not path.exists():
-            unknown.append((str(path), "no such file or folder"))
+        if not path.exists() and not path.is_symlink():
+            outcomes.append(_Outcome(path, path, "error", "no such file or folder"))
             continue
-        visit(path)
-    return work, unknown
+        visit(path, path, True)
+    return work, outcomes
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -148,22 +274,24 @@ def _file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-def _fingerprint(adapter: Adapter, unit: Unit) -> str:
-    """What makes a unit "already stored": adapter and version, the unit, its bytes and its extras."""
+def _fingerprint(adapter: Adapter, unit: Unit, deid: Deidentifier) -> str:
+    """What makes a unit "already stored": adapter and version, the unit, its bytes and its extras,
+    keyed with the store's secret (the unit's path is part of it and must not be recoverable)."""
     h = hashlib.sha256()
     h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
     if unit.path.is_file():
         h.update(_file_sha256(unit.path).encode())
     h.update(canonical_json(unit.extra).encode())
-    return h.hexdigest()
+    return deid.keyed("source", h.hexdigest())
 
 
 class _Batch:
     """Rows waiting for one transaction."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, deid: Deidentifier):
         self.store = store
         self.run_id = run_id
+        self.deid = deid
         self.items: list[dict[str, Any]] = []
         self.patients: dict[str, dict[str, Any]] = {}
         self.studies: dict[str, dict[str, Any]] = {}
@@ -171,10 +299,13 @@ class _Batch:
         self.errors: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
-    def add_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, items: list[Item]) -> None:
+    def add_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, items: list[Item],
+                 known: Iterable[str] = ()) -> None:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         rows = []
         ids_by_ref: dict[str, str] = {}
+        source_path = self.deid.display_path(unit.path, unit.root, tuple(known))
+        unit_id = self.deid.unit_id(unit.source_id)
         for it in items:
             Modality(it.modality)  # validates
             chash = it.content_hash()
@@ -199,9 +330,9 @@ class _Batch:
                 **it.fields,
                 "labels": canonical_json(it.labels) if it.labels else None,
                 "meta": canonical_json(it.meta) if it.meta else None,
-                "source_path": str(unit.path),
+                "source_path": source_path,
                 "source_key": it.source_key,
-                "unit_id": unit.source_id,
+                "unit_id": unit_id,
                 "adapter": adapter.name,
                 "adapter_version": adapter.version,
                 "ingested_at": now,
@@ -222,15 +353,16 @@ class _Batch:
                 row["linked_item"] = ids_by_ref[ref]
         self.items.extend(rows)
         self.sources.append({
-            "source_id": fingerprint, "unit_id": unit.source_id, "source_path": str(unit.path),
+            "source_id": fingerprint, "unit_id": unit_id, "source_path": source_path,
             "raw_sha256": fingerprint,
             "adapter": adapter.name, "adapter_version": adapter.version, "n_items": len(rows),
             "run_id": self.run_id, "done_at": now,
         })
 
-    def add_error(self, path: str, adapter: str, reason: str) -> None:
-        self.errors.append({"run_id": self.run_id, "source_path": path, "adapter": adapter,
-                            "reason": reason, "at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
+    def add_error(self, path: str, unit_id: str | None, adapter: str, reason: str, kind: str) -> None:
+        self.errors.append({"run_id": self.run_id, "source_path": path, "unit_id": unit_id, "adapter": adapter,
+                            "reason": reason, "kind": kind,
+                            "at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
 
     def due(self) -> bool:
         return len(self.items) >= 2000 or len(self.sources) >= 256 or time.monotonic() - self.started > 2.0
@@ -260,52 +392,63 @@ def default_workers() -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(secret: bytes, keep_phi: bool, namespace: str, options: dict[str, Any]) -> None:
+def _init_worker(secret: bytes, keep_phi: bool, namespace: str, options: dict[str, Any], forced: bool) -> None:
     """A reader process: its own adapters and a context without the store (only the main process
     writes; readers never open the catalog)."""
-    from ..store.deid import Deidentifier
-
     _WORKER["adapters"] = _adapter_instances([])
     _WORKER["ctx"] = IngestContext(store=None, deid=Deidentifier(secret, keep_phi), namespace=namespace,
-                                   options=options)
+                                   options=options, forced=forced)
 
 
-def _describe(exc: BaseException) -> tuple[str, str, bool]:
-    """An exception as (class name, message, is IngestError): it crosses processes (not every exception
-    pickles) and becomes the report's reason (``_reason``)."""
+def _describe(exc: BaseException) -> tuple[str, str, str | None]:
+    """An exception as (kind, message, quoted cause): kind ``skip`` (not a data file), ``error`` (the
+    adapter's own IngestError) or ``unexpected`` (any other exception: a reader's bug). It crosses
+    processes (not every exception pickles) and becomes the report's reason (``_render``)."""
     if isinstance(exc, _Failed):
         return exc.err
-    return exc.__class__.__name__, str(exc), isinstance(exc, IngestError)
+    if isinstance(exc, NotADataFile):
+        return "skip", str(exc), None
+    if isinstance(exc, IngestError):
+        cause = exc.__cause__
+        quoted_cause = str(cause) if cause is not None and not isinstance(cause, (IngestError, NotADataFile)) else None
+        return "error", str(exc), quoted_cause or None
+    return "unexpected", str(exc) or exc.__class__.__name__, None
 
 
-def _read_unit(adapter: Adapter, unit: Unit, ctx: IngestContext) -> tuple[list[Item] | None, tuple | None]:
-    """(items, None), or (None, the failure described) — a bad unit never stops the batch."""
+_Read = tuple  # (items or None, error description or None, warnings, raw patient keys seen)
+
+
+def _read_unit(adapter: Adapter, unit: Unit, ctx: IngestContext) -> _Read:
+    """(items, None, warnings, ids), or (None, the failure described, ...): a bad unit never stops the batch."""
+    ctx.warnings, ctx.seen_ids = [], set()
     try:
-        return list(adapter.read(unit, ctx)), None
+        return list(adapter.read(unit, ctx)), None, ctx.warnings, ctx.seen_ids
     except Exception as exc:
-        return None, _describe(exc)
+        return None, _describe(exc), ctx.warnings, ctx.seen_ids
 
 
-def _read_in_worker(adapter_name: str, unit: Unit) -> tuple[list[Item] | None, tuple | None]:
+def _read_in_worker(adapter_name: str, unit: Unit) -> _Read:
     return _read_unit(_WORKER["adapters"][adapter_name], unit, _WORKER["ctx"])
 
 
 def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int):
-    """Yield (adapter, unit, fingerprint, items, error) in the order of ``work``; ``items`` is None for
-    a unit already stored, ``error`` a (class name, message, is IngestError) triple for a failed one."""
+    """Yield (adapter, unit, fingerprint, read) in the order of ``work``; ``read`` is None for a unit
+    already stored, else (items, error, warnings, raw patient keys) as ``_read_unit`` gives it."""
     def fingerprint(adapter, unit):
         try:
-            return _fingerprint(adapter, unit), None
+            return _fingerprint(adapter, unit, ctx.deid), None
         except Exception as exc:
             return None, _describe(exc)
 
     if workers < 2 or len(work) < PARALLEL_MIN_UNITS:
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
-            if err or fp in known:
-                yield adapter, unit, fp, None, err
+            if err:
+                yield adapter, unit, fp, (None, err, [], set())
+            elif fp in known:
+                yield adapter, unit, fp, None
             else:
-                yield adapter, unit, fp, *_read_unit(adapter, unit, ctx)
+                yield adapter, unit, fp, _read_unit(adapter, unit, ctx)
         return
     import multiprocessing as mp
     from collections import deque
@@ -313,11 +456,15 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
 
     window: deque = deque()  # (adapter, unit, fingerprint, future or None, error): bounded, in order
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options)) as pool:
+                             initargs=(ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options,
+                                       ctx.forced)) as pool:
         def drain(limit: int):
             while len(window) > limit:
                 adapter, unit, fp, fut, err = window.popleft()
-                yield (adapter, unit, fp, None, err) if fut is None else (adapter, unit, fp, *fut.result())
+                if fut is not None:
+                    yield adapter, unit, fp, fut.result()
+                else:
+                    yield adapter, unit, fp, (None, err, [], set()) if err else None
 
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
@@ -343,39 +490,50 @@ def ingest(
     this process alone writes blobs and commits, in the order of the work list.
     """
     report = IngestReport()
+    paths = [Path(p) for p in paths]
     if fmt:
         ADAPTERS.get(fmt)  # an unknown name raises, listing the allowed formats
     adapters = _adapter_instances(report.warnings)
     if fmt and fmt not in adapters:
         raise IngestError(f"format {fmt!r} cannot be used: {'; '.join(report.warnings)}")
     forced = adapters[fmt] if fmt else None
-    ctx = IngestContext(store=store, deid=store.deid, namespace=namespace, options=options or {})
-    report.run_id = store.start_run(args or json.dumps([str(p) for p in paths]))
-    batch = _Batch(store, report.run_id)
-    work, unknown = plan([Path(p) for p in paths], adapters, ctx, forced)
-    for path, reason in unknown:
-        report.n_failed += 1
-        report.errors.append((path, reason))
-        batch.add_error(path, "", reason)
+    deid = store.deid
+    ctx = IngestContext(store=store, deid=deid, namespace=namespace, options=options or {}, forced=bool(fmt))
+    report.run_id = store.start_run(_stored_args(args, paths, deid))
+    batch = _Batch(store, report.run_id, deid)
+    ctx.warnings = []
+    work, outcomes = plan(paths, adapters, ctx, forced)
+    report.warnings.extend(ctx.warnings)
+    for o in outcomes:
+        unit = Unit(o.path, root=o.root)
+        desc = o.reason if isinstance(o.reason, tuple) else (o.kind, o.reason, None)
+        _record(report, batch, ctx, o.adapter, unit, desc, ())
     known = store.known_sources()
-    report.n_units = len(work)
-    used: dict[str, Adapter] = {}
     workers = default_workers() if workers is None else workers
+    used: dict[str, Adapter] = {}
+    patients: dict[str, set[str]] = {}
     with progress_bar("ingest", total=len(work), unit="files", enabled=progress) as advance:
-        for adapter, unit, fp, items, err in _read_all(work, ctx, known, workers):
+        for adapter, unit, fp, read in _read_all(work, ctx, known, workers):
             used[adapter.name] = adapter
-            if err is None and items is None:
-                report.n_skipped += 1
+            if read is None:
+                report.n_already += 1
+                report.count(adapter.name, "already_stored")
             else:
-                try:
-                    if err is not None:
-                        raise _Failed(err)
-                    batch.add_unit(adapter, unit, fp, items)
+                items, err, warnings, seen = read
+                report.warnings.extend(f"{unit.path}: {w}" for w in warnings)
+                if err is None:
+                    try:
+                        batch.add_unit(adapter, unit, fp, items, seen)
+                    except Exception as exc:  # a bad unit never stops the batch
+                        err = _describe(exc)
+                if err is None:
                     known.add(fp)
                     report.n_ok += 1
-                    report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
-                except Exception as exc:  # a bad unit never stops the batch
-                    _record_failure(report, batch, ctx, adapter, unit, exc)
+                    report.count(adapter.name, "ingested")
+                    report.count(adapter.name, "items", len(items))
+                    patients.setdefault(adapter.name, set()).update(it.patient_id for it in items)
+                else:
+                    _record(report, batch, ctx, adapter.name, unit, err, seen)
             advance()
             if batch.due():
                 batch.flush(report)
@@ -384,42 +542,182 @@ def ingest(
         try:
             derived = list(adapter.finish(ctx))
         except Exception as exc:
-            _record_failure(report, batch, ctx, adapter, Unit(Path(f"{adapter.name}:finish")), exc)
+            report.warnings.append(f"{adapter.name}: building derived items failed: {_render(_describe(exc), None, ctx)[0]}")
             derived = []
         for unit, items in derived:
             try:
-                batch.add_unit(adapter, unit, _fingerprint(adapter, unit), items)
-                report.per_adapter[adapter.name] = report.per_adapter.get(adapter.name, 0) + len(items)
+                batch.add_unit(adapter, unit, _fingerprint(adapter, unit, deid), items)
+                report.n_derived += 1
+                report.count(adapter.name, "items", len(items))
             except Exception as exc:
-                _record_failure(report, batch, ctx, adapter, unit, exc)
+                text = _render(_describe(exc), unit, ctx)[0]
+                report.warnings.append(f"{adapter.name}: derived item from {unit.path} not stored: {text}")
             if batch.due():
                 batch.flush(report)
         batch.flush(report)
+    for name, pids in patients.items():
+        adapter = adapters[name]
+        report.patients[name] = {"patients": len(pids), "rule": adapter.patient_rule(ctx.options)}
     if report.n_items_replaced:
         store.sweep()  # blobs of replaced rows that no row references any more
-    store.finish_run(report.run_id, report.n_units, report.n_skipped, report.n_failed, report.n_items_added)
+    store.finish_run(report.run_id, report.n_units, report.n_already, report.n_failed, report.n_items_added,
+                     report.n_not_data)
     return report
 
 
-class _Failed(Exception):
-    """A unit that failed in a reader process: carries (class name, message, is IngestError)."""
+def _stored_args(args: str, paths: list[Path], deid: Deidentifier) -> str:
+    """The command line as stored in the runs table: the paths the user gave reduced to their
+    de-identified names (the full paths may name a patient; the user knows what they typed)."""
+    text = args or json.dumps([str(p) for p in paths])
+    if deid.keep_phi:
+        return text
+    for p in sorted(paths, key=lambda q: len(str(q)), reverse=True):
+        text = text.replace(str(p), deid.display_path(p, p))
+    return text
 
-    def __init__(self, err: tuple[str, str, bool]):
+
+class _Failed(Exception):
+    """A unit that failed in a reader process: carries its ``_describe`` triple."""
+
+    def __init__(self, err: tuple[str, str, str | None]):
         super().__init__(err[1])
         self.err = err
 
 
-def _record_failure(report: IngestReport, batch: "_Batch", ctx: IngestContext, adapter: Adapter, unit: Unit,
-                    exc: BaseException) -> None:
-    reason = _reason(exc, ctx)
+def _record(report: IngestReport, batch: _Batch, ctx: IngestContext, adapter: str, unit: Unit,
+            desc: tuple[str, str, str | None], seen: Iterable[str]) -> None:
+    """Count a unit that did not ingest and log it: skipped (not a data file) or failed."""
+    shown, stored = _render(desc, unit, ctx, tuple(seen))
+    path = str(unit.path)
+    stored_path = ctx.deid.display_path(unit.path, unit.root, tuple(seen))
+    unit_id = ctx.deid.unit_id(unit.source_id)
+    if desc[0] == "skip":
+        report.n_not_data += 1
+        report.count(adapter, "skipped")
+        report.skipped.append((path, shown))
+        batch.add_error(stored_path, unit_id, adapter, stored, "skipped")
+        return
     report.n_failed += 1
-    report.errors.append((str(unit.path), reason))
-    batch.add_error(str(unit.path), adapter.name, reason)
+    report.count(adapter, "failed")
+    report.errors.append((path, shown))
+    if desc[0] == "unexpected":
+        report.unexpected.append(path)
+    batch.add_error(stored_path, unit_id, adapter, stored, "failed")
 
 
-def _reason(exc: BaseException, ctx: IngestContext) -> str:
-    name, text, plain = _describe(exc)
-    text = text or name
-    if not plain:
-        text = f"{name}: {text}"
-    return ctx.scrub(text.splitlines()[0] if text else text)[:500]
+# --- reasons: the tool's words as written, quoted data scrubbed, paths kept findable --------------
+
+_QUOTED_RE = re.compile(f"{QUOTE_OPEN}(.*?){QUOTE_CLOSE}", re.DOTALL)
+_PATHISH_RE = re.compile(r"[^\s'\"(),;:\[\]<>{}|`]+")
+MAX_REASON = 500
+# Python exception class names ("TypeError: ", "(ValueError)") are left out of reasons: they say
+# nothing to a user. What the exception says stays.
+_CLASS_NAME_RE = re.compile(r"\b(?:[a-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)\b(?::\s*|\s*(?=\)))")
+
+
+def _render(desc: tuple[str, str, str | None], unit: Unit | None, ctx: IngestContext,
+            known: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(reason shown to the user, reason stored in the catalog) for a described failure.
+
+    Only data is scrubbed: the parts an adapter quoted (``quoted``), the text of the library
+    exception it was raised from, or the whole text of an unexpected exception. The tool's own words
+    are never rewritten. In what the user is shown, file and folder names stay as they are on disk
+    (the user must be able to find the file); in what is stored they are de-identified like the
+    stored source path.
+    """
+    kind, text, cause = desc
+    text = " ".join((text or "").split()) if kind != "unexpected" else " ".join(str(text).split())
+    spans: list[tuple[int, int]] = []
+    plain = _QUOTED_RE.sub(lambda m: m.group(1), text)
+    if kind == "unexpected":
+        spans = [(0, len(plain))]
+    else:
+        pos = 0
+        for m in _QUOTED_RE.finditer(text):  # positions in ``plain``: markers removed before each match
+            start = m.start() - pos
+            spans.append((start, start + len(m.group(1))))
+            pos += len(QUOTE_OPEN) + len(QUOTE_CLOSE)
+        if cause:
+            for candidate in (" ".join(cause.split()), " ".join(cause.strip().splitlines()[0].split()) if cause.strip() else ""):
+                at = plain.find(candidate) if candidate else -1
+                if at >= 0:
+                    spans.append((at, at + len(candidate)))
+                    break
+    names = _protected_names(unit, plain)
+
+    def render(for_store: bool) -> str:
+        out, last = [], 0
+        for a, b in sorted(set(spans)):
+            if a < last:
+                continue
+            out.append(_own(plain[last:a], names, unit, ctx, known, for_store))
+            out.append(_scrub_span(plain[a:b], names, unit, ctx, known, for_store))
+            last = b
+        out.append(_own(plain[last:], names, unit, ctx, known, for_store))
+        result = _CLASS_NAME_RE.sub("", "".join(out)).replace("()", "").strip()
+        if kind == "unexpected":
+            adapter_text = f"unexpected error while reading ({result}); a reader bug: please report it"
+            result = adapter_text
+        return result[:MAX_REASON]
+
+    return render(False), render(True)
+
+
+def _protected_names(unit: Unit | None, text: str) -> list[str]:
+    """Names of files and folders the text mentions that exist beside the unit (and the unit's own
+    path and names): kept as they are when shown, de-identified when stored; longest first."""
+    if unit is None:
+        return []
+    path = unit.path
+    names = {str(path), str(path.parent), path.name, path.stem}
+    try:
+        parent = path.parent
+        for token in _PATHISH_RE.findall(text):
+            token = token.rstrip(".")
+            base = token.rsplit("/", 1)[-1]
+            if token.startswith(str(parent)) or (base and (parent / base).exists()):
+                names.add(token)
+                names.add(base)
+    except OSError:
+        pass
+    return sorted((n for n in names if n and n not in (".", "/")), key=len, reverse=True)
+
+
+def _stored_name(name: str, unit: Unit, ctx: IngestContext, known: tuple[str, ...]) -> str:
+    if "/" in name:
+        return ctx.deid.display_path(Path(name), unit.root, known)
+    return ctx.deid.path_part(name, known)
+
+
+def _swap_names(text: str, names: list[str]) -> tuple[str, list[str]]:
+    """Replace every protected name by a placeholder that no scrubbing rule touches."""
+    found: list[str] = []
+    for name in names:
+        if name in text:
+            text = text.replace(name, f"\x00{len(found)}\x00")
+            found.append(name)
+    return text, found
+
+
+def _unswap(text: str, found: list[str], unit: Unit | None, ctx: IngestContext, known: tuple[str, ...],
+            for_store: bool) -> str:
+    def back(m: re.Match) -> str:
+        name = found[int(m.group(1))]
+        return _stored_name(name, unit, ctx, known) if for_store and unit is not None else name
+    return re.sub("\x00(\\d+)\x00", back, text)
+
+
+def _own(text: str, names: list[str], unit: Unit | None, ctx: IngestContext, known: tuple[str, ...],
+         for_store: bool) -> str:
+    """The tool's own words: unchanged, except that stored reasons carry de-identified names."""
+    if not for_store or not text:
+        return text
+    swapped, found = _swap_names(text, names)
+    return _unswap(swapped, found, unit, ctx, known, True)
+
+
+def _scrub_span(text: str, names: list[str], unit: Unit | None, ctx: IngestContext, known: tuple[str, ...],
+                for_store: bool) -> str:
+    """Quoted data: scrubbed of identifiers, with the file names it mentions protected."""
+    swapped, found = _swap_names(text, names)
+    return _unswap(ctx.scrub(swapped, known=list(known)), found, unit, ctx, known, for_store)

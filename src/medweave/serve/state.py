@@ -103,7 +103,9 @@ class ServerState:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         errors = [{"file": _position(names, p), "reason": _strip_paths(r, folder)} for p, r in report.errors]
-        return {"ingested": report.n_ok, "skipped_already_stored": report.n_skipped, "failed": report.n_failed,
+        skipped = [{"file": _position(names, p), "reason": r} for p, r in report.skipped]
+        return {"ingested": report.n_ok, "skipped_already_stored": report.n_already,
+                "skipped_not_data": skipped, "failed": report.n_failed,
                 "items_added": report.n_items_added, "per_adapter": report.per_adapter, "errors": errors,
                 "cases": len(self.ctx.dataset) if self.ctx is not None else None}
 

@@ -131,16 +131,25 @@ CREATE TABLE IF NOT EXISTS runs (
     n_sources INTEGER,
     n_skipped INTEGER,
     n_failed INTEGER,
-    n_items_added INTEGER
+    n_items_added INTEGER,
+    n_not_data INTEGER
 );
 CREATE TABLE IF NOT EXISTS errors (
     run_id VARCHAR,
     source_path VARCHAR,
     adapter VARCHAR,
     reason VARCHAR,
-    logged_at TIMESTAMP
+    logged_at TIMESTAMP,
+    unit_id VARCHAR,
+    kind VARCHAR
 );
 """
+# Columns added after the first stores were written: added to an older catalog when opened for writing.
+MIGRATIONS = [
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_not_data INTEGER",
+    "ALTER TABLE errors ADD COLUMN IF NOT EXISTS unit_id VARCHAR",
+    "ALTER TABLE errors ADD COLUMN IF NOT EXISTS kind VARCHAR",
+]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -203,6 +212,8 @@ class Store:
         self.con = duckdb.connect(str(self.root / self.CATALOG), read_only=not write)
         if write:
             self.con.execute(SCHEMA)
+            for sql in MIGRATIONS:
+                self.con.execute(sql)
             self.deid = Deidentifier(load_or_create_secret(self.root / "secret.key"), keep_phi=keep_phi)
             self.sweep()
 
@@ -315,8 +326,10 @@ class Store:
                 con.unregister("_batch_sources")
             if errors:
                 con.executemany(
-                    "INSERT INTO errors VALUES (?, ?, ?, ?, ?)",
-                    [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"]] for e in errors],
+                    "INSERT INTO errors (run_id, source_path, adapter, reason, logged_at, unit_id, kind) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"], e.get("unit_id"),
+                      e.get("kind", "failed")] for e in errors],
                 )
             after = con.execute("SELECT count(*) FROM items").fetchone()[0]
             con.execute("COMMIT")
@@ -370,16 +383,26 @@ class Store:
     def start_run(self, args: str) -> str:
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.con.execute(
-            "INSERT INTO runs VALUES (?, now(), NULL, ?, 0, 0, 0, 0)", [run_id, args]
+            "INSERT INTO runs (run_id, started_at, finished_at, args, n_sources, n_skipped, n_failed, "
+            "n_items_added, n_not_data) VALUES (?, now(), NULL, ?, 0, 0, 0, 0, 0)", [run_id, args]
         )
         return run_id
 
-    def finish_run(self, run_id: str, n_sources: int, n_skipped: int, n_failed: int, n_items: int) -> None:
+    def finish_run(self, run_id: str, n_sources: int, n_skipped: int, n_failed: int, n_items: int,
+                   n_not_data: int = 0) -> None:
+        """Close a run: ``n_sources`` units in all, ``n_skipped`` of them already stored, ``n_failed``
+        failed, ``n_not_data`` skipped as not data files; ``n_items`` new items."""
         self.con.execute(
-            "UPDATE runs SET finished_at = now(), n_sources = ?, n_skipped = ?, n_failed = ?, n_items_added = ? "
-            "WHERE run_id = ?",
-            [n_sources, n_skipped, n_failed, n_items, run_id],
+            "UPDATE runs SET finished_at = now(), n_sources = ?, n_skipped = ?, n_failed = ?, n_items_added = ?, "
+            "n_not_data = ? WHERE run_id = ?",
+            [n_sources, n_skipped, n_failed, n_items, n_not_data, run_id],
         )
+
+    def unit_id(self, path: str | Path, key: str = "") -> str:
+        """The stored ``unit_id`` of a file (or of one member of it): find its items with
+        ``store.items("unit_id = ?", [store.unit_id(path)])``. Needs the store's key."""
+        deid = getattr(self, "deid", None) or Deidentifier(load_or_create_secret(self.root / "secret.key"))
+        return deid.unit_id(str(Path(path).resolve()) + (f"#{key}" if key else ""))
 
     # --- reading ---------------------------------------------------------------------------------
     def items(self, where: str = "", params: Iterable[Any] = ()) -> pd.DataFrame:
@@ -396,15 +419,14 @@ class Store:
         q = lambda sql: self.con.execute(sql).fetchall()  # noqa: E731
         per_modality = {m: n for m, n in q("SELECT modality, count(*) FROM items GROUP BY 1 ORDER BY 1")}
         blob_bytes = q("SELECT coalesce(sum(bytes), 0) FROM (SELECT DISTINCT blob, bytes FROM items WHERE blob IS NOT NULL)")[0][0]
+        run_cols = {r[0] for r in q("SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")}
+        not_data = "n_not_data" if "n_not_data" in run_cols else "NULL AS n_not_data"
         runs = self.con.execute(
-            "SELECT run_id, started_at, finished_at, args, n_sources, n_skipped, n_failed, n_items_added "
-            f"FROM runs ORDER BY started_at DESC LIMIT {int(last_runs)}"
+            "SELECT run_id, started_at, finished_at, args, n_sources, n_skipped AS n_already_stored, "
+            f"{not_data}, n_failed, n_items_added FROM runs ORDER BY started_at DESC LIMIT {int(last_runs)}"
         ).df()
         run_ids = list(runs["run_id"])
-        errs = self.con.execute(
-            "SELECT run_id, source_path, adapter, reason FROM errors WHERE run_id IN (SELECT unnest(?)) "
-            "ORDER BY logged_at", [run_ids]
-        ).df() if run_ids else pd.DataFrame(columns=["run_id", "source_path", "adapter", "reason"])
+        errs, skipped = self._recent_problems(run_ids)
         return {
             "store": str(self.root),
             "patients": q("SELECT count(*) FROM patients")[0][0],
@@ -417,5 +439,33 @@ class Store:
                 {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
                 for r in runs.replace({pd.NaT: None}).to_dict("records")
             ],
-            "errors": errs.to_dict("records"),
+            "errors": errs,
+            "skipped": skipped,
         }
+
+    def _recent_problems(self, run_ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Failures of the given runs, one entry per file (its latest reason, the number of runs it
+        failed in), leaving out files that ingested since; and files skipped as not data, counted
+        per reason (each file once)."""
+        if not run_ids:
+            return [], []
+        cols = {r[0] for r in self.con.execute("SELECT column_name FROM information_schema.columns "
+                                                "WHERE table_name = 'errors'").fetchall()}
+        unit, kind = ("e.unit_id", "e.kind") if "kind" in cols else ("NULL", "NULL")  # a catalog of an older version
+        df = self.con.execute(
+            "SELECT e.run_id, e.source_path, e.adapter, e.reason, e.logged_at, "
+            f"coalesce({unit}, e.source_path) AS key, coalesce({kind}, 'failed') AS kind, "
+            f"EXISTS (SELECT 1 FROM sources s WHERE s.unit_id = {unit} AND s.done_at >= e.logged_at) AS fixed "
+            "FROM errors e WHERE e.run_id IN (SELECT unnest(?)) ORDER BY e.logged_at", [run_ids]).df()
+        errors, skipped = [], {}
+        failed = df[(df["kind"] == "failed")]
+        for key, g in failed.groupby("key", sort=False):
+            last = g.iloc[-1]
+            if bool(last["fixed"]):
+                continue
+            errors.append({"source_path": last["source_path"], "adapter": last["adapter"], "reason": last["reason"],
+                           "runs": int(g["run_id"].nunique()), "run_id": last["run_id"]})
+        errors.sort(key=lambda e: str(e["source_path"]))
+        for reason, g in df[df["kind"] == "skipped"].groupby("reason", sort=True):
+            skipped[reason] = int(g["key"].nunique())
+        return errors, [{"reason": r, "files": n} for r, n in sorted(skipped.items(), key=lambda kv: -kv[1])]

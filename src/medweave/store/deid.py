@@ -71,12 +71,22 @@ _LONG_NUMBER_RE = re.compile(r"\b\d{6,}\b")
 _TITLED_NAME_RE = re.compile(
     r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?"
 )
+# The label is matched in any case; the name after it must be capitalised words (a case-insensitive
+# name part made "name: Input should be a valid string" lose its words).
 _LABELLED_NAME_RE = re.compile(
-    r"\b(?:patient name|name|patient|physician|doctor|attending|referring|signed by|dictated by|"
+    r"\b(?i:patient name|name|patient|physician|doctor|attending|referring|signed by|dictated by|"
     r"reported by|electronically signed by)\s*:\s*(?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+)?"
-    r"[A-Z][a-zA-Z'-]+(?:[ ,]+[A-Z][a-zA-Z'-]+){0,2}",
-    re.IGNORECASE,
+    r"[A-Z][a-zA-Z'-]+(?:(?:, ?| )[A-Z][a-zA-Z'-]+){0,2}"
 )
+
+
+def scrub_known(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
+    """Replace only the ``known`` identifier strings (whole words, any case) by ``[ID]``: for the
+    tool's own messages, which must keep their words but never carry a patient's identifiers."""
+    out = text
+    for token in sorted({k.strip() for k in known if k and len(k.strip()) >= 2}, key=len, reverse=True):
+        out = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", "[ID]", out, flags=re.IGNORECASE)
+    return out
 
 
 def scrub_text(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
@@ -87,9 +97,7 @@ def scrub_text(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
     """
     if not text:
         return text
-    out = text
-    for token in sorted({k.strip() for k in known if k and len(k.strip()) >= 2}, key=len, reverse=True):
-        out = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", "[ID]", out, flags=re.IGNORECASE)
+    out = scrub_known(text, known)
     out = _EMAIL_RE.sub("[EMAIL]", out)
     out = _RECORD_RE.sub("[ID]", out)
     out = _DATE_RE.sub("[DATE]", out)
@@ -98,6 +106,37 @@ def scrub_text(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
     out = _TITLED_NAME_RE.sub("[NAME]", out)
     out = _LABELLED_NAME_RE.sub(lambda m: m.group(0).split(":")[0] + ": [NAME]", out)
     return out
+
+
+# --- identifiers in file paths --------------------------------------------------------------------
+
+_PATH_DIGITS_RE = re.compile(r"\d{5,}")  # record numbers, compact dates, UIDs, accession numbers
+_PATH_RECORD_RE = re.compile(r"(?:^|[^A-Za-z])(?:mrn|ssn|acc|pid|nhs)[-_#]?\d+", re.IGNORECASE)
+_PATH_SUFFIX_RE = re.compile(r"(?:\.[A-Za-z][A-Za-z0-9]{0,5}){1,2}$")
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """(stem, suffix) where the suffix is at most two short alphabetic extensions (``.nii.gz``)."""
+    m = _PATH_SUFFIX_RE.search(name)
+    if not m or m.start() == 0:
+        return name, ""
+    return name[:m.start()], name[m.start():]
+
+
+def path_part_identifies(part: str, known: tuple[str, ...] | list[str] | set[str] = ()) -> bool:
+    """True when a folder or file name looks like it names or numbers a patient: a DICOM person
+    name (``SMITH^JOHN``), an e-mail address, a date, a run of 5+ digits (record numbers, compact
+    dates, UIDs), an ``MRN123``-like token, or one of the raw ``known`` patient keys of its items."""
+    stem, _ = split_suffix(part)
+    if "^" in stem or "@" in stem or _PATH_DIGITS_RE.search(stem) or _PATH_RECORD_RE.search(stem):
+        return True
+    if _DATE_RE.search(stem.replace("_", " ")):
+        return True
+    for k in known:
+        k = str(k).strip()
+        if len(k) >= 3 and re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", stem, re.IGNORECASE):
+            return True
+    return False
 
 
 class Deidentifier:
@@ -149,3 +188,40 @@ class Deidentifier:
 
     def scrub(self, text: str, known: tuple[str, ...] | list[str] = ()) -> str:
         return text if self.keep_phi else scrub_text(text, known)
+
+    def keyed(self, kind: str, text: str) -> str:
+        """A keyed fingerprint (hex) of ``text``: equal inputs give equal outputs for this store only."""
+        return self._mac(kind, text).hex()
+
+    # --- paths ------------------------------------------------------------------------------------
+    def unit_id(self, source_id: str) -> str:
+        """The stored id of a unit (a file, or a member of one): a keyed fingerprint of its absolute
+        path, so that re-reading the same file finds its earlier rows without the path being stored."""
+        return "U" + self._mac("unit", source_id).hex()[:24]
+
+    def path_part(self, part: str, known: tuple[str, ...] | list[str] | set[str] = ()) -> str:
+        """A folder or file name as stored: unchanged, or (when it identifies) ``[ID-<keyed hash>]``
+        followed by its extension, so that equal names stay equal and the file type stays visible."""
+        if self.keep_phi or not path_part_identifies(part, known):
+            return part
+        stem, suffix = split_suffix(part)
+        return f"[ID-{self._mac('path', stem).hex()[:8]}]{suffix}"
+
+    def display_path(self, path: Path, root: Path | None = None,
+                     known: tuple[str, ...] | list[str] | set[str] = ()) -> str:
+        """The path stored for a source: relative to the ``root`` the user gave (starting with the
+        root's own name), each part scrubbed by ``path_part``. With ``keep_phi``: the path as given."""
+        path = Path(path)
+        if self.keep_phi:
+            return str(path)
+        parts: tuple[str, ...]
+        if root is None or Path(root) == path:
+            parts = (path.name,)
+        else:
+            root = Path(root)
+            try:
+                rel = path.relative_to(root)
+                parts = ((root.resolve().name or root.name),) + rel.parts
+            except ValueError:
+                parts = (path.parent.name, path.name) if path.parent.name else (path.name,)
+        return "/".join(self.path_part(p, known) for p in parts if p)

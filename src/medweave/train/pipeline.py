@@ -48,7 +48,7 @@ def ingest_data(cfg: ExperimentConfig, store_dir: Path, paths: Sequence[str] | N
     with Store(store_dir, write=True, keep_phi=cfg.data.keep_phi) as st:
         report = ingest(list(paths or cfg.data.paths), st, fmt=cfg.data.format, namespace=cfg.data.namespace,
                         options=options, progress=progress)
-    if report.n_ok + report.n_skipped == 0:
+    if report.n_ok + report.n_already == 0:
         raise PipelineError(f"nothing could be ingested from {list(paths or cfg.data.paths)}: "
                             + "; ".join(f"{p}: {r}" for p, r in report.errors[:5]))
 

@@ -20,14 +20,6 @@ MAX_PHANTOM_IMAGES = 160
 REAL_EXAMPLES = 6
 
 
-def _find_manifest(path: Path) -> Path | None:
-    """The phantom's manifest.json in a folder above a phantom file."""
-    for parent in path.parents:
-        if (parent / "manifest.json").is_file():
-            return parent / "manifest.json"
-    return None
-
-
 def phantom_questions(finding: dict | None, cardiomegaly: int, image: str) -> list[Question]:
     """Questions with answers known from the phantom's truth about one picture."""
     present = finding is not None
@@ -39,8 +31,10 @@ def phantom_questions(finding: dict | None, cardiomegaly: int, image: str) -> li
     return qs
 
 
-def build_phantom_vqa(store_dir: Path, folder: Path) -> list[Question]:
-    """Write the phantom's pictures (PNG) and generated questions as a VQA-RAD layout folder."""
+def build_phantom_vqa(store_dir: Path, folder: Path, phantom_dir: Path) -> list[Question]:
+    """Write the phantom's pictures (PNG, from the store) and generated questions as a VQA-RAD layout
+    folder. The stored paths are de-identified, so pictures are matched to the phantom's files
+    through their keyed unit ids (``Store.unit_id``)."""
     from PIL import Image
 
     from ..demo.phantom import PhantomManifest
@@ -48,19 +42,22 @@ def build_phantom_vqa(store_dir: Path, folder: Path) -> list[Question]:
     from ..encode.loaders import load_array
     from ..store import Store
 
+    manifest_path = Path(phantom_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{phantom_dir}: no phantom manifest.json")
+    manifest = PhantomManifest.load(manifest_path)
+    truth = {f"{p.patient_id}_{s.study}": (s.finding, p.cardiomegaly) for p in manifest.patients for s in p.studies}
     with Store(store_dir) as store:
-        rows = store.items("modality = 'image'").sort_values("source_path").head(MAX_PHANTOM_IMAGES)
+        files = {store.unit_id(p): p for p in manifest.path("images").glob("*.dcm")}
+        rows = store.items("modality = 'image'")
+    rows = rows[rows["unit_id"].isin(list(files))]
     if rows.empty:
-        raise ValueError(f"{store_dir}: no image items in the phantom store")
-    manifest_path = _find_manifest(Path(rows.iloc[0]["source_path"]))
-    if manifest_path is None:
-        raise ValueError(f"{store_dir}: no phantom manifest.json above {rows.iloc[0]['source_path']}")
-    truth = {f"{p.patient_id}_{s.study}": (s.finding, p.cardiomegaly)
-             for p in PhantomManifest.load(manifest_path).patients for s in p.studies}
+        raise ValueError(f"{store_dir}: no image items of the phantom in {manifest.path('images')}")
+    rows = rows.assign(stem=[files[u].stem for u in rows["unit_id"]]).sort_values("stem").head(MAX_PHANTOM_IMAGES)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     questions = []
     for _, row in rows.iterrows():
-        stem = Path(row["source_path"]).stem
+        stem = row["stem"]
         if stem not in truth:
             continue
         Image.fromarray(window_to_uint8(load_array(store_dir / row["blob"]))).save(folder / "images" / f"{stem}.png")
@@ -92,7 +89,7 @@ def _examples(held: list[Question]) -> list[Question]:
 
 def _phantom_part(out_dir: Path, store_dir: Path, console: Console) -> None:
     folder = out_dir / "vqa-phantom"
-    questions = build_phantom_vqa(store_dir, folder)
+    questions = build_phantom_vqa(store_dir, folder, out_dir / "phantom")
     train_idx, held_idx = split_by_images([q.image for q in questions], 0.25, seed=0)
     write_vqa(folder / "train.json", [questions[i] for i in train_idx])
     held = [questions[i] for i in held_idx]

@@ -62,7 +62,8 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from ...store.catalog import Item, Modality, canonical_json, sha256_bytes
-from ..base import Adapter, IngestContext, IngestError, Unit
+from ...store.deid import scrub_known
+from ..base import Adapter, IngestContext, IngestError, NotADataFile, Unit, quoted
 
 SUPPORTED = ("Patient", "Observation", "Condition", "DiagnosticReport", "ImagingStudy", "Encounter")
 PATIENT_KEYS = ("identifier", "id")
@@ -408,8 +409,8 @@ class FhirAdapter(Adapter):
         try:
             for e in entries:
                 _validate(e)
-        except IngestError as exc:
-            raise IngestError(ctx.scrub(str(exc), known)) from None
+        except IngestError as exc:  # the tool's words, without the patient's identifiers
+            raise IngestError(exc.args[0] if ctx.deid.keep_phi else scrub_known(str(exc), known)) from None
         found = sorted({e.rtype for e in entries})
         if not set(found) & set(SUPPORTED):
             raise IngestError(f"no supported FHIR resources (found: {', '.join(found) or 'none'}); "

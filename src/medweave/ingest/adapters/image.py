@@ -21,7 +21,7 @@ from PIL import Image
 
 from ...store.catalog import Item, Modality
 from ..base import Adapter, IngestContext, IngestError, Unit
-from .report import patient_key
+from .report import patient_key, patient_rule_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 BLOB_EXT = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif"}
@@ -199,6 +199,9 @@ class ImageAdapter(Adapter):
     version = "1"
     extensions = IMAGE_EXTENSIONS
     description = "2D pictures: PNG, JPEG, TIFF"
+
+    def patient_rule(self, options: dict) -> str:
+        return patient_rule_text(options)
 
     def sniff(self, path: Path, head: bytes) -> float:
         if image_format(head):
@@ -438,6 +441,9 @@ class ImageFolderAdapter(Adapter):
 
     def sniff(self, path: Path, head: bytes) -> float:
         return 0.0  # folders only
+
+    def patient_rule(self, options: dict) -> str:
+        return "by the metadata CSV's patient column where a picture has a row, else " + patient_rule_text(options)
 
     def claims_dir(self, path: Path) -> bool:
         return class_layout(path) is not None

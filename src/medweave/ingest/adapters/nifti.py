@@ -23,7 +23,7 @@ import numpy as np
 
 from ...store.catalog import Item, Modality
 from ..base import Adapter, IngestContext, IngestError, Unit
-from .report import patient_key
+from .report import patient_key, patient_rule_text
 
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 MGH_PARAMS_BYTES = 20  # TR, flip angle, TE, TI, field of view: float32 each, before the tags
@@ -157,6 +157,9 @@ class NiftiAdapter(Adapter):
     version = "1"
     extensions = (".nii", ".nii.gz", ".mgh", ".mgz")
     description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz)"
+
+    def patient_rule(self, options: dict) -> str:
+        return patient_rule_text(options)
 
     def sniff(self, path: Path, head: bytes) -> float:
         if _kind(head) in ("nifti1", "nifti2"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ...store.catalog import Item, Modality
-from ..base import Adapter, IngestContext, IngestError, Unit
+from ..base import Adapter, IngestContext, IngestError, NotADataFile, Unit
 
 
 PATIENT_FROM = ("stem", "prefix", "parent")
@@ -30,23 +30,116 @@ def patient_key(path: Path, how: str, stem: str | None = None) -> str:
     raise IngestError(f"option patient_from={how!r}: expected one of {', '.join(PATIENT_FROM)}")
 
 
+PATIENT_RULES = {
+    "prefix": "by file name: the part before the first _, - or . (option patient_from=prefix)",
+    "stem": "by file name: one patient per file stem (option patient_from=stem)",
+    "parent": "by folder: one patient per folder holding the files (option patient_from=parent)",
+}
+
+
+def patient_rule_text(options: dict, default: str = "prefix") -> str:
+    """The ingest report's words for how ``patient_from`` assigns files to patients."""
+    how = options.get("patient_from", default)
+    rule = PATIENT_RULES.get(how, f"option patient_from={how!r}")
+    return f"{rule}; other choices: --option patient_from={'|'.join(PATIENT_FROM)}"
+
+
+# --- telling a clinical report from any other text file --------------------------------------------
+
+_DOC_NAME_RE = re.compile(
+    r"^(?:readme|license|licence|copying|notice|authors|contributors|changes|changelog|history|news|"
+    r"todo|install|requirements|manifest|version|citation|records|annotators|sources|cmakelists|"
+    r"robots|sha\d*sums|md5sums|checksums)\b", re.IGNORECASE)
+_SECTION_RE = re.compile(
+    r"(?im)^\s*(?:findings|impression|history|clinical history|indication|indications|comparison|technique|"
+    r"assessment|plan|diagnosis|diagnoses|chief complaint|hpi|history of present illness|medications|"
+    r"allergies|examination|exam|physical exam|conclusion|reason for (?:exam|study|referral)|procedure|"
+    r"discharge diagnosis|hospital course|past medical history|social history|family history|"
+    r"review of systems|vital signs|labs|report|note|summary)\s*[:\-]")
+_CLINICAL_WORDS = frozenset("""
+findings impression diagnosis diagnosed indication complaint assessment medications medication allergies
+allergy examination symptoms symptom pain fever cough dyspnea dyspnoea lungs lung heart cardiac chest
+abdomen abdominal pulmonary pleural effusion opacity opacities pneumonia pneumothorax fracture lesion
+lesions nodule nodules tumor tumour carcinoma cancer metastasis metastatic unremarkable acute chronic
+bilateral mg mcg ml dose tablet tablets prescribed admitted admission discharge discharged clinic
+hospital physician nurse vital vitals blood pressure pulse glucose patient patients history exam
+radiograph radiology ct mri ultrasound x-ray xray cardiomegaly atelectasis edema oedema consolidation
+infiltrate infiltrates diabetes hypertension infection surgery postoperative biopsy pathology benign
+malignant mediastinum mediastinal thorax thoracic spine liver kidney renal hepatic bowel stenosis
+aneurysm hemorrhage haemorrhage infarct ischemia ischemic stroke seizure ecg ekg tachycardia
+bradycardia arrhythmia sinus rhythm murmur nausea vomiting headache therapy treatment treated
+addendum amended
+""".split())
+_WORD_RE = re.compile(r"[a-z][a-z\-]+")
+_CODE_LINE_RE = re.compile(r"^\s*(?:def |class |import |from \S+ import|#include|\{|\}|<[a-z!/]|\w+\s*=\s*\S|https?://|\$ )")
+
+
+def not_a_report_reason(text: str, name: str) -> str | None:
+    """Why a text file is not a clinical report (None when it reads like one): documentation or
+    index files by name, code or markup, or text without report sections or medical words."""
+    if _DOC_NAME_RE.match(name):
+        return "documentation or an index file (by its name), not a clinical report"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if lines and sum(bool(_CODE_LINE_RE.match(ln)) for ln in lines) > 0.3 * len(lines):
+        return "code, markup or settings, not a clinical report"
+    if _SECTION_RE.search(text):
+        return None
+    words = _WORD_RE.findall(text.lower())
+    hits = {w for w in words if w in _CLINICAL_WORDS}
+    if len(hits) >= 3 or (hits and len(words) <= 40):
+        return None
+    return ("no report sections and too few medical words to be a clinical report "
+            "(ingest it with --format text if it is one)")
+
+
+def decode_text(raw: bytes, ctx: IngestContext) -> str:
+    """Text as UTF-8 (with or without a byte-order mark) or UTF-16 with a BOM; other bytes are read as
+    Windows-1252 (Latin-1 where that fails), with a warning naming the first byte that is not UTF-8."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise IngestError(f"starts with a UTF-16 byte-order mark but does not decode (byte {exc.start})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        first = exc.start
+    for encoding, label in (("cp1252", "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        ctx.warn(f"not UTF-8 (byte {first}): read as {label}; accented letters may be wrong if it is "
+                 "another encoding")
+        return text
+    raise IngestError("not decodable as text")  # latin-1 decodes every byte: not reached
+
+
 class TextReportAdapter(Adapter):
-    """A plain-text report or note (UTF-8). The patient is taken from a ``<patient>_...`` file
+    """A plain-text report or note (UTF-8; other encodings read as Windows-1252 with a warning). A
+    ``.txt`` file must read like a clinical report (report sections or medical words; not a README or
+    an index) unless ``--format text`` is given. The patient is taken from a ``<patient>_...`` file
     name prefix or the parent folder name (option ``patient_from``: ``stem`` | ``prefix`` | ``parent``)."""
 
     name = "text"
-    version = "1"
+    version = "2"
     extensions = (".txt",)
-    description = "plain-text reports and notes (.txt)"
+    description = "plain-text clinical reports and notes (.txt)"
+
+    def patient_rule(self, options: dict) -> str:
+        return patient_rule_text(options)
 
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
         raw = unit.path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"not UTF-8 text (byte {exc.start}); expected a UTF-8 report") from exc
+        if b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise NotADataFile("binary content named .txt, not a text report")
+        text = decode_text(raw, ctx)
         if not text.strip():
-            raise IngestError("empty report: expected some text")
+            raise NotADataFile("an empty text file")
+        if not ctx.forced:
+            reason = not_a_report_reason(text, unit.path.name)
+            if reason:
+                raise NotADataFile(reason)
         stem = unit.path.stem
         raw_pid = patient_key(unit.path, ctx.options.get("patient_from", "prefix"))
         pid = ctx.patient(raw_pid)
