@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 # (browser tests of the web UI). Installed when missing and when we may (root with apt-get);
 # otherwise the tests that need them skip with the reason.
 SYSTEM_PACKAGES := espeak-ng chromium chromium-driver
+# A Java runtime for the COCO caption metrics (pycocoevalcap runs METEOR and the PTB tokeniser in Java):
+# installed only when no `java` is on PATH (any Java 8+ does).
+JAVA_PACKAGE := default-jre-headless
 
 # torch is installed first and pinned (CPU build on local disk) so pip never resolves a CUDA build.
 $(BIN)/.medweave-installed: pyproject.toml
@@ -21,6 +24,7 @@ setup: $(BIN)/.medweave-installed
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v java >/dev/null 2>&1 || missing="$$missing $(JAVA_PACKAGE)"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian packages:$$missing"; \

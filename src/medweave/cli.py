@@ -23,12 +23,14 @@ cohort_app = typer.Typer(help="Build and inspect cohorts (cases x modalities).",
                          rich_markup_mode=None)
 app.add_typer(store_app, name="store")
 app.add_typer(cohort_app, name="cohort")
+from .draft.cli import draft_app  # noqa: E402
 from .retrieve.cli import retrieve as _retrieve_command  # noqa: E402
 from .vqa.cli import vqa_app  # noqa: E402
 from .evaluate.cli import eval_app  # noqa: E402
 
 app.add_typer(vqa_app, name="vqa")
 app.add_typer(eval_app, name="eval")
+app.add_typer(draft_app, name="draft")
 app.command("retrieve", epilog="Example: medweave retrieve --model runs/vqa "
             "--image ../shared/data/vqa-rad/images/synpic54610.jpg -k 5")(_retrieve_command)
 

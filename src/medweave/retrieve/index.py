@@ -40,21 +40,43 @@ class Index:
     def __len__(self) -> int:
         return len(self.records)
 
-    def search(self, query: np.ndarray, k: int = 5, exclude: Sequence[int] | None = None) -> list[list[dict]]:
+    def search(self, query: np.ndarray, k: int = 5, exclude: Sequence[int] | None = None,
+               allow: np.ndarray | None = None) -> list[list[dict]]:
         """For each query row the k most similar records, each with its ``score`` (cosine) and ``rank``.
 
         ``exclude`` gives, per query, an indexed row to leave out (leave-one-out over indexed rows).
+        ``allow`` (a boolean mask over the rows) restricts the search to those rows inside the index
+        (FAISS ID selector): a row outside it is never returned, and k hits come back whenever k rows
+        are allowed.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = _unit(query)
         drop = list(exclude) if exclude is not None else [-1] * len(q)
-        scores, ids = self.index.search(q, min(len(self), k + int(exclude is not None)))
+        scores, ids = self._search(q, min(len(self), k + int(exclude is not None)), allow)
         out = []
         for srow, irow, own in zip(scores, ids, drop):
             hits = [(float(s), int(i)) for s, i in zip(srow, irow) if i >= 0 and i != own]
             out.append([{**self.records[i], "score": s, "rank": r + 1} for r, (s, i) in enumerate(hits[:k])])
         return out
+
+    def _search(self, q: np.ndarray, k: int, allow: np.ndarray | None):
+        import faiss
+
+        if allow is None:
+            return self.index.search(q, k)
+        allow = np.asarray(allow, dtype=bool)
+        if allow.shape != (len(self),):
+            raise ValueError(f"allow mask has shape {allow.shape}; expected ({len(self)},)")
+        ids = np.flatnonzero(allow).astype("int64")
+        if not len(ids):
+            return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+        return self.index.search(q, k, params=params)
+
+    def similarities(self, query: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each query row to every indexed row, (n_queries, n_rows)."""
+        return _unit(query) @ self.vectors.T
 
 
 def precision_at_k(index: Index, queries: np.ndarray, labels: Sequence[str], key: str, k: int = 5,
