@@ -24,11 +24,16 @@ being defaults for every file. Where the mapping comes from: the ingest option `
 else a sidecar ``<table>.mapping.toml`` beside the file, else ``medweave-mapping.toml`` in its
 folder, else nothing: the table is read as wide with a patient column guessed from common names.
 
-De-identification: the patient column becomes a keyed pseudonym, the study column a study id;
-``identifiers`` (and columns with well-known identifier names such as ``name`` or ``mrn``) are
-dropped before anything is stored; declared dates, and columns whose every value looks like an ISO
-date, are shifted per patient; ``birth_date`` is only used to compute ``age`` and then dropped;
-string cells of several words (and every cell of ``text`` columns) are scrubbed.
+    columns = {"Username" = "pseudonymise", "visit" = "shift", "Company" = "keep", "fax" = "drop"}
+
+De-identification: the patient column becomes a keyed pseudonym, the study column a study id. Every
+other column gets an action: declared in ``columns`` (keep, drop, shift, pseudonymise = a keyed
+token that keeps equal values equal, text = scrubbed), or in the older lists (``identifiers`` and
+``drop``: dropped; ``dates``: shifted; ``text``: scrubbed), else judged by the meaning of its name and
+by its values (``medweave.store.deid_table``): identifiers (names, e-mail, phone, card and identity
+numbers, addresses, ...) are dropped with a warning naming them, columns of dates (ISO, dd-mm-yyyy
+and other layouts) are shifted per patient. ``birth_date`` is only used to compute ``age`` and then
+dropped; string cells of several words (and every cell of ``text`` columns) are scrubbed.
 
 Relative times (eICU's minute offsets from unit admission) are not dates: ``time`` stays NULL and
 the offset goes to ``meta["time_offset_min"]`` (converted from ``offset_unit`` to minutes), so no
@@ -37,9 +42,12 @@ synthetic calendar is invented.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import gzip
 import hashlib
+import io
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -50,7 +58,8 @@ import numpy as np
 import pandas as pd
 
 from ...store.catalog import Item, Modality
-from ..base import Adapter, IngestContext, IngestError, Unit
+from ...store.deid_table import SAMPLE, date_layout, identifier_by_content, identifier_by_name, parse_action
+from ..base import Adapter, IngestContext, IngestError, Unit, quoted
 
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 FOLDER_MAPPING = "medweave-mapping.toml"
@@ -62,15 +71,7 @@ PATIENT_COLUMN_GUESSES = (
     "patientid", "subjectid", "uniquepid", "patientunitstayid", "personid", "participantid",
     "patient", "subject", "pid", "caseid",
 )
-# Normalised column names that are identifiers whatever the mapping says: never stored.
-PHI_COLUMN_NAMES = frozenset({
-    "name", "patientname", "firstname", "lastname", "surname", "givenname", "familyname", "fullname",
-    "mrn", "medicalrecordnumber", "ssn", "socialsecuritynumber", "address", "streetaddress", "street",
-    "zip", "zipcode", "postcode", "postalcode", "phone", "phonenumber", "telephone", "email",
-    "dob", "dateofbirth", "birthdate", "birthday",
-})
 OFFSET_MINUTES = {"seconds": 1 / 60, "minutes": 1.0, "hours": 60.0, "days": 1440.0}
-ISO_DATE_RE = r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
 MAX_AGE = 120.0  # ages above this are the data set's masking (MIMIC's shifted DOB), not real ages
 AGE_OVER_89 = 90.0  # "> 89" (eICU, HIPAA) is stored as 90
 
@@ -129,6 +130,7 @@ class TableSpec:
     date_format: str | None = None
     skip: bool = False
     join: list[dict[str, Any]] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)  # column -> keep|drop|shift|pseudonymise|text
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "TableSpec":
@@ -142,6 +144,15 @@ class TableSpec:
             values["join"] = [values["join"]]
         for key, value in values.items():
             kind = allowed[key].type
+            if key == "columns":
+                if not isinstance(value, dict):
+                    raise IngestError(f"{where}: mapping key 'columns' must be a table of column = action, "
+                                      f"got {value!r}")
+                try:
+                    values["columns"] = {str(c): parse_action(a, f"{where}, columns.{c}") for c, a in value.items()}
+                except ValueError as exc:
+                    raise IngestError(str(exc)) from None
+                continue
             if "list" in kind and not (isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)):
                 raise IngestError(f"{where}: mapping key {key!r} must be a list, got {value!r}")
             if kind.startswith("str") and not isinstance(value, str):
@@ -182,6 +193,8 @@ class TableSpec:
         for key in ("identifiers", "drop", "dates", "text"):
             for col in getattr(self, key):
                 roles.setdefault(col, key)
+        for col in self.columns:
+            roles.setdefault(col, "columns")
         return roles
 
     def hidden_columns(self) -> set[str]:
@@ -245,35 +258,105 @@ def sha256_file(path: Path) -> str:
 # --- reading and checking ----------------------------------------------------------------------
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally gzipped) as text columns, empty cells as missing."""
+class RawTable:
+    """A table as read: its header and its rows of text cells (None for empty), in plain Python.
+    No data frame per column: a table of 100,000 columns costs as much as its cells, not its columns."""
+
+    def __init__(self, name: str, header: list[str], rows: list[list[str | None]]):
+        self.name, self.header, self.rows = name, header, rows
+        self.index = {c: j for j, c in enumerate(header)}
+        self._columns: dict[str, list[str | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.header
+
+    def column(self, name: str) -> list[str | None]:
+        if name not in self._columns:
+            j = self.index[name]
+            self._columns[name] = [r[j] for r in self.rows]
+        return self._columns[name]
+
+    def sample(self, name: str, n: int = SAMPLE) -> list[str]:
+        """Up to ``n`` non-empty values of a column (from the first rows), stripped."""
+        j, out = self.index[name], []
+        for r in self.rows:
+            v = r[j]
+            if v is not None:
+                out.append(v.strip())
+                if len(out) >= n:
+                    break
+        return out
+
+    def frame(self, names: list[str]) -> pd.DataFrame:
+        """Some columns as a data frame of text (for the few columns that play a role)."""
+        return pd.DataFrame({c: pd.Series(self.column(c), dtype=object) for c in dict.fromkeys(names)},
+                            index=pd.RangeIndex(len(self.rows)))
+
+    def add_column(self, name: str, values: list[str | None]) -> None:
+        self.index[name] = len(self.header)
+        self.header.append(name)
+        for r, v in zip(self.rows, values):
+            r.append(v)
+
+
+def read_table(path: Path, warn=None) -> RawTable:
+    """Read a CSV/TSV (optionally gzipped) as text cells, empty cells as None. UTF-8 is expected;
+    other bytes are read as Latin-1 (with a warning through ``warn``)."""
     sep = "\t" if ".tsv" in path.name.lower() else ","
-    for encoding in ("utf-8", "latin-1"):
-        try:
-            df = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False,
-                             na_values=[""], skipinitialspace=False)
-            break
-        except UnicodeDecodeError:
-            continue
-        except pd.errors.EmptyDataError as exc:
-            raise IngestError(f"{path.name} is empty: expected a header row of column names") from exc
-        except (pd.errors.ParserError, EOFError, OSError) as exc:
-            raise IngestError(f"{path.name} is not a readable table: {str(exc).splitlines()[0]}") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    if len(set(df.columns)) != len(df.columns):
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise IngestError(f"{path.name} is not a readable table: {quoted(exc)}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        text = data.decode("latin-1")
+        if warn:
+            warn(f"not UTF-8 (byte {exc.start}): read as Latin-1")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise IngestError(f"{path.name} is empty: expected a header row of column names")
+        header = [str(c).strip() for c in header]
+        width, rows = len(header), []
+        for n, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) > width:
+                raise IngestError(f"{path.name} is not a readable table: line {n} has {len(row)} fields, "
+                                  f"the header {width}")
+            cells = [v if v != "" else None for v in row]
+            if len(cells) < width:
+                cells += [None] * (width - len(cells))
+            rows.append(cells)
+    except csv.Error as exc:
+        raise IngestError(f"{path.name} is not a readable table: {quoted(exc)}") from None
+    if len(set(header)) != len(header):
         raise IngestError(f"{path.name} has duplicate column names: expected each column once")
-    return df
+    return RawTable(table_name(path), header, rows)
 
 
-def check_columns(df: pd.DataFrame, spec: TableSpec, path: Path) -> None:
+def check_columns(columns: list[str], spec: TableSpec, path: Path) -> None:
     """Every column the mapping names must exist (identifier/drop lists may name absent ones)."""
-    present = set(df.columns)
+    present = set(columns)
     for col, role in spec.role_columns().items():
-        if col not in present and role not in ("identifiers", "drop"):
+        if col not in present and role not in ("identifiers", "drop", "columns"):
             raise IngestError(
                 f"{path.name}: mapping column {col!r} ({role}) is missing; columns present: "
-                f"{', '.join(df.columns)}"
+                f"{_listing(columns)}"
             )
+
+
+def _listing(columns: list[str], limit: int = 40) -> str:
+    shown = ", ".join(columns[:limit])
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
 
 
 def guess_patient_column(columns: list[str], path: Path) -> str:
@@ -284,11 +367,11 @@ def guess_patient_column(columns: list[str], path: Path) -> str:
             return by_norm[guess]
     raise IngestError(
         f"{path.name}: no patient column found (tried names like patient_id, subject_id, uniquepid); "
-        f"columns present: {', '.join(columns)}; name it with a mapping (patient = \"COLUMN\")"
+        f"columns present: {_listing(columns)}; name it with a mapping (patient = \"COLUMN\")"
     )
 
 
-def apply_joins(df: pd.DataFrame, spec: TableSpec, path: Path, cache: dict[str, Any]) -> pd.DataFrame:
+def apply_joins(table: RawTable, spec: TableSpec, path: Path, cache: dict[str, Any]) -> RawTable:
     """Add columns from other tables of the same folder (a left join keeping the row order)."""
     for j in spec.join:
         other_path = path.parent / j["file"]
@@ -300,42 +383,54 @@ def apply_joins(df: pd.DataFrame, spec: TableSpec, path: Path, cache: dict[str, 
         other = cache[key]
         on, cols = j["on"], list(j["columns"])
         for col in [on, *cols]:
-            if col not in other.columns:
+            if col not in other.index:
                 raise IngestError(f"{path.name}: join column {col!r} is missing from {j['file']}; "
-                                  f"columns present: {', '.join(other.columns)}")
-        if on not in df.columns:
-            raise IngestError(f"{path.name}: join key {on!r} is missing; columns present: {', '.join(df.columns)}")
-        clash = [c for c in cols if c in df.columns]
+                                  f"columns present: {_listing(other.columns)}")
+        if on not in table.index:
+            raise IngestError(f"{path.name}: join key {on!r} is missing; columns present: {_listing(table.columns)}")
+        clash = [c for c in cols if c in table.index]
         if clash:
             raise IngestError(f"{path.name}: join columns {clash} already exist in the table")
-        right = other[[on, *cols]]
-        if right[on].duplicated().any():
+        keys = other.column(on)
+        if len(set(keys)) != len(keys):
             raise IngestError(f"{path.name}: join key {on!r} is not unique in {j['file']}: expected one row per key")
-        df = df.merge(right, on=on, how="left", sort=False)
-    return df
+        lookup = {k: i for i, k in enumerate(keys)}
+        at = [lookup.get(k) for k in table.column(on)]
+        for col in cols:
+            values = other.column(col)
+            table.add_column(col, [values[i] if i is not None else None for i in at])
+    return table
 
 
-# --- column conversions (vectorised) -----------------------------------------------------------
+# --- column conversions --------------------------------------------------------------------------
+
+
+DATE_EXPECTED = ("ISO 8601, like 2020-01-31 or 2020-01-31 13:45:00, or one layout throughout such as "
+                 "dd-mm-yyyy, dd/mm/yyyy, dd.mm.yyyy, yyyymmdd or 3 Mar 2012")
 
 
 def parse_dates(values: pd.Series, column: str, date_format: str | None) -> pd.Series:
-    """Parse a text column as datetimes; a value that does not parse raises IngestError with its
-    row number and the expected format (never the value itself: a date may identify)."""
-    parsed = pd.to_datetime(values, format=date_format or "ISO8601", errors="coerce", utc=True)
+    """Parse a text column as datetimes: with ``date_format``, else in the layout its values share
+    (``date_layout``), else as ISO 8601. A value that does not parse raises IngestError with its row
+    number and the expected format (never the value itself: a date may identify)."""
+    present = [str(v).strip() for v in values.dropna()]
+    layout = None if date_format else date_layout(present[:SAMPLE])
+    text = values.astype(object).where(values.notna(), None)
+    text = text.map(lambda v: v.strip() if isinstance(v, str) else v)
+    if date_format:
+        parsed = pd.to_datetime(text, format=date_format, errors="coerce", utc=True)
+    elif layout is None or layout.fmt:
+        parsed = pd.to_datetime(text, format=layout.fmt if layout else "ISO8601", errors="coerce", utc=True)
+    else:
+        parsed = pd.to_datetime(text, format="mixed", dayfirst=layout.dayfirst, errors="coerce", utc=True)
     parsed = parsed.dt.tz_convert(None)  # aware values in UTC, naive ones as written
     bad = values.notna() & parsed.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-        expected = date_format or "ISO 8601, like 2020-01-31 or 2020-01-31 13:45:00"
+        expected = date_format or (layout.name if layout else DATE_EXPECTED)
         raise IngestError(f"column {column!r}, row {row}: not a date; expected {expected} "
                           f"(set date_format in the mapping for another layout)")
     return parsed.astype("datetime64[us]")
-
-
-def looks_like_dates(values: pd.Series) -> bool:
-    """True when a text column has values and every one is an ISO date or date-time."""
-    present = values.dropna()
-    return len(present) > 0 and bool(present.str.fullmatch(ISO_DATE_RE).all())
 
 
 def parse_ages(values: pd.Series) -> pd.Series:
@@ -354,23 +449,29 @@ def normalise_sex(values: pd.Series) -> pd.Series:
     return mapped.fillna(text).replace({"": pd.NA})
 
 
-def as_numbers(values: pd.Series) -> pd.Series | None:
+_NUMBER_RE = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$")
+_LEADING_ZERO_RE = re.compile(r"^\s*[+-]?0\d")
+
+
+def as_numbers(values: list[str | None]) -> list[Any] | None:
     """The column as numbers (ints where integral) when every present value is numeric, else None.
     Codes written with leading zeros (``00006494300``) stay text."""
-    nums = pd.to_numeric(values, errors="coerce")
-    if values.notna().sum() == 0 or (nums.notna() != values.notna()).any():
+    out: list[Any] = []
+    present = False
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        if not _NUMBER_RE.match(v) or _LEADING_ZERO_RE.match(v):
+            return None
+        present = True
+        out.append(float(v))
+    if not present:
         return None
-    if values.astype("string").str.match(r"\s*[+-]?0\d").fillna(False).any():
-        return None
-    arr = nums.to_numpy(dtype="float64")
-    finite = np.isfinite(arr)
-    out = np.empty(len(arr), dtype=object)
-    out[~finite] = None
-    if np.all(arr[finite] == np.floor(arr[finite])) and np.all(np.abs(arr[finite]) < 2**53):
-        out[finite] = [int(v) for v in arr[finite]]
-    else:
-        out[finite] = [float(v) for v in arr[finite]]
-    return pd.Series(out, index=values.index, dtype=object)
+    finite = [x for x in out if x is not None]
+    if all(x == int(x) and abs(x) < 2**53 for x in finite):
+        return [None if x is None else int(x) for x in out]
+    return out
 
 
 def to_objects(values: pd.Series) -> list[Any]:
@@ -383,25 +484,85 @@ def to_objects(values: pd.Series) -> list[Any]:
 # --- one table -----------------------------------------------------------------------------------
 
 
-class _Table:
-    """A table being turned into items: raw frame plus the de-identified columns computed from it."""
+@dataclass
+class ColumnPlan:
+    """What happens to one value column, and why (for the report)."""
 
-    def __init__(self, df: pd.DataFrame, spec: TableSpec, path: Path, ctx: IngestContext):
-        self.df, self.spec, self.path, self.ctx = df, spec, path, ctx
-        self.name = table_name(path)
+    action: str  # keep | drop | shift | pseudonymise | text | plain
+    why: str = ""
+
+
+class _Table:
+    """A table being turned into items: the raw cells plus the de-identified columns computed from them."""
+
+    def __init__(self, raw: RawTable, spec: TableSpec, path: Path, ctx: IngestContext):
+        self.raw, self.spec, self.path, self.ctx = raw, spec, path, ctx
+        self.name = raw.name
+        self.n = len(raw)
+        self.plans = self._plan_columns()
+        roles = [c for c in spec.role_columns() if c in raw.index]
+        dated = [c for c, p in self.plans.items() if p.action == "shift"]
+        self.df = raw.frame(roles + dated)
         self.raw_pid = self._raw_patients()
         unique = pd.unique(self.raw_pid)
-        pid_of = {raw: ctx.patient(raw) for raw in unique}
+        pid_of = {r: ctx.patient(r) for r in unique}
         self.pid = self.raw_pid.map(pid_of)
         anchor = dt.datetime(2000, 1, 1)
         shift_of = {p: ctx.shift(p, anchor) - anchor for p in pid_of.values()}
         self.shift = pd.to_timedelta(self.pid.map(shift_of))
         self.known = self._known_identifiers()
         self._scrubbed: dict[tuple[str, tuple[str, ...]], str] = {}
-        self.dates = {c: parse_dates(df[c], c, spec.date_format) + self.shift for c in spec.date_columns()}
-        for c in df.columns:
-            if c not in self.dates and c not in spec.hidden_columns() and looks_like_dates(df[c]):
-                self.dates[c] = parse_dates(df[c], c, None) + self.shift
+        self.dates = {c: parse_dates(self.df[c], c, spec.date_format) + self.shift for c in spec.date_columns()}
+        for c in dated:
+            if c not in self.dates:
+                self.dates[c] = parse_dates(self.df[c], c, spec.date_format if c in spec.dates else None) + self.shift
+        self._report_dropped()
+
+    def _plan_columns(self) -> dict[str, ColumnPlan]:
+        """The action for every column outside the mapping's roles: declared in ``columns`` (or the
+        older ``identifiers`` / ``drop`` / ``dates`` / ``text`` lists), else read from the meaning of
+        the column's name and from its values (``medweave.store.deid_table``)."""
+        spec, raw = self.spec, self.raw
+        hidden = spec.hidden_columns()
+        plans: dict[str, ColumnPlan] = {}
+        for c in raw.columns:
+            if c in spec.columns:
+                plans[c] = ColumnPlan(spec.columns[c], "declared in the mapping")
+            elif c in spec.identifiers or c in spec.drop:
+                plans[c] = ColumnPlan("drop", "declared in the mapping")
+            elif c in hidden:
+                continue
+            elif c in spec.dates:
+                plans[c] = ColumnPlan("shift", "declared in the mapping")
+            elif c in spec.text:
+                plans[c] = ColumnPlan("text", "declared in the mapping")
+            elif c in (spec.age, spec.sex, spec.study_description):
+                plans[c] = ColumnPlan("plain")
+            elif (kind := identifier_by_name(c)) is not None:
+                plans[c] = ColumnPlan("drop", f"its name says {kind}")
+            else:
+                sample = raw.sample(c)
+                numeric = as_numbers(sample) is not None
+                # plain numbers can only be card numbers (13+ digits) or compact dates (yyyymmdd)
+                layout = date_layout(sample) if not numeric or len(sample[0]) == 8 else None
+                kind = (identifier_by_content(sample) if layout is None and (not numeric or len(sample[0]) >= 13)
+                        else None)
+                if layout is not None:  # before identifiers: 13-01-2019 also looks like a phone number
+                    plans[c] = ColumnPlan("shift", f"its values are dates ({layout.name})")
+                elif kind is not None:
+                    plans[c] = ColumnPlan("drop", f"its values look like {kind}")
+                else:
+                    plans[c] = ColumnPlan("plain")
+        return plans
+
+    def _report_dropped(self) -> None:
+        inferred = [(c, p.why) for c, p in self.plans.items() if p.action == "drop" and "declared" not in p.why]
+        if inferred and not self.ctx.deid.keep_phi:
+            shown = "; ".join(f"{c} ({why})" for c, why in inferred[:30])
+            more = f"; and {len(inferred) - 30} more" if len(inferred) > 30 else ""
+            self.ctx.warn(f"table {self.name}: {len(inferred)} column(s) not stored, as identifiers: {shown}{more}. "
+                          f"Declare a column in the mapping to change this, e.g. columns = {{ \"{inferred[0][0]}\" = "
+                          "\"keep\" } (actions: keep, drop, shift, pseudonymise, text)")
 
     def _raw_patients(self) -> pd.Series:
         raw = self.df[self.spec.patient].astype("string").str.strip()
@@ -413,23 +574,30 @@ class _Table:
 
     def _known_identifiers(self) -> list[tuple[str, ...]]:
         """Per row, the raw identifier strings that must not survive in scrubbed text."""
-        cols = [self.spec.patient, self.spec.study, *self.spec.identifiers, *self._phi_columns()]
-        cols = [c for c in dict.fromkeys(cols) if c and c in self.df.columns]
-        frame = self.df[cols].astype(object).where(self.df[cols].notna(), "")
-        return [tuple(sorted({str(v) for v in row if str(v).strip()})) for row in frame.itertuples(index=False)]
+        cols = [self.spec.patient, self.spec.study, *self._phi_columns()]
+        cols = [c for c in dict.fromkeys(cols) if c and c in self.raw.index]
+        columns = [self.raw.column(c) for c in cols]
+        words = []
+        for values in zip(*columns) if columns else [()] * self.n:
+            found = set()
+            for v in values:
+                if v and v.strip():
+                    found.add(v.strip())
+                    if " " in v.strip() or "^" in v:
+                        found.update(w for w in re.split(r"[\s^,]+", v) if len(w) >= 3)
+            words.append(tuple(sorted(found)))
+        return words
 
     def _phi_columns(self) -> list[str]:
-        """Columns with well-known identifier names (dropped even when the mapping forgets them)."""
-        roles = {self.spec.birth_date, self.spec.patient}
-        return [c for c in self.df.columns if _norm(c) in PHI_COLUMN_NAMES and c not in roles]
+        """Columns not stored as written because they identify (dropped or pseudonymised)."""
+        return [c for c, p in self.plans.items() if p.action in ("drop", "pseudonymise")]
 
     def value_columns(self) -> list[str]:
-        hidden = self.spec.hidden_columns() | set(self._phi_columns())
-        return [c for c in self.df.columns if c not in hidden]
+        return [c for c, p in self.plans.items() if p.action != "drop"]
 
-    def scrub_cells(self, values: pd.Series, always: bool) -> list[Any]:
+    def scrub_cells(self, values: list[Any], always: bool) -> list[Any]:
         """Scrub free-text cells (all cells when ``always``, else those with several words or long)."""
-        out = to_objects(values)
+        out = list(values)
         for i, v in enumerate(out):
             if isinstance(v, str) and (always or " " in v.strip() or len(v) > 24):
                 key = (v, self.known[i])
@@ -439,19 +607,26 @@ class _Table:
         return out
 
     def cells(self, col: str) -> list[Any]:
-        """A column as stored values: shifted ISO dates, numbers, or (scrubbed) text."""
+        """A column as stored values: shifted ISO dates, pseudonyms, numbers, or (scrubbed) text."""
         if col in self.dates:
             return [None if v is None else v.isoformat() for v in to_objects(self.dates[col])]
         if col == self.spec.age:
             return to_objects(parse_ages(self.df[col]))
-        nums = as_numbers(self.df[col])
+        values = self.raw.column(col)
+        action = self.plans[col].action if col in self.plans else "plain"
+        if action == "pseudonymise" and not self.ctx.deid.keep_phi:
+            return [None if v is None else "H" + self.ctx.deid.keyed("cell", f"{col}\x1f{v.strip()}")[:16]
+                    for v in values]
+        nums = as_numbers(values)
         if nums is not None:
-            return to_objects(nums)
-        return self.scrub_cells(self.df[col], always=col in self.spec.text)
+            return nums
+        if action == "keep":
+            return list(values)
+        return self.scrub_cells(values, always=action == "text")
 
     def studies(self) -> list[str | None]:
         if not self.spec.study:
-            return [None] * len(self.df)
+            return [None] * self.n
         raw = self.df[self.spec.study].astype("string").str.strip()
         pairs = pd.Series(list(zip(self.pid, raw.fillna(""))), index=raw.index)
         ids = {pair: (self.ctx.study(*pair) if pair[1] else None) for pair in pd.unique(pairs)}
@@ -464,23 +639,23 @@ class _Table:
         elif spec.birth_date and spec.time:
             ages = (self.dates[spec.time] - self.dates[spec.birth_date]).dt.days / 365.25
         else:
-            return [None] * len(self.df)
+            return [None] * self.n
         ages = ages.where((ages >= 0) & (ages <= MAX_AGE)).round(2)
         return to_objects(ages)
 
     def times(self, col: str | None) -> list[Any]:
         if not col:
-            return [None] * len(self.df)
+            return [None] * self.n
         return [None if v is None else v.to_pydatetime() for v in to_objects(self.dates[col])]
 
     def column(self, col: str | None, convert=None) -> list[Any]:
         if not col:
-            return [None] * len(self.df)
+            return [None] * self.n
         return to_objects(convert(self.df[col]) if convert else self.df[col])
 
     def offsets(self) -> list[Any]:
         if not self.spec.time_offset:
-            return [None] * len(self.df)
+            return [None] * self.n
         minutes = pd.to_numeric(self.df[self.spec.time_offset], errors="coerce") * OFFSET_MINUTES[self.spec.offset_unit]
         return to_objects(minutes)
 
@@ -490,10 +665,10 @@ class _Table:
     def long_values(self) -> tuple[list[Any], list[Any]]:
         """(value_num, value_text) per row: numbers where the value parses, text otherwise."""
         if not self.spec.value:
-            return [None] * len(self.df), [None] * len(self.df)
+            return [None] * self.n, [None] * self.n
         raw = self.df[self.spec.value]
         nums = pd.to_numeric(raw, errors="coerce")
-        text = raw.where(nums.isna())
+        text = to_objects(raw.where(nums.isna()))
         return to_objects(nums.astype("float64")), self.scrub_cells(text, always=False)
 
     def items(self) -> Iterator[Item]:
@@ -508,11 +683,11 @@ class _Table:
         value_cols = self.value_columns()
         values = {c: self.cells(c) for c in value_cols}
         study_dates = self.times(spec.study_date)
-        descriptions = (self.scrub_cells(self.df[spec.study_description], always=True)
+        descriptions = (self.scrub_cells(self.column(spec.study_description), always=True)
                         if spec.study_description else [None] * n)
         long = spec.form == "long"
         if long:
-            codes, units = self.scrub_cells(self.df[spec.code], False), self.column(spec.unit)
+            codes, units = self.scrub_cells(self.column(spec.code), False), self.column(spec.unit)
             value_num, value_text = self.long_values()
         for i in range(n):
             fields: dict[str, Any] = {"format": "csv"}
@@ -591,11 +766,11 @@ class CsvAdapter(Adapter):
         path = unit.path
         where = f"mapping for {path.name}"
         spec = TableSpec.from_dict(unit.extra.get("mapping", {}), where)
-        df = read_table(path)
-        df = apply_joins(df, spec, path, ctx.state.setdefault("csv_tables", {}))
+        table = read_table(path, ctx.warn)
+        table = apply_joins(table, spec, path, ctx.state.setdefault("csv_tables", {}))
         if not spec.patient:
-            spec.patient = guess_patient_column(list(df.columns), path)
-        check_columns(df, spec, path)
-        if df.empty:
+            spec.patient = guess_patient_column(table.columns, path)
+        check_columns(table.columns, spec, path)
+        if not len(table):
             return iter(())
-        return _Table(df, spec, path, ctx).items()
+        return _Table(table, spec, path, ctx).items()
