@@ -97,3 +97,32 @@ def test_ingesting_twice_adds_nothing_and_blobs_are_deterministic(volumes, tmp_p
             assert (again.n_items_added, again.n_skipped) == (0, len(FILES))
             hashes.append(sorted(s.items()["content_hash"]))
     assert hashes[0] == hashes[1]
+
+
+def test_nifti1_pairs_and_analyze_volumes_written_by_nibabel(tmp_path, store):
+    """Two-file NIfTI-1 (.hdr/.img, magic 'ni1') and Analyze 7.5 pairs were rejected; nibabel reads both."""
+    import numpy as np
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([2.0, 2.5, 3.0, 1.0])
+    pair = nib.Nifti1Pair(data, affine)
+    pair.header["descrip"] = b"SMITH^JOHN 1950-03-04"
+    nib.save(pair, folder / "sub1_t1.hdr")
+    nib.save(nib.AnalyzeImage(data[::-1], affine), folder / "sub2_t1.hdr")
+    nib.save(nib.Nifti1Pair(data, affine), folder / "orphan.hdr")
+    (folder / "orphan.img").unlink()
+    report = ingest([folder], store, progress=False)
+    assert report.n_ok == 2 and report.n_failed == 1
+    (path, reason), = report.errors
+    assert path.endswith("orphan.hdr") and "orphan.img" in reason and "missing" in reason
+    rows = _by_name(store, folder)
+    assert set(rows) == {"sub1_t1.hdr", "sub2_t1.hdr"}, "the .img files are read with their headers"
+    for name, expect in (("sub1_t1.hdr", data), ("sub2_t1.hdr", data[::-1])):
+        stored = nib.load(store.blob_path(rows[name].blob))
+        original = nib.load(folder / name)
+        assert np.array_equal(np.asanyarray(stored.dataobj), expect)
+        assert np.allclose(stored.affine, original.affine)
+        assert json.loads(rows[name].meta)["converted_from"] in ("nifti1-pair", "analyze")
+    assert b"SMITH" not in gzip.decompress(store.blob_path(rows["sub1_t1.hdr"].blob).read_bytes())

@@ -1,7 +1,9 @@
 """FHIR R4 JSON: Bundles (any type), single resources, and bulk-export NDJSON (one resource a line).
 
-Every resource is validated with ``fhir.resources`` (its R4B models, which read R4 JSON) before
-anything is read from it. Six resource types become items; every other valid type is ignored:
+Every resource that is read is validated with ``fhir.resources`` (its R4B models, which read R4 JSON)
+before anything is read from it; resources of other kinds (Organization, Practitioner, Claim, ...) are
+neither validated nor stored, and a file holding only such resources is skipped as not a data file.
+The resource types read:
 
 =================  ==========================================================================
 Patient            one TABLE item ("demographics"); patient_attrs sex (M/F/O from gender), deceased,
@@ -24,6 +26,16 @@ ImagingStudy       a study row (``ctx.study(patient, Study Instance UID)``, with
                    UID, modality, body site, number of instances).
 Encounter          TABLE item: code = class, value_text = status, time = period start;
                    meta period_end, duration_hours, type, reason.
+DocumentReference  TEXT item (blob ``.txt``): description plus the text of ``content`` attachments
+                   (where Synthea and EHRs keep clinical notes), scrubbed.
+Medication*        MedicationRequest / Statement / Administration / Dispense: TABLE item, code = the
+                   medication, value_text = status, time = authored / effective / handed over; meta
+                   dosage text (scrubbed), intent, reason.
+Procedure          TABLE item: code, value_text = status, time = performed; meta body site, reason.
+Immunization       TABLE item: code = vaccine, value_text = status, time = occurrence.
+others             AllergyIntolerance, CarePlan, Goal, ServiceRequest, FamilyMemberHistory, Specimen,
+                   Device, ClinicalImpression, RiskAssessment: TABLE item with their code (or type or
+                   category), status and time.
 =================  ==========================================================================
 
 Codes are written ``system|code`` (the FHIR token form), or just ``code`` when no system is given.
@@ -65,7 +77,12 @@ from ...store.catalog import Item, Modality, canonical_json, sha256_bytes
 from ...store.deid import scrub_known
 from ..base import Adapter, IngestContext, IngestError, NotADataFile, Unit, quoted
 
-SUPPORTED = ("Patient", "Observation", "Condition", "DiagnosticReport", "ImagingStudy", "Encounter")
+SUPPORTED = ("Patient", "Observation", "Condition", "DiagnosticReport", "ImagingStudy", "Encounter",
+             "DocumentReference", "MedicationRequest", "MedicationStatement", "MedicationAdministration",
+             "MedicationDispense", "Procedure", "Immunization", "AllergyIntolerance", "CarePlan", "Goal",
+             "ServiceRequest", "FamilyMemberHistory", "Specimen", "Device", "ClinicalImpression", "RiskAssessment")
+# Resources about a patient read by the generic builder (code, status, time; no free text but scrubbed notes).
+GENERIC = SUPPORTED[11:]
 PATIENT_KEYS = ("identifier", "id")
 _RESOURCE_TYPE_RE = re.compile(rb'"resourceType"\s*:\s*"[A-Z][A-Za-z]+"')
 _FHIR_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -152,6 +169,19 @@ def _validation_message(exc: ValidationError) -> str:
         msg = msg.replace(value, "[value]")
     more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
     return f"{path or 'resource'}: {msg}{more}"
+
+
+def _check_resource_type(entry: _Entry) -> None:
+    """IngestError unless the entry is an object whose resourceType FHIR R4 defines."""
+    if not isinstance(entry.raw, dict):
+        raise IngestError(f"{entry.where}: expected a JSON object for the resource")
+    try:
+        cls = get_fhir_model_class(entry.rtype)
+    except (ValueError, KeyError):
+        cls = None
+    if cls is None or not issubclass(cls, Resource):  # the value itself is not echoed
+        raise IngestError(f"{entry.where}: its resourceType is not a FHIR R4 resource type "
+                          "(expected one such as Patient, Observation, Bundle)")
 
 
 def _validate(entry: _Entry, cls: type | None = None) -> None:
@@ -406,15 +436,19 @@ class FhirAdapter(Adapter):
             raise IngestError(f"option fhir_patient_key={mode!r}: expected one of {', '.join(PATIENT_KEYS)}")
         entries = _load_entries(unit.path)
         known = _known_identifiers(entries)
+        for e in entries:  # a resourceType that FHIR does not define is an error, whatever is read
+            if e.rtype not in SUPPORTED:
+                _check_resource_type(e)
+        found = sorted({e.rtype for e in entries})
+        if not set(found) & set(SUPPORTED):
+            raise NotADataFile(f"FHIR resources that hold no patient data medweave stores (found: "
+                               f"{', '.join(found) or 'none'}; stored: {', '.join(SUPPORTED)})")
+        entries = [e for e in entries if e.rtype in SUPPORTED]  # only what is read is validated
         try:
             for e in entries:
                 _validate(e)
         except IngestError as exc:  # the tool's words, without the patient's identifiers
             raise IngestError(exc.args[0] if ctx.deid.keep_phi else scrub_known(str(exc), known)) from None
-        found = sorted({e.rtype for e in entries})
-        if not set(found) & set(SUPPORTED):
-            raise IngestError(f"no supported FHIR resources (found: {', '.join(found) or 'none'}); "
-                              f"supported: {', '.join(SUPPORTED)}")
         yield from _FileReader(entries, ctx, mode, known).items()
 
 
@@ -430,6 +464,11 @@ class _FileReader:
         self.builders: dict[str, Callable[[_Entry, _Subject], Iterator[Item]]] = {
             "Patient": self._patient, "Observation": self._observation, "Condition": self._condition,
             "DiagnosticReport": self._report, "ImagingStudy": self._imaging, "Encounter": self._encounter,
+            "DocumentReference": self._document, "MedicationRequest": self._medication,
+            "MedicationStatement": self._medication, "MedicationAdministration": self._medication,
+            "MedicationDispense": self._medication, "Procedure": self._procedure, "Immunization": self._immunization,
+            **{t: self._generic for t in GENERIC if t not in ("MedicationStatement", "MedicationAdministration",
+                                                              "MedicationDispense")},
         }
 
     def items(self) -> Iterator[Item]:
@@ -440,7 +479,10 @@ class _FileReader:
             if e.rtype == "Patient":
                 sub = self.patients.by_entry[e.where]
             else:
-                sub = self.patients.resolve(e.model.subject, e)
+                ref = getattr(e.model, "subject", None) or getattr(e.model, "patient", None)
+                if isinstance(ref, list):  # Device.patient is one reference; some types hold lists
+                    ref = ref[0] if ref else None
+                sub = self.patients.resolve(ref, e)
             if sub is not None:
                 yield from build(e, sub)
 
@@ -571,6 +613,93 @@ class _FileReader:
                                   "expected text in its declared charset") from None
             texts.append(_html_to_text(body) if ctype.startswith("text/html") else body)
         return texts, skipped
+
+    def _document(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
+        """A DocumentReference (where clinical notes live): one TEXT item from its text attachments."""
+        d = e.model
+        texts, skipped = [], []
+        for k, content in enumerate(d.content or []):
+            text, skip = self._attachment(e, content.attachment, f"content[{k}]")
+            texts += text
+            skipped += skip
+        text = self.scrub("\n\n".join(t for t in [d.description, *texts] if t and t.strip()), sub)
+        if not text:
+            return
+        when = d.date or (_start(d.context.period) if d.context and d.context.period else None)
+        meta = {"display": self.scrub(_display(d.type), sub), "status": d.status, "category": _codes(d.category),
+                "attachments_skipped": skipped}
+        yield self.item(e, sub, Modality.TEXT, {"code": _code(d.type), "text": text}, meta, when,
+                        blob=text.encode("utf-8"), blob_ext=".txt")
+
+    def _attachment(self, e: _Entry, att: Any, where: str) -> tuple[list[str], list[str]]:
+        """The decoded text of one attachment (text/plain, text/html), or the content type left out."""
+        if att is None:
+            return [], []
+        ctype = (att.contentType or "").lower()
+        charset = re.search(r"charset=([\w-]+)", ctype)
+        if att.data is None or not ctype.startswith(("text/plain", "text/html")):
+            return [], [ctype or "unknown"]
+        encoding = charset.group(1) if charset else "utf-8"
+        try:
+            body = att.data.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            raise IngestError(f"{e.label()}: {where} is not {encoding} text; "
+                              "expected text in its declared charset") from None
+        return [_html_to_text(body) if ctype.startswith("text/html") else body], []
+
+    def _medication(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
+        """MedicationRequest / Statement / Administration / Dispense: the medication's code, the status,
+        when it was ordered, taken or given; dosage text scrubbed."""
+        m = e.model
+        concept = getattr(m, "medicationCodeableConcept", None)
+        ref = getattr(m, "medicationReference", None)
+        code = _code(concept)
+        display = _display(concept) or (ref.display if ref is not None else None)
+        when = (getattr(m, "authoredOn", None) or getattr(m, "effectiveDateTime", None)
+                or _start(getattr(m, "effectivePeriod", None)) or getattr(m, "whenHandedOver", None)
+                or getattr(m, "dateAsserted", None))
+        dosage = getattr(m, "dosageInstruction", None) or getattr(m, "dosage", None) or []
+        if not isinstance(dosage, list):
+            dosage = [dosage]
+        meta = {"display": self.scrub(display, sub), "intent": getattr(m, "intent", None),
+                "dosage": [self.scrub(d.text, sub) for d in dosage if getattr(d, "text", None)],
+                "reason": _codes(getattr(m, "reasonCode", None))}
+        yield self.item(e, sub, Modality.TABLE, {"code": code or (f"medication:{display}" if display else None),
+                                                 "value_text": m.status}, meta, when)
+
+    def _procedure(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
+        p = e.model
+        when = p.performedDateTime or _start(p.performedPeriod)
+        meta = {"display": self.scrub(_display(p.code), sub), "body_site": _codes(p.bodySite),
+                "reason": _codes(p.reasonCode), "outcome": _code(p.outcome), "category": _code(p.category)}
+        yield self.item(e, sub, Modality.TABLE, {"code": _code(p.code), "value_text": p.status}, meta, when)
+
+    def _immunization(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
+        i = e.model
+        meta = {"display": self.scrub(_display(i.vaccineCode), sub), "primary_source": i.primarySource,
+                "site": _code(i.site), "route": _code(i.route)}
+        yield self.item(e, sub, Modality.TABLE, {"code": _code(i.vaccineCode), "value_text": i.status}, meta,
+                        i.occurrenceDateTime or i.recorded)
+
+    def _generic(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
+        """Other resources about a patient: their code (or type, or category), status and time."""
+        m = e.model
+        concept = next((c for c in (getattr(m, f, None) for f in ("code", "type", "category", "relationship"))
+                        if c is not None), None)
+        if isinstance(concept, list):
+            concept = concept[0] if concept else None
+        when = next((v for v in (getattr(m, f, None) for f in (
+            "recordedDate", "onsetDateTime", "authoredOn", "occurrenceDateTime", "effectiveDateTime", "date",
+            "receivedTime", "created", "statusDate")) if v is not None), None)
+        if when is None:
+            period = getattr(m, "period", None) or getattr(m, "occurrencePeriod", None)
+            when = _start(period) if period is not None else None
+        status = getattr(m, "status", None) or getattr(m, "lifecycleStatus", None)
+        status = _code(status) if status is not None and not isinstance(status, str) else status
+        meta = {"display": self.scrub(_display(concept), sub), "category": _codes(getattr(m, "category", None)
+                                                                                   if isinstance(getattr(m, "category", None), list) else None)}
+        yield self.item(e, sub, Modality.TABLE, {"code": _code(concept) or e.rtype.lower(), "value_text": status},
+                        meta, when)
 
     def _study_key(self, ref: Any) -> str | None:
         """The raw study key of an ImagingStudy of this file that ``ref`` points at."""

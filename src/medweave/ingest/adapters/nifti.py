@@ -22,12 +22,15 @@ import nibabel as nib
 import numpy as np
 
 from ...store.catalog import Item, Modality
-from ..base import Adapter, IngestContext, IngestError, Unit
+from ..base import Adapter, IngestContext, IngestError, Unit, quoted
 from .report import patient_key, patient_rule_text
+from .table import sha256_file
 
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 MGH_PARAMS_BYTES = 20  # TR, flip angle, TE, TI, field of view: float32 each, before the tags
-_SUFFIX_RE = re.compile(r"\.(nii|mgh|mgz)(\.gz)?$", re.I)
+_SUFFIX_RE = re.compile(r"\.(nii|mgh|mgz|hdr|img)(\.gz)?$", re.I)
+PAIR_HEADER_SUFFIXES = (".hdr", ".hdr.gz")
+PAIR_IMAGE_SUFFIXES = (".img", ".img.gz")
 
 
 @dataclass
@@ -144,34 +147,111 @@ def volume_fields(volume: Volume) -> tuple[dict[str, Any], dict[str, Any]]:
     return fields, meta
 
 
+def pair_kind(head: bytes) -> str | None:
+    """``nifti1-pair`` or ``analyze`` for the 348-byte header of a two-file volume, else None."""
+    if len(head) < 348:
+        return None
+    if head[:4] not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):  # sizeof_hdr = 348, either byte order
+        return None
+    return "nifti1-pair" if head[344:348] == b"ni1\x00" else "analyze"
+
+
+def pair_image_file(hdr: Path) -> Path | None:
+    """The ``.img`` file beside a ``.hdr`` (same stem, either case, optionally gzipped)."""
+    stem = volume_stem(hdr.name)
+    for suffix in (".img", ".IMG", ".img.gz"):
+        candidate = hdr.with_name(stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_pair(hdr: Path) -> tuple[str, bytes, Any]:
+    """A NIfTI-1 pair or Analyze 7.5 volume as (kind, single-file NIfTI-1 bytes, the nibabel image).
+
+    The stored blob is a new ``.nii`` written from the voxels and the affine (nibabel's reading of the
+    header, as a viewer shows it), so the header's free-text fields (description, aux file, database
+    name) are not carried over."""
+    head = (gzip.open(hdr, "rb") if hdr.name.lower().endswith(".gz") else open(hdr, "rb")).read(348)
+    kind = pair_kind(head)
+    if kind is None:
+        raise IngestError(f"{hdr.name}: not a NIfTI-1 pair or Analyze 7.5 header (sizeof_hdr is not 348)")
+    if pair_image_file(hdr) is None:
+        raise IngestError(f"{hdr.name}: the image file {volume_stem(hdr.name)}.img that holds its voxels is "
+                          "missing beside the header")
+    try:
+        image = nib.load(str(hdr))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many kinds for bad headers and short image files
+        raise IngestError(f"{hdr.name}: the {kind} volume does not read ({quoted(exc)})") from None
+    out = nib.Nifti1Image(data, image.affine)
+    zooms = image.header.get_zooms()
+    out.header.set_zooms(zooms[:len(out.shape)])
+    if kind == "nifti1-pair":
+        out.header.set_xyzt_units(*image.header.get_xyzt_units())
+        out.header.set_qform(image.affine, int(image.header["qform_code"]) or 1)
+        out.header.set_sform(image.affine, int(image.header["sform_code"]) or 1)
+    return kind, out.to_bytes(), out
+
+
 def volume_stem(name: str) -> str:
     """The file name without its volume suffix (``sub01.nii.gz`` -> ``sub01``)."""
     return _SUFFIX_RE.sub("", name)
 
 
 class NiftiAdapter(Adapter):
-    """NIfTI-1/2 (``.nii``, ``.nii.gz``) and MGH (``.mgh``, ``.mgz``) volumes, one VOLUME item per
-    file. The patient is the file-name prefix (option ``patient_from``); the study is the file stem."""
+    """NIfTI-1/2 (``.nii``, ``.nii.gz``), two-file NIfTI-1 pairs and Analyze 7.5 volumes (``.hdr`` +
+    ``.img``) and MGH (``.mgh``, ``.mgz``) volumes, one VOLUME item per volume. The patient is the
+    file-name prefix (option ``patient_from``); the study is the file stem."""
 
     name = "nifti"
-    version = "1"
-    extensions = (".nii", ".nii.gz", ".mgh", ".mgz")
-    description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz)"
+    version = "2"
+    extensions = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".hdr.gz")
+    description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz), NIfTI-1 pairs and Analyze 7.5 (.hdr + .img)"
 
     def patient_rule(self, options: dict) -> str:
         return patient_rule_text(options)
 
     def sniff(self, path: Path, head: bytes) -> float:
+        name = path.name.lower()
+        if name.endswith(PAIR_HEADER_SUFFIXES):
+            return 0.9 if pair_kind(head) or name.endswith(".gz") else 0.0
         if _kind(head) in ("nifti1", "nifti2"):
             return 0.95
-        named = path.name.lower().endswith(self.extensions)
+        named = name.endswith(self.extensions)
         return 0.8 if named else 0.0
 
+    def is_companion(self, path: Path) -> bool:
+        """The ``.img`` of a pair is read with its ``.hdr``."""
+        name = path.name
+        if not name.lower().endswith(PAIR_IMAGE_SUFFIXES):
+            return False
+        stem = volume_stem(name)
+        return any(path.with_name(stem + s).is_file() for s in (".hdr", ".HDR", ".hdr.gz"))
+
+    def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
+        if path.name.lower().endswith(PAIR_HEADER_SUFFIXES):
+            img = pair_image_file(path)  # the image file's bytes are part of the unit's fingerprint
+            yield Unit(path, extra={"image_sha256": sha256_file(img)} if img else {})
+            return
+        yield Unit(path)
+
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
-        raw = unit.path.read_bytes()
-        volume = parse(raw, unit.path.name)
         stem = volume_stem(unit.path.name)
         pid = ctx.patient(patient_key(unit.path, ctx.options.get("patient_from", "prefix"), stem))
+        if unit.path.name.lower().endswith(PAIR_HEADER_SUFFIXES):
+            kind, blob, image = read_pair(unit.path)
+            volume = Volume("nifti1", image, image.header, blob)
+            fields, meta = volume_fields(volume)
+            meta.update({"converted_from": kind, "rewritten": True})
+            yield Item(
+                patient_id=pid, study_id=ctx.study(pid, stem), modality=Modality.VOLUME,
+                blob=gzip.compress(blob, compresslevel=6, mtime=0), blob_ext=".nii.gz",
+                fields=fields, meta=meta, patient_attrs={"namespace": ctx.namespace},
+            )
+            return
+        raw = unit.path.read_bytes()
+        volume = parse(raw, unit.path.name)
         blob = raw if ctx.deid.keep_phi else deidentified_bytes(raw, volume)
         fields, meta = volume_fields(volume)
         meta["rewritten"] = blob != raw
