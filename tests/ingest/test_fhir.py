@@ -274,7 +274,7 @@ def test_hl7_examples_of_more_resource_types_ingest(store):
     assert by_type["DocumentReference"].modality == "text"
     assert by_type["Immunization"].code == "urn:oid:1.2.36.1.2001.1005.17|FLUVAX"
     assert by_type["Procedure"].code == "http://snomed.info/sct|80146002"
-    assert by_type["MedicationRequest"].value_text == "completed"
+    assert by_type["MedicationRequest"].value_text == "active"
 
 
 def test_a_synthea_like_clinical_note_becomes_text(store, tmp_path):

@@ -82,7 +82,7 @@ SUPPORTED = ("Patient", "Observation", "Condition", "DiagnosticReport", "Imaging
              "MedicationDispense", "Procedure", "Immunization", "AllergyIntolerance", "CarePlan", "Goal",
              "ServiceRequest", "FamilyMemberHistory", "Specimen", "Device", "ClinicalImpression", "RiskAssessment")
 # Resources about a patient read by the generic builder (code, status, time; no free text but scrubbed notes).
-GENERIC = SUPPORTED[11:]
+GENERIC = SUPPORTED[13:]
 PATIENT_KEYS = ("identifier", "id")
 _RESOURCE_TYPE_RE = re.compile(rb'"resourceType"\s*:\s*"[A-Z][A-Za-z]+"')
 _FHIR_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -467,8 +467,7 @@ class _FileReader:
             "DocumentReference": self._document, "MedicationRequest": self._medication,
             "MedicationStatement": self._medication, "MedicationAdministration": self._medication,
             "MedicationDispense": self._medication, "Procedure": self._procedure, "Immunization": self._immunization,
-            **{t: self._generic for t in GENERIC if t not in ("MedicationStatement", "MedicationAdministration",
-                                                              "MedicationDispense")},
+            **{t: self._generic for t in GENERIC},
         }
 
     def items(self) -> Iterator[Item]:
