@@ -32,12 +32,18 @@ def store(tmp_path):
 
 
 def records(store: Store) -> dict[str, dict]:
-    """Stored items by record name, with labels and meta decoded."""
+    """Stored items by record name, with labels and meta decoded. Stored paths are de-identified, so
+    records are found through their keyed unit ids, among the headers of the shared folder and of
+    the test's own folder."""
+    from medweave.settings import shared_data_dir
+
+    headers = [*Path(shared_data_dir(), "wfdb").glob("*.hea"), *store.root.parent.rglob("*.hea")]
+    names = {store.unit_id(h): h.stem for h in headers}
     out = {}
     for row in store.items().to_dict("records"):
         row["labels"] = json.loads(row["labels"]) if isinstance(row["labels"], str) else {}
         row["meta"] = json.loads(row["meta"])
-        out[row["source_key"]] = row
+        out[names[row["unit_id"]]] = row
     return out
 
 

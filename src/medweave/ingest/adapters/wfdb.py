@@ -31,7 +31,7 @@ import numpy as np
 import wfdb
 
 from ...store.catalog import Item, Modality
-from ..base import Adapter, IngestContext, IngestError, Unit
+from ..base import Adapter, IngestContext, IngestError, NotADataFile, Unit, quoted
 from .table import sha256_file
 
 # Extensions PhysioNet uses for annotation files.
@@ -44,6 +44,9 @@ ANNOTATION_EXTENSIONS = frozenset({
 BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
                     "310": 4 / 3, "311": 4 / 3}
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Files beside a record that are neither signals nor annotations.
+SIDE_SUFFIXES = {".hea", ".txt", ".md", ".csv", ".json", ".png", ".jpg", ".pdf", ".html", ".xml", ".edf", ".wav",
+                 ".mat", ".dat", ".gz", ".zip", ".tsv", ".py", ".sh"}
 MIT_BIH_PATIENT_RE = re.compile(r"^\s*(\d{1,3}|\?+)\s+([MF?])\b")
 ALARM_TRUTH_RE = re.compile(r"^\s*(true|false)\s+alarm\s*$", re.IGNORECASE)
 COMMENT_DATE_FORMATS = ("%d/%m/%Y", "%d-%b-%y", "%d-%b-%Y", "%Y-%m-%d", "%d.%m.%Y")
@@ -64,23 +67,51 @@ def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def header_signal_files(hea: Path) -> list[str]:
-    """The signal file names a header lists (its signal lines' first field), read without wfdb."""
+def _header_lines(hea: Path) -> list[str]:
     try:
         lines = [ln.strip() for ln in hea.read_text(errors="replace").splitlines()]
     except OSError:
         return []
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def is_multisegment(hea: Path) -> bool:
+    """True for the master header of a multi-segment record (``name/n_segments ...`` on line one)."""
+    lines = _header_lines(hea)
+    return bool(lines) and "/" in lines[0].split()[0]
+
+
+def header_signal_files(hea: Path) -> list[str]:
+    """The signal file names a header lists (its signal lines' first field), read without wfdb; for a
+    multi-segment master header, the headers of its segments (and layout)."""
+    lines = _header_lines(hea)
+    if not lines:
+        return []
+    if "/" in lines[0].split()[0]:
+        return [f"{ln.split()[0]}.hea" for ln in lines[1:] if ln.split() and ln.split()[0] != "~"]
     names = [ln.split()[0] for ln in lines[1:] if ln.split()]
     return [n for n in dict.fromkeys(names) if n != "~"]
 
 
 def record_files(hea: Path) -> tuple[list[Path], list[Path]]:
-    """(signal files, annotation files) of the record whose header is ``hea``, as present on disk."""
-    signals = [hea.parent / n for n in header_signal_files(hea)]
+    """(signal files, annotation files) of the record whose header is ``hea``, as present on disk.
+    Annotation files are every other ``<record>.<ext>`` beside the header, whatever the extension
+    (``.atr``, ``.qrs``, ``.gqrsh``, ``.anI``, ``.wabp``, ...): which of them wfdb reads is found when
+    the record is read."""
+    names = header_signal_files(hea)
+    if is_multisegment(hea):
+        signals: list[Path] = []
+        for seg in names:
+            seg_hea = hea.parent / seg
+            if seg_hea.is_file():
+                signals.append(seg_hea)
+                signals += [hea.parent / n for n in header_signal_files(seg_hea) if (hea.parent / n).is_file()]
+    else:
+        signals = [hea.parent / n for n in names if (hea.parent / n).is_file()]
+    taken = {p.name for p in signals} | {hea.name}
     annotations = sorted(p for p in hea.parent.glob(f"{glob_escape(hea.stem)}.*")
-                         if p.suffix[1:].lower() in ANNOTATION_EXTENSIONS and p.is_file())
-    return [p for p in signals if p.is_file()], annotations
+                         if p.is_file() and p.name not in taken and p.suffix.lower() not in SIDE_SUFFIXES)
+    return signals, annotations
 
 
 def glob_escape(text: str) -> str:
@@ -159,7 +190,13 @@ def _sex(value: Any) -> str | None:
 
 
 def check_signal_sizes(header: wfdb.io.record.Record, hea: Path) -> None:
-    """Fail with the file name when a signal file is shorter than its header says."""
+    """Fail with the file name when a signal file is shorter than its header says (headers without a
+    signal length are checked by wfdb, which infers the length from the file)."""
+    if header.sig_len is None:
+        for name in dict.fromkeys(header.file_name or []):
+            if name != "~" and not (hea.parent / name).is_file():
+                raise IngestError(f"record {hea.stem}: signal file {name} named in the header is missing")
+        return
     need: dict[str, float] = {}
     offsets: dict[str, int] = {}
     for name, fmt, offset in zip(header.file_name, header.fmt, header.byte_offset or [None] * header.n_sig):
@@ -178,44 +215,63 @@ def check_signal_sizes(header: wfdb.io.record.Record, hea: Path) -> None:
                               f"{expected:,} ({header.sig_len:,} samples per channel) - truncated?")
 
 
-def read_signal(hea: Path) -> wfdb.Record:
-    """Read a record's header and physical signal, turning wfdb's errors into IngestErrors."""
+def read_signal(hea: Path) -> tuple[wfdb.Record, dict[str, Any]]:
+    """Read a record's header and physical signal, turning wfdb's errors into IngestErrors. A
+    multi-segment record (fixed or variable layout) is read whole, as one signal: wfdb joins its
+    segments (``m2s``), gaps (``~`` segments) as NaN. Returns the record and its segments' metadata."""
     base = str(hea.with_suffix(""))
     try:
         header = wfdb.rdheader(base)
     except Exception as exc:
-        raise IngestError(f"{hea.name}: not a readable WFDB header ({exc.__class__.__name__}: {exc})") from exc
-    if isinstance(header, wfdb.MultiRecord) or getattr(header, "seg_name", None):
-        raise IngestError(f"{hea.name}: multi-segment records are not supported; ingest each segment's header")
-    if not header.n_sig:
-        raise IngestError(f"{hea.name}: the header describes no signals; expected at least one channel")
-    check_signal_sizes(header, hea)
+        raise IngestError(f"{hea.name}: not a readable WFDB header ({quoted(exc)})") from exc
+    segments: dict[str, Any] = {}
+    if isinstance(header, wfdb.MultiRecord):
+        names = [n for n in header.seg_name]
+        layout = "variable" if names and names[0].endswith("_layout") else "fixed"
+        segments = {"layout": layout, "n_segments": len(names),
+                    "segments": [{"name": n, "n_samples": int(m)} for n, m in zip(names, header.seg_len)]}
+        missing = [n for n in names if n != "~" and not (hea.parent / f"{n}.hea").is_file()]
+        if missing:
+            raise IngestError(f"record {hea.stem}: segment header(s) {', '.join(m + '.hea' for m in missing[:5])} "
+                              "named in the multi-segment header are missing")
+        for n in names:
+            if n != "~" and not n.endswith("_layout"):
+                check_signal_sizes(wfdb.rdheader(str(hea.parent / n)), hea.parent / f"{n}.hea")
+    else:
+        if not header.n_sig:
+            raise IngestError(f"{hea.name}: the header describes no signals; expected at least one channel")
+        check_signal_sizes(header, hea)
     try:
-        record = wfdb.rdrecord(base, physical=True)
+        record = wfdb.rdrecord(base, physical=True, m2s=True)
     except Exception as exc:
-        raise IngestError(f"record {hea.stem}: signal data unreadable ({exc.__class__.__name__}: {exc}); "
-                          f"expected {header.sig_len:,} samples x {header.n_sig} channels") from exc
-    if record.p_signal is None or record.p_signal.shape != (header.sig_len, header.n_sig):
+        raise IngestError(f"record {hea.stem}: signal data unreadable ({quoted(exc)})") from exc
+    if record.p_signal is None or record.p_signal.ndim != 2 or record.p_signal.shape[1] != record.n_sig:
+        raise IngestError(f"record {hea.stem}: expected samples x {record.n_sig} channels")
+    if header.sig_len is not None and not segments and record.p_signal.shape[0] != header.sig_len:
         raise IngestError(f"record {hea.stem}: expected {header.sig_len:,} samples x {header.n_sig} channels")
-    return record
+    return record, segments
 
 
-def read_annotations(hea: Path, files: list[Path]) -> dict[str, np.ndarray]:
-    """Sample indices, symbols and source extension of every annotation file, in file order."""
-    samples, symbols, exts = [], [], []
+def read_annotations(hea: Path, files: list[Path]) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Sample indices, symbols, aux notes and source extension of every annotation file wfdb reads,
+    in file order; and the files that are not annotation files (with the reason)."""
+    samples, symbols, aux, exts, read, unread = [], [], [], [], [], []
     for path in files:
-        ext = path.suffix[1:]
+        ext = path.name[len(hea.stem) + 1:]
         try:
             ann = wfdb.rdann(str(hea.with_suffix("")), ext)
-        except Exception as exc:
-            raise IngestError(f"annotation file {path.name} unreadable ({exc.__class__.__name__}: {exc})") from exc
+        except Exception:
+            unread.append(path.name)
+            continue
+        read.append(ext)
         samples.append(np.asarray(ann.sample, dtype=np.int64))
-        symbols.extend(ann.symbol)
+        symbols.extend(ann.symbol or [""] * len(ann.sample))
+        aux.extend((ann.aux_note or [""] * len(ann.sample)))
         exts.extend([ext] * len(ann.sample))
-    if not files:
-        return {}
-    return {"ann_sample": np.concatenate(samples), "ann_symbol": np.array(symbols, dtype=str),
-            "ann_extension": np.array(exts, dtype=str)}
+    if not read:
+        return {}, read, unread
+    return ({"ann_sample": np.concatenate(samples), "ann_symbol": np.array(symbols, dtype=str),
+             "ann_aux_note": np.array(aux, dtype=str), "ann_extension": np.array(exts, dtype=str)}, read, unread)
 
 
 def base_datetime(record: wfdb.Record) -> dt.datetime | None:
@@ -228,32 +284,65 @@ class WfdbAdapter(Adapter):
     """PhysioNet WFDB records (``.hea`` header + signal and annotation files)."""
 
     name = "wfdb"
-    version = "1"
+    version = "2"
     extensions = (".hea",)
     description = "PhysioNet WFDB records: header, signals, annotations"
 
     def sniff(self, path: Path, head: bytes) -> float:
         return 0.9 if path.suffix.lower() == ".hea" else 0.0
 
+    def patient_rule(self, options: dict) -> str:
+        if options.get("patient_from") == "parent":
+            return "by folder: one patient per folder holding records (option patient_from=parent)"
+        return "one patient per record name (option patient_from=parent: per folder)"
+
     def is_companion(self, path: Path) -> bool:
-        """True for a signal or annotation file whose record header lies beside it."""
+        """True for a signal or annotation file whose record header lies beside it, and for the
+        segment and layout headers of a multi-segment record (read with its master header)."""
         if path.suffix.lower() == ".hea":
-            return False
+            return path.name in self._segment_headers(path.parent)
+        hea = path.with_name(path.name.split(".", 1)[0] + ".hea")
+        if hea.is_file() and path.name.startswith(hea.stem + ".") and path.suffix.lower() not in SIDE_SUFFIXES:
+            return True
         hea = path.with_suffix(".hea")
-        if not hea.is_file():
-            return False
-        return path.suffix[1:].lower() in ANNOTATION_EXTENSIONS or path.name in header_signal_files(hea)
+        if hea.is_file() and path.name in header_signal_files(hea):
+            return True
+        return path.name in self._segment_signals(path.parent)
+
+    def _segment_headers(self, folder: Path) -> set[str]:
+        key = str(folder)
+        cache = self.__dict__.setdefault("_segments", {})
+        if key not in cache:
+            names: set[str] = set()
+            for master in folder.glob("*.hea"):
+                if is_multisegment(master):
+                    names.update(header_signal_files(master))
+            cache[key] = names
+        return cache[key]
+
+    def _segment_signals(self, folder: Path) -> set[str]:
+        out: set[str] = set()
+        for seg in self._segment_headers(folder):
+            out.update(header_signal_files(folder / seg))
+        return out
 
     def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
         """The record's header is the unit; its companions' hashes make a changed .dat re-ingest."""
+        lines = _header_lines(path)
+        if lines and not is_multisegment(path) and len(lines[0].split()) >= 4 and lines[0].split()[3] == "0" \
+                and path.stem.endswith("_layout"):
+            raise NotADataFile("the layout header of a multi-segment record (no samples of its own)")
         signals, annotations = record_files(path)
         yield Unit(path, extra={"companions": {p.name: sha256_file(p) for p in signals + annotations}})
 
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
         hea = unit.path
-        record = read_signal(hea)
+        record, segments = read_signal(hea)
         _, annotation_files = record_files(hea)
-        annotations = read_annotations(hea, annotation_files)
+        annotations, ann_read, ann_unread = read_annotations(hea, annotation_files)
+        if ann_unread:
+            ctx.warn(f"record {hea.stem}: file(s) {', '.join(ann_unread)} beside it are not annotation files "
+                     "wfdb reads; not stored")
         raw_pid = hea.parent.name if ctx.options.get("patient_from") == "parent" else record.record_name
         pid = ctx.patient(raw_pid)
         known = [raw_pid, record.record_name]
@@ -268,7 +357,7 @@ class WfdbAdapter(Adapter):
             "format": "wfdb",
             "sampling_rate": float(record.fs),
             "n_channels": int(record.n_sig),
-            "n_samples": int(record.sig_len),
+            "n_samples": int(signal.shape[1]),
             "channel_names": ",".join(record.sig_name),
         }
         if age is not None:
@@ -279,10 +368,12 @@ class WfdbAdapter(Adapter):
             fields["label"] = labels["diagnosis"]
         elif "alarm_true" in labels:
             fields["label"] = "True alarm" if labels["alarm_true"] else "False alarm"
-        meta: dict[str, Any] = {"units": list(record.units), "comments": parsed}
+        meta: dict[str, Any] = {"units": list(record.units), "comments": parsed,
+                                "formats": sorted({str(f) for f in (record.fmt or []) if f})}
+        if segments:
+            meta["multi_segment"] = segments
         if annotations:
-            meta["annotations"] = {"count": int(len(annotations["ann_sample"])),
-                                   "files": [p.suffix[1:] for p in annotation_files],
+            meta["annotations"] = {"count": int(len(annotations["ann_sample"])), "files": ann_read,
                                    "symbols": dict(sorted(Counter(annotations["ann_symbol"].tolist()).items()))}
         study_day = shifted.date() if shifted else (dt.date.fromisoformat(ecg_day) if _is_iso(ecg_day) else None)
         yield Item(
@@ -294,7 +385,6 @@ class WfdbAdapter(Adapter):
             fields=fields,
             labels=labels,
             meta=meta,
-            source_key=record.record_name,
             patient_attrs={"namespace": ctx.namespace, "sex": sex},
             study_attrs={"date": study_day, "description": f"WFDB record, {record.n_sig} channels"},
         )
