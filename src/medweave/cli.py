@@ -170,6 +170,12 @@ def store_stats(
     for m, n in stats["items_per_modality"].items():
         t.add_row(f"  {m}", f"{n:,}")
     t.add_row("blob bytes", f"{stats['bytes']:,}")
+    sig = stats.get("signals") or {}
+    if sig.get("items"):
+        t.add_row("signals", f"{sig['items']:,}")
+        t.add_row("  channels", f"{sig['channels']:,}")
+        t.add_row("  hours of recording", f"{sig['hours']:,.2f}")
+        t.add_row("  annotation events", f"{sig['annotation_events']:,}")
     out.print(t)
     if stats["errors"]:
         out.print(f"files that failed in the last {runs} ingest run(s) and have not ingested since "

@@ -140,6 +140,8 @@ def register_builtin_adapters() -> None:
         "csv": "medweave.ingest.adapters.table:CsvAdapter",
         "fhir": "medweave.ingest.adapters.fhir:FhirAdapter",
         "wfdb": "medweave.ingest.adapters.wfdb:WfdbAdapter",
+        "edf": "medweave.ingest.adapters.biosignal:EdfAdapter",
+        "wav": "medweave.ingest.adapters.biosignal:WavAdapter",
         "vqa": "medweave.ingest.adapters.vqa:VqaAdapter",
     }.items():
         if name not in ADAPTERS._paths:

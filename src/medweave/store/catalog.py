@@ -435,6 +435,7 @@ class Store:
             "items_per_modality": per_modality,
             "bytes": int(blob_bytes),
             "sources": q("SELECT count(*) FROM sources")[0][0],
+            "signals": self._signal_stats(),
             "last_runs": [
                 {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
                 for r in runs.replace({pd.NaT: None}).to_dict("records")
@@ -442,6 +443,17 @@ class Store:
             "errors": errs,
             "skipped": skipped,
         }
+
+    def _signal_stats(self) -> dict[str, Any]:
+        """Signals, their channels, hours of recording and annotation events (WFDB, EDF, WAV, DICOM
+        waveforms alike: from the item columns and the ``annotations.count`` each signal records)."""
+        n, channels, seconds, events = self.con.execute(
+            "SELECT count(*), coalesce(sum(n_channels), 0), "
+            "coalesce(sum(CASE WHEN sampling_rate > 0 THEN n_samples / sampling_rate END), 0), "
+            "coalesce(sum(TRY_CAST(json_extract(meta, '$.annotations.count') AS BIGINT)), 0) "
+            "FROM items WHERE modality = 'signal'").fetchone()
+        return {"items": int(n), "channels": int(channels), "hours": round(float(seconds) / 3600, 3),
+                "annotation_events": int(events)}
 
     def _recent_problems(self, run_ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Failures of the given runs, one entry per file (its latest reason, the number of runs it
