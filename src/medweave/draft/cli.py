@@ -147,3 +147,64 @@ def score_command(
             out.print(f"{k:24s} {v['value']:.3f}{ci}", highlight=False)
     out.print(f"{res['n']} reports scored; {len(bad)} line(s) skipped", highlight=False)
     raise typer.Exit(1 if bad else 0)
+
+
+@draft_app.command("report", epilog=(
+    "Example: medweave draft report --model demo-out/models/sequential --case CASE_ID   "
+    "(or --image picture.dcm; --json for sentences, citations and flags)"))
+def report_command(
+    model: Path = typer.Option(..., "--model", help="Fusion model folder (from `medweave train`) with an image "
+                               "modality; its store's reports are the knowledge base, its heads predict findings."),
+    case: Optional[str] = typer.Option(None, "--case", help="A case of the model's cohort to draft for."),
+    image: Optional[Path] = typer.Option(None, "--image", help="A new picture (DICOM, PNG, JPEG) to draft for."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Another store (default: the model's)."),
+    method: str = typer.Option("grounded", "--method", help="grounded, consensus or nearest."),
+    k: int = typer.Option(5, "-k", help="Similar cases to draw on."),
+    splits: str = typer.Option("train", "--splits", help="Comma-separated splits the draft may cite."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Draft a report from a picture: similar cases' reports, predicted findings, every sentence citing
+    its case(s), contradictions with the predictions flagged."""
+    from ..explain import ExplainError
+    from .report import ReportDraftError, StoreReportDrafter, check_citations
+
+    if (case is None) == (image is None):
+        _fail("give either --case CASE_ID or --image FILE")
+    try:
+        srd = StoreReportDrafter(model, store, k=k, splits=[s.strip() for s in splits.split(",") if s.strip()])
+        if case is not None:
+            d = srd.draft_case(case, method)
+        else:
+            if not image.is_file():
+                _fail(f"{image}: no such file")
+            from ..encode.loaders import load_array
+
+            try:
+                pixels = load_array(image)
+            except Exception as exc:  # noqa: BLE001 - any decoder's failure is this file's error
+                _fail(f"{image}: not a readable picture (DICOM, PNG, JPEG, TIFF): {exc}")
+            d = srd.draft_image(pixels, method)
+    except (ReportDraftError, ExplainError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    problems = check_citations(d, srd.kb)
+    res = {**d.to_dict(), "citation_problems": problems}
+    if as_json:
+        out.print_json(json.dumps(res, default=str))
+    else:
+        for sec in ("FINDINGS", "IMPRESSION"):
+            sents = [s for s in d.sentences if s.section == sec]
+            if not sents:
+                continue
+            out.print(f"{sec}:", highlight=False, markup=False)
+            for s in sents:
+                cites = ", ".join(f"case {c}" for c in dict.fromkeys(s.cite_cases))
+                out.print(f"  {s.text} [{cites}]" + (f"  (added: {s.added_for} predicted)" if s.added_for else ""),
+                          highlight=False, markup=False)
+                if s.flag:
+                    out.print(f"    FLAG: {s.flag}", highlight=False, markup=False)
+        out.print("predicted from the picture: " + ", ".join(f"{h} {p:.2f}" for h, p in d.predicted.items()),
+                  highlight=False, markup=False)
+        out.print(f"drawn on {len(d.sources)} similar case(s) of split(s) {splits}; citations "
+                  f"{'checked' if not problems else 'WITH PROBLEMS: ' + '; '.join(problems)}",
+                  highlight=False, markup=False)
+    raise typer.Exit(1 if problems else 0)

@@ -283,3 +283,55 @@ def observation_f1(predictions: Sequence[str], references: Sequence[str]) -> dic
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     return f1_from_matrices(present_matrix(predictions), present_matrix(references))
+
+
+# --- validation against the MeSH terms of the Open-i (IU) reports ----------------------------------
+
+# The first component of an Open-i MeSH "major" term -> the CheXpert observation it states.
+MESH_TO_OBSERVATION: dict[str, str] = {
+    "Cardiomegaly": "Cardiomegaly", "Opacity": "Lung Opacity", "Airspace Disease": "Lung Opacity",
+    "Density": "Lung Opacity", "Infiltrate": "Lung Opacity", "Nodule": "Lung Lesion", "Mass": "Lung Lesion",
+    "Pulmonary Edema": "Edema", "Pulmonary Congestion": "Edema", "Consolidation": "Consolidation",
+    "Pneumonia": "Pneumonia", "Pulmonary Atelectasis": "Atelectasis", "Pneumothorax": "Pneumothorax",
+    "Pleural Effusion": "Pleural Effusion", "Fractures, Bone": "Fracture",
+    "Catheters, Indwelling": "Support Devices", "Implanted Medical Device": "Support Devices",
+    "Medical Device": "Support Devices", "Tube, Inserted": "Support Devices", "Stents": "Support Devices",
+    "Pacemaker, Artificial": "Support Devices",
+}
+
+
+def mesh_observations(terms: Sequence[str]) -> set[str] | None:
+    """The observations a report's MeSH major terms state, or None for "No Indexing".
+
+    ``Thickening/pleura...`` is Pleural Other, ``Mediastinum/enlarged|widened`` Enlarged
+    Cardiomediastinum; No Finding when no term maps to one of the 13 findings besides Support Devices
+    (the labeller's own No Finding rule, so both sides mean the same)."""
+    if any(t.strip() == "No Indexing" for t in terms):
+        return None
+    out: set[str] = set()
+    for t in terms:
+        parts = [p.strip() for p in t.split("/")]
+        head = parts[0]
+        if head in MESH_TO_OBSERVATION:
+            out.add(MESH_TO_OBSERVATION[head])
+        if head == "Thickening" and any("pleura" in p.lower() for p in parts[1:]):
+            out.add("Pleural Other")
+        if head == "Mediastinum" and any(p.lower() in ("enlarged", "widened") for p in parts[1:]):
+            out.add("Enlarged Cardiomediastinum")
+    if not out - {"Support Devices"}:
+        out.add("No Finding")
+    return out
+
+
+def agreement(texts: Sequence[str], truth: Sequence[set[str]]) -> dict[str, dict[str, float]]:
+    """Per observation (and ``micro``): n, precision, recall and F1 of the labeller's present
+    observations (positive or uncertain) against sets of true observations."""
+    pred = present_matrix(texts)
+    ref = np.array([[int(o in t) for o in OBSERVATIONS] for t in truth], dtype=np.int8).reshape(-1, len(OBSERVATIONS))
+    out = {}
+    for j, o in enumerate([*OBSERVATIONS, "micro"]):
+        p, r = (pred, ref) if o == "micro" else (pred[:, j], ref[:, j])
+        tp, fp, fn = float((p & r).sum()), float((p & (1 - r)).sum()), float(((1 - p) & r).sum())
+        out[o] = {"n": int(r.sum()), "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                  "recall": tp / (tp + fn) if tp + fn else float("nan"), "f1": _f1(tp, fp, fn)}
+    return out

@@ -1,0 +1,1 @@
+from medweave.report.testing import ctx, phantom_model  # noqa: F401  (shared fixtures: a trained phantom model)
