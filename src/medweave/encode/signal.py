@@ -20,6 +20,10 @@ from .base import Encoder
 from .loaders import Signal
 
 MAX_LEADS = 12
+# Long recordings (sleep studies, Holter, ICU waveforms: hours) are summarised over windows, not read whole.
+STATS_WHOLE_SECONDS = 300.0  # up to this length a lead is summarised whole
+STATS_WINDOW_SECONDS = 30.0
+STATS_WINDOWS = 10  # evenly spaced windows, statistics averaged
 BANDS = ((0, 1), (1, 3), (3, 8), (8, 15), (15, 30), (30, 60), (60, 1e9))
 WAVE_RATE = 100.0
 WAVE_SECONDS = 10.0
@@ -38,19 +42,34 @@ def _lead_stats(x: np.ndarray, rate: float) -> np.ndarray:
     return np.asarray(stats + bands, dtype=np.float32)
 
 
+def windows(n: int, rate: float) -> list[slice]:
+    """The parts of a lead of ``n`` samples that ``signal-stats`` reads: all of it up to
+    ``STATS_WHOLE_SECONDS``, else ``STATS_WINDOWS`` evenly spaced windows of ``STATS_WINDOW_SECONDS``."""
+    rate = rate if rate > 0 else 1.0
+    if n <= STATS_WHOLE_SECONDS * rate:
+        return [slice(0, n)]
+    width = int(STATS_WINDOW_SECONDS * rate)
+    starts = np.linspace(0, n - width, STATS_WINDOWS).astype(int)
+    return [slice(int(a), int(a) + width) for a in starts]
+
+
 class SignalStats(Encoder):
     name = "signal-stats"
-    version = "1"
+    version = "2"
     modalities = ("signal",)
     dim = MAX_LEADS * (9 + len(BANDS))
     batch_size = 64
+    window_policy = (f"whole lead up to {STATS_WHOLE_SECONDS:.0f} s; longer: {STATS_WINDOWS} evenly spaced "
+                     f"{STATS_WINDOW_SECONDS:.0f} s windows, statistics averaged; first {MAX_LEADS} channels of "
+                     "the main-rate group (EDF channels at other rates are not encoded); gaps (NaN) as 0")
 
     def encode(self, inputs: Sequence[Signal]) -> np.ndarray:
         per = 9 + len(BANDS)
         out = np.zeros((len(inputs), MAX_LEADS, per), dtype=np.float32)
         for i, sig in enumerate(inputs):
             for j, lead in enumerate(sig.data[:MAX_LEADS]):
-                out[i, j] = _lead_stats(lead, sig.rate)
+                parts = windows(lead.size, sig.rate)
+                out[i, j] = np.mean([_lead_stats(lead[w], sig.rate) for w in parts], axis=0)
         return out.reshape(len(inputs), -1)
 
 
@@ -69,6 +88,8 @@ class SignalWaveform(Encoder):
     name = "signal-waveform"
     version = "1"
     modalities = ("signal",)
+    window_policy = (f"the first {WAVE_SECONDS:.0f} s of the first {MAX_LEADS} channels of the main-rate group, "
+                     f"resampled to {WAVE_RATE:.0f} Hz; gaps (NaN) as 0")
     n_samples = int(WAVE_RATE * WAVE_SECONDS)
     dim = MAX_LEADS * n_samples
     batch_size = 64
