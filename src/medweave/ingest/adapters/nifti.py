@@ -194,6 +194,36 @@ def read_pair(hdr: Path) -> tuple[str, bytes, Any]:
     return kind, out.to_bytes(), out
 
 
+# Other volume formats nibabel reads: (header suffix, data file suffixes or () when one file, name).
+OTHER_FORMATS = {".par": ((".rec", ".REC"), "Philips PAR/REC"), ".mnc": ((), "MINC"), ".v": ((), "ECAT 7"),
+                 ".head": ((".BRIK", ".BRIK.gz", ".brik", ".brik.gz"), "AFNI BRIK/HEAD")}
+
+
+def other_format(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return suffix if suffix in OTHER_FORMATS else None
+
+
+def read_other(path: Path) -> tuple[str, bytes, Any]:
+    """A volume nibabel reads in another format (PAR/REC, MINC, ECAT, AFNI) as (format name,
+    single-file NIfTI-1 bytes, image): written from the voxels and affine, no header text carried."""
+    suffix = other_format(path)
+    data_suffixes, label = OTHER_FORMATS[suffix]
+    stem = path.name[: -len(path.suffix)]
+    if data_suffixes and not any(path.with_name(stem + s).is_file() for s in data_suffixes):
+        raise IngestError(f"{path.name}: the {label} data file {stem}{data_suffixes[0]} that holds its voxels is "
+                          "missing beside the header")
+    try:
+        image = nib.ecat.load(str(path)) if suffix == ".v" else nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many kinds
+        raise IngestError(f"{path.name}: the {label} volume does not read ({quoted(exc)})") from None
+    if data.dtype.kind not in "iuf":
+        data = data.astype(np.float32)
+    out = nib.Nifti1Image(data, image.affine)
+    return label, out.to_bytes(), out
+
+
 def volume_stem(name: str) -> str:
     """The file name without its volume suffix (``sub01.nii.gz`` -> ``sub01``)."""
     return _SUFFIX_RE.sub("", name)
@@ -206,7 +236,7 @@ class NiftiAdapter(Adapter):
 
     name = "nifti"
     version = "2"
-    extensions = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".hdr.gz")
+    extensions = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".hdr.gz", ".par", ".mnc", ".v", ".head")
     description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz), NIfTI-1 pairs and Analyze 7.5 (.hdr + .img)"
 
     def patient_rule(self, options: dict) -> str:
@@ -214,6 +244,10 @@ class NiftiAdapter(Adapter):
 
     def sniff(self, path: Path, head: bytes) -> float:
         name = path.name.lower()
+        if other_format(path):
+            magic = head.startswith((b"CDF\x01", b"\x89HDF", b"MATRIX7")) or b"DATA DESCRIPTION FILE" in head[:400] \
+                or b"type = " in head[:400]
+            return 0.85 if magic else 0.0
         if name.endswith(PAIR_HEADER_SUFFIXES):
             return 0.9 if pair_kind(head) or name.endswith(".gz") else 0.0
         if _kind(head) in ("nifti1", "nifti2"):
@@ -222,14 +256,26 @@ class NiftiAdapter(Adapter):
         return 0.8 if named else 0.0
 
     def is_companion(self, path: Path) -> bool:
-        """The ``.img`` of a pair is read with its ``.hdr``."""
+        """The ``.img`` of a pair is read with its ``.hdr`` (a ``.REC`` with its ``.PAR``, a ``.BRIK``
+        with its ``.HEAD``)."""
         name = path.name
+        for header, (data_suffixes, _) in OTHER_FORMATS.items():
+            for ds in data_suffixes:
+                if name.endswith(ds):
+                    stem = name[: -len(ds)]
+                    if any(path.with_name(stem + h).is_file() for h in (header, header.upper())):
+                        return True
         if not name.lower().endswith(PAIR_IMAGE_SUFFIXES):
             return False
         stem = volume_stem(name)
         return any(path.with_name(stem + s).is_file() for s in (".hdr", ".HDR", ".hdr.gz"))
 
     def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
+        if other_format(path):
+            stem = path.name[: -len(path.suffix)]
+            data = [path.with_name(stem + s) for s in OTHER_FORMATS[other_format(path)][0]]
+            yield Unit(path, extra={"data_sha256": [sha256_file(d) for d in data if d.is_file()]})
+            return
         if path.name.lower().endswith(PAIR_HEADER_SUFFIXES):
             img = pair_image_file(path)  # the image file's bytes are part of the unit's fingerprint
             yield Unit(path, extra={"image_sha256": sha256_file(img)} if img else {})
@@ -239,8 +285,8 @@ class NiftiAdapter(Adapter):
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
         stem = volume_stem(unit.path.name)
         pid = ctx.patient(patient_key(unit.path, ctx.options.get("patient_from", "prefix"), stem))
-        if unit.path.name.lower().endswith(PAIR_HEADER_SUFFIXES):
-            kind, blob, image = read_pair(unit.path)
+        if unit.path.name.lower().endswith(PAIR_HEADER_SUFFIXES) or other_format(unit.path):
+            kind, blob, image = read_pair(unit.path) if not other_format(unit.path) else read_other(unit.path)
             volume = Volume("nifti1", image, image.header, blob)
             fields, meta = volume_fields(volume)
             meta.update({"converted_from": kind, "rewritten": True})
