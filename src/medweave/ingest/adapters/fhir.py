@@ -599,18 +599,9 @@ class _FileReader:
         """Decoded text of the report's text attachments, and the content types left out."""
         texts, skipped = [], []
         for k, att in enumerate(e.model.presentedForm or []):
-            ctype = (att.contentType or "").lower()
-            charset = re.search(r"charset=([\w-]+)", ctype)
-            if att.data is None or not ctype.startswith(("text/plain", "text/html")):
-                skipped.append(ctype or "unknown")
-                continue
-            encoding = charset.group(1) if charset else "utf-8"
-            try:
-                body = att.data.decode(encoding)
-            except (UnicodeDecodeError, LookupError):
-                raise IngestError(f"{e.label()}: presentedForm[{k}] is not {encoding} text; "
-                                  "expected text in its declared charset") from None
-            texts.append(_html_to_text(body) if ctype.startswith("text/html") else body)
+            text, skip = self._attachment(e, att, f"presentedForm[{k}]")
+            texts += text
+            skipped += skip
         return texts, skipped
 
     def _document(self, e: _Entry, sub: _Subject) -> Iterator[Item]:
