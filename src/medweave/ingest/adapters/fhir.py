@@ -171,10 +171,24 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{path or 'resource'}: {msg}{more}"
 
 
+# R4 resource types that the R4B models of fhir.resources no longer have (product and substance
+# definitions, evidence syntheses): valid R4, holding no patient data, so skipped rather than failed.
+R4_ONLY_TYPES = frozenset({
+    "EffectEvidenceSynthesis", "RiskEvidenceSynthesis", "MedicinalProduct", "MedicinalProductAuthorization",
+    "MedicinalProductContraindication", "MedicinalProductIndication", "MedicinalProductIngredient",
+    "MedicinalProductInteraction", "MedicinalProductManufactured", "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect", "SubstanceNucleicAcid",
+    "SubstancePolymer", "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial",
+    "SubstanceSpecification", "DeviceUseStatement",
+})
+
+
 def _check_resource_type(entry: _Entry) -> None:
     """IngestError unless the entry is an object whose resourceType FHIR R4 defines."""
     if not isinstance(entry.raw, dict):
         raise IngestError(f"{entry.where}: expected a JSON object for the resource")
+    if entry.rtype in R4_ONLY_TYPES:
+        return
     try:
         cls = get_fhir_model_class(entry.rtype)
     except (ValueError, KeyError):
@@ -366,10 +380,9 @@ class _Patients:
 
     def _from_patient(self, e: _Entry) -> _Subject:
         p = e.model
-        raw = _patient_raw_key(p, self.mode)
-        if not raw:
-            raise IngestError(f"{e.label()}: has neither an identifier value nor an id; "
-                              "expected one of them to key the patient")
+        # a Patient with neither identifier nor id (valid FHIR, e.g. inside a transaction Bundle) is keyed
+        # by its entry's fullUrl, else by its content
+        raw = _patient_raw_key(p, self.mode) or e.full_url or sha256_bytes(canonical_json(e.raw).encode())
         pid = self.ctx.patient(raw)
         died, _ = _instant(p.deceasedDateTime)
         shifted_death = self.ctx.shift(pid, died)
