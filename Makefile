@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 .PHONY: setup system-deps demo test test-fast bench clean
 
 # Debian packages the tests drive for real: espeak-ng (spoken questions), chromium + chromedriver
-# (browser tests of the web UI). Installed when missing and when we may (root with apt-get);
-# otherwise the tests that need them skip with the reason.
-SYSTEM_PACKAGES := espeak-ng chromium chromium-driver
+# (browser tests of the web UI), dcmtk (storescu/echoscu: a real DICOM sender for `medweave listen`).
+# Installed when missing and when we may (root with apt-get); otherwise the tests that need them
+# skip with the reason.
+SYSTEM_PACKAGES := espeak-ng chromium chromium-driver dcmtk
 # A Java runtime for the COCO caption metrics (pycocoevalcap runs METEOR and the PTB tokeniser in Java):
 # installed only when no `java` is on PATH (any Java 8+ does).
 JAVA_PACKAGE := default-jre-headless

@@ -132,6 +132,42 @@ def _print_ingest_report(report) -> None:
         line(f"  warning: {w}")
 
 
+@app.command(epilog="Example: medweave listen --store ./store --port 11112 --ae-title MEDWEAVE --allow-ae CT_SCANNER")
+def listen(
+    store: Path = typer.Option(..., "--store", help="Store folder (created if needed)."),
+    port: int = typer.Option(..., "--port", help="TCP port to listen on (DICOM's registered port is 104; 11112 needs no root)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default; others need --allow-ae)."),
+    ae_title: str = typer.Option("MEDWEAVE", "--ae-title", help="This receiver's AE title (associations to another title are rejected)."),
+    allow_ae: List[str] = typer.Option([], "--allow-ae", help="Calling AE title allowed to send (repeatable); others are rejected."),
+    keep_phi: bool = typer.Option(False, "--keep-phi", help="Turn de-identification off (data already de-identified)."),
+    namespace: str = typer.Option("default", "--namespace", help="Patient id namespace."),
+    option: List[str] = typer.Option([], "--option", help="DICOM adapter option KEY=VALUE (repeatable), e.g. burned_in=allow."),
+) -> None:
+    """Receive DICOM over the network (C-STORE; answers C-ECHO) and ingest each instance.
+
+    Every instance is de-identified and committed to the store before its success status is sent,
+    so an acknowledged instance is never lost. Stops on Ctrl-C or SIGTERM.
+    """
+    from .ingest.listen import Listener, ListenError
+
+    try:
+        listener = Listener(store, port, host=host, ae_title=ae_title, allow=allow_ae, namespace=namespace,
+                            options=_parse_options(option), keep_phi=keep_phi,
+                            on_event=lambda line: out.print(line, highlight=False, markup=False))
+    except ListenError as exc:
+        _fail(str(exc))
+    out.print(f"listening on {host}:{port} as {listener.ae_title}"
+              + (f", accepting {', '.join(listener.allow)}" if listener.allow else "")
+              + f"; storing into {store}", highlight=False)
+    try:
+        listener.serve_forever()
+    except ListenError as exc:
+        _fail(str(exc))
+    s = listener.stats
+    out.print(f"stopped: {s.stored} instance(s) stored, {s.already_stored} already stored, {s.failed} refused, "
+              f"{s.echoes} echo(es), {s.associations} association(s)", highlight=False)
+
+
 @app.command(epilog="Example: medweave formats")
 def formats() -> None:
     """List the ingest formats (adapters) and what each reads."""

@@ -483,11 +483,13 @@ def ingest(
     progress: bool = True,
     args: str = "",
     workers: int | None = None,
+    also_finish: tuple[str, ...] = (),
 ) -> IngestReport:
     """Ingest files and folders into ``store`` (opened for writing). See the module docstring.
 
     Units are read (parsed, de-identified) by ``workers`` reader processes when there are many;
-    this process alone writes blobs and commits, in the order of the work list.
+    this process alone writes blobs and commits, in the order of the work list. ``also_finish``
+    names adapters whose ``finish`` step (derived items) runs even if no unit of theirs was read.
     """
     report = IngestReport()
     paths = [Path(p) for p in paths]
@@ -538,6 +540,8 @@ def ingest(
             if batch.due():
                 batch.flush(report)
         batch.flush(report)
+    for name in also_finish:
+        used.setdefault(name, adapters[name])
     for adapter in used.values():
         try:
             derived = list(adapter.finish(ctx))
