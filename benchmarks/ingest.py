@@ -1,24 +1,29 @@
-"""DICOM ingest benchmark: medweave's ingest against a bare pydicom loop.
+"""DICOM ingest benchmark: medweave's ingest against a bare pydicom loop over the same files.
 
-Writes N small CT-like DICOM files (128x128 int16 slices in series of 20, with patient names, ids,
-birth dates and institutions to de-identify), then measures, each in a fresh subprocess so that the
-peak memory (ru_maxrss) belongs to that run alone:
+Writes 10 x N small CT-like DICOM files (128x128 int16 slices in series of 20, with patient names,
+ids, birth dates, institutions and physicians to de-identify), then, for N and for 10 x N files:
 
-* bare: ``pydicom.dcmread(f)`` and ``ds.pixel_array`` for every file;
-* medweave: ``medweave.ingest.ingest`` of the same files into a fresh store (sniffing, fingerprinting,
+* bare: ``pydicom.dcmread(f).pixel_array`` for every file;
+* medweave: ``medweave.ingest.ingest`` of the same files into a fresh store (sniffing, fingerprints,
   de-identification, pixel statistics, blob writes, catalog commits, series volumes).
 
-for N and 10 x N files, and prints one table. Target: medweave >= 0.5x the bare rate, and a peak
-memory that does not grow with N.
+Each run is a fresh subprocess (so that its peak memory, ru_maxrss, is its own); the two commands
+alternate (bare, medweave, bare, medweave, ...) ``--repeats`` times and the table shows the median
+rate of each and the median of the per-pair ratios, so that load from other jobs on the machine
+hits both alike. Then one more process times the stages of medweave's DICOM adapter file by file
+(the runner and catalog share is the rest of the medweave time). The load average is printed
+before and after. Target: medweave >= 0.5x the bare rate, peak memory flat from N to 10 x N.
 
-    python benchmarks/ingest.py --n 200
+    python benchmarks/ingest.py --n 200 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,34 +98,68 @@ def run_medweave(files: list[Path], store_dir: Path) -> None:
     from medweave.store.catalog import Store
 
     with Store(store_dir, write=True) as store:
-        report = ingest(files, store, progress=False)
+        report = ingest(files, store, progress=False, workers=1)
     if report.n_failed:
         raise SystemExit(f"medweave failed on {report.n_failed} files: {report.errors[:3]}")
 
 
-WORKERS = {"bare": run_bare, "medweave": run_medweave}
+def run_stages(files: list[Path], _store: Path) -> dict[str, float]:
+    """Seconds per stage of the DICOM adapter over ``files`` (same code as ``DicomAdapter.read``)."""
+    import hashlib
+
+    from medweave.ingest.adapters import dicom as D
+    from medweave.ingest.base import IngestContext
+    from medweave.store.deid import Deidentifier
+    from medweave.store.deid_dicom import deidentify, write_patched
+
+    deid = Deidentifier(b"\x07" * 32)
+    ctx = IngestContext(store=None, deid=deid)
+    names = ("read + hash", "parse", "de-identify", "write (patch)", "pixels + fields")
+    totals = dict.fromkeys(names, 0.0)
+    for f in files:
+        t0 = time.perf_counter()
+        data = f.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        t1 = time.perf_counter()
+        with D.quiet_pydicom():
+            ds, spans = D.read_dataset(data)
+            t2 = time.perf_counter()
+            result = deidentify(ds, deid, "default")
+            t3 = time.perf_counter()
+            blob = write_patched(result, data, spans)
+            t4 = time.perf_counter()
+            D.image_item(result, blob, D._shared(result.ds, result.patient_id, result.facts, ctx))
+            t5 = time.perf_counter()
+        for name, a, b in zip(names, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            totals[name] += b - a
+    return totals
+
+
+WORKERS = {"bare": run_bare, "medweave": run_medweave, "stages": run_stages}
 
 
 def worker(kind: str, list_file: Path, store_dir: Path) -> None:
     """Import what the run needs, then time it alone; print seconds and peak memory as JSON."""
     files = [Path(p) for p in list_file.read_text().split("\n") if p]
-    if kind == "medweave":
-        import medweave.ingest.adapters.dicom  # noqa: F401  (imports are not part of the rate)
-    else:
+    if kind == "bare":
         import pydicom.pixels  # noqa: F401
+    else:
+        from medweave.ingest.runner import _adapter_instances
+
+        _adapter_instances([])  # imports every adapter once (imports are not part of the rate)
     start = time.perf_counter()
-    WORKERS[kind](files, store_dir)
+    extra = WORKERS[kind](files, store_dir)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "files": len(files), "peak_mb": peak_mb}))
+    print(json.dumps({"seconds": seconds, "files": len(files), "peak_mb": peak_mb, "stages": extra}))
 
 
-def measure(kind: str, files: list[Path], work: Path) -> dict:
+def measure(kind: str, files: list[Path], work: Path, run: int) -> dict:
     list_file = work / f"{kind}-{len(files)}.txt"
     list_file.write_text("\n".join(map(str, files)))
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind, "--list", str(list_file),
-         "--store", str(work / f"store-{kind}-{len(files)}")],
+         "--store", str(work / f"store-{kind}-{len(files)}-{run}")],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -129,22 +168,41 @@ def measure(kind: str, files: list[Path], work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="files in the small run (the large one has 10x)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating bare/medweave runs per size")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.list, args.store)
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="medweave-bench-") as tmp:
         work = Path(tmp)
         files = write_files(work / "dicom", 10 * args.n)
         print(f"{'N':>6} {'files/s bare':>13} {'files/s medweave':>17} {'ratio':>6} "
               f"{'peak MB bare':>13} {'peak MB medweave':>17}")
+        medweave_seconds = {}
         for n in (args.n, 10 * args.n):
-            bare, mw = measure("bare", files[:n], work), measure("medweave", files[:n], work)
-            rate_bare, rate_mw = n / bare["seconds"], n / mw["seconds"]
-            print(f"{n:>6} {rate_bare:>13.0f} {rate_mw:>17.0f} {rate_mw / rate_bare:>6.2f} "
-                  f"{bare['peak_mb']:>13.0f} {mw['peak_mb']:>17.0f}")
+            bare, mw = [], []
+            for run in range(args.repeats):
+                bare.append(measure("bare", files[:n], work, run))
+                mw.append(measure("medweave", files[:n], work, run))
+            ratios = [b["seconds"] / m["seconds"] for b, m in zip(bare, mw)]
+            rate_bare = statistics.median(n / b["seconds"] for b in bare)
+            rate_mw = statistics.median(n / m["seconds"] for m in mw)
+            medweave_seconds[n] = statistics.median(m["seconds"] for m in mw)
+            print(f"{n:>6} {rate_bare:>13.0f} {rate_mw:>17.0f} {statistics.median(ratios):>6.2f} "
+                  f"{max(b['peak_mb'] for b in bare):>13.0f} {max(m['peak_mb'] for m in mw):>17.0f}")
+        n = 10 * args.n
+        stages = measure("stages", files[:n], work, 0)["stages"]
+        print(f"\nmedweave per file, {n} files (ms):")
+        for name, seconds in stages.items():
+            print(f"  {name:<34} {1000 * seconds / n:6.3f}")
+        rest = medweave_seconds[n] - sum(stages.values())
+        print(f"  {'runner + catalog (blobs, commits,':<34}\n  {' series volumes; the rest)':<34} "
+              f"{1000 * rest / n:6.3f}")
+        print(f"  {'total':<34} {1000 * medweave_seconds[n] / n:6.3f}")
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
