@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -17,3 +18,15 @@ def shared_data_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return _REPO_GUESS.parent / "shared" / "data"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): where a server may listen
+    without further protection (``medweave serve`` needs a token elsewhere, ``medweave listen`` an
+    allow-list of AE titles)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -243,21 +243,28 @@ def _check_consistent(root: Path) -> tuple[set[str], int]:
     return instances, len(rows)
 
 
-def _send_until_killed(port: int, files: list[Path], after: int) -> list[Path]:
-    """storescu sending ``files``; SIGKILL once ``after`` instances are acknowledged."""
-    proc = subprocess.Popen(["storescu", "-v", "-aet", "SENDER", "-aec", "MEDWEAVE", "127.0.0.1", str(port),
-                             *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _send_and_kill(port: int, files: list[Path], after: int, victim: subprocess.Popen | None = None) -> list[Path]:
+    """storescu sending ``files`` in one association; once ``after`` instances are acknowledged,
+    SIGKILL the sender (``victim`` None) or ``victim`` (the receiver). Returns the acknowledged files."""
+    sender = subprocess.Popen(["storescu", "-v", "-aet", "SENDER", "-aec", "MEDWEAVE", "127.0.0.1", str(port),
+                               *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in proc.stdout:
+    for line in sender.stdout:
         lines.append(line)
         if len(acknowledged("".join(lines))) >= after:
-            proc.send_signal(signal.SIGKILL)
+            os.kill((victim or sender).pid, signal.SIGKILL)
             break
-    proc.wait(timeout=60)
-    lines += proc.stdout.read().splitlines(keepends=True)
+    (victim or sender).wait(timeout=60)
+    lines += sender.stdout.read().splitlines(keepends=True)
+    sender.wait(timeout=120)
     acked = acknowledged("".join(lines))
-    assert after <= len(acked) < len(files), "the sender was not killed mid-association"
+    assert after <= len(acked) < len(files), "the kill did not fall in the middle of the association"
     return acked
+
+
+def _expected_instances(acked: list[Path], tmp_path: Path) -> set[str]:
+    with open_store(tmp_path / "keys") as keys:  # same key as the receiver's store
+        return {keys.deid.uid(sop_instance(f)) for f in acked}
 
 
 @needs_dcmtk
@@ -268,14 +275,12 @@ def test_sender_killed_mid_association_keeps_every_acknowledged_instance(tmp_pat
     port = free_port()
     proc = start_listener(tmp_path / "store", port)
     try:
-        acked = _send_until_killed(port, files, after=12)
-        time.sleep(1.0)  # the aborted association's clean-up (series stacking) finishes
+        acked = _send_and_kill(port, files, after=12)
+        time.sleep(1.0)  # the dropped connection's clean-up (series stacking) finishes
     finally:
         stop(proc)
     instances, n_items = _check_consistent(tmp_path / "store")
-    with open_store(tmp_path / "keys") as keys:
-        expected = {keys.deid.uid(sop_instance(f)) for f in acked}
-    assert expected <= instances, "an acknowledged instance is missing"
+    assert _expected_instances(acked, tmp_path) <= instances, "an acknowledged instance is missing"
     assert n_items >= len(acked)
     assert not list((tmp_path / "store" / "incoming").glob("*.part"))
 
@@ -287,23 +292,9 @@ def test_receiver_killed_mid_association_loses_no_acknowledged_instance(tmp_path
     files = sorted((tmp_path / "series").glob("*.dcm"))
     port = free_port()
     proc = start_listener(tmp_path / "store", port)
-    sender = subprocess.Popen(["storescu", "-v", "-aet", "SENDER", "-aec", "MEDWEAVE", "127.0.0.1", str(port),
-                               *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in sender.stdout:
-        lines.append(line)
-        if len(acknowledged("".join(lines))) >= 10:
-            os.kill(proc.pid, signal.SIGKILL)  # the receiver dies in the middle of the association
-            break
-    proc.wait(timeout=60)
-    lines += sender.stdout.read().splitlines(keepends=True)
-    sender.wait(timeout=120)
-    acked = acknowledged("".join(lines))
-    assert 10 <= len(acked) < len(files)
+    acked = _send_and_kill(port, files, after=10, victim=proc)
     proc = start_listener(tmp_path / "store", port)  # a restart ingests what was spooled, not yet committed
     stop(proc)
     instances, _ = _check_consistent(tmp_path / "store")
-    with open_store(tmp_path / "keys") as keys:
-        expected = {keys.deid.uid(sop_instance(f)) for f in acked}
-    assert expected <= instances
+    assert _expected_instances(acked, tmp_path) <= instances
     assert not list((tmp_path / "store" / "incoming").glob("*"))

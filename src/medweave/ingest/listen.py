@@ -20,7 +20,6 @@ to listen beyond loopback without an allow-list.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..settings import is_loopback
 from ..store.catalog import Store
 from .runner import IngestReport, ingest
 
@@ -54,15 +54,6 @@ class ListenStats:
     errors: list[str] = field(default_factory=list)  # reasons of the last 100 refused instances
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _ae_title(value: str, what: str) -> str:
     title = value.strip()
     if not title or len(title) > 16 or not title.isascii() or "\\" in title or not title.isprintable():
@@ -80,7 +71,7 @@ class Listener:
                  on_event: Callable[[str], None] | None = None):
         self.ae_title = _ae_title(ae_title, "--ae-title")
         self.allow = tuple(_ae_title(a, "--allow-ae") for a in allow)
-        if not _loopback(host) and not self.allow:
+        if not is_loopback(host) and not self.allow:
             raise ListenError(f"listening on {host} (beyond loopback) needs an allow-list of calling AE "
                               "titles (--allow-ae TITLE): DICOM has no other way to tell senders apart")
         if not 0 < port < 65536:

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..settings import is_loopback
+
 EPILOG = ("Examples: medweave serve --store demo-out/store --model demo-out/models/sequential "
           "--host 127.0.0.1 --port 8000;  medweave serve --vqa-model runs/vqa --port 8000  (a VQA model alone: "
           "OpenAI-compatible /v1/chat/completions)")
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, token: str | None) -> None:
