@@ -10,7 +10,8 @@ ids, birth dates, institutions and physicians to de-identify), then, for N and f
 Each run is a fresh subprocess (so that its peak memory, ru_maxrss, is its own); the two commands
 alternate (bare, medweave, bare, medweave, ...) ``--repeats`` times and the table shows the median
 rate of each and the median of the per-pair ratios, so that load from other jobs on the machine
-hits both alike. Then one more process times the stages of medweave's DICOM adapter file by file
+hits both alike; the CPU ratio (user + system seconds of each process, all its threads) is the
+figure load from other jobs distorts least. Then one more process times the stages of medweave's DICOM adapter file by file
 (the runner and catalog share is the rest of the medweave time). The load average is printed
 before and after. Target: medweave >= 0.5x the bare rate, peak memory flat from N to 10 x N.
 
@@ -147,11 +148,14 @@ def worker(kind: str, list_file: Path, store_dir: Path) -> None:
         from medweave.ingest.runner import _adapter_instances
 
         _adapter_instances([])  # imports every adapter once (imports are not part of the rate)
-    start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    start, cpu_start = time.perf_counter(), usage.ru_utime + usage.ru_stime
     extra = WORKERS[kind](files, store_dir)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "files": len(files), "peak_mb": peak_mb, "stages": extra}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_start  # all threads (DuckDB's too)
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "files": len(files), "peak_mb": usage.ru_maxrss / 1024,
+                      "stages": extra}))
 
 
 def measure(kind: str, files: list[Path], work: Path, run: int) -> dict:
@@ -179,7 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medweave-bench-") as tmp:
         work = Path(tmp)
         files = write_files(work / "dicom", 10 * args.n)
-        print(f"{'N':>6} {'files/s bare':>13} {'files/s medweave':>17} {'ratio':>6} "
+        print(f"{'N':>6} {'files/s bare':>13} {'files/s medweave':>17} {'ratio':>6} {'CPU ratio':>9} "
               f"{'peak MB bare':>13} {'peak MB medweave':>17}")
         medweave_seconds = {}
         for n in (args.n, 10 * args.n):
@@ -188,10 +192,12 @@ def main() -> None:
                 bare.append(measure("bare", files[:n], work, run))
                 mw.append(measure("medweave", files[:n], work, run))
             ratios = [b["seconds"] / m["seconds"] for b, m in zip(bare, mw)]
+            cpu_ratios = [b["cpu"] / m["cpu"] for b, m in zip(bare, mw)]
             rate_bare = statistics.median(n / b["seconds"] for b in bare)
             rate_mw = statistics.median(n / m["seconds"] for m in mw)
             medweave_seconds[n] = statistics.median(m["seconds"] for m in mw)
             print(f"{n:>6} {rate_bare:>13.0f} {rate_mw:>17.0f} {statistics.median(ratios):>6.2f} "
+                  f"{statistics.median(cpu_ratios):>9.2f} "
                   f"{max(b['peak_mb'] for b in bare):>13.0f} {max(m['peak_mb'] for m in mw):>17.0f}")
         n = 10 * args.n
         stages = measure("stages", files[:n], work, 0)["stages"]

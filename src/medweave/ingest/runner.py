@@ -543,12 +543,7 @@ def ingest(
     for name in also_finish:
         used.setdefault(name, adapters[name])
     for adapter in used.values():
-        try:
-            derived = list(adapter.finish(ctx))
-        except Exception as exc:
-            report.warnings.append(f"{adapter.name}: building derived items failed: {_render(_describe(exc), None, ctx)[0]}")
-            derived = []
-        for unit, items in derived:
+        for unit, items in _derived(adapter, ctx, report):  # one at a time: memory stays bounded
             try:
                 batch.add_unit(adapter, unit, _fingerprint(adapter, unit, deid), items)
                 report.n_derived += 1
@@ -578,6 +573,15 @@ def _stored_args(args: str, paths: list[Path], deid: Deidentifier) -> str:
     for p in sorted(paths, key=lambda q: len(str(q)), reverse=True):
         text = text.replace(str(p), deid.display_path(p, p))
     return text
+
+
+def _derived(adapter: Adapter, ctx: IngestContext, report: IngestReport):
+    """The (unit, items) pairs of an adapter's ``finish``, taken one by one (a series volume at a
+    time, not all of them in memory); a failure inside it is reported and ends it."""
+    try:
+        yield from adapter.finish(ctx)
+    except Exception as exc:
+        report.warnings.append(f"{adapter.name}: building derived items failed: {_render(_describe(exc), None, ctx)[0]}")
 
 
 class _Failed(Exception):
