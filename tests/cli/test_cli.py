@@ -18,10 +18,10 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands_and_each_has_an_example():
     top = run("--help")
     assert top.returncode == 0
-    for sub in ("ingest", "store", "cohort", "demo", "formats", "train", "evaluate", "vqa", "retrieve", "explain",
-                "report", "serve", "draft"):
+    for sub in ("ingest", "listen", "store", "cohort", "demo", "formats", "train", "evaluate", "vqa", "retrieve",
+                "explain", "report", "serve", "draft"):
         assert sub in top.stdout
-    for sub in (["ingest"], ["store", "stats"], ["cohort", "build"], ["cohort", "show"], ["demo"], ["formats"],
+    for sub in (["ingest"], ["listen"], ["store", "stats"], ["cohort", "build"], ["cohort", "show"], ["demo"], ["formats"],
                 ["train"], ["evaluate"], ["vqa", "train"], ["vqa", "evaluate"], ["vqa", "ask"], ["vqa", "probe"],
                 ["retrieve"], ["explain"], ["report"], ["serve"], ["draft", "fit"], ["draft", "impression"],
                 ["draft", "score"]):
