@@ -146,20 +146,22 @@ def test_every_corpus_file_is_ingested_or_reported_and_no_identifier_survives(tm
     root = tmp_path / "store"
     with open_store(root) as store:
         report = ingest(files, store, progress=False)  # found by sniffing: preamble or .dcm
+        own = {store.unit_id(f): own[str(f)] for f in files}  # items name their file by a keyed unit id
         errors = store.con.execute("SELECT source_path, reason FROM errors").fetchall()
-        items = store.con.execute("SELECT source_path, blob, CAST(items AS VARCHAR) FROM items").fetchall()
+        items = store.con.execute("SELECT unit_id, blob, CAST(items AS VARCHAR) FROM items").fetchall()
         adapters = store.con.execute("SELECT DISTINCT adapter FROM errors UNION SELECT DISTINCT adapter "
                                      "FROM items").fetchall()
         tables = "\n".join(str(store.con.execute(f"SELECT * FROM {t}").fetchall())
                            for t in ("patients", "studies", "items", "sources", "errors", "runs"))
-    assert report.n_ok + report.n_failed == len(files) == report.n_units
+    assert report.n_ok + report.n_failed + report.n_not_data == len(files) == report.n_units
+    assert [Path(p).name for p, _ in report.skipped] == ["DICOMDIR-empty.dcm"]  # an index, not data
     assert {adapter for (adapter,) in adapters} == {"dicom"}
     assert report.n_ok >= 120 and len(items) >= 120
-    assert len(errors) == report.n_failed
+    assert len(errors) == report.n_failed + report.n_not_data  # the skipped DICOMDIR is listed with its reason
     for path, reason in errors:
         assert Path(path).name.endswith(".dcm") and len(reason) > 15, (path, reason)
     for source, blob, row in items:  # each item against its own file's identifiers, short ids too
-        mine = own.get(source, set())
+        mine = own[source]
         data = (root / blob).read_bytes() if blob else b""
         assert not leaks(data + row.encode(), mine), (Path(source).name, leaks(data + row.encode(), mine))
     assert not leaks(tables.encode("utf-8"), everywhere)
