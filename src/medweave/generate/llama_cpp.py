@@ -28,7 +28,8 @@ from .messages import Message, to_openai
 CHAT_HANDLERS = {"llava-1-5": "Llava15ChatHandler", "llava-1-6": "Llava16ChatHandler",
                  "moondream": "MoondreamChatHandler", "nanollava": "NanoLlavaChatHandler",
                  "llama-3-vision-alpha": "Llama3VisionAlphaChatHandler", "minicpm-v-2.6": "MiniCPMv26ChatHandler",
-                 "qwen2.5-vl": "Qwen25VLChatHandler", "gemma3": "Gemma3ChatHandler", "mtmd": "MTMDChatHandler"}
+                 "qwen2.5-vl": "Qwen25VLChatHandler", "gemma4": "Gemma4ChatHandler", "obsidian": "ObsidianChatHandler",
+                 "mtmd": "MTMDChatHandler"}
 
 
 class LlamaCppOptions(BackendOptions):
