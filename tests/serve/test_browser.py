@@ -47,6 +47,11 @@ def test_case_page_shows_prediction_contributions_and_saliency(page, tmp_path):
     assert 0 <= prob <= 1
     assert page.locator("#shapley tr").count() == 5  # header + 4 modalities
     page.wait_for_selector("#similar", timeout=30_000)
+    # the similar-case panel shows what the retrieved cases' reports say (the phantom's reports)
+    reports = page.locator("#similar .report")
+    assert reports.count() == page.locator("#similar tr").count() - 1
+    texts = [reports.nth(i).inner_text() for i in range(reports.count())]
+    assert any(("pneumonia" in t.lower() or "cardiopulmonary" in t.lower() or "lungs" in t.lower()) for t in texts), texts
     if page.locator("#images img").count():
         assert page.locator("#saliency-occlusion").get_attribute("src").startswith("data:image/png;base64,")
     page.screenshot(path=str(tmp_path / "case.png"), full_page=True)

@@ -59,6 +59,10 @@ def test_rest_routes(server):
     assert abs(sum(ex["shapley"].values()) - (ex["prediction"] - ex["all_absent"])) < 1e-6
     sim = httpx.get(f"{url}/api/cases/{cid}/similar", params={"k": 3}).json()["similar"]
     assert len(sim) == 3 and cid not in [s["case_id"] for s in sim]
+    # each similar case carries its report(s) from the store: findings and impression sections
+    with_text = [r for s in sim for r in s["reports"]]
+    assert all("reports" in s for s in sim) and with_text
+    assert all(r["impression"] or r["findings"] or r["text"] for r in with_text)
     if detail["images"]:
         img = httpx.get(url + detail["images"][0]["url"])
         assert img.headers["content-type"] == "image/png" and img.content.startswith(b"\x89PNG")

@@ -39,32 +39,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..evaluate.observations import OBSERVATIONS, label as obs_label
-from ..retrieve.kb import Entry, KnowledgeBase, Scope
+from ..retrieve.kb import Entry, KnowledgeBase, Scope, report_sections
 from .text import lcs_f, rouge_tokens, split_sentences
 
 DEFAULT_HEAD_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "disease": ("Pneumonia", "Consolidation", "Lung Opacity"),  # the phantom's target
 }
-_SECTION = re.compile(r"^\s*(FINDINGS|IMPRESSION|INDICATION|COMPARISON|EXAMINATION)\s*:\s*", re.I | re.M)
 
 
 class ReportDraftError(ValueError):
     pass
-
-
-def report_sections(text: str, sections: dict[str, str] | None = None) -> dict[str, str]:
-    """FINDINGS / IMPRESSION (and others) of a report: the stored sections (Open-i), else the
-    ``NAME:`` headings of its text."""
-    if sections:
-        return {k.upper(): v for k, v in sections.items() if v}
-    out: dict[str, str] = {}
-    marks = list(_SECTION.finditer(text or ""))
-    for m, nxt in zip(marks, marks[1:] + [None]):
-        body = text[m.end(): nxt.start() if nxt else len(text)]
-        # the body ends at the first blank line (a signature follows the impression)
-        body = re.split(r"\n\s*\n", body.strip(), maxsplit=1)[0]
-        out[m.group(1).upper()] = " ".join(body.split())
-    return out
 
 
 def _norm(name: str) -> str:

@@ -199,6 +199,9 @@ def score_records(task: Task, records: list[dict], n_boot: int = 1000, seed: int
     out: dict[str, Any] = {"samples": len(records), "failed": sum(1 for r in records if r["error"]),
                            "metrics": {}, "breakdown": {}}
     for m in task.metrics:
+        if METRICS.get(m).corpus is not None:
+            out["metrics"][m] = corpus_ci(METRICS.get(m), records, clusters, n_boot, seed)
+            continue
         keep = [i for i, r in enumerate(records) if r["scores"].get(m) is not None]
         out["metrics"][m] = mean_ci([records[i]["scores"][m] for i in keep], [clusters[i] for i in keep], n_boot, seed)
     first = task.metrics[0]
@@ -211,6 +214,31 @@ def score_records(task: Task, records: list[dict], n_boot: int = 1000, seed: int
                                           n_boot, seed) for g, ix in sorted(groups.items())}
     out["errors"] = [r["error"] for r in records if r["error"]][:20]
     return out
+
+
+def corpus_ci(metric, records: list[dict], clusters: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """A corpus metric over every record (a failed sample counts as an empty output) with a cluster
+    bootstrap 95% interval: whole clusters are resampled and the metric is computed on the resample."""
+    preds = [r["extracted"] if not r["error"] else "" for r in records]
+    refs = [r["reference"] or "" for r in records]
+    if not records:
+        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "clusters": 0}
+    try:
+        fn = metric.corpus(preds, refs)
+    except (RuntimeError, OSError) as exc:  # e.g. no Java for CIDEr: say so, score nothing
+        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": len(records), "error": str(exc)}
+    from .text import NO_INTERVAL
+
+    if metric.name in NO_INTERVAL:
+        n_boot = 0
+    inv = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1]
+    members = [np.flatnonzero(inv == c) for c in range(int(inv.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    vals = [fn(np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))]))
+            for _ in range(n_boot)]
+    lo, hi = (float(x) for x in np.percentile(vals, [2.5, 97.5])) if vals else (float("nan"),) * 2
+    return {"value": float(fn(np.arange(len(records)))), "lo": lo, "hi": hi, "n": len(records),
+            "clusters": len(members)}
 
 
 def select(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

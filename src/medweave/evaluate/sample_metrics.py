@@ -10,6 +10,10 @@ scores are:
 - ``closed_acc_yesno``: exact match over the samples whose reference is yes or no.
 - ``open_recall``: over OPEN samples, the share of the reference's tokens found in the prediction.
 - ``token_f1``: token-overlap F1 of prediction and reference (normalised tokens; SQuAD style).
+- text metrics (``medweave.evaluate.text``): ``rouge1``, ``rouge2``, ``rougeL`` (rouge-score F, no
+  stemming), ``rougeL_stem`` (Porter stemmer) per sample; corpus metrics ``bleu_sacre``,
+  ``coco_cider``, ``obs_f1_rules_micro14`` / ``_micro5`` / ``_macro14``, ``distinct_share``, each
+  computed over the whole set (a failed sample counts as an empty output) with a cluster bootstrap.
 
 A sample that failed (no completion) scores 0 on every metric and is counted in ``failed``; a
 metric is never computed over the successful samples only. Add a metric with
@@ -36,6 +40,9 @@ class Metric:
     doc: str
     score: Callable[[str, Sample], float]
     applies: Callable[[Sample], bool] = lambda s: True
+    # a corpus metric: (predictions, references) -> f(index array of a resample) -> value; scored over
+    # the whole set (with a cluster bootstrap of the index), never as a mean of per-sample scores
+    corpus: Callable[[list[str], list[str]], Callable] | None = None
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -66,3 +73,27 @@ for _m in (
     Metric("token_f1", "token-overlap F1 of prediction and reference", lambda p, s: token_f1(p, s.reference)),
 ):
     METRICS.register(_m.name, _m)
+
+
+def _text_metrics() -> None:
+    """The text metrics of ``medweave.evaluate.text`` (drafts, summaries): per-sample ROUGE F-measures
+    (0..1; rouge-score, no stemming, and ROUGE-L with the Porter stemmer) and corpus metrics."""
+    from . import text
+
+    docs = {"rouge1": "ROUGE-1 F (rouge-score, no stemming)", "rouge2": "ROUGE-2 F (rouge-score, no stemming)",
+            "rougeL": "ROUGE-L F (rouge-score, no stemming)", "rougeL_stem": "ROUGE-L F (rouge-score, Porter stemmer)"}
+    for name, doc in docs.items():
+        fn: dict = {}
+
+        def score(p: str, s: Sample, _n: str = name, _fn: dict = fn) -> float:
+            if "f" not in _fn:
+                _fn["f"] = text.rouge_sample(_n)
+            return _fn["f"](p, s.reference)
+
+        METRICS.register(name, Metric(name, doc, score))
+    for name, doc in text.CORPUS_METRICS.items():
+        METRICS.register(name, Metric(name, doc, lambda p, s: 0.0, lambda s: False,
+                                      corpus=lambda preds, refs, _n=name: text.corpus_scorer(_n, preds, refs, 0.01)))
+
+
+_text_metrics()

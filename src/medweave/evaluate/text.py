@@ -191,3 +191,57 @@ def text_report(predictions: Sequence[str], references: Sequence[str], n_boot: i
             out[k] = {"value": 100 * v, "lo": float(lo), "hi": float(hi)}
     out["distinct_share"] = {"value": distinct_share(predictions)}
     return out
+
+
+# --- for the harness: per-sample ROUGE and corpus scorers over resampled indexes --------------------
+
+def rouge_sample(name: str):
+    """A per-sample ROUGE F-measure (0..1) for the harness: rouge1 / rouge2 / rougeL (no stemming),
+    rougeL_stem (Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    key = "rougeL" if name == "rougeL_stem" else name
+    scorer = rouge_scorer.RougeScorer([key], use_stemmer=name == "rougeL_stem")
+    return lambda prediction, reference: float(scorer.score(reference, prediction)[key].fmeasure)
+
+
+def corpus_scorer(name: str, predictions: Sequence[str], references: Sequence[str], scale: float = 1.0):
+    """For a corpus metric, a function of an index array (a resample of the reports) -> its value x100
+    times ``scale`` (the harness uses 0.01: fractions like its other metrics; ``distinct_share`` is a
+    share either way). The statistics are computed once; see the module docstring for the resampling."""
+    fn = _corpus_scorer(name, predictions, references)
+    if name == "distinct_share" or scale == 1.0:
+        return fn
+    return lambda idx: scale * fn(idx)
+
+
+def _corpus_scorer(name: str, predictions: Sequence[str], references: Sequence[str]):
+    _check(predictions, references)
+    if name == "bleu_sacre":
+        bl, stats = _bleu_stats(predictions, references)
+        return lambda idx: float(bl._compute_score_from_stats(list(stats[idx].sum(0))).score)
+    if name == "coco_cider":
+        _, per = coco_scores(predictions, references, meteor=False)
+        return lambda idx: float(per[idx].mean())
+    if name.startswith("obs_f1_rules_"):
+        from .observations import f1_from_matrices, present_matrix
+
+        pm, rm = present_matrix(predictions), present_matrix(references)
+        return lambda idx: 100 * f1_from_matrices(pm[idx], rm[idx])[name]
+    if name == "distinct_share":
+        texts = np.array([re.sub(r"\s+", " ", t.strip()) for t in predictions], dtype=object)
+        return lambda idx: len(set(texts[idx])) / max(1, len(idx))
+    raise KeyError(f"unknown corpus metric {name!r}")
+
+
+# statistics a resample does not estimate (duplicates drawn by the bootstrap change it): no interval
+NO_INTERVAL = {"distinct_share"}
+
+CORPUS_METRICS = {  # as the harness reports them (fractions)
+    "bleu_sacre": "sacrebleu corpus BLEU-4 (13a tokenisation), as a fraction (x100 = sacrebleu's score)",
+    "coco_cider": "pycocoevalcap CIDEr-D after PTB tokenisation (needs Java)",
+    "obs_f1_rules_micro14": "rule-labeller observation F1, micro over the 14 CheXpert observations",
+    "obs_f1_rules_micro5": "rule-labeller observation F1, micro over the 5 common observations",
+    "obs_f1_rules_macro14": "rule-labeller observation F1, macro over observations present in a reference",
+    "distinct_share": "share of distinct outputs (1/n: the same text for everything); no interval",
+}

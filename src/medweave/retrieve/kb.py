@@ -22,6 +22,21 @@ import numpy as np
 from .text import KINDS as TEXT_KINDS, TextIndex, make_index
 
 ENTRY_KINDS = ("findings", "impression", "indication", "report", "qa", "image")
+_SECTION = re.compile(r"^\s*(FINDINGS|IMPRESSION|INDICATION|COMPARISON|EXAMINATION|HISTORY)\s*:\s*", re.I | re.M)
+
+
+def report_sections(text: str, sections: dict[str, str] | None = None) -> dict[str, str]:
+    """FINDINGS / IMPRESSION (and others) of a report: the stored sections (Open-i), else the
+    ``NAME:`` headings of its text (each section ends at the next heading or blank line)."""
+    if sections:
+        return {k.upper(): v for k, v in sections.items() if v}
+    out: dict[str, str] = {}
+    marks = list(_SECTION.finditer(text or ""))
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        body = text[m.end(): nxt.start() if nxt else len(text)]
+        body = re.split(r"\n\s*\n", body.strip(), maxsplit=1)[0]  # a signature may follow
+        out[m.group(1).upper()] = " ".join(body.split())
+    return out
 
 
 class KnowledgeBaseError(ValueError):
@@ -173,6 +188,36 @@ class KnowledgeBase:
             out.append([{"entry": self.entries[rows[h["row"]]], "score": h["score"], "rank": h["rank"]}
                         for h in hits])
         return out
+
+    @classmethod
+    def from_store(cls, store, kinds: Sequence[str] = ("report", "qa"), text_index: str = "tfidf",
+                   split_of: dict[str, str] | None = None) -> "KnowledgeBase":
+        """Text entries from a store: each report (text item) as ``report`` (its findings and impression
+        when it has those sections, else its text; sections in ``fields``), each question-answer pair as
+        ``qa`` (question, answer in ``fields``). ``split_of`` maps patient ids to splits (a cohort's);
+        without it an item's own ``split`` field is used, else ``all``."""
+        import json as _json
+
+        entries = []
+        wanted = {"report": "text", "qa": "qa"}
+        for kind in kinds:
+            if kind not in wanted:
+                raise KnowledgeBaseError(f"unknown kind {kind!r} for a store knowledge base; allowed: report, qa")
+            for r in store.items("modality = ?", [wanted[kind]]).to_dict("records"):
+                meta = r.get("meta")
+                meta = _json.loads(meta) if isinstance(meta, str) else (meta or {})
+                split = (split_of or {}).get(r["patient_id"]) or r.get("split") or "all"
+                base = dict(id=r["item_id"], kind=kind, split=str(split), patient_id=r["patient_id"],
+                            item_id=r["item_id"], study_id=r.get("study_id"), modality=r["modality"],
+                            organ=r.get("organ"), namespace=None)
+                if kind == "report":
+                    sec = report_sections(r.get("text") or "", meta.get("sections"))
+                    body = " ".join(x for x in (sec.get("FINDINGS", ""), sec.get("IMPRESSION", "")) if x)
+                    entries.append(Entry(**base, text=body or (r.get("text") or ""),
+                                         fields={"sections": sec} if sec else {}))
+                else:
+                    entries.append(Entry(**base, text=r.get("text") or "", fields={"answer": r.get("answer")}))
+        return cls(entries, text_index=text_index)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:

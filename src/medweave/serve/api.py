@@ -68,14 +68,15 @@ def build_router() -> APIRouter:
         if j is None or not ctx.dataset.mask[row, j]:
             raise ServeError(404, f"case {case_id!r} has no {modality} to compare")
         return {"case_id": case_id, "modality": modality,
-                "similar": nearest(ctx, ctx.dataset.inputs[modality][row], modality, k, exclude=case_id)}
+                "similar": state_of(request).with_reports(
+                    nearest(ctx, ctx.dataset.inputs[modality][row], modality, k, exclude=case_id))}
 
     @r.post("/similar", summary="Cases whose image is closest to an uploaded image")
     async def similar_image(request: Request, image: UploadFile = File(...), k: int = Form(5)) -> dict[str, Any]:
         st = state_of(request)
         ctx = st.model()
         arr = decode_image(await read_limited(image, st.max_upload_bytes))
-        return {"similar": nearest(ctx, image_embedding(arr), "image", k)}
+        return {"similar": st.with_reports(nearest(ctx, image_embedding(arr), "image", k))}
 
     @r.post("/upload", summary="Upload files and ingest them into the store (size limit, type check)")
     async def upload(request: Request, files: List[UploadFile] = File(...)) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def build_router() -> APIRouter:
         result = answer_question(st, picture, question)
         similar = []
         if data is not None and st.ctx is not None and "image" in st.ctx.modalities:
-            similar = nearest(st.ctx, image_embedding(decode_image(data)), "image", k)
+            similar = st.with_reports(nearest(st.ctx, image_embedding(decode_image(data)), "image", k))
         return {**result, "question": question, "similar": similar}
 
     @r.post("/transcribe", summary="Transcribe a spoken question (Whisper tiny.en, offline)")

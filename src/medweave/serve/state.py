@@ -76,6 +76,32 @@ class ServerState:
             raise ServeError(404, f"no {modality} item {item_id!r} in the store")
         return rows[0]
 
+    def with_reports(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Similar-case hits with each case's report(s): findings and impression (or the text), from the
+        store (already de-identified), so the similar-case panel shows what the cases say."""
+        import json
+
+        from ..retrieve.kb import report_sections
+
+        ctx = self.model()
+        ids = {h["case_id"]: ctx.items_of(h["case_id"], "text") if "text" in ctx.modalities else [] for h in hits}
+        wanted = sorted({i for v in ids.values() for i in v})
+        rows = {r["item_id"]: r for r in self.query(
+            "SELECT item_id, text, meta FROM items WHERE item_id IN (SELECT unnest(?))", [wanted])} if wanted else {}
+        out = []
+        for h in hits:
+            reports = []
+            for i in ids[h["case_id"]]:
+                r = rows.get(i)
+                if r is None:
+                    continue
+                meta = json.loads(r["meta"]) if isinstance(r["meta"], str) else (r["meta"] or {})
+                sec = report_sections(r["text"] or "", (meta or {}).get("sections"))
+                reports.append({"item_id": i, "findings": sec.get("FINDINGS"), "impression": sec.get("IMPRESSION"),
+                                "text": None if sec.get("FINDINGS") or sec.get("IMPRESSION") else (r["text"] or "")[:600]})
+            out.append({**h, "reports": reports})
+        return out
+
     def reload(self) -> None:
         """Rebuild the cohort (after an ingest): new cases become visible."""
         if self.model_dir is None:

@@ -44,9 +44,24 @@ function showError(target, err) {
 
 function caseLink(id) { return el("a", { href: "/case/" + encodeURIComponent(id) }, id); }
 
+function reportCell(reports) {
+  // the similar case's report(s): impression in bold, findings after it
+  const cell = el("div", { class: "report" });
+  for (const r of reports || []) {
+    const p = el("p", {});
+    if (r.impression) p.append(el("b", {}, r.impression + " "));
+    if (r.findings) p.append(document.createTextNode(r.findings));
+    if (!r.impression && !r.findings && r.text) p.append(document.createTextNode(r.text));
+    cell.append(p);
+  }
+  if (!cell.childNodes.length) cell.append(el("span", { class: "note" }, "no report"));
+  return cell;
+}
+
 function similarTable(similar) {
-  const t = table(["case", "similarity", "split", "targets"],
-    similar.map((s) => [caseLink(s.case_id), s.similarity.toFixed(3), s.split, JSON.stringify(s.targets)]));
+  const t = table(["case", "similarity", "split", "targets", "report"],
+    similar.map((s) => [caseLink(s.case_id), s.similarity.toFixed(3), s.split, JSON.stringify(s.targets),
+                        reportCell(s.reports)]));
   t.id = "similar";
   return t;
 }
