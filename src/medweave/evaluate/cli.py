@@ -121,6 +121,8 @@ def run(
                                               "backend's own limit)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Response cache file (default RUN_DIR/cache.sqlite)."),
     probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated: image, paired, prompt, fewshot."),
+    probe_limit: Optional[int] = typer.Option(None, "--probe-limit", help="Ask each probe on this many samples "
+                                              "(seeded choice; default: all, or the task's probes.NAME.limit)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override the task's max_tokens."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the temperature (default 0)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
@@ -147,7 +149,7 @@ def run(
         with load_backend(backend, **options) as b:
             res = run_task(t, b, out_dir, data=data, images=images, limit=limit, seed=seed, concurrency=concurrency,
                            cache_path=cache, probes=[p.strip() for p in probes.split(",") if p.strip()] if probes else (),
-                           n_boot=bootstrap, progress=not quiet, generation=gen)
+                           n_boot=bootstrap, progress=not quiet, generation=gen, probe_limit=probe_limit)
     except _errors() as exc:
         fail(str(exc))
     if as_json:

@@ -264,7 +264,8 @@ def _file_hash(path: Path | None) -> str | None:
 def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | Path | None = None,
              images: str | Path | None = None, limit: int | None = None, seed: int = 0,
              concurrency: int | None = None, cache_path: str | Path | None = None, probes: Iterable[str] = (),
-             n_boot: int = 1000, progress: bool = True, generation: dict[str, Any] | None = None) -> dict[str, Any]:
+             n_boot: int = 1000, progress: bool = True, generation: dict[str, Any] | None = None,
+             probe_limit: int | None = None) -> dict[str, Any]:
     """Run ``task`` against ``backend`` into ``out_dir``; returns the metrics (also in ``metrics.json``)."""
     from .probes import run_probes
 
@@ -296,7 +297,8 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
         result = score_records(task, records, n_boot, seed)
         probe_records: list[dict] = []
         if probes:
-            result["probes"], probe_records = run_probes(task, ex, samples, list(probes), n_boot, seed, pictures)
+            result["probes"], probe_records = run_probes(task, ex, samples, list(probes), n_boot, seed, pictures,
+                                                         probe_limit)
         stats = cache.stats()
     wall = time.perf_counter() - t0
     asked = [r for r in reqs if r.key]

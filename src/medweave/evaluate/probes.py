@@ -269,7 +269,7 @@ PROBE_FUNCTIONS = {"image": image_probe, "paired": paired_probe, "prompt": promp
 
 
 def run_probes(task, ex, samples: list[Sample], names: list[str], n_boot: int, seed: int,
-               pictures: dict) -> tuple[dict[str, Any], list[dict]]:
+               pictures: dict, limit: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """The named probes on the run's samples (those that could be asked); (tables, per-request records)."""
     from .tasks import PROBES
 
@@ -281,6 +281,6 @@ def run_probes(task, ex, samples: list[Sample], names: list[str], n_boot: int, s
     ok = [s for s in samples if s.error is None]
     tables, records = {}, []
     for name in names:
-        opts = task.probes.get(name, {})
+        opts = {**task.probes.get(name, {}), **({"limit": limit} if limit else {})}
         tables[name] = PROBE_FUNCTIONS[name](task, ex, _limit(ok, opts, seed), opts, n_boot, seed, pictures, records)
     return tables, records
