@@ -10,7 +10,7 @@ import typer
 
 from ..settings import is_loopback
 
-EPILOG = ("Examples: medweave serve --store demo-out/store --model demo-out/models/sequential "
+EPILOG = ("Example: medweave serve --store demo-out/store --model demo-out/models/sequential "
           "--host 127.0.0.1 --port 8000;  medweave serve --vqa-model runs/vqa --port 8000  (a VQA model alone: "
           "OpenAI-compatible /v1/chat/completions)")
 
