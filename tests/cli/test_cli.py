@@ -30,6 +30,52 @@ def test_help_lists_subcommands_and_each_has_an_example():
         assert any(f"{w}: medweave {sub[0]}" in h.stdout for w in ("Example", "Examples")), sub
 
 
+# Modules that cost seconds to import (torch alone takes 2-10 s here): none may load for `--help`.
+HEAVY = ("torch", "transformers", "sklearn", "scipy", "numpy", "pandas", "pyarrow", "duckdb", "fastapi", "uvicorn",
+         "faster_whisper", "captum", "faiss", "matplotlib", "pydicom", "nibabel", "wfdb", "PIL", "pycocoevalcap")
+
+HELP_EVERY_COMMAND = """
+import json, sys
+from typer.main import get_command
+from typer.testing import CliRunner
+from medweave.cli import app
+
+def walk(cmd, path):
+    yield path
+    for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+        yield from walk(sub, [*path, name])
+
+runner, paths = CliRunner(), list(walk(get_command(app), []))
+for path in paths:
+    res = runner.invoke(app, [*path, "--help"])
+    assert res.exit_code == 0 and "Usage:" in res.output, (path, res.output)
+print(json.dumps({"commands": [" ".join(p) for p in paths],
+                  "loaded": sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:]))}))
+"""
+
+
+def test_help_of_every_command_imports_no_heavy_module():
+    """`medweave ... --help` stays quick: the CLI imports a command's machinery only when it runs."""
+    res = subprocess.run([sys.executable, "-c", HELP_EVERY_COMMAND, *HEAVY], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert {"ingest", "store stats", "vqa ask", "draft fit", "eval run", "serve"} <= set(got["commands"])
+    assert got["loaded"] == [], f"--help imported {got['loaded']}"
+
+
+def test_lazy_package_exports_resolve_to_their_modules():
+    import medweave.explain
+    import medweave.vqa
+    from medweave.explain import ExplainError
+    from medweave.explain.context import ExplainError as direct
+
+    assert ExplainError is direct and "modality_shapley" in dir(medweave.explain)
+    assert medweave.vqa.normalize.normalize_answer is medweave.vqa.normalize_answer
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        medweave.vqa.nope  # noqa: B018
+
+
 def test_ingest_exit_code_report_and_stats(tmp_path, text_files):
     text_files(tmp_path / "in", 6)
     (tmp_path / "in" / "mystery.xyz").write_bytes(b"\x00\x01garbage")
