@@ -219,3 +219,30 @@ def test_binary_or_empty_txt_files(tmp_path, content):
     with Store(tmp_path / "s", write=True) as st:
         report = ingest([tmp_path], st, progress=False)
     assert (report.n_ok, report.n_not_data, report.n_units) == (0, 1, 1)
+
+
+def test_options_and_namespace_that_change_a_read_are_part_of_the_fingerprint(tmp_path):
+    """Ingesting again with another value of an option the adapter reads (or another patient
+    namespace) reads again and replaces the items; an option the adapter ignores changes nothing."""
+    for ward in range(3):
+        (tmp_path / "in" / f"ward{ward}").mkdir(parents=True)
+        for pt in range(2):
+            (tmp_path / "in" / f"ward{ward}" / f"pt{pt}_r{ward}.txt").write_text(f"Ward {ward}, patient {pt}. {REPORT}")
+
+    def patients(st):
+        return st.items()["patient_id"].nunique()
+
+    with Store(tmp_path / "s", write=True) as st:
+        first = ingest([tmp_path / "in"], st, progress=False, workers=1)
+        assert first.n_ok == 6 and patients(st) == 2  # pt0, pt1 by file-name prefix
+        again = ingest([tmp_path / "in"], st, progress=False, workers=1, options={"burned_in": "allow"})
+        assert again.n_already == 6 and again.n_ok == 0, "an option the text adapter does not read"
+        by_folder = ingest([tmp_path / "in"], st, progress=False, workers=1, options={"patient_from": "parent"})
+        assert by_folder.n_ok == 6 and by_folder.n_already == 0 and by_folder.n_items_replaced == 6
+        assert st.items().shape[0] == 6 and patients(st) == 3  # one patient per folder now
+        same = ingest([tmp_path / "in"], st, progress=False, workers=1, options={"patient_from": "parent"})
+        assert same.n_already == 6
+        before = set(st.items()["patient_id"])
+        other_ns = ingest([tmp_path / "in"], st, progress=False, workers=1, namespace="site-b",
+                          options={"patient_from": "parent"})
+        assert other_ns.n_ok == 6 and patients(st) == 3 and not before & set(st.items()["patient_id"])

@@ -99,6 +99,10 @@ class Adapter:
     version: str = "1"
     extensions: tuple[str, ...] = ()
     description: str = ""
+    # The ``--option`` keys that change what ``read`` gives: their values are part of a unit's
+    # fingerprint, so that ingesting again with another value reads again instead of saying
+    # "already stored". None (a third-party adapter that does not say): every option counts.
+    option_names: tuple[str, ...] | None = None
 
     def sniff(self, path: Path, head: bytes) -> float:
         """How sure (0..1) this adapter is that it reads ``path`` (``head`` = its first 4 KiB)."""

@@ -274,15 +274,21 @@ def _file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-def _fingerprint(adapter: Adapter, unit: Unit, deid: Deidentifier) -> str:
+def _fingerprint(adapter: Adapter, unit: Unit, ctx: IngestContext) -> str:
     """What makes a unit "already stored": adapter and version, the unit, its bytes and its extras,
-    keyed with the store's secret (the unit's path is part of it and must not be recoverable)."""
+    the patient namespace and the options the adapter reads (``Adapter.option_names``), keyed with
+    the store's secret (the unit's path is part of it and must not be recoverable). The default
+    namespace and no options add nothing, so stores written before they counted keep their fingerprints."""
     h = hashlib.sha256()
     h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
     if unit.path.is_file():
         h.update(_file_sha256(unit.path).encode())
     h.update(canonical_json(unit.extra).encode())
-    return deid.keyed("source", h.hexdigest())
+    names = adapter.option_names
+    options = {k: str(v) for k, v in ctx.options.items() if names is None or k in names}
+    if options or ctx.namespace != "default":
+        h.update(canonical_json({"namespace": ctx.namespace, "options": options}).encode())
+    return ctx.deid.keyed("source", h.hexdigest())
 
 
 class _Batch:
@@ -436,7 +442,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
     already stored, else (items, error, warnings, raw patient keys) as ``_read_unit`` gives it."""
     def fingerprint(adapter, unit):
         try:
-            return _fingerprint(adapter, unit, ctx.deid), None
+            return _fingerprint(adapter, unit, ctx), None
         except Exception as exc:
             return None, _describe(exc)
 
@@ -545,7 +551,7 @@ def ingest(
     for adapter in used.values():
         for unit, items in _derived(adapter, ctx, report):  # one at a time: memory stays bounded
             try:
-                batch.add_unit(adapter, unit, _fingerprint(adapter, unit, deid), items)
+                batch.add_unit(adapter, unit, _fingerprint(adapter, unit, ctx), items)
                 report.n_derived += 1
                 report.count(adapter.name, "items", len(items))
             except Exception as exc:

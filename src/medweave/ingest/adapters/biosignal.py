@@ -75,6 +75,7 @@ class EdfAdapter(Adapter):
 
     name = "edf"
     version = "1"
+    option_names = ("patient_from",)
     extensions = (".edf", ".bdf", ".rec")
     description = "EDF / EDF+ / BDF biosignals (EEG, sleep studies), read with pyedflib; header de-identified"
 
@@ -170,6 +171,7 @@ class WavAdapter(Adapter):
 
     name = "wav"
     version = "1"
+    option_names = ("patient_from",)
     extensions = (".wav",)
     description = "WAV signals (heart and lung sounds, any channel count), read with SciPy"
 

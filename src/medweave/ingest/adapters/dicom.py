@@ -738,6 +738,7 @@ class DicomAdapter(Adapter):
 
     name = "dicom"
     version = "1"
+    option_names = ("burned_in", "keep_private")
     extensions = (".dcm", ".dicom")
     description = "DICOM images, series, ECG waveforms and structured reports (de-identified)"
 

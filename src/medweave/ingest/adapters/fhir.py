@@ -433,6 +433,7 @@ class FhirAdapter(Adapter):
 
     name = "fhir"
     version = "1"
+    option_names = ("fhir_patient_key",)
     extensions = (".json", ".ndjson")
     description = "FHIR R4 JSON: Bundles, single resources, bulk-export NDJSON"
 

@@ -197,6 +197,7 @@ class ImageAdapter(Adapter):
 
     name = "image"
     version = "1"
+    option_names = ("patient_from",)
     extensions = IMAGE_EXTENSIONS
     description = "2D pictures: PNG, JPEG, TIFF"
 
@@ -437,6 +438,7 @@ class ImageFolderAdapter(Adapter):
 
     name = "image-folder"
     version = "1"
+    option_names = ("patient_from",)
     description = "class folders of pictures (<split>/<class>/*.png) with an optional metadata CSV"
 
     def sniff(self, path: Path, head: bytes) -> float:

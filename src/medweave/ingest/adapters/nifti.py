@@ -236,6 +236,7 @@ class NiftiAdapter(Adapter):
 
     name = "nifti"
     version = "2"
+    option_names = ("patient_from",)
     extensions = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".hdr.gz", ".par", ".mnc", ".v", ".head")
     description = "NIfTI and MGH volumes (.nii, .nii.gz, .mgh, .mgz), NIfTI-1 pairs and Analyze 7.5 (.hdr + .img)"
 

@@ -123,6 +123,7 @@ class TextReportAdapter(Adapter):
 
     name = "text"
     version = "2"
+    option_names = ("patient_from",)
     extensions = (".txt",)
     description = "plain-text clinical reports and notes (.txt)"
 
@@ -246,6 +247,7 @@ class OpenIAdapter(Adapter):
 
     name = "openi"
     version = "1"
+    option_names = ()
     extensions = (".xml",)
     description = "Open-i XML radiology reports (.xml, or a .tgz of them)"
 

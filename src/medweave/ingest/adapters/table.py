@@ -729,6 +729,7 @@ class CsvAdapter(Adapter):
 
     name = "csv"
     version = "1"
+    option_names = ()  # the mapping is read into each unit's extras, its content counts there
     extensions = TABLE_SUFFIXES
     description = "CSV/TSV tables, wide or long form, with an optional TOML column mapping"
 

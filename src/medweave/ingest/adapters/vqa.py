@@ -101,6 +101,7 @@ class VqaAdapter(Adapter):
 
     name = "vqa"
     version = "1"
+    option_names = ()
     extensions = (".json",)
     description = "VQA-RAD / SLAKE question sets (JSON + images/)"
 

@@ -285,6 +285,7 @@ class WfdbAdapter(Adapter):
 
     name = "wfdb"
     version = "2"
+    option_names = ("patient_from",)
     extensions = (".hea",)
     description = "PhysioNet WFDB records: header, signals, annotations"
 
