@@ -63,6 +63,8 @@ def ingest(
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping for CSV tables."),
     option: List[str] = typer.Option([], "--option", help="Adapter option KEY=VALUE (repeatable)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPU count - 1, max 8; below 2 = none)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: parse and de-identify in Ray tasks (pip install 'medweave[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join (default: a local Ray instance)."),
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -84,12 +86,15 @@ def ingest(
             _fail(f"unknown ingest format {format!r}; allowed values: {', '.join(ADAPTERS.names())}")
     if mapping:
         opts["mapping"] = str(mapping)
+    from .engine import Engine, EngineError
+
     try:
+        eng = Engine(engine, address)
         with Store(store, write=True, keep_phi=keep_phi) as st:
             report = run_ingest(paths, st, fmt=format, namespace=namespace, options=opts,
                                 progress=not quiet and not as_json, workers=workers,
-                                args=shlex.join(["ingest", *map(str, paths)]))
-    except UnknownNameError as exc:
+                                args=shlex.join(["ingest", *map(str, paths)]), engine=eng)
+    except (UnknownNameError, EngineError) as exc:
         _fail(str(exc))
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
@@ -300,15 +305,22 @@ def train(
     out_dir: Path = typer.Option(..., "--out", help="Model folder to write (safetensors + config.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local or ray: where ingest and encoding run (default: the config's [engine])."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join."),
 ) -> None:
     """Ingest the config's data (idempotent), build the cohort, encode (cached), fit, calibrate, save."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError, EngineConfig, load_config
+    from .engine import Engine, EngineError
     from .train.pipeline import PipelineError, train_experiment
 
     try:
         cfg = load_config(config)
+        if engine or address:
+            kind = engine or ("ray" if address else cfg.engine.kind)
+            Engine(kind, address)  # a bad name or pair fails here, in the options' words
+            cfg.engine = EngineConfig(kind=kind, address=address, num_cpus=cfg.engine.num_cpus)
         result = train_experiment(cfg, out_dir, progress=not quiet and not as_json, config_source=str(config))
-    except (ConfigError, PipelineError, FileNotFoundError) as exc:
+    except (ConfigError, PipelineError, FileNotFoundError, EngineError) as exc:
         _fail(str(exc))
     summary = {"model": str(out_dir), "kind": cfg.model.kind, "epochs_run": result.fit["epochs_run"],
                "best_valid_loss": result.fit["best_valid_loss"], "temperatures": result.temperatures,

@@ -130,6 +130,26 @@ class MissingConfig(_Strict):
     seed: int = 0
 
 
+class EngineConfig(_Strict):
+    """Where fan-out work (ingest parsing and de-identification, encoding) runs: ``local`` or ``ray``
+    (``address``: a cluster to join; none: a local Ray instance with ``num_cpus``)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: Optional[str] = None
+    num_cpus: Optional[int] = Field(default=None, ge=1)
+
+    def build(self):
+        from .engine import Engine
+
+        return Engine(self.kind, self.address, self.num_cpus)
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self):
+        if self.address and self.kind != "ray":
+            raise ValueError('an address joins a Ray cluster: set kind = "ray"')
+        return self
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     data: DataConfig
@@ -139,6 +159,7 @@ class ExperimentConfig(_Strict):
     heads: list[HeadConfig] = []
     train: TrainSection = TrainSection()
     missing: list[MissingConfig] = []
+    engine: EngineConfig = EngineConfig()
 
     @field_validator("encoders")
     @classmethod

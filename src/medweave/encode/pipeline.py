@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
-
+from ..engine import LOCAL, Engine
 from ..progress import progress_bar
 from .base import DEFAULT_ENCODERS, get_encoder
 from .cache import EmbeddingCache
@@ -41,10 +41,32 @@ class EncodeStats:
     seconds: float = 0.0
 
 
+class _ChunkEncoder:
+    """Loads one encoder once and encodes chunks of item rows read from the store's blobs: in this
+    process, or inside a Ray actor (the store folder must then be readable at the same path)."""
+
+    def __init__(self, encoder_name: str):
+        self.encoder = get_encoder(encoder_name)
+
+    def run(self, store_root: Path, rows: list[dict]) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
+        """(content hashes encoded, their vectors, (item_id, reason) of rows that could not be loaded)."""
+        inputs, ok, failed = [], [], []
+        for r in rows:
+            try:
+                inputs.append(load_item(store_root, r))
+                ok.append(r["content_hash"])
+            except Exception as exc:  # a bad item never stops the batch
+                failed.append((r["item_id"], f"{type(exc).__name__}: {exc}"))
+        return ok, (self.encoder.encode(inputs) if inputs else None), failed
+
+
 def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: EmbeddingCache | None,
                  progress: bool = True, stats: EncodeStats | None = None,
-                 failures: list | None = None) -> dict[str, np.ndarray]:
-    """Vectors for items (rows of the items table), keyed by content hash, using and filling the cache."""
+                 failures: list | None = None, engine: Engine = LOCAL) -> dict[str, np.ndarray]:
+    """Vectors for items (rows of the items table), keyed by content hash, using and filling the cache.
+
+    Items are encoded in chunks of the encoder's batch size, here or (``engine`` Ray) by a pool of Ray
+    actors, each loading the encoder once; the chunks are the same either way, so are the vectors."""
     import time
 
     encoder = get_encoder(encoder_name)
@@ -57,19 +79,15 @@ def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: E
     stats.cached += len(found)
     todo = [h for h in by_hash if h not in found]
     t0 = time.perf_counter()
+    chunks = [todo[s:s + encoder.batch_size] for s in range(0, len(todo), encoder.batch_size)]
+    jobs = ((Path(store_root), [by_hash[h] for h in chunk]) for chunk in chunks)
+    n_actors = min(engine.cpus(), len(chunks)) if engine.is_ray and chunks else None
     with progress_bar(f"encode {encoder.name}", total=len(todo), unit="items", enabled=progress and bool(todo)) as advance:
-        for start in range(0, len(todo), encoder.batch_size):
-            chunk = todo[start:start + encoder.batch_size]
-            inputs, ok = [], []
-            for h in chunk:
-                try:
-                    inputs.append(load_item(store_root, by_hash[h]))
-                    ok.append(h)
-                except Exception as exc:  # a bad item never stops the batch
-                    failures.append((by_hash[h]["item_id"], f"{type(exc).__name__}: {exc}"))
-                    stats.failed += 1
-            if inputs:
-                vecs = encoder.encode(inputs)
+        for chunk, (ok, vecs, failed) in zip(chunks, engine.map_actors(_ChunkEncoder, (encoder_name,), "run", jobs,
+                                                                      n_actors)):
+            failures.extend(failed)
+            stats.failed += len(failed)
+            if ok:
                 new = {h: v for h, v in zip(ok, vecs)}
                 found.update(new)
                 if cache:
@@ -82,7 +100,7 @@ def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: E
 
 def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cache: EmbeddingCache | None = None,
                   modalities: Iterable[str] | None = None, progress: bool = True,
-                  stats: EncodeStats | None = None) -> CaseEmbeddings:
+                  stats: EncodeStats | None = None, engine: Engine = LOCAL) -> CaseEmbeddings:
     """Case-level embeddings for the item modalities of a cohort (``table`` is featurised separately)."""
     encoders = {**DEFAULT_ENCODERS, **(encoders or {})}
     mods = [m for m in (modalities or cohort.modalities) if m != "table"]
@@ -97,7 +115,7 @@ def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cach
             "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?))", [all_ids]
         ).df().to_dict("records") if all_ids else []
         hash_of = {r["item_id"]: r["content_hash"] for r in rows}
-        vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures)
+        vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
         enc = get_encoder(encoders[m])
         described[m] = enc.describe()
         arr = np.full((n, enc.dim), np.nan, dtype=np.float32)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..engine import LOCAL, Engine
 from ..progress import progress_bar
 from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, canonical_json
 from ..store.deid import Deidentifier
@@ -437,15 +438,33 @@ def _read_in_worker(adapter_name: str, unit: Unit) -> _Read:
     return _read_unit(_WORKER["adapters"][adapter_name], unit, _WORKER["ctx"])
 
 
-def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int):
+def _read_in_ray_task(setup: tuple, adapter_name: str, unit: Unit) -> _Read:
+    """A Ray task: the worker process sets its adapters and context up once per run (``setup`` is
+    ``_init_worker``'s arguments), then reads the unit as a local reader process would."""
+    if _WORKER.get("setup") != setup:
+        _init_worker(*setup)
+        _WORKER["setup"] = setup
+    return _read_in_worker(adapter_name, unit)
+
+
+def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int,
+              engine: Engine = LOCAL):
     """Yield (adapter, unit, fingerprint, read) in the order of ``work``; ``read`` is None for a unit
-    already stored, else (items, error, warnings, raw patient keys) as ``_read_unit`` gives it."""
+    already stored, else (items, error, warnings, raw patient keys) as ``_read_unit`` gives it.
+
+    Units are read here, by ``workers`` reader processes, or (``engine`` Ray) by Ray tasks; in each
+    case at most a bounded window of read units waits for the writer, in order."""
     def fingerprint(adapter, unit):
         try:
             return _fingerprint(adapter, unit, ctx), None
         except Exception as exc:
             return None, _describe(exc)
 
+    setup = (ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options, ctx.forced)
+    if engine.is_ray:
+        tasks = engine.tasks(_read_in_ray_task, setup)
+        yield from _windowed(work, known, fingerprint, lambda a, u: tasks.submit(a.name, u), 4 * engine.cpus())
+        return
     if workers < 2 or len(work) < PARALLEL_MIN_UNITS:
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
@@ -457,27 +476,35 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
                 yield adapter, unit, fp, _read_unit(adapter, unit, ctx)
         return
     import multiprocessing as mp
-    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    window: deque = deque()  # (adapter, unit, fingerprint, future or None, error): bounded, in order
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(ctx.deid.secret, ctx.deid.keep_phi, ctx.namespace, ctx.options,
-                                       ctx.forced)) as pool:
-        def drain(limit: int):
-            while len(window) > limit:
-                adapter, unit, fp, fut, err = window.popleft()
-                if fut is not None:
-                    yield adapter, unit, fp, fut.result()
-                else:
-                    yield adapter, unit, fp, (None, err, [], set()) if err else None
+                             initargs=setup) as pool:
+        yield from _windowed(work, known, fingerprint, lambda a, u: pool.submit(_read_in_worker, a.name, u),
+                             4 * workers)
 
-        for adapter, unit in work:
-            fp, err = fingerprint(adapter, unit)
-            fut = None if err or fp in known else pool.submit(_read_in_worker, adapter.name, unit)
-            window.append((adapter, unit, fp, fut, err))
-            yield from drain(4 * workers)
-        yield from drain(0)
+
+def _windowed(work, known: set[str], fingerprint, submit, limit: int):
+    """Submit the units not yet stored (``submit(adapter, unit)`` gives a future), yield in order,
+    at most ``limit`` waiting."""
+    from collections import deque
+
+    window: deque = deque()  # (adapter, unit, fingerprint, future or None, error): bounded, in order
+
+    def drain(limit: int):
+        while len(window) > limit:
+            adapter, unit, fp, fut, err = window.popleft()
+            if fut is not None:
+                yield adapter, unit, fp, fut.result()
+            else:
+                yield adapter, unit, fp, (None, err, [], set()) if err else None
+
+    for adapter, unit in work:
+        fp, err = fingerprint(adapter, unit)
+        fut = None if err or fp in known else submit(adapter, unit)
+        window.append((adapter, unit, fp, fut, err))
+        yield from drain(limit)
+    yield from drain(0)
 
 
 def ingest(
@@ -490,12 +517,15 @@ def ingest(
     args: str = "",
     workers: int | None = None,
     also_finish: tuple[str, ...] = (),
+    engine: Engine = LOCAL,
 ) -> IngestReport:
     """Ingest files and folders into ``store`` (opened for writing). See the module docstring.
 
     Units are read (parsed, de-identified) by ``workers`` reader processes when there are many;
     this process alone writes blobs and commits, in the order of the work list. ``also_finish``
     names adapters whose ``finish`` step (derived items) runs even if no unit of theirs was read.
+    With ``engine`` Ray, units are read (parsed, de-identified) by Ray tasks instead, and this process
+    still alone writes and commits, in the same order: the store ends the same.
     """
     report = IngestReport()
     paths = [Path(p) for p in paths]
@@ -521,7 +551,7 @@ def ingest(
     used: dict[str, Adapter] = {}
     patients: dict[str, set[str]] = {}
     with progress_bar("ingest", total=len(work), unit="files", enabled=progress) as advance:
-        for adapter, unit, fp, read in _read_all(work, ctx, known, workers):
+        for adapter, unit, fp, read in _read_all(work, ctx, known, workers, engine):
             used[adapter.name] = adapter
             if read is None:
                 report.n_already += 1

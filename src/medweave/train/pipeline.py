@@ -47,7 +47,7 @@ def ingest_data(cfg: ExperimentConfig, store_dir: Path, paths: Sequence[str] | N
     options = {"mapping": cfg.data.mapping} if cfg.data.mapping else {}
     with Store(store_dir, write=True, keep_phi=cfg.data.keep_phi) as st:
         report = ingest(list(paths or cfg.data.paths), st, fmt=cfg.data.format, namespace=cfg.data.namespace,
-                        options=options, progress=progress)
+                        options=options, progress=progress, engine=cfg.engine.build())
     if report.n_ok + report.n_already == 0:
         raise PipelineError(f"nothing could be ingested from {list(paths or cfg.data.paths)}: "
                             + "; ".join(f"{p}: {r}" for p, r in report.errors[:5]))
@@ -119,7 +119,8 @@ def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: Em
     if unknown:
         raise PipelineError(f"model modality {unknown[0]!r} is not in the cohort; cohort modalities: "
                             f"{', '.join(cohort.modalities)} (and 'table' for covariates)")
-    emb = encode_cohort(cohort, store, cfg.encoders, cache, modalities=item_mods, progress=progress)
+    emb = encode_cohort(cohort, store, cfg.encoders, cache, modalities=item_mods, progress=progress,
+                        engine=cfg.engine.build())
     inputs, mask_cols = dict(emb.arrays), [emb.mask[m] for m in item_mods]
     if "table" in mods:
         frame = tabular_frame(cohort, store)
