@@ -48,7 +48,8 @@ class Engine:
         if self.kind not in ENGINES:
             raise EngineError(f"unknown engine {self.kind!r}; allowed values: {', '.join(ENGINES)}")
         if self.address and self.kind != "ray":
-            raise EngineError("an address joins a Ray cluster: use it with --engine ray (kind = \"ray\" in [engine])")
+            raise EngineError("an address joins a Ray cluster: use it with --engine ray "
+                              "(in a config: kind = \"ray\" in its engine section)")
 
     @property
     def is_ray(self) -> bool:

@@ -1,5 +1,6 @@
 """A FAISS inner-product index over L2-normalised vectors (cosine similarity), each row carrying its
-case record (a dict), and same-label precision@k."""
+case record (a dict), and same-label precision@k. Exact for small collections, approximate (IVF)
+above ``vectors.EXACT_MAX`` rows (``medweave.retrieve.vectors``)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,17 @@ class Index:
     normalised and weighted, so neither dominates through its size.
     """
 
-    def __init__(self, vectors: np.ndarray, records: Sequence[dict]):
-        import faiss
+    def __init__(self, vectors: np.ndarray, records: Sequence[dict], kind: str = "auto"):
+        from .vectors import VectorIndex
 
         vectors = _unit(vectors)
         if len(vectors) != len(records):
             raise ValueError(f"{len(vectors)} vectors but {len(records)} records")
         self.records = list(records)
         self.vectors = vectors
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(vectors)
+        # exact up to vectors.EXACT_MAX rows, an IVF index above (see medweave.retrieve.vectors)
+        self.vector_index = VectorIndex.build(vectors, kind=kind)
+        self.index = self.vector_index.index
 
     @staticmethod
     def joint(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
@@ -61,18 +63,29 @@ class Index:
         return out
 
     def _search(self, q: np.ndarray, k: int, allow: np.ndarray | None):
-        import faiss
+        from .vectors import EXACT_MAX
 
         if allow is None:
-            return self.index.search(q, k)
+            return self.vector_index.search(q, k)
         allow = np.asarray(allow, dtype=bool)
         if allow.shape != (len(self),):
             raise ValueError(f"allow mask has shape {allow.shape}; expected ({len(self)},)")
         ids = np.flatnonzero(allow).astype("int64")
         if not len(ids):
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
-        return self.index.search(q, k, params=params)
+        if self.vector_index.kind != "exact" and len(ids) <= EXACT_MAX:
+            # an approximate index may miss allowed rows outside the cells it visits: few allowed rows
+            # are searched exactly, so k hits still come back whenever k rows are allowed
+            sims = q @ self.vectors[ids].T
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            scores = np.take_along_axis(sims, top, axis=1).astype(np.float32)
+            out_ids = ids[top]
+            if top.shape[1] < k:
+                pad = k - top.shape[1]
+                scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+                out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+            return scores, out_ids
+        return self.vector_index.search(q, k, allow=ids)
 
     def similarities(self, query: np.ndarray) -> np.ndarray:
         """Cosine similarity of each query row to every indexed row, (n_queries, n_rows)."""

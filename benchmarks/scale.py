@@ -1,0 +1,317 @@
+"""Scale benchmark: vector search at 1M vectors, and the pipeline's memory and time at N and 10 x N patients.
+
+``vectors``: SYNTHETIC 384-d embeddings (stated: not real ones): a Gaussian mixture of 4,096 random
+unit directions, each vector its cluster's direction plus isotropic noise of the same norm
+(cosine to its centre about 0.7), L2-normalised, written in chunks to a memory-mapped file; 1,000
+queries drawn the same way (not in the index). Clustered data is kind to an IVF index; ``--data
+FILE.npy`` repeats real embeddings (rows of the file) with noise instead, to check on your own. Exact search (``IndexFlatIP``, all vectors) gives the
+true top 10 and is the baseline for latency; the approximate index is medweave's own
+(``medweave.retrieve.vectors.VectorIndex``, IVF), built, saved, re-opened memory-mapped and queried
+one query at a time. Printed: build time, peak memory, index size, and per ``nprobe`` recall@10
+against exact search with p50/p99 latency per query. Aim: recall@10 >= 0.95 at p50 <= 2 ms.
+
+``pipeline``: phantom cohorts of N and 10 x N patients (``medweave.demo.phantom``) through each stage
+in its own process (peak RSS of that process alone): cohort build, encode, training data loading,
+evaluation; printed: seconds and peak RSS per stage and size, the time ratio (10 = linear) and the
+memory ratio (1 = flat).
+
+    python benchmarks/scale.py vectors --n 1000000      # the 1M run (minutes, ~3 GB)
+    python benchmarks/scale.py vectors --n 100000       # a quick run
+    python benchmarks/scale.py pipeline --n 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM = 384
+CLUSTERS = 4096
+K = 10
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic(n: int, seed: int, centres: np.ndarray, out: np.ndarray | None = None, chunk: int = 50_000,
+              noise: float = 1.0):
+    """n vectors of the mixture (see the module docstring), written into ``out`` chunk by chunk:
+    a random centre plus isotropic noise of norm about ``noise``."""
+    rng = np.random.default_rng(seed)
+    dim = centres.shape[1]
+    out = np.empty((n, dim), dtype=np.float32) if out is None else out
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        c = centres[rng.integers(0, len(centres), m)]
+        x = c + noise * rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def exact_topk(data: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000):
+    """True top k by inner product, over the memory-mapped data in chunks (bounded memory)."""
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(data), chunk):
+        sims = queries @ np.asarray(data[start:start + chunk]).T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        s = np.take_along_axis(sims, top, axis=1)
+        cand_s = np.concatenate([best_s, s], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, axis=1), np.take_along_axis(cand_i, order, axis=1)
+    return best_s, best_i
+
+
+def _latencies(fn, queries: np.ndarray) -> np.ndarray:
+    """ms per query, one query at a time on one thread (a second core serves a second query)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    out = np.empty(len(queries))
+    for j in range(len(queries)):
+        t = time.perf_counter()
+        fn(queries[j:j + 1])
+        out[j] = time.perf_counter() - t
+    faiss.omp_set_num_threads(threads)
+    return out * 1000
+
+
+def bench_vectors(args) -> None:
+    import faiss
+
+    from medweave.retrieve.vectors import VectorIndex
+
+    work = Path(tempfile.mkdtemp(prefix="medweave-scale-", dir=args.tmp))
+    rng = np.random.default_rng(args.seed)
+    if args.data:  # real embeddings, each repeated with noise
+        centres = np.load(args.data).astype(np.float32)
+        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+        what = f"{len(centres):,} real embeddings from {args.data} repeated with noise of norm {args.noise}"
+    else:
+        centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        what = f"synthetic: Gaussian mixture of {CLUSTERS} clusters, noise of norm {args.noise}"
+    dim = centres.shape[1]
+    t0 = time.perf_counter()
+    data = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(args.n, dim))
+    synthetic(args.n, args.seed + 1, centres, data, noise=args.noise)
+    data.flush()
+    gen_s = time.perf_counter() - t0
+    queries = synthetic(args.queries, args.seed + 2, centres, noise=args.noise)
+    print(f"data: {args.n:,} x {dim} vectors ({what}), "
+          f"{data.nbytes / 2**30:.2f} GiB memory-mapped, generated in {gen_s:.1f} s; {args.queries} queries; "
+          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    t0 = time.perf_counter()
+    _, truth = exact_topk(data, queries, K)
+    truth_s = time.perf_counter() - t0
+    print(f"exact top {K} for {args.queries} queries (chunked matrix products): {truth_s:.1f} s", flush=True)
+
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    built = VectorIndex.build(data, kind="ivf", nlist=args.nlist, seed=args.seed)
+    build_s = time.perf_counter() - t0
+    build_peak = _peak_mb()
+    built.save(work / "index")
+    nlist, train_size = built.meta["nlist"], built.meta["train_size"]
+    size_mb = (work / "index" / "index.faiss").stat().st_size / 2**20
+    del built
+    index = VectorIndex.open(work / "index")  # memory-mapped
+    print(f"IVF build (train on {train_size:,} + add {args.n:,}): {build_s:.1f} s, nlist {nlist}; "
+          f"process peak RSS {build_peak:.0f} MB (before build {rss0:.0f} MB; the memory-mapped data counts "
+          f"where paged in); index file {size_mb:.0f} MB", flush=True)
+
+    # the baseline: exact search, one query at a time, over an in-memory flat index of a slice scaled up
+    flat_n = min(args.n, 200_000)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(np.ascontiguousarray(data[:flat_n]))
+    lat_flat = _latencies(lambda q: flat.search(q, K), queries[:100]) * (args.n / flat_n)
+    del flat
+    rows = [("exact (IndexFlatIP)", "-", 1.0, np.percentile(lat_flat, 50), np.percentile(lat_flat, 99))]
+    for nprobe in args.nprobe:
+        lat = _latencies(lambda q: index.search(q, K, nprobe=nprobe), queries)
+        _, got = index.search(queries, K, nprobe=nprobe)
+        recall = np.mean([len(set(g) & set(t)) / K for g, t in zip(got, truth)])
+        rows.append((f"IVF{nlist},Flat (mmap)", str(nprobe), recall, np.percentile(lat, 50), np.percentile(lat, 99)))
+    rss_q = _rss_mb()
+    print()
+    print(f"| index | nprobe | recall@{K} vs exact | p50 ms/query | p99 ms/query |")
+    print("|---|---|---|---|---|")
+    for name, nprobe, recall, p50, p99 in rows:
+        print(f"| {name} | {nprobe} | {recall:.3f} | {p50:.2f} | {p99:.2f} |")
+    print()
+    print(f"exact latency: {flat_n:,} rows measured, scaled linearly to {args.n:,}; "
+          f"RSS after opening the index memory-mapped and querying: {rss_q:.0f} MB; process peak {_peak_mb():.0f} MB")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- pipeline at N and 10 x N ---------------------------------------------------------------------
+
+STAGES = ("phantom", "ingest", "cohort", "encode", "train data", "train", "evaluate")
+
+
+def _experiment(root: Path) -> dict:
+    from medweave.demo import PhantomManifest
+    from medweave.demo.run import phantom_experiment
+
+    manifest = PhantomManifest.load(root / "phantom" / "manifest.json")
+    cfg = phantom_experiment(manifest, root / "store", "sequential")
+    cfg["train"] = {"epochs": 3, "patience": 3, "seed": 0}
+    return cfg
+
+
+def run_stage(stage: str, root: Path, n: int) -> dict:
+    """One stage in this (fresh) process; returns what it counted."""
+    from medweave.config import parse_config
+
+    if stage == "phantom":
+        from medweave.demo import generate_phantom
+
+        m = generate_phantom(root / "phantom", n_patients=n, seed=0)
+        return {"files": sum(1 for p in m.path("data").rglob("*") if p.is_file())}
+    cfg = parse_config(_experiment(root), "scale")
+    from medweave.store import Store
+    from medweave.train import pipeline as pl
+
+    if stage == "ingest":
+        from medweave.demo.run import _demo_key
+
+        _demo_key(root / "store", 0)
+        pl.ingest_data(cfg, root / "store", progress=False)
+        with Store(root / "store") as st:
+            return {"items": int(st.con.execute("SELECT count(*) FROM items").fetchone()[0])}
+    with Store(root / "store") as st:
+        if stage == "cohort":
+            cohort = pl.make_cohort(cfg, st)
+            cohort.save(root / "cohort.parquet")
+            return {"cases": len(cohort)}
+        from medweave.cohort import Cohort
+        from medweave.encode import EmbeddingCache
+
+        cohort = Cohort.load(root / "cohort.parquet")
+        if stage in ("encode", "train data"):
+            cache = EmbeddingCache(root / "store-embeddings.duckdb")
+            try:
+                ds, _, info = pl.build_dataset(cfg, cohort, st, cache, progress=False)
+            finally:
+                cache.close()
+            if stage == "train data":  # one pass over the training batches, as fit takes them
+                tr = ds.subset(np.flatnonzero(cohort.table["split"].to_numpy() == "train"))
+                for start in range(0, len(tr), cfg.train.batch_size):
+                    tr.subset(np.arange(start, min(len(tr), start + cfg.train.batch_size))).tensors()
+            return {"cases": len(ds), "failures": len(info["failures"])}
+    if stage == "train":
+        pl.train_experiment(cfg, root / "model", progress=False)
+        return {}
+    if stage == "evaluate":
+        from medweave.evaluate import evaluate_model
+
+        res = evaluate_model(root / "model", n_boot=200, progress=False)  # its test split
+        return {"cases": res["cases"], "auroc": round(res["metrics"]["disease"]["auroc"]["value"], 3)}
+    raise SystemExit(f"unknown stage {stage!r}")
+
+
+def bench_pipeline(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="medweave-scale-pipe-", dir=args.tmp))
+    sizes = [args.n, 10 * args.n]
+    results: dict[int, dict[str, dict]] = {}
+    print(f"phantom cohorts of {sizes[0]:,} and {sizes[1]:,} patients; each stage a fresh process "
+          f"(peak RSS its own); {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work in {work}", flush=True)
+    for n in sizes:
+        root = work / f"n{n}"
+        root.mkdir()
+        results[n] = {}
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "stage", stage, "--root", str(root), "--n", str(n)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"stage {stage} at {n} failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            res["wall"] = time.perf_counter() - t0
+            results[n][stage] = res
+            print(f"  {n:>6} {stage:<11} {res['seconds']:8.1f} s {res['peak_mb']:7.0f} MB  {res['counts']}", flush=True)
+    a, b = sizes
+    print()
+    print(f"| stage | s at {a:,} | s at {b:,} | time ratio (10 = linear) | peak MB at {a:,} | peak MB at {b:,} | "
+          f"memory ratio (1 = flat) |")
+    print("|---|---|---|---|---|---|---|")
+    for stage in STAGES:
+        x, y = results[a][stage], results[b][stage]
+        print(f"| {stage} | {x['seconds']:.1f} | {y['seconds']:.1f} | {y['seconds'] / max(x['seconds'], 1e-9):.1f} | "
+              f"{x['peak_mb']:.0f} | {y['peak_mb']:.0f} | {y['peak_mb'] / x['peak_mb']:.2f} |")
+    print()
+    print("(seconds: the stage's own work, after importing medweave and torch; peak MB: ru_maxrss of the stage's "
+          "process, imports included; phantom = writing the synthetic files, not a medweave stage; train = the "
+          "whole `medweave train`: ingest check, cohort, cached encode, 3 epochs, checkpoint; evaluate = "
+          "`medweave evaluate` on the test split, 200 bootstrap resamples)")
+    for stage in STAGES:
+        x, y = results[a][stage], results[b][stage]
+        slope = (y["peak_mb"] - x["peak_mb"]) / ((b - a) / 1000)
+        print(f"  {stage}: {slope:+.1f} MB of peak per 1,000 more patients")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stage_main(args) -> None:
+    import medweave.evaluate  # noqa: F401  imports are not the stage's work
+    import medweave.train.pipeline  # noqa: F401
+
+    t0 = time.perf_counter()
+    counts = run_stage(args.stage, Path(args.root), args.n)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "counts": counts}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    v = sub.add_parser("vectors", help="recall@10 and latency of the IVF index against exact search")
+    v.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
+    v.add_argument("--queries", type=int, default=1000)
+    v.add_argument("--nlist", type=int, default=None, help="IVF cells (default: about 4 sqrt(n))")
+    v.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 48, 64])
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--data", default=None, help="an .npy of real embeddings (rows) to repeat with noise instead of "
+                   "the synthetic mixture")
+    v.add_argument("--noise", type=float, default=1.0, help="norm of the noise added to each centre / real row")
+    v.add_argument("--tmp", default=None, help="folder for the data and index files (default: system temp)")
+    v.add_argument("--keep", action="store_true", help="keep the data and index files")
+    p = sub.add_parser("pipeline", help="peak RSS and time per stage at N and 10 x N phantom patients")
+    p.add_argument("--n", type=int, default=300, help="patients in the small cohort (the large one has 10x)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tmp", default=None)
+    p.add_argument("--keep", action="store_true", help="keep the cohorts, stores and models")
+    st = sub.add_parser("stage", help=argparse.SUPPRESS)
+    st.add_argument("stage", choices=STAGES)
+    st.add_argument("--root", required=True)
+    st.add_argument("--n", type=int, required=True)
+    args = parser.parse_args()
+    {"vectors": bench_vectors, "pipeline": bench_pipeline, "stage": stage_main}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
