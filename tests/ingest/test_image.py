@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,11 @@ def test_nih_subset_has_every_picture_with_its_csv_facts(shared_data, store):
         findings = [f for f in want["Finding Labels"].split("|") if f != "No Finding"]
         assert labels["findings"] == findings
         assert (row.rows, row.cols) == (64, 64)
+    # the Image Index (00000001_000: NIH's patient number and follow-up) is pseudonymised in the paths
+    stems = {name.rsplit(".", 1)[0] for name in expected}
+    stored = " ".join(list(df["source_path"]) + list(df["meta"]) + list(df["labels"]))
+    assert all(p.rsplit("/", 1)[-1].startswith("[ID-") for p in df["source_path"])
+    assert not [s for s in stems if s in stored or re.search(rf"(?<![0-9.]){s.split('_')[0]}(?![0-9])", stored)]
     # images of one NIH patient share one pseudonymised patient id
     per_patient = {}
     for row in df.itertuples():
