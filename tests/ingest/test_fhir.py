@@ -234,9 +234,6 @@ def test_reading_is_deterministic(store):
     (b'{"resourceType": "Patient", "gender": ', "file: not valid JSON"),
     (b'{"resourceType": "Chalmers"}', "not a FHIR R4 resource type"),
     (b'{"resourceType": "HumanName", "family": "x"}', "not a FHIR R4 resource type"),
-    (b'{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
-     b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}}]}',
-     "entry 0 (Observation): no subject, and the file does not hold exactly one Patient"),
 ])
 def test_bad_files_name_the_problem(store, tmp_path, content, expected):
     path = tmp_path / "bad.json"
@@ -297,3 +294,47 @@ def test_a_synthea_like_clinical_note_becomes_text(store, tmp_path):
     assert report.errors == [] and report.n_ok == 1 and report.n_not_data == 1
     text = _one(_items(store), modality="text")
     assert "Chief complaint: cough" in text.text and "Chalmers" not in text.text and "Peter" not in text.text
+
+
+SUBJECTS = Path(__file__).resolve().parents[1] / "data" / "fhir-hl7-subjects"
+
+
+def test_hl7_examples_whose_subject_is_not_a_patient_reference(store):
+    """HL7's examples that medweave could not place (issue 16's 18): a contained Patient keys its
+    resource like any Patient; results without a subject take their report's; a display name alone keys
+    the patient (with a warning, as a DICOM name without an id does); a file naming no patient at all
+    (a population Group, a Device, an Observation without subject) is skipped with the reason, not failed."""
+    report = ingest([SUBJECTS], store, progress=False)
+    assert report.errors == [], report.errors
+    skipped = {Path(p).name: r for p, r in report.skipped}
+    assert set(skipped) == {"RiskAssessment-population.json", "Device-example.json", "Observation-decimal.json",
+                            "LICENSE.md"}
+    assert "FHIR resources that name no patient (resource (RiskAssessment 'population'))" in \
+        skipped["RiskAssessment-population.json"]
+    assert report.n_ok == 4 and report.n_units == report.n_ok + report.n_not_data
+    df = _items(store)
+    apgar = df[df["meta"].map(lambda m: m.get("resource") == "Observation" and "apgar" in str(m).lower())]
+    assert len(apgar) >= 2 and apgar["patient_id"].nunique() == 1, "both Apgar scores: one contained newborn"
+    assert store.con.execute("SELECT sex FROM patients WHERE patient_id = ?",
+                             [apgar["patient_id"].iloc[0]]).fetchone()[0] == "M"
+    results = df[df["source_path"].str.endswith("Bundle-report.json")]
+    assert len(results) >= 13 and results["patient_id"].nunique() == 1, "results carry their report's subject"
+    (procedure,) = df[df["source_path"].str.endswith("Procedure-ob.json")].itertuples()
+    assert any("display name" in w and "Procedure 'ob'" in w for w in report.warnings)
+    stored = " ".join(map(str, store.con.execute("SELECT * FROM items").fetchall()))
+    stored += " ".join(map(str, store.con.execute("SELECT * FROM patients").fetchall()))
+    for secret in ("Jane Doe", "Chalmers", "2016-05-18", "12345"):
+        assert secret not in stored, secret
+
+
+def test_a_resource_without_subject_beside_a_placed_one_is_left_out_with_a_warning(store, tmp_path):
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueString": "y"}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {**obs, "id": "placed", "subject": {"reference": "Patient/p1"}}},
+        {"resource": {**obs, "id": "loose"}}]}
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    report = ingest([path], store, fmt="fhir", progress=False)
+    assert report.errors == [] and report.n_ok == 1 and len(store.items()) == 1
+    assert any("1 resource(s) that name no patient not stored: entry 1 (Observation 'loose')" in w
+               for w in report.warnings)

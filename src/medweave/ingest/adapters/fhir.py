@@ -240,10 +240,12 @@ def _known_identifiers(entries: list[_Entry]) -> list[str]:
     message about an invalid Patient can be scrubbed of them)."""
     out: list[str] = []
     for e in entries:
-        if e.rtype == "Patient":
-            for path in _PHI_PATHS:
-                for s in _strings_at(e.raw, path):
-                    out.extend(_name_words(s) if "name" in path else [s])
+        contained = e.raw.get("contained") if isinstance(e.raw, dict) else None
+        for raw in [e.raw, *(contained if isinstance(contained, list) else [])]:
+            if isinstance(raw, dict) and raw.get("resourceType") == "Patient":
+                for path in _PHI_PATHS:
+                    for s in _strings_at(raw, path):
+                        out.extend(_name_words(s) if "name" in path else [s])
     return [s for s in out if s.strip()]
 
 
@@ -373,6 +375,7 @@ class _Patients:
         self.mode = mode
         self.by_ref: dict[str, _Subject] = {}
         self.by_entry: dict[str, _Subject] = {}  # Patient entry's place -> its subject
+        self.contained: dict[str, _Subject] = {}  # "<entry's place>#<id>" -> a contained Patient
         for e in entries:
             if e.rtype == "Patient":
                 sub = self.by_entry[e.where] = self._from_patient(e)
@@ -395,17 +398,17 @@ class _Patients:
         return _Subject(pid, _clean(attrs), _instant(p.birthDate)[0], [raw])
 
     def resolve(self, ref: Any, e: _Entry) -> _Subject | None:
-        """The patient a subject reference points at; None when it points at a non-patient."""
+        """The patient a subject reference points at; None when it names no patient (no subject in a
+        file without exactly one Patient, a Group, a Device, a Location, ...): the caller skips it."""
         if ref is None:
             if len(self.by_entry) == 1:
                 return next(iter(self.by_entry.values()))
-            raise IngestError(f"{e.label()}: no subject, and the file does not hold exactly one Patient; "
-                              "expected subject to reference a Patient")
+            return None
         if ref.type and ref.type != "Patient":
             return None
         reference = ref.reference or ""
         if reference.startswith("#"):
-            raise IngestError(f"{e.label()}: subject refers to a contained resource; expected a Patient reference")
+            return self._contained(reference[1:], e)
         if reference:
             found = self.by_ref.get(reference) or self.by_ref.get("Patient/" + _ref_parts(reference)[1])
             if found:
@@ -419,10 +422,29 @@ class _Patients:
             return None
         ident = ref.identifier.value if ref.identifier is not None else None
         raw = (rid or ident) if self.mode == "id" else (ident or rid)
+        display = (ref.display or "").strip()
+        if not raw and display:  # as DICOM without a patient id: the name keys the patient
+            self.ctx.warn(f"{e.label()}: subject named only by a display name: patient keyed by that name")
+            raw = "display:" + display
         if not raw:
-            raise IngestError(f"{e.label()}: subject has neither a reference nor an identifier value")
-        known = [s for s in (ident, rid, *(_name_words(ref.display) if ref.display else [])) if s]
+            return None
+        known = [s for s in (ident, rid, *(_name_words(display) if display else [])) if s]
         return _Subject(self.ctx.patient(raw), {"namespace": self.ctx.namespace}, None, known)
+
+    def _contained(self, cid: str, e: _Entry) -> _Subject | None:
+        """A subject inside the resource itself (``"reference": "#newborn"``): a contained Patient is
+        keyed like any Patient; another contained type (a Group) names no patient."""
+        found = next((c for c in e.raw.get("contained") or [] if isinstance(c, dict) and c.get("id") == cid), None)
+        if found is None:
+            raise IngestError(f"{e.label()}: subject refers to a contained resource the resource does not hold")
+        if found.get("resourceType") != "Patient":
+            return None
+        key = f"{e.where}#{cid}"
+        if key not in self.contained:
+            inner = _Entry(f"{e.where} contained", found)
+            _validate(inner)
+            self.contained[key] = self._from_patient(inner)
+        return self.contained[key]
 
 
 # --- the adapter ---------------------------------------------------------------------------------
@@ -466,6 +488,11 @@ class FhirAdapter(Adapter):
         yield from _FileReader(entries, ctx, mode, known).items()
 
 
+def _some(labels: list[str], shown: int = 3) -> str:
+    more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    return ", ".join(labels[:shown]) + more
+
+
 class _FileReader:
     """Turns the validated resources of one file into items."""
 
@@ -484,7 +511,37 @@ class _FileReader:
             **{t: self._generic for t in GENERIC},
         }
 
+    @staticmethod
+    def _subject_ref(e: _Entry) -> Any:
+        ref = getattr(e.model, "subject", None) or getattr(e.model, "patient", None)
+        if isinstance(ref, list):  # Device.patient is one reference; some types hold lists
+            ref = ref[0] if ref else None
+        return ref
+
+    def _inherited(self) -> dict[str, Any]:
+        """Entry place -> the subject of the report or panel that lists it (``DiagnosticReport.result``,
+        ``Observation.hasMember``), for results that carry no subject of their own (HL7's report Bundles)."""
+        by_key = {k: e for e in self.entries for k in _ref_keys(e)}
+        out: dict[str, Any] = {}
+        for _ in range(2):  # a panel inside a report: its members get the report's subject too
+            for e in self.entries:
+                ref = self._subject_ref(e) or out.get(e.where)
+                members = getattr(e.model, "result", None) if e.rtype == "DiagnosticReport" else \
+                    getattr(e.model, "hasMember", None) if e.rtype == "Observation" else None
+                for m in (members or []) if ref is not None else []:
+                    target = by_key.get(getattr(m, "reference", None) or "")
+                    if target is not None and self._subject_ref(target) is None:
+                        out.setdefault(target.where, ref)
+        return out
+
     def items(self) -> Iterator[Item]:
+        """The items of every resource that names a patient. Resources that name none (no subject in
+        a file without exactly one Patient; a Group, Device or Location as subject) are left out:
+        said in a warning, or, when nothing in the file names a patient, the file is not a data file
+        for a patient-centric store."""
+        inherited = self._inherited()
+        unplaced: list[str] = []
+        n = 0
         for e in self.entries:
             build = self.builders.get(e.rtype)
             if build is None or _entered_in_error(e.model):
@@ -492,12 +549,18 @@ class _FileReader:
             if e.rtype == "Patient":
                 sub = self.patients.by_entry[e.where]
             else:
-                ref = getattr(e.model, "subject", None) or getattr(e.model, "patient", None)
-                if isinstance(ref, list):  # Device.patient is one reference; some types hold lists
-                    ref = ref[0] if ref else None
-                sub = self.patients.resolve(ref, e)
-            if sub is not None:
-                yield from build(e, sub)
+                sub = self.patients.resolve(self._subject_ref(e) or inherited.get(e.where), e)
+            if sub is None:
+                unplaced.append(e.label())
+                continue
+            for it in build(e, sub):
+                n += 1
+                yield it
+        if unplaced and not n:
+            raise NotADataFile(f"FHIR resources that name no patient ({_some(unplaced)}): a patient-centric "
+                               "store has nowhere to put them")
+        if unplaced:
+            self.ctx.warn(f"{len(unplaced)} resource(s) that name no patient not stored: {_some(unplaced)}")
 
     # --- helpers shared by the builders ----------------------------------------------------------
     def scrub(self, text: str | None, sub: _Subject) -> str | None:
