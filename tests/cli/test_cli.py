@@ -32,7 +32,8 @@ def test_help_lists_subcommands_and_each_has_an_example():
 
 # Modules that cost seconds to import (torch alone takes 2-10 s here): none may load for `--help`.
 HEAVY = ("torch", "transformers", "sklearn", "scipy", "numpy", "pandas", "pyarrow", "duckdb", "fastapi", "uvicorn",
-         "faster_whisper", "captum", "faiss", "matplotlib", "pydicom", "nibabel", "wfdb", "PIL", "pycocoevalcap")
+         "faster_whisper", "captum", "faiss", "matplotlib", "pydicom", "nibabel", "wfdb", "PIL", "pycocoevalcap",
+         "ray")
 
 HELP_EVERY_COMMAND = """
 import json, sys
