@@ -390,6 +390,10 @@ from .serve.cli import EPILOG as _SERVE_EPILOG, serve_command  # noqa: E402
 app.command("explain", epilog=_EXPLAIN_EPILOG)(explain_command)
 app.command("report", epilog=_REPORT_EPILOG)(report_command)
 app.command("serve", epilog=_SERVE_EPILOG)(serve_command)
+from .agents.cli import AGENT_EPILOG as _AGENT_EPILOG, MCP_EPILOG as _MCP_EPILOG, agent_command, mcp_command  # noqa: E402
+
+app.command("mcp", epilog=_MCP_EPILOG)(mcp_command)
+app.command("agent", epilog=_AGENT_EPILOG)(agent_command)
 
 
 def main() -> None:  # pragma: no cover - entry point

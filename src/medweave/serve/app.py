@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..explain import ExplainError, ModelContext
-from .state import ServeError, ServerState
+from ..explain import ExplainError
+from .state import ServeError, build_state
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("medweave.serve")
@@ -97,28 +97,12 @@ def create_app(store: str | Path | None = None, model_dir: str | Path | None = N
     on, or ``store``), a VQA model (``medweave vqa train``), any combination, at least one.
 
     A part that cannot be loaded is a ``ValueError`` / ``FileNotFoundError`` naming it."""
-    from ..generate import BackendError
-    from ..generate.builtin import BuiltinBackend
     from .api import build_router
     from .openai_compat import build_router as build_v1
 
-    if store is None and model_dir is None and vqa_model_dir is None:
-        raise ValueError("nothing to serve: give at least one of --store DIR, --model DIR, --vqa-model DIR")
-    store = Path(store) if store is not None else None
-    if store is not None and not (store / "catalog.duckdb").is_file():
-        raise FileNotFoundError(f"{store}: not a medweave store (no catalog.duckdb); create one with "
-                                "`medweave ingest PATH --store DIR`")
-    state = ServerState(store, Path(model_dir) if model_dir is not None else None, token=token)
-    if model_dir is not None:
-        state.ctx = ModelContext.load(model_dir, store_dir=store)
-        state.store_dir = state.ctx.store_dir
+    state = build_state(store, model_dir, vqa_model_dir, token=token)
     if max_upload_bytes:
         state.max_upload_bytes = max_upload_bytes
-    if vqa_model_dir is not None:
-        try:
-            state.answerer = BuiltinBackend(model=Path(vqa_model_dir))
-        except BackendError as exc:
-            raise ValueError(f"--vqa-model: {exc}") from None
     app = FastAPI(title="medweave", version="0.1",
                   description="Multimodal medical AI on a CPU: cases, predictions, explanations, VQA.")
     app.state.medweave = state

@@ -136,6 +136,32 @@ class ServerState:
                 "cases": len(self.ctx.dataset) if self.ctx is not None else None}
 
 
+def build_state(store: str | Path | None = None, model_dir: str | Path | None = None,
+                vqa_model_dir: str | Path | None = None, token: str | None = None) -> ServerState:
+    """The state for any combination of a store, a fusion model (with the store it was trained on, or
+    ``store``) and a VQA model, at least one: what the server and the agent tools (``medweave mcp``)
+    hold. A part that cannot be loaded is a ``ValueError`` / ``FileNotFoundError`` naming it."""
+    from ..generate import BackendError
+    from ..generate.builtin import BuiltinBackend
+
+    if store is None and model_dir is None and vqa_model_dir is None:
+        raise ValueError("nothing to serve: give at least one of --store DIR, --model DIR, --vqa-model DIR")
+    store = Path(store) if store is not None else None
+    if store is not None and not (store / "catalog.duckdb").is_file():
+        raise FileNotFoundError(f"{store}: not a medweave store (no catalog.duckdb); create one with "
+                                "`medweave ingest PATH --store DIR`")
+    state = ServerState(store, Path(model_dir) if model_dir is not None else None, token=token)
+    if model_dir is not None:
+        state.ctx = ModelContext.load(model_dir, store_dir=store)
+        state.store_dir = state.ctx.store_dir
+    if vqa_model_dir is not None:
+        try:
+            state.answerer = BuiltinBackend(model=Path(vqa_model_dir))
+        except BackendError as exc:
+            raise ValueError(f"--vqa-model: {exc}") from None
+    return state
+
+
 def _position(names: list[str], path: str) -> str:
     name = PurePosixPath(str(path).replace("\\", "/")).name
     return f"file {names.index(name) + 1}" if name in names else "a file"
