@@ -223,18 +223,27 @@ def _describe(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_data_file(path: Path) -> Any:
+    """The content of a YAML (.yaml/.yml), JSON (.json) or TOML (any other suffix) file; the parser's
+    exception when it does not parse (callers name the file)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text)
+    if path.suffix == ".json":
+        import json
+
+        return json.loads(text)
+    return tomllib.loads(text)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raw = tomllib.loads(text)
+        raw = read_data_file(path)
     except Exception as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from exc
     return parse_config(raw, str(path))

@@ -171,3 +171,25 @@ def test_agent_command_writes_the_html_page(phantom_model, tiny_vqa_model, tmp_p
     bad = subprocess.run([sys.executable, "-m", "medweave.cli", "agent", "--workflow", str(path), "--model",
                           str(phantom_model), "--split", "valid"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "fitted on that split" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_real_small_llm_as_planner_and_decider(toolbox):
+    """SmolLM2-135M (a GGUF inside a PyPI package) through the llama-cpp backend: whatever it replies,
+    the plan ends within its bound, each reply is recorded, and the decider's reply is read."""
+    from medweave.generate.testing import llama_cpp_available, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if not llama_cpp_available() or gguf is None:
+        pytest.skip("llama-cpp-python or the SmolLM2 GGUF absent (make setup installs both)")
+    backend = {"kind": "llama-cpp", "options": {"model": str(gguf), "n_ctx": 2048}, "max_tokens": 48}
+    wf = _wf(planner={"kind": "llm", "backend": backend, "max_steps": 3}, decider={"kind": "llm", "backend": backend},
+             rollouts={"n": 2, "abstain_below": 0.67})
+    runner = Runner(wf, toolbox)
+    rec = runner.run_case(runner.cases("test", limit=1)[0])
+    for ro in rec["rollouts"]:
+        assert 1 <= len(ro["steps"]) <= 3
+        assert all("reply" in s or s["error"] for s in ro["steps"])
+        assert "reply" in ro["decider"]
+    assert rec["abstained"] or rec["answer"] in ("yes", "no")
+    assert rec["steps"] == sum(len(ro["steps"]) for ro in rec["rollouts"])

@@ -19,12 +19,12 @@ def test_help_lists_subcommands_and_each_has_an_example():
     top = run("--help")
     assert top.returncode == 0
     for sub in ("ingest", "listen", "store", "cohort", "demo", "formats", "train", "evaluate", "vqa", "retrieve",
-                "explain", "report", "serve", "draft", "eval"):
+                "explain", "report", "serve", "draft", "eval", "mcp", "agent"):
         assert sub in top.stdout
     for sub in (["ingest"], ["listen"], ["store", "stats"], ["cohort", "build"], ["cohort", "show"], ["demo"], ["formats"],
                 ["train"], ["evaluate"], ["vqa", "train"], ["vqa", "evaluate"], ["vqa", "ask"], ["vqa", "probe"],
                 ["retrieve"], ["explain"], ["report"], ["serve"], ["draft", "fit"], ["draft", "impression"],
-                ["draft", "score"], ["eval", "tasks"], ["eval", "run"], ["eval", "compare"], ["eval", "report"]):
+                ["draft", "score"], ["eval", "tasks"], ["eval", "run"], ["eval", "compare"], ["eval", "report"], ["mcp"], ["agent"]):
         h = run(*sub, "--help")
         assert h.returncode == 0, h.stderr
         assert any(f"{w}: medweave {sub[0]}" in h.stdout for w in ("Example", "Examples")), sub

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 MCP_EPILOG = ("Example: medweave mcp --store demo-out/store --model demo-out/models/sequential "
-              "--vqa-model runs/vqa   (stdio; --transport http --port 8765 for streamable HTTP at "
+              "--vqa-model demo-out/vqa-phantom-model   (stdio; --transport http --port 8765 for streamable HTTP at "
               "http://127.0.0.1:8765/mcp)")
 
 

@@ -110,18 +110,10 @@ def load_workflow(path: str | Path) -> Workflow:
     path = Path(path)
     if not path.is_file():
         raise WorkflowError(f"{path}: no such workflow file")
-    text = path.read_text(encoding="utf-8")
+    from ..config import read_data_file
+
     try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = read_data_file(path)
     except Exception as exc:  # noqa: BLE001 - any parser's complaint is this file's error
         raise WorkflowError(f"{path}: cannot be read as {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
     return parse_workflow(data, str(path))
@@ -447,17 +439,22 @@ class Runner:
             order = np.random.default_rng(self.wf.rollouts.seed + rollout).permutation(order).tolist()
         return fixed_plan(self.wf, self.tb, case_id, order)
 
-    def fit(self, limit: int | None = None, progress: bool = False) -> dict[str, Any]:
-        """Fit the weighted decider on ``decider.fit_on`` (evidence gathered by the fixed plan)."""
+    def fit(self, limit: int | None = None, progress: bool = False, case_ids: list[str] | None = None,
+            values: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Fit the weighted decider on ``decider.fit_on`` (or on ``case_ids``), from evidence gathered
+        by the fixed plan (or given as ``values``: case id -> evidence values)."""
         if not isinstance(self.decider, WeightedDecider):
             return {}
-        ids = self.cases(self.wf.decider.fit_on, limit)
+        ids = case_ids if case_ids is not None else self.cases(self.wf.decider.fit_on, limit)
         X, y = [], []
         for cid in _progress(ids, f"fitting weights on {self.wf.decider.fit_on}", progress):
-            values, _ = fixed_plan(self.wf, self.tb, cid, list(range(len(self.wf.evidence))))
-            X.append(features(self.wf, values))
+            v = values[cid] if values is not None else \
+                fixed_plan(self.wf, self.tb, cid, list(range(len(self.wf.evidence))))[0]
+            X.append(features(self.wf, v))
             y.append(int(self.truth(cid)))
         self.decider.fit(np.array(X), np.array(y))
+        if case_ids is not None:
+            self.decider.info["fitted_on"] = f"{len(ids)} given cases"
         return self.decider.info
 
     def run_case(self, case_id: str) -> dict[str, Any]:
