@@ -1,7 +1,9 @@
-"""VQA-RAD benchmark: accuracy on both validation splits under every score definition, training time,
+"""VQA benchmark (VQA-RAD, PathVQA): accuracy on the validation splits under every score definition,
+beside a plain MLP and a question-only guess, over split seeds and by question type; training time,
 answer latency, probes, same-organ retrieval precision, and spoken questions (espeak-ng -> Whisper).
 
     .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing] [--only-spoken --transcripts]
+    .venv/bin/python benchmarks/vqa.py --dataset pathvqa --spoken 0 [--only-seeds] [--cache FILE]
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -23,24 +25,31 @@ from medweave.retrieve.index import case_indexes, precision_at_k
 from medweave.settings import shared_data_dir
 from medweave.vqa.cli import print_probes
 from medweave.vqa.features import embed_image_files, embed_questions, open_cache
-from medweave.vqa.model import Answerer
+from medweave.vqa.baselines import plain_mlp, question_only
+from medweave.vqa.model import Answerer, VqaConfig
 from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
-from medweave.evaluate.answers import SCORE_NAMES, exact_match
+from medweave.evaluate.answers import SCORE_NAMES, exact_match, vqa_scores
 from medweave.evaluate.vqa import run_probes, split_scores
 from medweave.vqa.speech import (SpeechError, espeak_available, read_question, speak, spoken_form, transcribe,
                                   transcript_tokens, wer)
 
 console = Console(width=150)
-PUBLISHED = "published VQA-RAD test (overall/closed/open): MEVF 62.7/75.1/43.9, MMQ+MEVF 68.2/75.7/56.9, " \
-            "PubMedCLIP ~72/80.0/60.1, M2I2 ~76.8/83.5/66.5; MedGemma-4B 72.5, Lingshu-32B 76.5 overall"
+PUBLISHED = {
+    "vqa-rad": "published VQA-RAD test (overall/closed/open): MEVF 62.7/75.1/43.9, MMQ+MEVF 68.2/75.7/56.9, "
+               "PubMedCLIP ~72/80.0/60.1, M2I2 ~76.8/83.5/66.5; MedGemma-4B 72.5, Lingshu-32B 76.5 overall",
+    "pathvqa": "published PathVQA test (6,719 questions on 858 pictures none of which is in training; closed = yes/no): "
+               "M2I2 closed 88.0 / open 36.3 (exact match); LLaVA-Med fine-tuned closed 91.2 / open recall 38.0 "
+               "(our open_recall); MEVF+SAN closed 81.4 / open 8.1 (gated accuracy)",
+}
+DATASETS = {"vqa-rad": "testlike,images", "pathvqa": "images"}  # default validation splits
 
 
 def _cell(v: dict) -> str:
     return "-" if v["n"] == 0 else f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] n={v['n']}"
 
 
-def accuracy_table(results: dict[str, dict]) -> None:
-    t = Table(title="VQA-RAD validation (exact match after normalisation; bootstrap 95% CI)")
+def accuracy_table(results: dict[str, dict], dataset: str = "vqa-rad") -> None:
+    t = Table(title=f"{dataset} validation (exact match after normalisation; bootstrap 95% CI)")
     t.add_column("score")
     for split in results:
         t.add_column(f"split: {split}")
@@ -51,7 +60,7 @@ def accuracy_table(results: dict[str, dict]) -> None:
         for k in keys:
             t.add_row(f"  {group[3:]}={k}", *(_cell(r[group][k]) if k in r[group] else "-" for r in results.values()))
     console.print(t)
-    console.print(PUBLISHED, highlight=False)
+    console.print(PUBLISHED[dataset], highlight=False)
 
 
 def retrieval_precision(run, k: int = 5) -> float:
@@ -139,32 +148,89 @@ def spoken(run, cache, n: int, show: bool = False) -> None:
                               highlight=False, markup=False)
 
 
-def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...]) -> dict:
-    """overall / closed / open accuracy of the model trained on each seed's split, and their mean.
-    Returns the first seed's run per split, which the other figures reuse."""
-    t = Table(title="accuracy over validation split seeds (model retrained on each split; exact match)")
-    for col in ("split", "seed", "overall_acc", "closed_acc", "open_acc", "held out"):
+SEED_SCORES = ("overall_acc", "closed_acc", "open_acc", "open_recall")
+
+
+def _scores(questions, answers) -> dict:
+    """The point values of SEED_SCORES and of overall_acc by question type (no intervals)."""
+    res = vqa_scores(questions, answers, n_boot=0)
+    return {**{k: res[k]["value"] for k in SEED_SCORES},
+            **{f"type={t}": v["value"] for t, v in res["by_question_type"].items()}}
+
+
+def baseline_answers(run, cache) -> dict[str, list[str]]:
+    """The plain MLP's and the question-only guess's answers on a split run's held-out questions
+    (trained on the same training side, same embeddings)."""
+    from medweave.vqa.pipeline import embed_set
+
+    img, qe = embed_set(run.train, cache)  # the frozen encoders' embeddings, whatever the answerer reads
+    held_img, _ = embed_set(run.held, cache)
+    answers = [q.answer for q in run.train.questions]
+    return {"plain-mlp": plain_mlp(img, qe, answers, held_img, run.qe),
+            "question-only": question_only(qe, answers, run.qe)}
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg=None,
+               baselines: bool = True) -> dict:
+    """overall / closed / open accuracy of the model trained on each seed's split, beside the plain MLP
+    and the question-only guess on the same split, their mean ± sd over seeds, and the accuracy by
+    question type (mean ± sd). Returns the first seed's run per split, which the other figures reuse."""
+    t = Table(title="accuracy over validation split seeds (every model retrained on each split; exact match)")
+    for col in ("split", "model", "seed", *SEED_SCORES, "held out", "fit s"):
         t.add_column(col)
-    first = {}
+    first, by_type = {}, {}
     for split in splits:
-        rows = []
+        rows: dict[str, list[dict]] = {}
         for seed in seeds:
-            run = fit_split(data, split, cache=cache, seed=seed)
+            run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
             first.setdefault(split, run)
-            res = split_scores(run, n_boot=200)
-            rows.append([res[k]["value"] for k in ("overall_acc", "closed_acc", "open_acc")])
-            t.add_row(split, str(seed), *(f"{res[k]['value']:.3f} [{res[k]['lo']:.3f}, {res[k]['hi']:.3f}]"
-                                          for k in ("overall_acc", "closed_acc", "open_acc")),
-                      str(res["held_out_questions"]))
-        mean, sd = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
-        t.add_row(split, "mean ± sd", *(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)), "", end_section=True)
+            answers = {"answerer": [p.answer for p in run.predictions()]}
+            if baselines:
+                t0 = time.perf_counter()
+                answers.update(baseline_answers(run, cache))
+                base_s = time.perf_counter() - t0
+            for name, ans in answers.items():
+                sc = _scores(run.held.questions, ans)
+                rows.setdefault(name, []).append(sc)
+                fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (both)" if name == "plain-mlp" else "")
+                t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in SEED_SCORES),
+                          str(len(run.held.questions)), fit)
+        for name, scs in rows.items():
+            t.add_row(split, name, "mean ± sd", *(_mean_sd([s[k] for s in scs]) for k in SEED_SCORES),
+                      "", "", end_section=name == list(rows)[-1])
+        by_type[split] = rows
     console.print(t)
+    for split, rows in by_type.items():
+        types = sorted({k for scs in rows.values() for s in scs for k in s if k.startswith("type=")})
+        tt = Table(title=f"split {split}: overall_acc by question type, mean ± sd over split seeds {seeds}")
+        tt.add_column("question type")
+        for name in rows:
+            tt.add_column(name)
+        n_by_type = {}
+        for q in first[split].held.questions:
+            n_by_type[q.question_type or "?"] = n_by_type.get(q.question_type or "?", 0) + 1
+        for k in types:
+            tt.add_row(f"{k[5:]} (n={n_by_type.get(k[5:], '?')} on seed {seeds[0]})",
+                       *(_mean_sd([s.get(k, float('nan')) for s in scs]) for scs in rows.values()))
+        console.print(tt)
     return first
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=shared_data_dir() / "vqa-rad")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="vqa-rad",
+                    help="the shared data set (pathvqa: validation by picture, the official test's situation)")
+    ap.add_argument("--data", type=Path, help="the data folder (default: the shared folder of --dataset)")
+    ap.add_argument("--epochs", type=int, help="answerer epochs (default: VqaConfig's)")
+    ap.add_argument("--members", type=int, help="answerer ensemble members (default: VqaConfig's)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the plain MLP and question-only rows")
     ap.add_argument("--spoken", type=int, default=50)
     ap.add_argument("--no-train-timing", action="store_true", help="skip the cold full training run")
     ap.add_argument("--cache", type=Path, help="embedding cache to reuse (default: the timed model's, or a new one)")
@@ -175,19 +241,22 @@ def main() -> int:
                     help="validation split seeds for the overall/closed/open table (the first seed's split gets "
                          "every other figure); one seed's split moves overall_acc by +-3 points")
     ap.add_argument("--only-seeds", action="store_true", help="only the accuracy over split seeds")
-    ap.add_argument("--splits", default="testlike,images",
+    ap.add_argument("--splits", default=None,
                     help="validation splits (medweave.vqa.splits: testlike mirrors the official test and is where "
                          "choices are made; images holds out pictures; questions is the old reference); the first "
-                         "gets the latency and spoken figures")
+                         "gets the latency and spoken figures; default: testlike,images for vqa-rad, images for "
+                         "pathvqa)")
     args = ap.parse_args()
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    args.data = args.data or shared_data_dir() / args.dataset
+    splits = tuple(s.strip() for s in (args.splits or DATASETS[args.dataset]).split(",") if s.strip())
     if not (args.data / "trainset.json").is_file():
-        console.print(f"VQA-RAD not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
+        console.print(f"{args.dataset} not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
         return 0
+    cfg = VqaConfig(**{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members)) if v is not None})
     work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
     if not args.no_train_timing:
         t0 = time.perf_counter()
-        _, meta = train_vqa(args.data, work / "model")
+        _, meta = train_vqa(args.data, work / "model", cfg)
         console.print(f"training on all {meta['n_train']} questions from cold (embedding included): "
                       f"{time.perf_counter() - t0:.0f} s (embedding {meta['embed_seconds']:.0f} s, "
                       f"fit {meta['fit_seconds']:.0f} s); limit 600 s", highlight=False)
@@ -196,12 +265,12 @@ def main() -> int:
     seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     with open_cache(cache_path) as cache:
         if len(seeds) > 1 and not (args.only_spoken or args.only_latency):
-            runs = seed_table(args.data, seeds, cache, splits)
+            runs = seed_table(args.data, seeds, cache, splits, cfg, not args.no_baselines)
             if args.only_seeds:
                 return 0
         for split in splits[:1] if args.only_spoken or args.only_latency else splits:
             if split not in runs:
-                runs[split] = fit_split(args.data, split, cache=cache, seed=seeds[0] if seeds else 0)
+                runs[split] = fit_split(args.data, split, cfg, cache=cache, seed=seeds[0] if seeds else 0)
             results[split] = split_scores(runs[split])
             console.print(f"split {split}: {results[split]['train_questions']} train / "
                           f"{results[split]['held_out_questions']} held-out questions, fit "
@@ -212,15 +281,17 @@ def main() -> int:
             else:
                 print_latency(runs[splits[0]])
             return 0
-        accuracy_table(results)
+        accuracy_table(results, args.dataset)
         for split, run in runs.items():
-            console.print(f"same-organ retrieval precision@5 ({split} split): {retrieval_precision(run):.3f}")
+            if any(q.organ for q in run.held.questions):  # PathVQA names no organ
+                console.print(f"same-organ retrieval precision@5 ({split} split): {retrieval_precision(run):.3f}")
         for split, run in runs.items():
             console.rule(f"probes on the {split} split's held-out questions")
             print_probes(run_probes(run.model, run.held, cache, n_boot=200))
         print_latency(runs[splits[0]])
         try:
-            spoken(runs[splits[0]], cache, args.spoken, args.transcripts)
+            if args.spoken:
+                spoken(runs[splits[0]], cache, args.spoken, args.transcripts)
         except SpeechError as exc:
             console.print(f"spoken questions: skipped ({exc})", highlight=False)
     return 0
