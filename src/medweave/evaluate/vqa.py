@@ -89,16 +89,17 @@ def _short(res: dict) -> dict:
 
 def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> dict:
     """Scores with the real picture, a blank one, noise and another same-organ picture."""
-    img, qe = embed_set(vqa, cache)
+    encs = model.image_encoders()
+    img, qe = embed_set(vqa, cache, encs)
     names = vqa.image_names()
     row = {n: i for i, n in enumerate(names)}
-    pics = embed_image_files([vqa.image_path(n) for n in names], cache)
-    noise = embed_image_arrays([noise_image(i) for i in range(len(names))], cache)
+    pics = embed_image_files([vqa.image_path(n) for n in names], cache, encs)
+    noise = embed_image_arrays([noise_image(i) for i in range(len(names))], cache, encs)
     swap = other_same_organ(vqa)
     keep = [i for i, q in enumerate(vqa.questions) if q.image in swap]
     variants = {
         "real": img,
-        "blank": np.repeat(embed_image_arrays([blank_image()], cache), len(img), axis=0),
+        "blank": np.repeat(embed_image_arrays([blank_image()], cache, encs), len(img), axis=0),
         "noise": noise[[row[q.image] for q in vqa.questions]],
         "other_same_organ": pics[[row[swap.get(q.image, q.image)] for q in vqa.questions]],
     }
@@ -132,7 +133,7 @@ def paired_probes(model: Answerer, vqa: VqaSet, cache) -> dict:
         return {"pairs": 0, "random_pair_acc": RANDOM_PAIR_ACC}
     names = sorted({p[0] for p in pairs})
     probe = VqaSet([q for p in pairs for q in p[2:]], vqa.images_dir)
-    img, _ = embed_set(VqaSet([Question("", n) for n in names], vqa.images_dir), cache)
+    img, _ = embed_set(VqaSet([Question("", n) for n in names], vqa.images_dir), cache, model.image_encoders())
     row = {n: i for i, n in enumerate(names)}
     qe = embed_questions([q.question for q in probe.questions], cache)
     preds = model.predict(img[[row[q.image] for q in probe.questions]], qe)

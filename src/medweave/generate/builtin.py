@@ -124,7 +124,7 @@ class BuiltinBackend(Backend):
     def _preload(self) -> str:
         """Read every cached picture and question embedding of the model folder (read-only)."""
         from ..encode import get_encoder
-        from ..vqa.features import IMAGE_ENCODERS, QUESTION_ENCODER
+        from ..vqa.features import QUESTION_ENCODER
 
         path = self.model_dir / "embeddings.duckdb"
         if not path.is_file():
@@ -136,7 +136,7 @@ class BuiltinBackend(Backend):
         except duckdb.Error as exc:
             return f"embedding cache {path} not readable ({exc}); pictures are encoded on first use"
         try:
-            encs = [get_encoder(n) for n in (*IMAGE_ENCODERS, QUESTION_ENCODER)]
+            encs = [get_encoder(e) if isinstance(e, str) else e for e in (*self.model.image_encoders(), QUESTION_ENCODER)]
             found: list[dict[str, np.ndarray]] = []
             for e in encs:
                 rows = con.execute("SELECT content_hash, vec FROM embeddings WHERE encoder = ? AND version = ?",
@@ -153,7 +153,7 @@ class BuiltinBackend(Backend):
 
     def picture_embedding(self, image: ImageData | np.ndarray) -> np.ndarray:
         """The (2560,) embedding of a picture given as bytes (keyed by their sha256) or as an array."""
-        from ..vqa.features import IMAGE_ENCODERS, _encode_cached, array_hash
+        from ..vqa.features import _encode_cached, array_hash
 
         key = image.sha256 if isinstance(image, ImageData) else "array:" + array_hash(np.asarray(image))
         hit = self._pictures.get(key)
@@ -164,7 +164,7 @@ class BuiltinBackend(Backend):
 
         arr = decode_picture(image) if isinstance(image, ImageData) else np.asarray(image)
         with torch_threads(self.options.threads):
-            vec = _encode_cached([key], lambda _i: arr, IMAGE_ENCODERS, None)[0]
+            vec = _encode_cached([key], lambda _i: arr, self.model.image_encoders(), None)[0]
         self._pictures[key] = vec
         while len(self._pictures) > self._preloaded + self.options.memory_pictures:
             self._pictures.popitem(last=False)

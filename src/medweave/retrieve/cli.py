@@ -101,7 +101,7 @@ def _retrieve_image(model: Path, image: Path, k: int, question: str | None, as_j
     try:
         answerer = Answerer.load(model)
         with open_cache(model / CACHE_NAME) as cache:
-            img = embed_image_files([image], cache)
+            img = embed_image_files([image], cache, answerer.image_encoders())
             qe = embed_questions([question], cache) if question else None
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)

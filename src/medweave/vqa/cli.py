@@ -61,6 +61,10 @@ def train(
     split: Optional[str] = typer.Option(None, "--split", help="Train on the training side of this validation "
                                         "split only (testlike, images, questions; 15 percent held out)."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of --split."),
+    finetune_blocks: int = typer.Option(0, "--finetune-blocks", help="Fine-tune the picture encoder's last N "
+                                        "blocks (of 16; with augmentation, no flips) on the training pictures "
+                                        "first; saved with the model. 0: frozen encoder."),
+    finetune_epochs: int = typer.Option(15, "--finetune-epochs", help="Epochs of --finetune-blocks."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -68,8 +72,8 @@ def train(
     from .pipeline import train_vqa
 
     try:
-        _model, meta = train_vqa(data, out_dir, VqaConfig(seeds=seeds, epochs=epochs), images=images, split=split,
-                                 split_seed=split_seed)
+        cfg = VqaConfig(seeds=seeds, epochs=epochs, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
+        _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))
     if as_json:

@@ -39,10 +39,11 @@ def open_cache(path: str | Path | None) -> Iterator[EmbeddingCache | None]:
             cache.close()
 
 
-def _encode_cached(keys: list[str], load, encoder_names: Sequence[str], cache: EmbeddingCache | None) -> np.ndarray:
+def _encode_cached(keys: list[str], load, encoder_names: Sequence, cache: EmbeddingCache | None) -> np.ndarray:
     """Vectors for ``keys``, each encoder's side by side: looked up in the cache; a miss is loaded once
-    with ``load(i)`` and encoded by every encoder that lacks it (a picture is decoded once for both views)."""
-    encs = [get_encoder(name) for name in encoder_names]
+    with ``load(i)`` and encoded by every encoder that lacks it (a picture is decoded once for both views).
+    ``encoder_names``: registered names or ``Encoder`` objects (a fine-tuned one, versioned by its weights)."""
+    encs = [get_encoder(e) if isinstance(e, str) else e for e in encoder_names]
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
@@ -63,15 +64,19 @@ def _encode_cached(keys: list[str], load, encoder_names: Sequence[str], cache: E
     return np.concatenate([np.stack([have[k] for k in keys]) for have in found], axis=1).astype(np.float32)
 
 
-def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> np.ndarray:
-    """(n, 2560) picture embeddings (two views) for image files, cached by file hash."""
+def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None,
+                      encoders: Sequence | None = None) -> np.ndarray:
+    """(n, 2560) picture embeddings (two views) for image files, cached by file hash. ``encoders``: the
+    views a model reads (``Answerer.image_encoders()``; default ``IMAGE_ENCODERS``)."""
     paths = [Path(p) for p in paths]
-    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]), IMAGE_ENCODERS, cache)
+    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]),
+                          encoders or IMAGE_ENCODERS, cache)
 
 
-def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None) -> np.ndarray:
+def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None,
+                       encoders: Sequence | None = None) -> np.ndarray:
     """(n, 2560) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
-    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], IMAGE_ENCODERS, cache)
+    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], encoders or IMAGE_ENCODERS, cache)
 
 
 def embed_questions(texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from .data import main_question_type
 from .normalize import normalize_answer
 
 MODEL_FORMAT = "medweave-vqa/3"
+FINETUNED_FORMAT = "medweave-vqa/4"  # /3 plus the fine-tuned picture encoder (``encoder.*`` tensors)
 
 
 @dataclass
@@ -51,6 +52,9 @@ class VqaConfig:
     threads: int = 1
     fact_questions: int = 2      # per known organ/modality/plane fact: true and hallucinated questions each
     fact_weight: float = 0.5     # their loss weight beside a real question's 1.0
+    finetune_blocks: int = 0     # > 0: fine-tune that many last blocks of the 224 view first (encode.finetune)
+    finetune_epochs: int = 15
+    finetune_augmentations: int = 4
 
 
 def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtypes: int):
@@ -137,7 +141,22 @@ class Answerer:
     mem_answer: np.ndarray       # (n,) vocabulary index
     cases: list[dict] = field(default_factory=list)  # per memory row: image, question, answer, organ
     meta: dict = field(default_factory=dict)
+    encoder_state: dict = field(default_factory=dict)  # the fine-tuned tail of the 224 view ({}: frozen)
     _nets: list = field(default_factory=list, repr=False)
+    _encoders: list = field(default_factory=list, repr=False)
+
+    def image_encoders(self) -> list:
+        """The picture views this model reads, in order: registered names, or the fine-tuned encoder
+        (versioned by its weights, so the cache never mixes its vectors with another's) and the 320 view."""
+        from .features import IMAGE_ENCODERS
+
+        if not self.encoder_state:
+            return list(IMAGE_ENCODERS)
+        if not self._encoders:
+            from ..encode.finetune import FineTunedLite0
+
+            self._encoders = [FineTunedLite0(self.encoder_state, self.cfg.finetune_blocks), *IMAGE_ENCODERS[1:]]
+        return self._encoders
 
     # -- training -------------------------------------------------------------------------------
     @classmethod
@@ -258,8 +277,11 @@ class Answerer:
                    "mem_img": self.mem_img.astype(np.float32), "mem_q": self.mem_q, "mem_answer": self.mem_answer}
         for m, state in enumerate(self.members):
             tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
+        tensors.update({f"encoder.{k}": np.asarray(v) for k, v in self.encoder_state.items()})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "weights.safetensors"))
-        config = {"format": MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
+        config = {"format": FINETUNED_FORMAT if self.encoder_state else MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
+                  "image_encoders": [f"{e}:1" if isinstance(e, str) else f"{e.name}:{e.version}"
+                                     for e in self.image_encoders()],
                   "cases": self.cases, "meta": self.meta}
         (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
         return out
@@ -276,15 +298,21 @@ class Answerer:
             raise FileNotFoundError(f"{model_dir}: not a VQA model folder (needs config.json and "
                                     "weights.safetensors from `medweave vqa train`)")
         config = json.loads(cfg_path.read_text())
-        if config.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{cfg_path}: field format is {config.get('format')!r}; expected {MODEL_FORMAT!r}")
+        if config.get("format") not in (MODEL_FORMAT, FINETUNED_FORMAT):
+            raise ValueError(f"{cfg_path}: field format is {config.get('format')!r}; expected {MODEL_FORMAT!r} "
+                             f"or {FINETUNED_FORMAT!r}")
         t = load_file(str(w_path))
+        known = set(VqaConfig.__dataclass_fields__)
+        unknown = sorted(set(config["config"]) - known)
+        if unknown:
+            raise ValueError(f"{cfg_path}: unknown config keys {unknown}; allowed: {sorted(known)}")
         cfg = VqaConfig(**config["config"])
         members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
                    for m in range(cfg.seeds)]
         return cls(cfg, config["vocab"], t["type_masks"].astype(bool), config["qtypes"],
                    t["qtype_masks"].astype(bool), t["img_mean"], t["img_std"], members,
-                   t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"])
+                   t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"],
+                   {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")})
 
 
 def _view(x, member: int, views: int):

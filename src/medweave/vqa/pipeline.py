@@ -18,10 +18,11 @@ from .splits import DEFAULT_SPLIT, make_split
 CACHE_NAME = "embeddings.duckdb"
 
 
-def embed_set(vqa: VqaSet, cache) -> tuple[np.ndarray, np.ndarray]:
-    """(per-question picture embeddings, question embeddings) for a VQA set."""
+def embed_set(vqa: VqaSet, cache, encoders=None) -> tuple[np.ndarray, np.ndarray]:
+    """(per-question picture embeddings, question embeddings) for a VQA set; ``encoders``: the picture
+    views a model reads (``Answerer.image_encoders()``; default the frozen ones)."""
     names = vqa.image_names()
-    pics = embed_image_files([vqa.image_path(n) for n in names], cache)
+    pics = embed_image_files([vqa.image_path(n) for n in names], cache, encoders)
     row = {n: i for i, n in enumerate(names)}
     img = pics[[row[q.image] for q in vqa.questions]] if vqa.questions else np.zeros((0, pics.shape[1]), np.float32)
     return img, embed_questions([q.question for q in vqa.questions], cache)
@@ -36,13 +37,25 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
     """An answerer trained on a VQA set whose embeddings are given, plus yes/no questions generated
     from what the set states about each picture (``facts.fact_questions``; ``cfg.fact_questions=0``: none)."""
     cfg = cfg or VqaConfig()
+    tuned = None
+    if cfg.finetune_blocks:
+        from ..encode.finetune import FineTunedLite0
+        from .features import IMAGE_ENCODERS
+        from .tuning import finetune_for_set
+
+        tuned = finetune_for_set(vqa, cfg)
+        img = embed_set(vqa, cache, [FineTunedLite0(tuned.state, cfg.finetune_blocks), *IMAGE_ENCODERS[1:]])[0]
     closed = np.array([q.closed for q in vqa.questions], dtype=bool)
     generated = fact_questions(picture_facts(question_records(vqa.questions)), cfg.fact_questions)
     row = {q.image: i for i, q in enumerate(vqa.questions)}
     facts = (img[[row[q.image] for q in generated]].reshape(len(generated), img.shape[1]),
              embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
              [q.question_type for q in generated])
-    return Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg, facts)
+    model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg, facts)
+    if tuned is not None:
+        model.encoder_state = tuned.state
+        model.meta["finetune"] = tuned.info()
+    return model
 
 
 def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = None,
@@ -78,7 +91,7 @@ def answer_set(model: Answerer, vqa: VqaSet, cache) -> list[Prediction]:
     """The model's answers to every question of a set."""
     if not vqa.questions:
         return []
-    img, qe = embed_set(vqa, cache)
+    img, qe = embed_set(vqa, cache, model.image_encoders())
     return model.predict(img, qe)
 
 
@@ -93,6 +106,7 @@ class SplitRun:
     qe: np.ndarray
     train_questions: int
     fit_seconds: float
+    train: VqaSet | None = None  # the training side
 
     def predictions(self) -> list[Prediction]:
         return self.model.predict(self.img, self.qe)
@@ -106,15 +120,17 @@ def fit_split(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | Non
     img, qe = embed_set(vqa, cache)
     t0 = time.perf_counter()
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
-    return SplitRun(split, model, vqa.subset(held_idx), img[held_idx], qe[held_idx], len(train_idx),
-                    time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    held = vqa.subset(held_idx)
+    held_img = embed_set(held, cache, model.image_encoders())[0] if model.encoder_state else img[held_idx]
+    return SplitRun(split, model, held, held_img, qe[held_idx], len(train_idx), seconds, vqa.subset(train_idx))
 
 
 def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 3) -> dict:
     """Answer one question about one picture file: answer, probability, type assumed, similar cases."""
     if not str(question).strip():
         raise ValueError("the question is empty")
-    img = embed_image_files([image], cache)
+    img = embed_image_files([image], cache, model.image_encoders())
     qe = embed_questions([question])  # a one-off question: not worth a cache write
     pred = model.predict(img, qe)[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,

@@ -1,0 +1,85 @@
+"""Fine-tuning the picture encoder: radiology-safe augmentation, image-only heads from the answers, the
+fine-tuned tail saved with the model and versioned in the embedding cache; and the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medweave.encode.finetune import FT_NAME, FinetuneConfig, FineTunedLite0, augment, build_tail, state_hash
+from medweave.vqa.baselines import plain_mlp, question_only
+from medweave.vqa.data import load_vqa
+from medweave.vqa.features import IMAGE_ENCODERS, embed_image_files, open_cache
+from medweave.vqa.model import Answerer, VqaConfig
+from medweave.vqa.pipeline import CACHE_NAME, answer_set, train_vqa
+from medweave.vqa.testing import picture
+from medweave.vqa.tuning import picture_targets
+
+
+def test_augment_keeps_left_and_right():
+    """No flip: a blob on the left stays on the left in every augmented copy (crops and rotations are small)."""
+    rng = np.random.default_rng(0)
+    cfg = FinetuneConfig()
+    left = picture("left", "CHEST", 0)
+    copies = [augment(left, rng, cfg) for _ in range(20)]
+    assert all(c.shape == (3, 224, 224) and c.dtype == np.float32 for c in copies)
+    assert all(c[0, :, :112].mean() > c[0, :, 112:].mean() + 0.3 for c in copies)
+    assert not np.allclose(copies[0], copies[1])  # the copies differ
+
+
+def test_picture_targets_from_answers(tiny_set):
+    vqa = load_vqa(tiny_set)
+    names, targets = picture_targets(vqa, min_pictures=1)
+    y, classes = targets.single["organ"]
+    assert classes == ["CHEST", "HEAD"] and len(y) == len(names) == 12
+    assert [classes[i] for i in y[:4]] == ["CHEST", "CHEST", "HEAD", "HEAD"]  # img00..03 as written
+    assert sorted(targets.multi_names) == ["left", "right"]
+    col = targets.multi_names.index("left")
+    assert targets.multi[:, col].tolist() == [1.0 if i % 2 == 0 else 0.0 for i in range(12)]
+
+
+def test_tail_version_is_its_weights():
+    tail = build_tail(1)
+    state = {k: v.detach().numpy().copy() for k, v in tail.state_dict().items()}
+    enc = FineTunedLite0(state, 1)
+    moved = {k: v + (1e-3 if k.endswith("conv_head.weight") else 0) for k, v in state.items()}
+    assert enc.name == FT_NAME and enc.version == "1-" + state_hash(state)
+    assert FineTunedLite0(moved, 1).version != enc.version
+
+
+def test_finetuned_model_saved_and_versioned(tiny_set, tmp_path):
+    """A fine-tuned model: its tail in weights.safetensors, its picture vectors cached under its own
+    version beside the frozen ones, the same answers after loading, and a different picture embedding
+    from the frozen encoder's (the tail learned)."""
+    out = tmp_path / "model"
+    model, meta = train_vqa(tiny_set, out, VqaConfig(seeds=1, epochs=30, finetune_blocks=1, finetune_epochs=3,
+                                                     finetune_augmentations=1))
+    assert meta["finetune"]["version"] and len(meta["finetune"]["losses"]) == 3
+    enc = model.image_encoders()[0]
+    assert isinstance(enc, FineTunedLite0) and model.image_encoders()[1] == IMAGE_ENCODERS[1]
+    loaded = Answerer.load(out)
+    assert loaded.image_encoders()[0].version == enc.version
+    vqa = load_vqa(tiny_set)
+    with open_cache(out / CACHE_NAME) as cache:
+        assert cache.count(FT_NAME) == 12  # every training picture, under the tuned version
+        a = [p.answer for p in answer_set(model, vqa, cache)]
+        b = [p.answer for p in answer_set(loaded, vqa, cache)]
+        tuned = embed_image_files([vqa.image_path("img00.png")], cache, loaded.image_encoders())
+        frozen = embed_image_files([vqa.image_path("img00.png")], cache)
+    assert a == b
+    assert not np.allclose(tuned[0, :1280], frozen[0, :1280], atol=1e-4)
+    np.testing.assert_allclose(tuned[0, 1280:], frozen[0, 1280:], atol=1e-5)  # the 320 view stays frozen
+
+
+def test_baselines_learn_what_they_can_see():
+    rng = np.random.default_rng(0)
+    n = 200
+    side = rng.integers(0, 2, n)
+    img = np.concatenate([rng.normal(0, 1, (n, 8)) + 3 * side[:, None], rng.normal(0, 1, (n, 8))], axis=1)
+    q = np.tile(np.eye(4)[0], (n, 1)).astype(np.float32)
+    answers = ["left" if s else "right" for s in side]
+    pred = plain_mlp(img[:150], q[:150], answers[:150], img[150:], q[150:], epochs=30)
+    assert np.mean([p == a for p, a in zip(pred, answers[150:])]) > 0.9
+    # the question-only guess cannot see the side: it says the majority of the nearest questions
+    guess = question_only(q[:150], answers[:150], q[150:], k=150)
+    majority = max(set(answers[:150]), key=answers[:150].count)
+    assert set(guess) == {majority}
