@@ -24,8 +24,9 @@ from rich.table import Table
 from medweave.retrieve.index import case_indexes, precision_at_k
 from medweave.settings import shared_data_dir
 from medweave.vqa.cli import print_probes
-from medweave.vqa.features import embed_image_files, embed_questions, open_cache
+from medweave.vqa.features import IMAGE_ENCODERS, embed_image_files, embed_questions, open_cache
 from medweave.vqa.baselines import plain_mlp, question_only
+from medweave.vqa.data import load_vqa
 from medweave.vqa.model import Answerer, VqaConfig
 from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
 from medweave.evaluate.answers import SCORE_NAMES, exact_match, vqa_scores
@@ -81,7 +82,7 @@ def latency(model: Answerer, run, n: int = 50) -> tuple[float, float]:
     qs = run.held.questions[:n]
     times = []
     with tempfile.TemporaryDirectory() as tmp, open_cache(Path(tmp) / "pictures.duckdb") as cache:
-        embed_image_files([run.held.image_path(q.image) for q in qs], cache)  # pictures cached, questions not
+        embed_image_files([run.held.image_path(q.image) for q in qs], cache, model.image_encoders())  # pictures cached
         for q in qs:
             t0 = time.perf_counter()
             ask(model, run.held.image_path(q.image), q.question, cache, k=3)
@@ -163,10 +164,11 @@ def baseline_answers(run, cache) -> dict[str, list[str]]:
     (trained on the same training side, same embeddings)."""
     from medweave.vqa.pipeline import embed_set
 
-    img, qe = embed_set(run.train, cache)  # the frozen encoders' embeddings, whatever the answerer reads
-    held_img, _ = embed_set(run.held, cache)
+    views = IMAGE_ENCODERS[:run.model.cfg.views]  # the frozen encoders' embeddings, whatever the answerer reads
+    img, qe = embed_set(run.train, cache, views)
+    held_img, _ = embed_set(run.held, cache, views)
     answers = [q.answer for q in run.train.questions]
-    return {"plain-mlp": plain_mlp(img, qe, answers, held_img, run.qe),
+    return {"plain-mlp": plain_mlp(img, qe, answers, held_img, run.qe, views=len(views)),
             "question-only": question_only(qe, answers, run.qe)}
 
 
@@ -230,6 +232,12 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help="the data folder (default: the shared folder of --dataset)")
     ap.add_argument("--epochs", type=int, help="answerer epochs (default: VqaConfig's)")
     ap.add_argument("--members", type=int, help="answerer ensemble members (default: VqaConfig's)")
+    ap.add_argument("--views", type=int, help="picture views (2: 224 and 320 pixels; 1: 224 only; default: "
+                    "VqaConfig's)")
+    ap.add_argument("--finetune-blocks", type=int, default=0,
+                    help="fine-tune the picture encoder's last N blocks first (VqaConfig.finetune_blocks)")
+    ap.add_argument("--pictures", type=int, help="only the questions about the first N pictures (by name): a "
+                    "smaller run when the machine is busy; the tables say so")
     ap.add_argument("--no-baselines", action="store_true", help="skip the plain MLP and question-only rows")
     ap.add_argument("--spoken", type=int, default=50)
     ap.add_argument("--no-train-timing", action="store_true", help="skip the cold full training run")
@@ -252,7 +260,9 @@ def main() -> int:
     if not (args.data / "trainset.json").is_file():
         console.print(f"{args.dataset} not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
         return 0
-    cfg = VqaConfig(**{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members)) if v is not None})
+    cfg = VqaConfig(finetune_blocks=args.finetune_blocks,
+                    **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views))
+                       if v is not None})
     work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
     if not args.no_train_timing:
         t0 = time.perf_counter()
@@ -263,14 +273,21 @@ def main() -> int:
     cache_path = args.cache or ((work / "model" / CACHE_NAME) if not args.no_train_timing else work / CACHE_NAME)
     runs, results = {}, {}
     seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
+    data = args.data
+    if args.pictures:
+        full = load_vqa(args.data)
+        keep = set(full.image_names()[:args.pictures])
+        data = full.subset([i for i, q in enumerate(full.questions) if q.image in keep])
+        console.print(f"subset: the {len(keep)} first pictures of {len(full.image_names())} and their "
+                      f"{len(data.questions)} of {len(full.questions)} questions", highlight=False)
     with open_cache(cache_path) as cache:
         if len(seeds) > 1 and not (args.only_spoken or args.only_latency):
-            runs = seed_table(args.data, seeds, cache, splits, cfg, not args.no_baselines)
+            runs = seed_table(data, seeds, cache, splits, cfg, not args.no_baselines)
             if args.only_seeds:
                 return 0
         for split in splits[:1] if args.only_spoken or args.only_latency else splits:
             if split not in runs:
-                runs[split] = fit_split(args.data, split, cfg, cache=cache, seed=seeds[0] if seeds else 0)
+                runs[split] = fit_split(data, split, cfg, cache=cache, seed=seeds[0] if seeds else 0)
             results[split] = split_scores(runs[split])
             console.print(f"split {split}: {results[split]['train_questions']} train / "
                           f"{results[split]['held_out_questions']} held-out questions, fit "

@@ -96,6 +96,41 @@ def front_features(batch: np.ndarray, blocks_tuned: int) -> np.ndarray:
         return x.numpy().astype(np.float32)
 
 
+_FRONT_MEMO: dict[tuple, np.ndarray] = {}  # front maps by (picture hash, split point, copy, augmentation)
+_FRONT_MEMO_MAX = 6000  # 37 KB each at the default split point (192 x 7 x 7 floats)
+
+
+def _picture_key(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
+
+
+def front_maps(pictures: Sequence[np.ndarray], cfg: FinetuneConfig, copy_index: int,
+               remember: bool = True) -> np.ndarray:
+    """Front feature maps of one copy of every picture: copy 0 the picture itself (``to_input``), copy
+    k > 0 an augmentation drawn from a generator seeded by (seed, picture, k), so a picture's copies are
+    the same whatever the order or split. Kept in memory by picture content with ``remember`` (split
+    seeds of one process and the re-encoding after tuning reuse them; at most ``_FRONT_MEMO_MAX``)."""
+    from .image import to_input
+
+    aug = (cfg.rotate_degrees, cfg.crop_scale, cfg.window_jitter, cfg.gamma, cfg.seed) if copy_index else ()
+    keys = [(_picture_key(p), cfg.blocks_tuned, copy_index, aug) for p in pictures]
+    todo = [i for i, k in enumerate(keys) if k not in _FRONT_MEMO]
+    fresh: dict[tuple, np.ndarray] = {}
+    for b in range(0, len(todo), 32):
+        idx = todo[b:b + 32]
+        batch = np.stack([to_input(pictures[i]) if copy_index == 0 else augment(
+            pictures[i], np.random.default_rng([cfg.seed, int(keys[i][0][:8], 16), copy_index]), cfg)
+            for i in idx])
+        for i, m in zip(idx, front_features(batch, cfg.blocks_tuned)):
+            fresh[keys[i]] = m
+            if remember:
+                if len(_FRONT_MEMO) >= _FRONT_MEMO_MAX:
+                    _FRONT_MEMO.pop(next(iter(_FRONT_MEMO)))
+                _FRONT_MEMO[keys[i]] = m
+    return np.stack([fresh[k] if k in fresh else _FRONT_MEMO[k] for k in keys])
+
+
 def _drop_rate(model, idx: int, n: int) -> float:
     rate = getattr(model._global_params, "drop_connect_rate", None) or 0.0
     return rate * float(idx) / n
@@ -179,23 +214,13 @@ def finetune(pictures: Sequence[np.ndarray], targets: PictureTargets, cfg: Finet
 
     cfg = cfg or FinetuneConfig()
     t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
     n = len(pictures)
     if n == 0:
         raise ValueError("fine-tuning: no pictures")
     with torch_threads(cfg.threads):
-        copies = []  # (augmentations + 1) front maps per picture, the clean one first
-        from .image import to_input
-
-        for a in range(cfg.augmentations + 1):
-            maps = []
-            for b in range(0, n, 32):
-                chunk = pictures[b:b + 32]
-                batch = np.stack([to_input(p) if a == 0 else augment(p, rng, cfg) for p in chunk])
-                maps.append(front_features(batch, cfg.blocks_tuned))
-            copies.append(np.concatenate(maps))
-            if progress:
-                progress(f"fine-tuning: front features of copy {a + 1}/{cfg.augmentations + 1}")
+        copies = [front_maps(pictures, cfg, a) for a in range(cfg.augmentations + 1)]  # the clean one first
+        if progress:
+            progress(f"fine-tuning: front features of {cfg.augmentations + 1} copies of {n} pictures")
         maps = torch.from_numpy(np.stack(copies, axis=1))  # (n, copies, C, H, W)
         torch.manual_seed(cfg.seed)
         tail = build_tail(cfg.blocks_tuned)
@@ -257,10 +282,8 @@ class FineTunedLite0(Encoder):
     def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        from .image import to_input
-
         if self._tail is None:
             self._tail = build_tail(self.blocks_tuned, self.state).eval()
-        maps = front_features(np.stack([to_input(a, self.size) for a in inputs]), self.blocks_tuned)
+        maps = front_maps(list(inputs), FinetuneConfig(blocks_tuned=self.blocks_tuned), 0, remember=False)
         with torch.inference_mode():
             return self._tail(torch.from_numpy(maps)).numpy().astype(np.float32)

@@ -58,6 +58,8 @@ def train(
     images: Optional[Path] = typer.Option(None, "--images", help="Picture folder (default: images/ beside the JSON)."),
     seeds: int = typer.Option(3, "--seeds", help="Ensemble members."),
     epochs: int = typer.Option(60, "--epochs"),
+    views: int = typer.Option(2, "--views", help="Picture views: 2 (224 and 320 pixels) or 1 (224 only, a third "
+                              "of the encoding time: large sets such as PathVQA)."),
     split: Optional[str] = typer.Option(None, "--split", help="Train on the training side of this validation "
                                         "split only (testlike, images, questions; 15 percent held out)."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of --split."),
@@ -72,7 +74,7 @@ def train(
     from .pipeline import train_vqa
 
     try:
-        cfg = VqaConfig(seeds=seeds, epochs=epochs, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
+        cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))

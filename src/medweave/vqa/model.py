@@ -44,7 +44,7 @@ class VqaConfig:
     image_dropout: float = 0.2
     label_smoothing: float = 0.1
     seeds: int = 4               # ensemble members; member k reads picture view k % views
-    views: int = 2               # picture views side by side in the embedding (224 and 320 pixels)
+    views: int = 2               # picture views side by side in the embedding (224 and 320 pixels; 1: 224 only)
     memory_weight: float = 0.5
     same_image_cos: float = 0.99
     question_cos: float = 0.9
@@ -55,6 +55,10 @@ class VqaConfig:
     finetune_blocks: int = 0     # > 0: fine-tune that many last blocks of the 224 view first (encode.finetune)
     finetune_epochs: int = 15
     finetune_augmentations: int = 4
+
+    def __post_init__(self) -> None:
+        if self.views not in (1, 2):
+            raise ValueError(f"views is {self.views}; allowed values: 1 (224 pixels) or 2 (224 and 320 pixels)")
 
 
 def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtypes: int):
@@ -151,11 +155,12 @@ class Answerer:
         from .features import IMAGE_ENCODERS
 
         if not self.encoder_state:
-            return list(IMAGE_ENCODERS)
+            return list(IMAGE_ENCODERS[:self.cfg.views])
         if not self._encoders:
             from ..encode.finetune import FineTunedLite0
 
-            self._encoders = [FineTunedLite0(self.encoder_state, self.cfg.finetune_blocks), *IMAGE_ENCODERS[1:]]
+            self._encoders = [FineTunedLite0(self.encoder_state, self.cfg.finetune_blocks),
+                              *IMAGE_ENCODERS[1:self.cfg.views]]
         return self._encoders
 
     # -- training -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import VqaSet, load_vqa
 from .facts import fact_questions, picture_facts, question_records
-from .features import embed_image_files, embed_questions, open_cache
+from .features import IMAGE_ENCODERS, embed_image_files, embed_questions, open_cache
 from .model import Answerer, Prediction, VqaConfig
 from .splits import DEFAULT_SPLIT, make_split
 
@@ -40,11 +40,11 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
     tuned = None
     if cfg.finetune_blocks:
         from ..encode.finetune import FineTunedLite0
-        from .features import IMAGE_ENCODERS
         from .tuning import finetune_for_set
 
         tuned = finetune_for_set(vqa, cfg)
-        img = embed_set(vqa, cache, [FineTunedLite0(tuned.state, cfg.finetune_blocks), *IMAGE_ENCODERS[1:]])[0]
+        img = embed_set(vqa, cache, [FineTunedLite0(tuned.state, cfg.finetune_blocks),
+                                     *IMAGE_ENCODERS[1:cfg.views]])[0]
     closed = np.array([q.closed for q in vqa.questions], dtype=bool)
     generated = fact_questions(picture_facts(question_records(vqa.questions)), cfg.fact_questions)
     row = {q.image: i for i, q in enumerate(vqa.questions)}
@@ -76,8 +76,9 @@ def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = Non
         raise ValueError(f"{vqa.source}: no questions to train on")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or VqaConfig()
     with open_cache(out / CACHE_NAME) as cache:
-        img, qe = embed_set(vqa, cache)
+        img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
         t_embed = time.perf_counter() - t0
         model = fit_set(vqa, img, qe, cfg, cache)
     model.meta.update({"data": vqa.source, "images": len(vqa.image_names()), "embed_seconds": t_embed,
@@ -112,12 +113,14 @@ class SplitRun:
         return self.model.predict(self.img, self.qe)
 
 
-def fit_split(data: str | Path, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
+def fit_split(data: str | Path | VqaSet, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
               seed: int = 0) -> SplitRun:
-    """Train on one side of a validation split (``testlike``, ``images`` or ``questions``) of a VQA set."""
-    vqa = load_vqa(data)
+    """Train on one side of a validation split (``testlike``, ``images`` or ``questions``) of a VQA set
+    (a path, or a ``VqaSet`` already read)."""
+    vqa = data if isinstance(data, VqaSet) else load_vqa(data)
+    cfg = cfg or VqaConfig()
     train_idx, held_idx = make_split(split, vqa.questions, frac, seed)
-    img, qe = embed_set(vqa, cache)
+    img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
     t0 = time.perf_counter()
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
     seconds = time.perf_counter() - t0
