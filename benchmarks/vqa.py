@@ -204,6 +204,8 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (both)" if name == "plain-mlp" else "")
                 t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in SEED_SCORES),
                           str(len(run.held.questions)), fit)
+                console.print(f"  {split} seed {seed} {name}: " + " ".join(f"{k} {sc[k]:.3f}" for k in SEED_SCORES)
+                              + f" (held out {len(run.held.questions)}, fit {fit or '-'} s)", highlight=False)
         for name, scs in rows.items():
             t.add_row(split, name, "mean ± sd", *(_mean_sd([s[k] for s in scs]) for k in SEED_SCORES),
                       "", "", end_section=name == list(rows)[-1])

@@ -4,6 +4,7 @@ fine-tuned tail saved with the model and versioned in the embedding cache; and t
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medweave.encode.finetune import FT_NAME, FinetuneConfig, FineTunedLite0, augment, build_tail, state_hash
 from medweave.vqa.baselines import plain_mlp, question_only
@@ -83,3 +84,19 @@ def test_baselines_learn_what_they_can_see():
     guess = question_only(q[:150], answers[:150], q[150:], k=150)
     majority = max(set(answers[:150]), key=answers[:150].count)
     assert set(guess) == {majority}
+
+
+def test_one_view_reads_the_224_encoder_only(tiny_set, tmp_path):
+    model, _ = train_vqa(tiny_set, tmp_path / "m", VqaConfig(seeds=1, epochs=5, views=1))
+    assert model.image_encoders() == ["efficientnet-lite0"] and model.mem_img.shape[1] == 1280
+    vqa = load_vqa(tiny_set)
+    with open_cache(tmp_path / "m" / CACHE_NAME) as cache:
+        assert cache.count("efficientnet-lite0-320") == 0  # the 320 view is never encoded
+        a = [p.answer for p in answer_set(model, vqa, cache)]
+        b = [p.answer for p in answer_set(Answerer.load(tmp_path / "m"), vqa, cache)]
+    assert a == b
+
+
+def test_views_must_be_one_or_two():
+    with pytest.raises(ValueError, match="views is 3"):
+        VqaConfig(views=3)

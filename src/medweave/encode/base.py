@@ -54,5 +54,13 @@ DEFAULT_ENCODERS = {
 }
 
 
+def array_hash(arr: np.ndarray) -> str:
+    """sha256 over an array's shape, dtype and bytes (the cache key of in-memory pictures)."""
+    import hashlib
+
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
+
+
 def get_encoder(name: str) -> Encoder:
     return ENCODERS.get(name)()

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .base import Encoder
+from .base import Encoder, array_hash
 from .image import SIZE, load_backbone, middle_slice, window_to_uint8
 
 FT_NAME = "efficientnet-lite0-ft"
@@ -100,11 +100,6 @@ _FRONT_MEMO: dict[tuple, np.ndarray] = {}  # front maps by (picture hash, split 
 _FRONT_MEMO_MAX = 6000  # 37 KB each at the default split point (192 x 7 x 7 floats)
 
 
-def _picture_key(arr: np.ndarray) -> str:
-    a = np.ascontiguousarray(arr)
-    return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
-
-
 def front_maps(pictures: Sequence[np.ndarray], cfg: FinetuneConfig, copy_index: int,
                remember: bool = True) -> np.ndarray:
     """Front feature maps of one copy of every picture: copy 0 the picture itself (``to_input``), copy
@@ -114,7 +109,7 @@ def front_maps(pictures: Sequence[np.ndarray], cfg: FinetuneConfig, copy_index: 
     from .image import to_input
 
     aug = (cfg.rotate_degrees, cfg.crop_scale, cfg.window_jitter, cfg.gamma, cfg.seed) if copy_index else ()
-    keys = [(_picture_key(p), cfg.blocks_tuned, copy_index, aug) for p in pictures]
+    keys = [(array_hash(p), cfg.blocks_tuned, copy_index, aug) for p in pictures]
     todo = [i for i, k in enumerate(keys) if k not in _FRONT_MEMO]
     fresh: dict[tuple, np.ndarray] = {}
     for b in range(0, len(todo), 32):

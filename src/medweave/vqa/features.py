@@ -13,6 +13,7 @@ import numpy as np
 
 from ..encode.text import torch_threads  # noqa: F401  (re-exported for the VQA model)
 from ..encode import EmbeddingCache, get_encoder
+from ..encode.base import array_hash  # noqa: F401  (re-exported: the builtin backend keys arrays by it)
 from .data import file_hash, read_image
 
 IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite0-320")  # the picture views, in this order
@@ -21,11 +22,6 @@ QUESTION_ENCODER = "e5-small-query"
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.strip().encode()).hexdigest()
-
-
-def array_hash(arr: np.ndarray) -> str:
-    a = np.ascontiguousarray(arr)
-    return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
 
 
 @contextmanager
