@@ -5,8 +5,8 @@
 * Dates move by a per-patient offset (derived from the same key), so intervals within a patient
   survive while absolute dates do not.
 * DICOM UIDs are remapped to deterministic ``2.25.<n>`` UIDs, so series and studies stay grouped.
-* Free text (reports, notes, header comments) is scrubbed by rules: names after titles or labels,
-  names known from structured fields, dates, phone numbers, e-mail addresses and record numbers.
+* Free text (reports, notes, header comments) is scrubbed by rules (``deid_text``) covering the HIPAA
+  Safe Harbor categories: names, places, dates, ages over 89, contact details and numbers.
 
 Everything is deterministic for a given secret: ingesting the same file twice yields the same bytes,
 which is what makes ingestion idempotent.
@@ -20,6 +20,9 @@ import hmac
 import re
 import secrets
 from pathlib import Path
+
+from .deid_text import DATE_RE as _DATE_RE  # also used for path parts
+from .deid_text import find_phi, scrub_text  # noqa: F401  (re-exported)
 
 PSEUDONYM_PREFIX = "P"
 
@@ -45,39 +48,7 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 # --- free-text scrubbing -------------------------------------------------------------------------
-
-_MONTHS = (
-    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|"
-    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
-)
-_DATE_PATTERNS = [
-    rf"\b\d{{1,2}}[-/ ]{_MONTHS}[-/ ,]+\d{{2,4}}\b",  # 29-Sep-90, 3 March 2012
-    rf"\b{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{2,4}}\b",  # March 3, 2012
-    r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b",  # 2012-03-04
-    r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b",  # 03/04/2012, 01.10.1990
-    r"\b(?:19|20)\d{6}\b",  # 20120304
-]
-_DATE_RE = re.compile("|".join(_DATE_PATTERNS), re.IGNORECASE)
-_EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-_PHONE_RE = re.compile(
-    r"(?<![\w/])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)\s?|\d{3}[\s.-])\d{3}[\s.-]?\d{3,4}\b"
-)
-_RECORD_RE = re.compile(
-    r"\b(?:MRN|MR#|medical record(?: number| no\.?)?|record(?: number| no\.?| #)|acc(?:ession)?(?: number| no\.?| #)?|"
-    r"patient id|pt id|ssn|social security(?: number)?)\s*[:#]?\s*[A-Z0-9-]{3,}",
-    re.IGNORECASE,
-)
-_LONG_NUMBER_RE = re.compile(r"\b\d{6,}\b")
-_TITLED_NAME_RE = re.compile(
-    r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?"
-)
-# The label is matched in any case; the name after it must be capitalised words (a case-insensitive
-# name part made "name: Input should be a valid string" lose its words).
-_LABELLED_NAME_RE = re.compile(
-    r"\b(?i:patient name|name|patient|physician|doctor|attending|referring|signed by|dictated by|"
-    r"reported by|electronically signed by)\s*:\s*(?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+)?"
-    r"[A-Z][a-zA-Z'-]+(?:(?:, ?| )[A-Z][a-zA-Z'-]+){0,2}"
-)
+# The rules live in deid_text (spans, so that benchmarks/deid.py can score them on a labelled corpus).
 
 
 def scrub_known(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
@@ -86,25 +57,6 @@ def scrub_known(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
     out = text
     for token in sorted({k.strip() for k in known if k and len(k.strip()) >= 2}, key=len, reverse=True):
         out = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", "[ID]", out, flags=re.IGNORECASE)
-    return out
-
-
-def scrub_text(text: str, known: tuple[str, ...] | list[str] = ()) -> str:
-    """Replace identifiers in free text by bracketed tags such as ``[NAME]`` and ``[DATE]``.
-
-    ``known`` lists identifier strings from structured fields (a patient's name parts, ids) that
-    must not survive anywhere in the text, whatever their context.
-    """
-    if not text:
-        return text
-    out = scrub_known(text, known)
-    out = _EMAIL_RE.sub("[EMAIL]", out)
-    out = _RECORD_RE.sub("[ID]", out)
-    out = _DATE_RE.sub("[DATE]", out)
-    out = _PHONE_RE.sub("[PHONE]", out)
-    out = _LONG_NUMBER_RE.sub("[ID]", out)
-    out = _TITLED_NAME_RE.sub("[NAME]", out)
-    out = _LABELLED_NAME_RE.sub(lambda m: m.group(0).split(":")[0] + ": [NAME]", out)
     return out
 
 
