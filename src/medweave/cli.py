@@ -232,6 +232,49 @@ def store_stats(
                   soft_wrap=True)
 
 
+@store_app.command("verify", epilog="Example: medweave store verify --store ./store")
+def store_verify(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    forget_damaged: bool = typer.Option(False, "--forget-damaged",
+                                        help="Delete damaged items and their sources' done-marks, so that "
+                                             "ingesting the same files again restores them."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check every blob of a store against its SHA-256: missing or damaged blobs are listed by item
+    (exit 1); blob files that no item references are counted."""
+    from .progress import progress_bar
+    from .store import Store
+
+    def with_bar(rows):
+        with progress_bar("verify blobs", total=len(rows), unit="blobs", enabled=bool(rows)) as advance:
+            for r in rows:
+                yield r
+                advance()
+
+    try:
+        with Store(store, write=forget_damaged) as st:
+            rep = st.verify(forget=forget_damaged, progress=with_bar)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps({"ok": rep.ok, "blobs": rep.blobs, "bytes": rep.bytes, "damaged": rep.damaged,
+                                   "orphans": rep.orphans, "forgotten_items": rep.forgotten_items,
+                                   "forgotten_sources": rep.forgotten_sources}))
+    else:
+        out.print(f"{rep.blobs:,} blobs checked ({rep.bytes:,} bytes): "
+                  + ("all match their hashes" if rep.ok else f"{len(rep.damaged)} item(s) damaged"), highlight=False)
+        for d in rep.damaged:
+            out.print(f"  DAMAGED {d['item_id']} ({d['modality']}, {d['source_path']}): {d['reason']}",
+                      highlight=False, markup=False, soft_wrap=True)
+        if rep.orphans:
+            out.print(f"  {len(rep.orphans)} blob file(s) without an item (removed at the next ingest)", highlight=False)
+        if rep.forgotten_items:
+            out.print(f"forgot {rep.forgotten_items} item(s) of {rep.forgotten_sources} source(s): ingest the "
+                      "same files again to restore them", highlight=False)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
 @cohort_app.command("build", epilog=(
     "Example: medweave cohort build --store ./store --out cohort.parquet --case study "
     "--target abnormal --covariate age --covariate sex --split-from source"))

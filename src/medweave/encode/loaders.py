@@ -30,28 +30,29 @@ def _dicom_pixels(data: bytes) -> np.ndarray:
     return arr
 
 
-def load_array(path: Path) -> np.ndarray:
-    """Pixels/voxels of an image or volume blob as float32 (grayscale, or H x W x 3 for colour)."""
+def load_array(path: Path, data: bytes | None = None) -> np.ndarray:
+    """Pixels/voxels of an image or volume blob as float32 (grayscale, or H x W x 3 for colour).
+    ``data``: the file's bytes when already read (and checked against the blob's hash)."""
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path).astype(np.float32)
+        return np.load(io.BytesIO(data) if data is not None else path).astype(np.float32)
     if suffix == ".dcm":
-        return _dicom_pixels(path.read_bytes())
+        return _dicom_pixels(data if data is not None else path.read_bytes())
     if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
         import nibabel as nib
 
         return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data) if data is not None else path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I", "F"):
             return np.asarray(im, dtype=np.float32)
         return np.asarray(im.convert("L" if im.mode in ("L", "LA", "P", "1") else "RGB"), dtype=np.float32)
 
 
-def load_signal(path: Path, row: Mapping[str, Any]) -> Signal:
-    data = np.load(path)
+def load_signal(path: Path, row: Mapping[str, Any], raw: bytes | None = None) -> Signal:
+    data = np.load(io.BytesIO(raw) if raw is not None else path)
     if isinstance(data, np.lib.npyio.NpzFile):
         data = data["signal"]
     data = np.asarray(data, dtype=np.float32)
@@ -61,16 +62,22 @@ def load_signal(path: Path, row: Mapping[str, Any]) -> Signal:
 
 
 def load_item(store_root: Path, row: Mapping[str, Any]) -> Any:
-    """What an encoder of the item's modality takes. ``row`` is a row of the items table."""
+    """What an encoder of the item's modality takes. ``row`` is a row of the items table.
+
+    A blob is checked against its hash as it is read: a damaged one raises ``BlobIntegrityError``
+    naming the item (never decoded into wrong pixels, samples or words)."""
+    from ..store.catalog import read_verified
+
     modality = row["modality"]
     if modality in ("text", "qa"):
         text = row.get("text")
         if text is None and row.get("blob"):
-            text = (store_root / row["blob"]).read_text("utf-8")
+            text = read_verified(store_root, row["blob"], row.get("item_id"), modality).decode("utf-8")
         return text or ""
     if not row.get("blob"):
         raise ValueError(f"item {row['item_id']} ({modality}) has no blob to load")
     path = store_root / row["blob"]
+    data = read_verified(store_root, row["blob"], row.get("item_id"), modality)
     if modality == "signal":
-        return load_signal(path, row)
-    return load_array(path)
+        return load_signal(path, row, data)
+    return load_array(path, data)

@@ -189,6 +189,8 @@ def case_row(ctx, i: int) -> dict[str, Any]:
 
 def case_detail(st: ServerState, case_id: str) -> dict[str, Any]:
     """What the case page shows. Only de-identified store content: no names, no source paths."""
+    from ..store.catalog import read_verified
+
     ctx = st.model()
     out = case_row(ctx, ctx.row(case_id))
     row = ctx.cohort.table.iloc[ctx.row(case_id)]
@@ -198,7 +200,8 @@ def case_detail(st: ServerState, case_id: str) -> dict[str, Any]:
     out["signals"] = [{"item_id": i, "url": f"/api/items/{i}/signal.png"} for i in ids.get("signal", [])]
     texts = st.query("SELECT item_id, text, blob FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
                      [ids.get("text", [])]) if ids.get("text") else []
-    out["reports"] = [{"item_id": t["item_id"], "text": t["text"] or (st.store_dir / t["blob"]).read_text("utf-8")}
+    out["reports"] = [{"item_id": t["item_id"], "text": t["text"]
+                       or read_verified(st.store_dir, t["blob"], t["item_id"], "text").decode("utf-8")}
                       for t in texts]
     labs = st.query("SELECT code, value_num, value_text, unit, time FROM items WHERE item_id IN (SELECT unnest(?)) "
                     "AND code IS NOT NULL ORDER BY code, time", [ids.get("table", [])]) if ids.get("table") else []

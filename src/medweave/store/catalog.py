@@ -12,6 +12,12 @@ Atomicity: a blob is written first; its row is inserted later in a transaction t
 row marking its source as done. A process killed in between leaves only blobs without rows (complete
 or partial), and the next writer deletes those (``sweep``). So no row ever points at a missing or
 partial blob, and after the sweep no blob lives without its row.
+
+Integrity: a blob's name is the SHA-256 of its bytes. ``read_verified`` (used by every reader of a
+blob: ``Store.read_blob``, the encoders' loaders, the server) hashes what it reads and raises
+``BlobIntegrityError`` naming the item when the bytes no longer match; ``Store.verify`` (``medweave
+store verify``) checks every blob of a store, and with ``forget=True`` drops the damaged items and
+their sources' done-marks so that the next ``medweave ingest`` of the same files restores them.
 """
 
 from __future__ import annotations
@@ -156,6 +162,61 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class BlobIntegrityError(RuntimeError):
+    """A blob is missing, or its bytes no longer hash to its name. The message names the item."""
+
+    def __init__(self, message: str, rel: str, item_id: str | None = None):
+        super().__init__(message)
+        self.rel = rel
+        self.item_id = item_id
+
+
+def _describe(rel: str, item_id: str | None, what: str) -> str:
+    who = f"item {item_id}" if item_id else "a blob"
+    return f"{who}{f' ({what})' if what else ''}: blob {rel}"
+
+
+def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: str = "") -> bytes:
+    """The bytes of blob ``rel`` under store ``root``, checked against the SHA-256 in its name.
+
+    Raises ``BlobIntegrityError`` (naming the item, the blob and what to do) when the file is missing
+    or its bytes no longer match: a damaged blob is never silently decoded into wrong pixels or text.
+    """
+    path = Path(root) / rel
+    expected = Path(rel).name[:64]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BlobIntegrityError(
+            f"{_describe(rel, item_id, what)} is missing from the store {root}; run `medweave store verify "
+            f"--store {root}` to check the whole store", rel, item_id) from None
+    if len(expected) == 64 and all(c in "0123456789abcdef" for c in expected):
+        got = sha256_bytes(data)
+        if got != expected:
+            raise BlobIntegrityError(
+                f"{_describe(rel, item_id, what)} is damaged: its {len(data):,} bytes hash to {got[:16]}..., "
+                f"not to {expected[:16]}... as when it was stored (the file was changed or the disk corrupted "
+                f"it); run `medweave store verify --store {root} --forget-damaged`, then ingest its source "
+                f"again", rel, item_id)
+    return data
+
+
+@dataclass
+class VerifyReport:
+    """What ``Store.verify`` found: counts, and one entry per problem."""
+
+    blobs: int = 0
+    bytes: int = 0
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # item_id, modality, source_path, blob, reason
+    orphans: list[str] = field(default_factory=list)  # blob files that no row references
+    forgotten_items: int = 0
+    forgotten_sources: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
@@ -269,14 +330,80 @@ class Store:
             with open(dest, "xb") as fh:
                 fh.write(data)
         except FileExistsError:
-            pass
+            # The same content again. If the file there is damaged, put the good bytes back (through a
+            # temporary name and a rename, so that a reader never sees a half-written blob).
+            try:
+                read_verified(self.root, rel)
+            except BlobIntegrityError:
+                tmp = self.blob_dir / ".tmp" / f"{content_hash}.{uuid.uuid4().hex}"
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, dest)
         return rel
 
     def blob_path(self, rel: str) -> Path:
         return self.root / rel
 
-    def read_blob(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+    def read_blob(self, rel: str, item_id: str | None = None) -> bytes:
+        """A blob's bytes, checked against its hash (``BlobIntegrityError`` naming the item if not)."""
+        return read_verified(self.root, rel, item_id)
+
+    def verify(self, forget: bool = False, progress: Any = None) -> VerifyReport:
+        """Check every blob the catalog references: present, and its bytes hashing to its name (and to
+        the items' ``content_hash``). Also lists blob files no row references. With ``forget`` (needs
+        a store opened for writing), damaged items are deleted with every item and done-mark of their
+        sources, so that ingesting the same files again restores them."""
+        rows = self.con.execute(
+            "SELECT blob, list(item_id ORDER BY item_id), list(DISTINCT modality), list(DISTINCT source_path), "
+            "list(DISTINCT content_hash), list(DISTINCT unit_id) FROM items WHERE blob IS NOT NULL GROUP BY blob "
+            "ORDER BY blob").fetchall()
+        report = VerifyReport()
+        damaged_units: set[str] = set()
+        for rel, item_ids, modalities, paths, hashes, units in (progress(rows) if progress else rows):
+            report.blobs += 1
+            try:
+                data = read_verified(self.root, rel, item_ids[0], ", ".join(modalities))
+                report.bytes += len(data)
+                reason = None
+                if any(h != Path(rel).name[:64] for h in hashes):
+                    reason = f"items say content hash {hashes[0][:16]}..., the blob is named {Path(rel).name[:16]}..."
+            except BlobIntegrityError as exc:
+                reason = str(exc)
+            if reason:
+                for iid in item_ids:
+                    report.damaged.append({"item_id": iid, "modality": ", ".join(modalities),
+                                           "source_path": ", ".join(p for p in paths if p), "blob": rel,
+                                           "reason": reason})
+                damaged_units.update(u for u in units if u)
+        referenced = {r[0] for r in rows}
+        report.orphans = sorted(p.relative_to(self.root).as_posix() for p in self.blob_dir.glob("??/??/*")
+                                if p.relative_to(self.root).as_posix() not in referenced)
+        if forget and report.damaged:
+            if not self.write:
+                raise ValueError(f"{self.root}: open the store for writing to forget damaged items")
+            units = sorted(damaged_units)
+            ids = sorted({r["item_id"] for r in report.damaged})
+            cond = " OR ".join(c for c in (f"unit_id IN ({', '.join('?' for _ in units)})" if units else "",
+                                            f"item_id IN ({', '.join('?' for _ in ids)})") if c)
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                report.forgotten_items = self.con.execute(f"SELECT count(*) FROM items WHERE {cond}",
+                                                          [*units, *ids]).fetchone()[0]
+                self.con.execute(f"DELETE FROM items WHERE {cond}", [*units, *ids])
+                if units:
+                    marks = ", ".join("?" for _ in units)
+                    report.forgotten_sources = self.con.execute(
+                        f"SELECT count(*) FROM sources WHERE unit_id IN ({marks})", units).fetchone()[0]
+                    self.con.execute(f"DELETE FROM sources WHERE unit_id IN ({marks})", units)
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            self.sweep()
+        return report
 
     # --- writing ---------------------------------------------------------------------------------
     def known_sources(self) -> set[str]:
