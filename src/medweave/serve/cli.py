@@ -32,6 +32,8 @@ def serve_command(
     token: Optional[str] = typer.Option(None, "--token", help="API token (default: $MEDWEAVE_API_TOKEN); "
                                         "required for any non-loopback --host."),
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Size limit per uploaded file."),
+    rate_limit: float = typer.Option(20.0, "--rate-limit", help="Requests per second per client address "
+                                     "(bursts of twice that; then 429); 0: no limit. Loopback clients are exempt."),
 ) -> None:
     """Serve any combination of a store, a fusion model and a VQA model (at least one): REST with OpenAPI
     docs (/docs), OpenAI-compatible /v1/chat/completions, and the web UI (/)."""
@@ -44,7 +46,8 @@ def serve_command(
     err = Console(stderr=True)
     try:
         check_exposure(host, token)
-        app = create_app(store, model, vqa_model, token=token, max_upload_bytes=max_upload_mb * 1024 * 1024)
+        app = create_app(store, model, vqa_model, token=token, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                         rate_limit=rate_limit)
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
