@@ -55,7 +55,11 @@ class Unit:
 
     @property
     def source_id(self) -> str:
-        return str(self.path.resolve()) + (f"#{self.key}" if self.key else "")
+        try:
+            where = self.path.resolve()
+        except (OSError, RuntimeError):  # a link that loops: its absolute path names it well enough
+            where = self.path.absolute()
+        return str(where) + (f"#{self.key}" if self.key else "")
 
 
 @dataclass

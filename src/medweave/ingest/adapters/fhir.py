@@ -64,6 +64,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -127,6 +128,9 @@ def _parse_json(data: bytes, where: str) -> Any:
         if isinstance(exc, json.JSONDecodeError):
             detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         raise IngestError(f"{where}: not valid JSON ({detail}); expected FHIR JSON") from None
+    except RecursionError:
+        raise IngestError(f"{where}: JSON nested deeper than Python's parser can follow (about "
+                          f"{sys.getrecursionlimit()} levels); no FHIR resource is nested that deep") from None
 
 
 def _load_entries(path: Path) -> list[_Entry]:

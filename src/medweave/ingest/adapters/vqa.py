@@ -50,6 +50,9 @@ def load_records(path: Path) -> list[dict[str, Any]]:
         records = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IngestError(f"not valid JSON ({exc}); expected a list of question records") from exc
+    except RecursionError:
+        raise IngestError("JSON nested deeper than Python's parser can follow; expected a list of question "
+                          "records") from None
     if not isinstance(records, list):
         raise IngestError(f"top level is a {type(records).__name__}; expected a list of question records")
     for i, rec in enumerate(records):
