@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import tempfile
 import threading
 import time
@@ -87,19 +88,22 @@ def chat_latency(vqa_model: Path, n: int, work: Path) -> None:
         print(f"no training pictures found beside {data}: 'seen' uses pictures asked once before")
         seen = [(b, q, m) for b, q, m in new[: n // 2]]
     proc, url = start_server(None, None, ["--vqa-model", str(vqa_model)], log=work / "vqa-server.log", timeout=300)
-    rows = []
+    rows, cpu = [], {}
     try:
+        server = psutil.Process(proc.pid)
         with httpx.Client(timeout=120) as c:
             c.post(url + "/v1/chat/completions", json=chat_body(*new[0]))  # warm-up: encoders load
             for label, items in (("seen picture", seen), ("new picture", new[1:])):
                 lat, ok = [], 0
+                c0 = sum(server.cpu_times()[:2])
                 for b, q, m in items:
                     t0 = time.perf_counter()
                     r = c.post(url + "/v1/chat/completions", json=chat_body(b, q, m))
                     lat.append(time.perf_counter() - t0)
                     ok += r.status_code == 200
+                cpu[label] = 1000 * (sum(server.cpu_times()[:2]) - c0) / max(len(items), 1)
                 rows.append((f"HTTP /v1/chat/completions, {label}", lat, ok))
-        mem = psutil.Process(proc.pid).memory_info().rss
+        mem = server.memory_info().rss
     finally:
         stop_server(proc)
     backend = BuiltinBackend(model=vqa_model)
@@ -129,7 +133,10 @@ def chat_latency(vqa_model: Path, n: int, work: Path) -> None:
     for label, lat, ok in rows:
         a = np.array(lat) * 1000
         print(f"{label:78s} {len(a):4d} {np.percentile(a, 50):8.1f} {np.percentile(a, 90):8.1f} {ok}")
-    print(f"VQA server RSS {mem / 2**20:.0f} MiB")
+    print("server CPU per answer (user+system, independent of other load): "
+          + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items()))
+    print(f"VQA server RSS {mem / 2**20:.0f} MiB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(latencies on a busy machine include waiting for a CPU)")
 
 
 def main() -> None:
