@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from ..engine import LOCAL, Engine
 from ..progress import progress_bar
-from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, canonical_json
+from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, StoreFullError, canonical_json
 from ..store.deid import Deidentifier
 from .base import ADAPTERS, QUOTE_CLOSE, QUOTE_OPEN, Adapter, IngestContext, IngestError, NotADataFile, Unit
 
@@ -413,6 +413,8 @@ def _describe(exc: BaseException) -> tuple[str, str, str | None]:
     processes (not every exception pickles) and becomes the report's reason (``_render``)."""
     if isinstance(exc, _Failed):
         return exc.err
+    if isinstance(exc, StoreFullError):  # not the file's fault nor a reader's bug: say what happened
+        return "error", exc.strerror, None
     if isinstance(exc, NotADataFile):
         return "skip", str(exc), None
     if isinstance(exc, IngestError):

@@ -23,6 +23,7 @@ their sources' done-marks so that the next ``medweave ingest`` of the same files
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -201,6 +202,13 @@ def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: 
     return data
 
 
+class StoreFullError(OSError):
+    """The store's disk is full, or a file-size limit was reached, while writing a blob."""
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 @dataclass
 class VerifyReport:
     """What ``Store.verify`` found: counts, and one entry per problem."""
@@ -328,7 +336,19 @@ class Store:
             self._dirs.add(parent)
         try:
             with open(dest, "xb") as fh:
-                fh.write(data)
+                try:
+                    fh.write(data)
+                    fh.flush()
+                except OSError as exc:
+                    if exc.errno not in _FULL_ERRNOS:
+                        raise
+                    fh.close()
+                    dest.unlink(missing_ok=True)  # no partial blob is left behind
+                    raise StoreFullError(
+                        exc.errno, f"the store cannot take this file's data ({len(data):,} bytes): "
+                        f"{os.strerror(exc.errno)} while writing {rel} under {self.root} (the disk is full or a "
+                        "file-size limit was reached); nothing of it was stored: free space, then run the same "
+                        "command again") from None
         except FileExistsError:
             # The same content again. If the file there is damaged, put the good bytes back (through a
             # temporary name and a rename, so that a reader never sees a half-written blob).
