@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     from medweave.evaluate.tasks import load_task
     from medweave.generate import load_backend
-    from medweave.generate.testing import llama_cpp_available, smollm2_gguf, start_llama_server
+    from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, start_llama_server
 
     work = Path(tempfile.mkdtemp(prefix="mw-harness-bench-"))
     rows = []
@@ -53,7 +53,7 @@ def main() -> None:
                          1000 * wall2 / n))
     gguf = smollm2_gguf()
     if gguf is None or not llama_cpp_available():
-        print("llama-cpp-python or the SmolLM2 GGUF is absent: skipping the llama.cpp rows (make setup)")
+        print(f"skipping the llama.cpp rows: {llama_cpp_problem() or 'the SmolLM2 GGUF is absent (make setup)'}")
     else:
         task = load_task("anatomy-mcq")
         with load_backend("llama-cpp", model=str(gguf)) as b:

@@ -34,6 +34,7 @@ def test_report_is_self_contained_and_complete(report):
     for needle in ("overall_acc", "closed_acc", "by organ", "paired (ProbMed-style)", "random guessing: 25%",
                    "other_same_organ", "clustered by image"):
         assert needle in html
+    assert "(full)" in html and "(half)" in html  # the same model twice: each run told apart by its folder
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)")

@@ -73,19 +73,21 @@ def build_context(run_dirs: Sequence[str]) -> dict[str, Any]:
         first = metrics[0]
         rs = sorted(rs, key=lambda r: -(r["metrics"]["metrics"][first]["value"]
                                         if r["metrics"]["metrics"][first].get("n") else -1))
-        rows = [{"name": r["run"]["backend"]["name"], "kind": r["run"]["backend"]["kind"], "dir": r["dir"],
+        names = [r["run"]["backend"]["name"] for r in rs]  # the same model twice (e.g. builtin and over HTTP):
+        labels = [n if names.count(n) == 1 else f"{n} ({Path(r['dir']).name})" for n, r in zip(names, rs)]  # + run
+        rows = [{"name": label, "kind": r["run"]["backend"]["kind"], "dir": r["dir"],
                  "samples": r["metrics"]["samples"], "failed": r["metrics"]["failed"],
-                 "values": [fmt(r["metrics"]["metrics"][m]) for m in metrics]} for r in rs]
+                 "values": [fmt(r["metrics"]["metrics"][m]) for m in metrics]} for label, r in zip(labels, rs)]
         breakdowns = []
         for field in rs[0]["run"]["task"].get("breakdown", []):
             keys = sorted({k for r in rs for k in r["metrics"]["breakdown"].get(field, {})})
-            breakdowns.append({"field": field, "runs": [r["run"]["backend"]["name"] for r in rs],
+            breakdowns.append({"field": field, "runs": labels,
                                "rows": [{"key": k, "values": [fmt(r["metrics"]["breakdown"].get(field, {}).get(k, {}))
                                                               for r in rs]} for k in keys]})
         probes = []
-        for r in rs:
+        for label, r in zip(labels, rs):
             for pname, table in (r["metrics"].get("probes") or {}).items():
-                probes.append(probe_table(r["run"]["backend"]["name"], pname, table, metrics))
+                probes.append(probe_table(label, pname, table, metrics))
         boards.append({"task": task, "metrics": metrics, "rows": rows, "breakdowns": breakdowns, "probes": probes,
                        "plot": interval_plot([x["name"] for x in rows], [r["metrics"]["metrics"][first] for r in rs],
                                              f"{task}: {first} (95% interval, clustered by picture)"),
