@@ -16,18 +16,30 @@ def rouge_tokens(text: str) -> tuple[str, ...]:
     return tuple(t for t in _NON_ALNUM.sub(" ", text.lower()).split() if t)
 
 
+@lru_cache(maxsize=50_000)
+def _match_masks(a: tuple[str, ...]) -> dict[str, int]:
+    """Token -> bit mask of its positions in ``a`` (cached: a neighbour's impression is compared with
+    every candidate of its report)."""
+    masks: dict[str, int] = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    return masks
+
+
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence: the bit-parallel algorithm (Allison and Dix; Hyyro),
+    one big-integer step per token of ``b`` instead of a row of the dynamic programme: same result,
+    about ten times faster on report-length texts in Python."""
     if not a or not b:
         return 0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else (cur[j] if cur[j] > prev[j + 1] else prev[j + 1]))
-        prev = cur
-    return prev[-1]
+    a = a if isinstance(a, tuple) else tuple(a)
+    masks = _match_masks(a)
+    full = (1 << len(a)) - 1
+    v = full
+    for y in b:
+        u = v & masks.get(y, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
 
 
 def lcs_f(a: Sequence[str], b: Sequence[str]) -> float:
