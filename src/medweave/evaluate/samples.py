@@ -137,7 +137,7 @@ def read_vqa_json(task, data: Path, images: Path | None) -> list[Sample]:
     if folder is None:
         raise TaskError(f"{path}: no images/ or imgs/ folder beside it; give the task an images path "
                         "(or --images DIR)")
-    questions, samples = [], []
+    questions, samples, pictures = [], [], {}
     for i, r in enumerate(records):
         organ = str(r.get("image_organ", "") or r.get("location", "") or "").strip().upper()
         q = Question(question=str(r[_field(task, "question")]), image=image_name(r), answer=str(r[_field(task, "answer")]),
@@ -146,7 +146,9 @@ def read_vqa_json(task, data: Path, images: Path | None) -> list[Sample]:
                      organ=organ, qid=r.get("qid", i),
                      phrase_type=str(r.get("phrase_type", "") or "").strip().lower())
         questions.append(q)
-        pic, name, err = _picture(q.image, folder, folder)
+        if q.image not in pictures:  # many questions per picture: resolve and stat each picture once
+            pictures[q.image] = _picture(q.image, folder, folder)
+        pic, name, err = pictures[q.image]
         meta = {"answer_type": q.answer_type, "question_type": main_question_type(q.question_type) if
                 q.question_type else "", "organ": organ, "qid": q.qid, "phrase_type": q.phrase_type,
                 **{k: r[k] for k in ("q_lang", "modality", "content_type") if k in r}}
