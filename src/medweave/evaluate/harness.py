@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -250,9 +249,9 @@ def select(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from ..atomic import write_text
+
+    write_text(path, text)  # temporary name, fsync, rename
 
 
 def _file_hash(path: Path | None) -> str | None:
@@ -269,8 +268,11 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
     """Run ``task`` against ``backend`` into ``out_dir``; returns the metrics (also in ``metrics.json``)."""
     from .probes import run_probes
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..atomic import begin_folder
+
+    # run.json marks a complete run: removed before anything else changes, written last (a run killed
+    # half-way never leaves new samples beside an old run.json).
+    out = begin_folder(out_dir, "run.json")
     t0 = time.perf_counter()
     samples = select(task.load_samples(data, images), limit, seed)
     if not samples:

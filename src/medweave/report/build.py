@@ -121,6 +121,7 @@ def build_report(model_dir: str | Path, out: str | Path, vqa_model: str | Path |
         "vqa": vqa_tables(vqa_model) if vqa_model else None,
         "explained": explained,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(context), encoding="utf-8")
+    from ..atomic import write_text
+
+    write_text(out, render_report(context))  # temporary name, fsync, rename: never a half-written report
     return out

@@ -213,18 +213,32 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, kind: str) -> float:
 # --- checkpoints ------------------------------------------------------------------------------------
 
 def save_checkpoint(model_dir: str | Path, model: FusionModel, config: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (model kind, dims, heads, and all provenance)."""
+    """Write ``model.safetensors`` and ``config.json`` (model kind, dims, heads, and all provenance).
+
+    Crash-safe: ``config.json`` marks a complete model, so it is removed first and written last
+    (temporary name, fsync, rename), with the weights' SHA-256 in it; a process killed at any point
+    leaves a folder that ``load_checkpoint`` either loads whole or refuses."""
     from safetensors.torch import save_file
 
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    from ..atomic import begin_folder, file_sha256, write_text, write_with
+
+    model_dir = begin_folder(model_dir, "config.json")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = model_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(model_dir / "model.safetensors")
-    (model_dir / "config.json.tmp").write_text(json.dumps(config, indent=2, default=str))
-    (model_dir / "config.json.tmp").replace(model_dir / "config.json")
+    write_with(model_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    config = {**config, "weights_sha256": file_sha256(model_dir / "model.safetensors")}
+    write_text(model_dir / "config.json", json.dumps(config, indent=2, default=str))
     return model_dir
+
+
+def _check_weights(path: Path, expected: str | None) -> None:
+    """The weights file is there and (when the config records it) hashes as when it was saved."""
+    from ..atomic import file_sha256
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the model folder is incomplete (train it again)")
+    if expected and file_sha256(path) != expected:
+        raise ValueError(f"{path}: does not match config.json (weights_sha256): the file was changed after "
+                         "training; train the model again")
 
 
 def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]:
@@ -234,6 +248,7 @@ def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a medweave model (no config.json); train one with `medweave train`")
     config = json.loads((model_dir / "config.json").read_text())
+    _check_weights(model_dir / "model.safetensors", config.get("weights_sha256"))
     arch = config["architecture"]
     heads = [HeadSpec(**h) for h in arch["heads"]]
     model = build_model(arch["kind"], arch["dims"], heads, **arch.get("kwargs", {}))

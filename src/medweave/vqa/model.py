@@ -275,20 +275,23 @@ class Answerer:
         """Write ``weights.safetensors`` (ensemble + memory arrays) and ``config.json``."""
         from safetensors.numpy import save_file
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        from ..atomic import begin_folder, file_sha256, write_text, write_with
+
+        out = begin_folder(out_dir, "config.json")  # config.json marks a complete model: removed first, written last
         tensors = {"img_mean": self.img_mean, "img_std": self.img_std, "type_masks": self.type_masks.astype(np.uint8),
                    "qtype_masks": self.qtype_masks.astype(np.uint8),
                    "mem_img": self.mem_img.astype(np.float32), "mem_q": self.mem_q, "mem_answer": self.mem_answer}
         for m, state in enumerate(self.members):
             tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
         tensors.update({f"encoder.{k}": np.asarray(v) for k, v in self.encoder_state.items()})
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "weights.safetensors"))
+        write_with(out / "weights.safetensors",
+                   lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp)))
         config = {"format": FINETUNED_FORMAT if self.encoder_state else MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
                   "image_encoders": [f"{e}:1" if isinstance(e, str) else f"{e.name}:{e.version}"
                                      for e in self.image_encoders()],
-                  "cases": self.cases, "meta": self.meta}
-        (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+                  "cases": self.cases, "meta": self.meta,
+                  "weights_sha256": file_sha256(out / "weights.safetensors")}
+        write_text(out / "config.json", json.dumps(config, indent=1, default=str))
         return out
 
     @classmethod
@@ -306,6 +309,12 @@ class Answerer:
         if config.get("format") not in (MODEL_FORMAT, FINETUNED_FORMAT):
             raise ValueError(f"{cfg_path}: field format is {config.get('format')!r}; expected {MODEL_FORMAT!r} "
                              f"or {FINETUNED_FORMAT!r}")
+        if config.get("weights_sha256"):
+            from ..atomic import file_sha256
+
+            if file_sha256(w_path) != config["weights_sha256"]:
+                raise ValueError(f"{w_path}: does not match config.json (weights_sha256): the file was changed "
+                                 "after training; train the model again")
         t = load_file(str(w_path))
         known = set(VqaConfig.__dataclass_fields__)
         unknown = sorted(set(config["config"]) - known)
