@@ -37,3 +37,21 @@ def test_report_has_intervals_around_values_and_skips_missing_labels():
         assert r[m]["lo"] <= r[m]["value"] <= r[m]["hi"], m
     one_class = binary_report(np.ones(20), rng.random(20), n_boot=50)
     assert np.isnan(one_class["auroc"]["value"]) and not np.isnan(one_class["brier"]["value"])
+
+
+def test_cluster_bootstrap_counts_a_patients_images_as_one_patient():
+    """Each of 60 patients contributes 10 identical images: resampling images would claim the
+    precision of 600 independent cases; resampling patients gives the interval of 60."""
+    from medweave.evaluate import binary_report
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(60) < 0.5).astype(float)
+    p = np.clip(0.5 + 0.3 * (y - 0.5) + 0.3 * rng.standard_normal(60), 0, 1)
+    patients = np.repeat(np.arange(60), 10)
+    by_image = binary_report(np.repeat(y, 10), np.repeat(p, 10), n_boot=400, seed=0)["auroc"]
+    by_patient = binary_report(np.repeat(y, 10), np.repeat(p, 10), n_boot=400, seed=0, clusters=patients)["auroc"]
+    alone = binary_report(y, p, n_boot=400, seed=0)["auroc"]
+    width = lambda r: r["hi"] - r["lo"]  # noqa: E731
+    assert by_patient["value"] == by_image["value"] == alone["value"]
+    assert width(by_patient) > 2 * width(by_image)
+    assert abs(width(by_patient) - width(alone)) < 0.35 * width(alone)

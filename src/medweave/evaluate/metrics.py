@@ -78,11 +78,20 @@ _NEEDS_BOTH_CLASSES = {"auroc", "auprc", "balanced_accuracy"}
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, fn: Callable, needs_both: bool, n: int = 1000,
-                 seed: int = 0) -> tuple[float, float]:
+                 seed: int = 0, clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval; with ``clusters`` (e.g. patient ids) whole clusters are
+    resampled, so that many images of one patient count as the one patient they are."""
     rng = np.random.default_rng(seed)
+    groups = None
+    if clusters is not None:
+        _, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+        groups = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if len(inverse) else []
     vals = []
     for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
+        if groups is None:
+            i = rng.integers(0, len(y), len(y))
+        else:
+            i = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
         if needs_both and len(np.unique(y[i])) < 2:
             continue
         vals.append(fn(y[i], p[i]))
@@ -92,12 +101,15 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, fn: Callable, needs_both: bool, n
     return float(lo), float(hi)
 
 
-def binary_report(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Every binary metric with its 95% bootstrap interval, over cases with a label."""
+def binary_report(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                  clusters: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Every binary metric with its 95% bootstrap interval, over cases with a label (``clusters``:
+    resample whole clusters, e.g. patients, see ``bootstrap_ci``)."""
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
     keep = ~np.isnan(y)
     y, p = y[keep].astype(int), p[keep]
+    clusters = None if clusters is None else np.asarray(clusters)[keep]
     out: dict[str, dict[str, float]] = {"n": {"value": int(len(y))}, "positives": {"value": int(y.sum())}}
     both = len(np.unique(y)) == 2
     for name, fn in BINARY_METRICS.items():
@@ -105,6 +117,6 @@ def binary_report(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 
         if needs and not both:
             out[name] = {"value": float("nan"), "lo": float("nan"), "hi": float("nan")}
             continue
-        lo, hi = bootstrap_ci(y, p, fn, needs, n_boot, seed)
+        lo, hi = bootstrap_ci(y, p, fn, needs, n_boot, seed, clusters)
         out[name] = {"value": fn(y, p), "lo": lo, "hi": hi}
     return out
