@@ -83,6 +83,9 @@ class ModelConfig(_Strict):
     adapters: dict[str, Literal["mlp", "tabular", "conv1d"]] = {}
     indicators: bool = True  # concat only: missing indicators beside the zero-filled embeddings
     layers: int = 2  # attention only
+    # Modalities read also by a direct linear path into the heads (late fusion beside the fused state;
+    # see fuse.models.LinearPaths). None: those with the tabular adapter; [] : none.
+    linear: Optional[list[str]] = None
 
     @field_validator("kind")
     @classmethod
@@ -94,7 +97,8 @@ class ModelConfig(_Strict):
         return v
 
     def kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"hidden": self.hidden, "dropout": self.dropout, "adapters": dict(self.adapters)}
+        kw: dict[str, Any] = {"hidden": self.hidden, "dropout": self.dropout, "adapters": dict(self.adapters),
+                              "linear": None if self.linear is None else list(self.linear)}
         if self.kind == "concat":
             kw["indicators"] = self.indicators
         if self.kind == "attention":
@@ -118,6 +122,13 @@ class TrainSection(_Strict):
     step_loss: Literal["all", "last"] = "all"  # sequential: every step (MultiModN) or the last only
     balance_presence: bool = True  # sequential, step_loss "all": see train.trainer.presence_weights
     calibrate: bool = True  # temperature scaling on the validation split
+    # Each patient weighs the same in the training and validation losses (a case weighs 1 / the
+    # patient's cases): on image-level cohorts where a few patients have dozens of images.
+    balance_patients: bool = False
+    # > 1: early stopping by patient-grouped k-fold cross-validation over train + valid (the epoch
+    # count that minimises the mean held-out loss), then one model on all of them for that many
+    # epochs, calibrated on the out-of-fold predictions. 0: stop on the valid split.
+    cv_folds: int = Field(0, ge=0, le=20)
 
 
 class MissingConfig(_Strict):

@@ -113,3 +113,100 @@ def test_presence_balancing_removes_the_missingness_shortcut():
     concat = score("concat")
     assert balanced > 0.85, balanced
     assert balanced > unbalanced + 0.04 and balanced > concat + 0.15, (balanced, unbalanced, concat)
+
+
+def test_patient_folds_keep_each_patient_on_one_side():
+    from medweave.train import group_folds
+
+    groups = [f"p{i // 3}" for i in range(90)] + [f"q{i}" for i in range(30)]
+    fold = group_folds(groups, 5, seed=0)
+    assert set(fold) == set(range(5))
+    for g in set(groups):
+        assert len({fold[i] for i, h in enumerate(groups) if h == g}) == 1, g
+    counts = np.bincount(fold)
+    assert counts.min() > 10  # patients spread over the folds
+    assert not np.array_equal(fold, group_folds(groups, 5, seed=1))
+
+
+def test_case_weights_give_every_patient_the_same_total():
+    ds = toy(n=10)
+    ds.groups = np.array(["a"] * 6 + ["b", "c", "d", "e"])
+    w = ds.case_weights()
+    assert abs(w.mean() - 1) < 1e-6
+    assert abs(w[:6].sum() - w[6]) < 1e-5 and abs(w[6] - w[9]) < 1e-6
+    assert ds.subset(np.arange(6, 10)).groups.tolist() == ["b", "c", "d", "e"]
+    assert np.all(toy(n=5).case_weights() == 1)
+
+
+def test_cross_validated_stopping_trains_the_final_model_for_the_chosen_epochs():
+    from medweave.evaluate.metrics import auroc
+    from medweave.train import fit_cv
+
+    ds = toy(n=500)
+    ds.groups = np.array([f"p{i // 2}" for i in range(500)])
+    make = lambda: build_model("sequential", {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16, seed=0,  # noqa: E731
+                               order=["a", "b"])
+    res = fit_cv(make, ds.subset(np.arange(400)), list(ds.groups[:400]), TrainConfig(epochs=12, seed=0), folds=4,
+                 progress=False)
+    assert 1 <= res["cv_epochs"] <= 12 and len(res["cv_curve"]) <= 12
+    assert res["cv_epochs"] == int(np.argmin(res["cv_curve"])) + 1
+    assert res["epochs_run"] == res["cv_epochs"]  # the final model: all 400 cases, that many epochs
+    oof = res["oof_logits"]["y"].reshape(-1)
+    assert np.isfinite(oof).all() and auroc(ds.targets["y"][:400], oof) > 0.75  # every case scored out of fold
+    p = predict_logits(res["model"], ds.subset(np.arange(400, 500)))["y"].reshape(-1)
+    assert auroc(ds.targets["y"][400:], p) > 0.8
+    again = fit_cv(make, ds.subset(np.arange(400)), list(ds.groups[:400]), TrainConfig(epochs=12, seed=0), folds=4,
+                   progress=False)
+    np.testing.assert_array_equal(p, predict_logits(again["model"], ds.subset(np.arange(400, 500)))["y"].reshape(-1))
+
+
+def test_linear_path_reads_a_modality_only_where_it_is_present():
+    ds = toy(n=50)
+    for kind in ("sequential", "concat", "attention"):
+        model = build_model(kind, {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16, seed=0, linear=["a", "b"],
+                            **({"order": ["a", "b"]} if kind == "sequential" else {}))
+        with torch.no_grad():
+            for path in model.linear.paths.values():
+                path[-1].weight.normal_()  # zero at the start: give it something to say
+        mask = ds.mask.copy()
+        mask[:20, 1] = False
+        x, m, _ = ds.with_mask(mask).tensors()
+        base = model.eval()(x, m)["logits"]["y"]
+        x2 = dict(x)
+        x2["b"] = x["b"].clone()
+        x2["b"][:20] = float("nan")  # absent rows may hold anything
+        x2["b"][20:] += 1.0
+        out = model(x2, m)["logits"]["y"]
+        assert torch.equal(out[:20], base[:20]), kind
+        assert not torch.allclose(out[20:], base[20:]), kind
+        if kind == "sequential":
+            steps = model(x2, m)["steps"]["y"]
+            assert torch.equal(steps[:, 1], model(x, m)["steps"]["y"][:, 1])  # step 'a' does not read 'b'
+    with pytest.raises(ValueError, match="not a model modality"):
+        build_model("concat", {"a": 5}, [HeadSpec("y")], linear=["c"])
+
+
+def test_a_linear_tabular_path_keeps_a_strong_covariate_beside_a_noisy_embedding():
+    """Small cohort: y follows 3 tabular columns; the 'image' is 256-d noise with a faint signal. The
+    fused model with the tabular linear path must score at least as well as its tabular part."""
+    from medweave.evaluate.metrics import auroc
+
+    rng = np.random.default_rng(0)
+    n = 700
+    tab = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * tab[:, 0] - 1.0 * tab[:, 1])))).astype(np.float32)
+    img = rng.standard_normal((n, 256)).astype(np.float32) + 0.3 * y[:, None] * (np.arange(256) < 8)
+    ds = Dataset([str(i) for i in range(n)], ["table", "image"], {"table": tab, "image": img},
+                 np.ones((n, 2), bool), {"y": y})
+    tr, va, te = np.arange(300), np.arange(300, 400), np.arange(400, n)
+    scores = {}
+    for name, mods, kw in (("tabular", ["table"], {}), ("fused", ["table", "image"], {}),
+                           ("fused, no linear path", ["table", "image"], {"linear": []})):
+        sub = ds.only(mods)
+        model = build_model("sequential", {m: sub.inputs[m].shape[1] for m in mods}, [HeadSpec("y")], hidden=32,
+                            seed=0, order=mods, dropout=0.2, **kw)
+        fit(model, sub.subset(tr), sub.subset(va), TrainConfig(epochs=60, patience=10, weight_decay=0.05, seed=0),
+            progress=False)
+        scores[name] = auroc(y[te], predict_logits(model, sub.subset(te))["y"].reshape(-1))
+    assert scores["fused"] >= scores["tabular"] - 0.01, scores
+    assert scores["fused"] > scores["fused, no linear path"], scores

@@ -70,23 +70,71 @@ class Conv1dAdapter(nn.Module):
 
 ADAPTER_KINDS = {"mlp": MLPAdapter, "tabular": TabularAdapter, "conv1d": Conv1dAdapter}
 DEFAULT_ADAPTERS = {"table": "tabular"}
+LINEAR_ADAPTERS = ("tabular", "mlp")  # inputs a linear read-out can take (not a raw waveform)
+
+
+class LinearPaths(nn.Module):
+    """Late fusion beside the fused state: per modality, a direct linear read-out of its input into
+    every head's logits, added when the modality is present (``sum_m mask_m * (w_m . x_m)``).
+
+    On a small cohort a logistic regression on a few strong covariates is hard to beat; a fused
+    network that must carry them through its hidden state (and past every later update) can lose
+    them. With this path the fused model *contains* that regression and its other parts learn what
+    the other modalities add. Embeddings are layer-normalised first (as in ``MLPAdapter``); tabular
+    features are already standardised. No bias: the heads keep theirs."""
+
+    def __init__(self, dims: Mapping[str, int], heads: Sequence[HeadSpec], modalities: Sequence[str],
+                 adapter_kinds: Mapping[str, str]):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.split = [h.n_out for h in heads]
+        self.names = [h.name for h in heads]
+        self.paths = nn.ModuleDict({
+            m: nn.Sequential(nn.Identity() if adapter_kinds[m] == "tabular" else nn.LayerNorm(dims[m]),
+                             nn.Linear(dims[m], sum(self.split), bias=False))
+            for m in self.modalities})
+        for path in self.paths.values():
+            nn.init.zeros_(path[-1].weight)  # starts as no contribution: the fused model as before
+
+    def terms(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor,
+              all_modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per modality in ``self.modalities``: its (B, sum n_out) contribution, zero where absent."""
+        out = {}
+        for m in self.modalities:
+            j = list(all_modalities).index(m)
+            present = mask[:, j:j + 1]
+            x = torch.nan_to_num(inputs[m]) * present.to(inputs[m].dtype)
+            out[m] = self.paths[m](x) * present.to(x.dtype)
+        return out
+
+    def per_head(self, total: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, total.split(self.split, dim=-1)))
 
 
 class FusionModel(nn.Module):
     kind = ""
 
     def __init__(self, dims: Mapping[str, int], heads: Sequence[HeadSpec], hidden: int = 128,
-                 dropout: float = 0.1, adapters: Mapping[str, str] | None = None):
+                 dropout: float = 0.1, adapters: Mapping[str, str] | None = None,
+                 linear: Sequence[str] | None = None):
         super().__init__()
         self.modalities = list(dims)
         self.dims = dict(dims)
         self.hidden = hidden
         self.head_specs = list(heads)
         adapters = adapters or {}
-        self.adapters = nn.ModuleDict({
-            m: ADAPTER_KINDS[adapters.get(m, DEFAULT_ADAPTERS.get(m, "mlp"))](d, hidden, dropout)
-            for m, d in dims.items()})
+        kinds = {m: adapters.get(m, DEFAULT_ADAPTERS.get(m, "mlp")) for m in dims}
+        self.adapters = nn.ModuleDict({m: ADAPTER_KINDS[kinds[m]](d, hidden, dropout) for m, d in dims.items()})
         self.heads = nn.ModuleDict({h.name: nn.Linear(hidden, h.n_out) for h in heads})
+        # Linear paths: by default for the tabular inputs (covariates, labs), see LinearPaths.
+        linear = [m for m in dims if kinds[m] == "tabular"] if linear is None else list(linear)
+        for m in linear:
+            if m not in dims:
+                raise ValueError(f"linear path for {m!r}: not a model modality; modalities: {', '.join(dims)}")
+            if kinds[m] not in LINEAR_ADAPTERS:
+                raise ValueError(f"linear path for {m!r}: its adapter {kinds[m]!r} reads a raw signal; "
+                                 f"allowed for adapters {', '.join(LINEAR_ADAPTERS)}")
+        self.linear = LinearPaths(dims, heads, linear, kinds) if linear else None
 
     def _embed(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adapter outputs per modality; absent rows are computed on zeros and must be masked by the caller."""
@@ -96,8 +144,13 @@ class FusionModel(nn.Module):
             out[m] = self.adapters[m](x)
         return out
 
-    def _read(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(state) for name, head in self.heads.items()}
+    def _read(self, state: torch.Tensor, inputs=None, mask=None) -> dict[str, torch.Tensor]:
+        out = {name: head(state) for name, head in self.heads.items()}
+        if self.linear is not None and inputs is not None:
+            terms = self.linear.terms(inputs, mask, self.modalities)
+            extra = self.linear.per_head(torch.stack(list(terms.values())).sum(0))
+            out = {k: v + extra[k] for k, v in out.items()}
+        return out
 
 
 class StateUpdate(nn.Module):
@@ -119,8 +172,8 @@ class SequentialFusion(FusionModel):
     kind = "sequential"
 
     def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None,
-                 order: Sequence[str] | None = None):
-        super().__init__(dims, heads, hidden, dropout, adapters)
+                 order: Sequence[str] | None = None, linear: Sequence[str] | None = None):
+        super().__init__(dims, heads, hidden, dropout, adapters, linear)
         self.order = list(order) if order else list(self.modalities)
         self.state0 = nn.Parameter(torch.zeros(hidden))
         self.updates = nn.ModuleDict({m: StateUpdate(hidden) for m in self.modalities})
@@ -140,6 +193,15 @@ class SequentialFusion(FusionModel):
             updated.append(mask[:, j])
         # All decoders read all steps in one call: (B, steps, hidden) -> (B, steps, n_out).
         steps = self._read(self.norm(torch.stack(states, dim=1)))
+        if self.linear is not None:
+            # A modality's linear term joins the prediction at its step and stays in every later one
+            # (zero where it is absent), so each step still predicts from what has been seen so far.
+            terms = self.linear.terms(inputs, mask, self.modalities)
+            width = sum(self.linear.split)
+            zero = emb[order[0]].new_zeros(batch, width)
+            cum = torch.stack([zero] + [terms.get(m, zero) for m in order], dim=1).cumsum(dim=1)
+            extra = self.linear.per_head(cum)
+            steps = {k: v + extra[k] for k, v in steps.items()}
         return {"logits": {name: v[:, -1] for name, v in steps.items()}, "steps": steps,
                 "step_present": torch.stack(updated, dim=1), "order": order}
 
@@ -147,8 +209,9 @@ class SequentialFusion(FusionModel):
 class ConcatFusion(FusionModel):
     kind = "concat"
 
-    def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None, indicators: bool = True):
-        super().__init__(dims, heads, hidden, dropout, adapters)
+    def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None, indicators: bool = True,
+                 linear: Sequence[str] | None = None):
+        super().__init__(dims, heads, hidden, dropout, adapters, linear)
         self.indicators = indicators
         width = hidden * len(dims) + (len(dims) if indicators else 0)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
@@ -160,15 +223,15 @@ class ConcatFusion(FusionModel):
         parts = [emb[k] * m[:, j:j + 1] for j, k in enumerate(self.modalities)]  # zero-fill
         if self.indicators:
             parts.append(1.0 - m)
-        return {"logits": self._read(self.mlp(torch.cat(parts, dim=1)))}
+        return {"logits": self._read(self.mlp(torch.cat(parts, dim=1)), inputs, mask)}
 
 
 class AttentionFusion(FusionModel):
     kind = "attention"
 
     def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None,
-                 layers: int = 2, n_heads: int = 4):
-        super().__init__(dims, heads, hidden, dropout, adapters)
+                 layers: int = 2, n_heads: int = 4, linear: Sequence[str] | None = None):
+        super().__init__(dims, heads, hidden, dropout, adapters, linear)
         n = len(dims)
         self.type_emb = nn.Parameter(torch.randn(n, hidden) * 0.02)
         self.absent = nn.Parameter(torch.randn(n, hidden) * 0.02)
@@ -184,7 +247,7 @@ class AttentionFusion(FusionModel):
         tokens = torch.where(mask[:, :, None], tokens, self.absent[None]) + self.type_emb[None]
         x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         out = self.encoder(x)
-        return {"logits": self._read(self.norm(out[:, 0]))}
+        return {"logits": self._read(self.norm(out[:, 0]), inputs, mask)}
 
 
 FUSERS: Registry[type[FusionModel]] = Registry("fusion model", "medweave.fusers")

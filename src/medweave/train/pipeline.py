@@ -24,7 +24,7 @@ from ..encode.base import DEFAULT_ENCODERS
 from ..fuse import HeadSpec
 from ..ingest import ingest
 from ..store import Store
-from .trainer import (Dataset, TrainConfig, build_model, fit, fit_temperature, predict_logits,
+from .trainer import (Dataset, TrainConfig, build_model, fit, fit_cv, fit_temperature, predict_logits,
                       save_checkpoint)
 
 
@@ -132,7 +132,8 @@ def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: Em
         mask_cols.insert(mods.index("table"), present)
     specs = specs or head_specs(cfg, cohort)
     ds = Dataset(list(cohort.table["case_id"]), mods, {m: inputs[m] for m in mods},
-                 np.stack(mask_cols, axis=1), targets_for(cfg, cohort, specs))
+                 np.stack(mask_cols, axis=1), targets_for(cfg, cohort, specs),
+                 groups=cohort.table["patient_id"].astype(str).to_numpy())
     return ds, featurizer, {"encoders": emb.encoders, "failures": emb.failures}
 
 
@@ -164,13 +165,27 @@ def train_experiment(cfg: ExperimentConfig, model_dir: str | Path, progress: boo
     if len(train) == 0:
         raise PipelineError("the train split is empty; check cohort.split_from / fractions")
     dims = {m: int(a.shape[1]) for m, a in ds.inputs.items()}
-    model = build_model(cfg.model.kind, dims, specs, seed=cfg.train.seed, **cfg.model.kwargs())
+    def make_model():
+        return build_model(cfg.model.kind, dims, specs, seed=cfg.train.seed, **cfg.model.kwargs())
+
     tcfg = TrainConfig(**cfg.train.model_dump())
-    result = fit(model, train, valid if len(valid) else None, tcfg, progress=progress)
     temps = {}
-    if tcfg.calibrate and len(valid):
-        logits = predict_logits(model, valid)
-        temps = {s.name: fit_temperature(logits[s.name], valid.targets[s.name], s.kind) for s in specs}
+    if tcfg.cv_folds > 1:
+        # Cross-validated early stopping over train + valid, grouped by patient (see fit_cv).
+        idx = np.flatnonzero(np.isin(split, ["train", "valid"]))
+        pool = ds.subset(idx)
+        result = fit_cv(make_model, pool, list(cohort.table["patient_id"].to_numpy()[idx]), tcfg,
+                        folds=tcfg.cv_folds, progress=progress)
+        model = result.pop("model")
+        oof = result.pop("oof_logits")
+        if tcfg.calibrate:
+            temps = {s.name: fit_temperature(oof[s.name], pool.targets[s.name], s.kind) for s in specs}
+    else:
+        model = make_model()
+        result = fit(model, train, valid if len(valid) else None, tcfg, progress=progress)
+        if tcfg.calibrate and len(valid):
+            logits = predict_logits(model, valid)
+            temps = {s.name: fit_temperature(logits[s.name], valid.targets[s.name], s.kind) for s in specs}
     config = {
         "medweave_version": __version__,
         "code_version": code_version(),

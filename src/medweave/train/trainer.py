@@ -28,6 +28,7 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     mask: np.ndarray  # (N, M) bool, columns in ``modalities`` order
     targets: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: np.ndarray | None = None  # (N,) patient of each case, where known (patient-balanced loss, CV)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -35,10 +36,27 @@ class Dataset:
     def subset(self, index: np.ndarray) -> "Dataset":
         return Dataset([self.case_ids[i] for i in index], list(self.modalities),
                        {m: a[index] for m, a in self.inputs.items()}, self.mask[index],
-                       {k: v[index] for k, v in self.targets.items()})
+                       {k: v[index] for k, v in self.targets.items()},
+                       None if self.groups is None else np.asarray(self.groups)[index])
 
     def with_mask(self, mask: np.ndarray) -> "Dataset":
-        return Dataset(list(self.case_ids), list(self.modalities), self.inputs, mask.astype(bool), self.targets)
+        return Dataset(list(self.case_ids), list(self.modalities), self.inputs, mask.astype(bool), self.targets,
+                       self.groups)
+
+    def only(self, modalities: Sequence[str]) -> "Dataset":
+        """The same cases with a subset of the modalities (e.g. image-only, tabular-only parts)."""
+        cols = [self.modalities.index(m) for m in modalities]
+        return Dataset(list(self.case_ids), list(modalities), {m: self.inputs[m] for m in modalities},
+                       self.mask[:, cols], self.targets, self.groups)
+
+    def case_weights(self) -> np.ndarray:
+        """1 / (cases of the same patient), scaled to mean 1: each patient weighs the same in a loss,
+        however many images it has (ones where no patient is known)."""
+        if self.groups is None or not len(self):
+            return np.ones(len(self), np.float32)
+        _, inverse, counts = np.unique(np.asarray(self.groups).astype(str), return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inverse]
+        return (w / w.mean()).astype(np.float32)
 
     def tensors(self, index: np.ndarray | None = None):
         idx = slice(None) if index is None else index
@@ -90,7 +108,8 @@ def presence_weights(ds: Dataset, specs: Sequence[HeadSpec]) -> dict[str, torch.
 
 
 def _loss(model: FusionModel, out: dict, targets: dict[str, torch.Tensor], step_loss: str,
-          weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+          weights: dict[str, torch.Tensor] | None = None, case_w: torch.Tensor | None = None) -> torch.Tensor:
+    """``weights``: presence weights (see presence_weights); ``case_w``: (B,) per-case weights."""
     total = 0.0
     for spec in model.head_specs:
         t = targets[spec.name]
@@ -104,32 +123,41 @@ def _loss(model: FusionModel, out: dict, targets: dict[str, torch.Tensor], step_
             if weights and spec.name in weights:
                 cls = torch.nan_to_num(t, nan=0).clamp(min=0).long()
                 w = w * weights[spec.name].T[cls][:, [model.modalities.index(m) for m in out["order"]]].reshape(-1)
+            if case_w is not None:
+                w = w * case_w.repeat_interleave(n_steps)
             total = total + head_loss(spec, steps.reshape(-1, steps.shape[-1]), flat_t, w)
         else:
-            total = total + head_loss(spec, out["logits"][spec.name], t)
+            total = total + head_loss(spec, out["logits"][spec.name], t, case_w)
     return total
 
 
-def evaluate_loss(model: FusionModel, ds: Dataset, batch_size: int = 512) -> float:
+def evaluate_loss(model: FusionModel, ds: Dataset, batch_size: int = 512, balance_patients: bool = False) -> float:
+    """Mean loss of the final prediction (``balance_patients``: each patient weighs the same)."""
     model.eval()
-    losses, n = 0.0, 0
+    cw = torch.from_numpy(ds.case_weights()) if balance_patients else None
+    losses, n = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(ds), batch_size):
             idx = np.arange(start, min(len(ds), start + batch_size))
             x, mask, t = ds.tensors(idx)
             out = model(x, mask)
-            losses += float(_loss(model, out, t, "last")) * len(idx)
-            n += len(idx)
-    return losses / max(n, 1)
+            w = None if cw is None else cw[idx]
+            size = len(idx) if w is None else float(w.sum())
+            losses += float(_loss(model, out, t, "last", case_w=w)) * size
+            n += size
+    return losses / max(n, 1e-8)
 
 
 def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainConfig,
-        progress: bool = True) -> dict[str, Any]:
-    """Train with AdamW; keep the weights of the epoch with the lowest validation loss."""
+        progress: bool = True, on_epoch=None, keep_best: bool = True) -> dict[str, Any]:
+    """Train with AdamW; keep the weights of the epoch with the lowest validation loss
+    (``keep_best=False``: the weights after the last epoch run). ``on_epoch(model)`` is called after
+    every epoch (the model in eval mode)."""
     gen = seed_everything(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     x_all, mask_all, t_all = train.tensors()
     weights = presence_weights(train, model.head_specs) if cfg.balance_presence and hasattr(model, "order") else None
+    case_w = torch.from_numpy(train.case_weights()) if cfg.balance_patients else None
     best, best_state, bad_epochs = math.inf, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
     samples, seconds = 0, 0.0
@@ -147,15 +175,20 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
                 if cfg.random_order and hasattr(model, "order"):
                     order = [model.order[i] for i in torch.randperm(len(model.order), generator=gen)]
                 out = model(x, mask, order=order)
-                loss = _loss(model, out, {k: v[idx] for k, v in t_all.items()}, cfg.step_loss, weights)
+                loss = _loss(model, out, {k: v[idx] for k, v in t_all.items()}, cfg.step_loss, weights,
+                             None if case_w is None else case_w[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 running += loss.item() * len(idx)
             seconds += time.perf_counter() - t0
             samples += len(train)
-            val = evaluate_loss(model, valid) if valid is not None and len(valid) else running / len(train)
+            val = (evaluate_loss(model, valid, balance_patients=cfg.balance_patients)
+                   if valid is not None and len(valid) else running / len(train))
             history.append({"epoch": epoch, "train_loss": running / len(train), "valid_loss": val})
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(model)
             advance()
             if val < best - 1e-4:
                 best, best_state, bad_epochs = val, copy.deepcopy(model.state_dict()), 0
@@ -163,10 +196,68 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     break
-    model.load_state_dict(best_state)
+    if keep_best:
+        model.load_state_dict(best_state)
     model.eval()
     return {"history": history, "best_valid_loss": best, "epochs_run": len(history),
             "train_samples_per_s": samples / seconds if seconds else float("nan")}
+
+
+def group_folds(groups: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+    """Fold number (0..k-1) per sample, whole groups (patients) per fold, by a seeded hash of the group:
+    a patient's images never sit on both sides of a fold."""
+    import hashlib
+
+    def u(g: str) -> float:
+        return int.from_bytes(hashlib.sha256(f"{seed}\x1f{g}".encode()).digest()[:8], "big") / 2**64
+
+    uniq = sorted(set(map(str, groups)), key=u)
+    fold_of = {g: i % k for i, g in enumerate(uniq)}
+    return np.array([fold_of[str(g)] for g in groups])
+
+
+def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, folds: int = 5,
+           progress: bool = True) -> dict[str, Any]:
+    """Early stopping by patient-grouped cross-validation instead of one small holdout.
+
+    Each fold trains on the other folds, recording its held-out loss (and logits) after every epoch,
+    and stops ``cfg.patience`` epochs after its best one. The number of epochs is the argmin of the
+    held-out loss averaged over the folds (a fold that stopped early keeps its last loss for the
+    later epochs): a curve over all training patients instead of one noisy holdout of a few dozen.
+    The final model (``make_model()``, same seed) is then trained on *all* of ``train`` for that
+    many epochs. Returns ``fit``'s summary plus ``model`` (the final one), ``cv_epochs``, the mean
+    curve and the out-of-fold logits at the chosen epoch (for calibration: every training case
+    scored by a model that did not see it)."""
+    fold = group_folds(groups, folds, cfg.seed)
+    curves, logits_by_fold = [], []
+    with progress_bar(f"cross-validate ({folds} folds)", total=folds, unit="folds", enabled=progress) as advance:
+        for f in range(folds):
+            tr, va = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            if len(va) == 0 or len(tr) == 0:
+                advance()
+                continue
+            valid = train.subset(va)
+            per_epoch: list[dict[str, np.ndarray]] = []
+            res = fit(make_model(), train.subset(tr), valid, cfg, progress=False,
+                      on_epoch=lambda m: per_epoch.append(predict_logits(m, valid)), keep_best=False)
+            curves.append([h["valid_loss"] for h in res["history"]])
+            logits_by_fold.append((va, per_epoch))
+            advance()
+    if not curves:
+        raise ValueError(f"cross-validation needs at least 2 groups; got {len(set(map(str, groups)))}")
+    n = max(len(c) for c in curves)
+    mean = np.mean([c + [c[-1]] * (n - len(c)) for c in curves], axis=0)
+    best = int(np.argmin(mean))
+    oof: dict[str, np.ndarray] = {}
+    for va, per_epoch in logits_by_fold:
+        for k, v in per_epoch[min(best, len(per_epoch) - 1)].items():
+            oof.setdefault(k, np.full((len(train),) + v.shape[1:], np.nan, np.float32))[va] = v
+    final = make_model()
+    result = fit(final, train, None, TrainConfig(**{**cfg.model_dump(), "epochs": best + 1, "patience": best + 2}),
+                 progress=progress, keep_best=False)
+    result.update({"model": final, "cv_folds": folds, "cv_epochs": best + 1, "cv_curve": [float(v) for v in mean],
+                   "best_valid_loss": float(mean[best]), "oof_logits": oof})
+    return result
 
 
 def predict_logits(model: FusionModel, ds: Dataset, batch_size: int = 512, steps: bool = False) -> dict[str, np.ndarray]:
@@ -190,6 +281,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, kind: str) -> float:
     lg = torch.tensor(logits, dtype=torch.float64)
     t = torch.tensor(y, dtype=torch.float64)
     keep = ~torch.isnan(t) if kind == "binary" else t >= 0
+    keep = keep & torch.isfinite(lg.reshape(len(t), -1)).all(dim=1)  # unscored rows (out-of-fold gaps)
     if keep.sum() < 10:
         return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -251,7 +343,9 @@ def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]
     _check_weights(model_dir / "model.safetensors", config.get("weights_sha256"))
     arch = config["architecture"]
     heads = [HeadSpec(**h) for h in arch["heads"]]
-    model = build_model(arch["kind"], arch["dims"], heads, **arch.get("kwargs", {}))
+    kwargs = dict(arch.get("kwargs", {}))
+    kwargs.setdefault("linear", [])  # saved before linear paths existed: a model without them
+    model = build_model(arch["kind"], arch["dims"], heads, **kwargs)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     return model, config
