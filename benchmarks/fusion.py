@@ -1,14 +1,18 @@
 """Fusion under missingness, on NIH ChestX-ray14 (800) and on the phantom cohort; plus speed.
 
-Prints one table per data set: AUROC (95% bootstrap interval, seed 0; mean over seeds beside it) for
+Prints one table per data set: AUROC (95% bootstrap interval over *patients*, seed 0; mean and
+spread over seeds beside it) for a logistic regression on the tabular inputs (the simplest baseline),
 image-only, tabular-only and each fusion model, trained without missingness, and trained under the
 MultiModN MNAR protocol (a share of the *positive* class loses the image in train and valid) and then
 tested with no missingness and with the missingness *flipped* onto the negative class.
+Model selection (early stopping) is ``--select cv`` (patient-grouped 5-fold cross-validation over
+train + valid, then one model on all of it: ``train.cv_folds``) or ``holdout`` (the valid split).
 Then the speed table: training samples/s of the sequential model vs the concatenation MLP on the
 same embeddings, and encoding images/s of medweave's cached, batched pipeline vs a bare loop.
 
     python benchmarks/fusion.py                 # both sets, 3 seeds
-    python benchmarks/fusion.py --sets phantom --seeds 1
+    python benchmarks/fusion.py --sets nih --protocols clean --seeds 3
+    python benchmarks/fusion.py --sets phantom --seeds 1 --select holdout
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from medweave.evaluate import binary_report
 from medweave.fuse import HeadSpec, head_probs
 from medweave.settings import shared_data_dir
 from medweave.store import Store
-from medweave.train import Dataset, TrainConfig, build_model, fit, predict_logits
+from medweave.train import Dataset, TrainConfig, build_model, fit, fit_cv, predict_logits
 from medweave.train.pipeline import apply_missing, build_dataset, ingest_data, make_cohort
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,12 +69,26 @@ def prepare(cfg, workdir: Path, resplit: bool):
 
 
 def only(ds: Dataset, modalities: list[str]) -> Dataset:
-    cols = [ds.modalities.index(m) for m in modalities]
-    return Dataset(ds.case_ids, modalities, {m: ds.inputs[m] for m in modalities}, ds.mask[:, cols], ds.targets)
+    return ds.only(modalities)
+
+
+def logistic_baseline(ds: Dataset, cohort: Cohort, target: str, seed: int, test_missing, modality: str) -> dict:
+    """A logistic regression (scikit-learn, C = 1) on the tabular features, fitted on train + valid."""
+    from sklearn.linear_model import LogisticRegression
+
+    split = cohort.table["split"].to_numpy()
+    pool = np.flatnonzero(split != "test")
+    x = np.nan_to_num(ds.inputs["table"])
+    y = ds.targets[target]
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(x[pool], y[pool])
+    test = np.flatnonzero(split == "test")
+    p = clf.predict_proba(x[test])[:, 1]
+    res = binary_report(y[test], p, n_boot=500, seed=seed, clusters=cohort.table["patient_id"].to_numpy()[test])
+    return {name: res["auroc"] for name in test_missing}  # it reads no image: missingness cannot touch it
 
 
 def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, train_missing, test_missing,
-              modality: str, hidden: int = 64):
+              modality: str, hidden: int = 64, select: str = "cv", balance_patients: bool = False):
     split = cohort.table["split"].to_numpy()
     spec = [MissingConfig(modality=modality, mechanism="mnar", class_rates={str(k): v for k, v in train_missing.items()},
                           splits=["train", "valid"], seed=seed)] if train_missing and modality in ds.modalities else []
@@ -78,10 +96,19 @@ def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, tr
     kw = {"hidden": hidden, "dropout": 0.2}
     if kind == "sequential":
         kw["order"] = list(ds.modalities)
-    model = build_model(kind, {m: ds.inputs[m].shape[1] for m in ds.modalities}, [HeadSpec(target)], seed=seed, **kw)
-    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed)
-    fit(model, train_ds.subset(np.flatnonzero(split == "train")), train_ds.subset(np.flatnonzero(split == "valid")),
-        cfg, progress=False)
+
+    def make():
+        return build_model(kind, {m: ds.inputs[m].shape[1] for m in ds.modalities}, [HeadSpec(target)], seed=seed, **kw)
+
+    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed,
+                      balance_patients=balance_patients)
+    if select == "cv":
+        pool = np.flatnonzero(split != "test")
+        model = fit_cv(make, train_ds.subset(pool), list(train_ds.groups[pool]), cfg, folds=5, progress=False)["model"]
+    else:
+        model = make()
+        fit(model, train_ds.subset(np.flatnonzero(split == "train")),
+            train_ds.subset(np.flatnonzero(split == "valid")), cfg, progress=False)
     test_idx = np.flatnonzero(split == "test")
     test = ds.subset(test_idx)
     test_cohort = cohort.split("test")
@@ -93,44 +120,69 @@ def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, tr
         import torch
 
         p = head_probs(model.head_specs[0], torch.from_numpy(predict_logits(model, tds)[target])).numpy()
-        results[name] = binary_report(tds.targets[target], p, n_boot=500, seed=seed)["auroc"]
+        results[name] = binary_report(tds.targets[target], p, n_boot=500, seed=seed, clusters=test.groups)["auroc"]
     return results
 
 
-def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: int, drop: str) -> dict:
+PROTOCOLS = {
+    "clean": ("clean-trained, none", None, None),
+    "clean_flip": ("clean-trained, flipped", None, MNAR_FLIP),
+    "none": ("MNAR-trained, none", MNAR_TRAIN, None),
+    "flip": ("MNAR-trained, flipped", MNAR_TRAIN, MNAR_FLIP),
+}
+
+
+def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: int, drop: str,
+                 protocols: list[str] = list(PROTOCOLS), select: str = "cv", balance_patients: bool = False) -> dict:
     rows = {
+        "logistic regression, tabular": ("logistic", ["table"]),
         "image only (MLP)": ("concat", ["image"]),
         "tabular only (MLP)": ("concat", ["table"]),
         "sequential (MultiModN-style)": ("sequential", ds.modalities),
         "concat + zero-fill + indicators": ("concat", ds.modalities),
         "attention + absent tokens": ("attention", ds.modalities),
     }
+    keys = [k for k in PROTOCOLS if k in protocols]
     out = {}
-    print(f"\n{title}: AUROC on the test split (seed 0 [95% CI]; mean over {seeds} seed(s) in parentheses)")
-    print(f"  MNAR protocol: '{drop}' removed for {MNAR_TRAIN[1]:.0%} of positives in train+valid; "
-          f"flip: for {MNAR_FLIP[0]:.0%} of negatives at test.\n  'clean-trained, flipped' is the reference: "
-          "what the lost information alone costs a model that never saw the missingness pattern.")
-    head = (f"{'model':32s} {'clean-trained, none':>26s} {'clean-trained, flipped':>26s} "
-            f"{'MNAR-trained, none':>26s} {'MNAR-trained, flipped':>26s} {'flip-none':>9s}")
+    print(f"\n{title}: AUROC on the test split (seed 0 [95% CI over patients]; mean ± sd over {seeds} seed(s))")
+    print(f"  model selection: {'patient-grouped 5-fold CV over train+valid' if select == 'cv' else 'valid split'}"
+          f"{'; patient-balanced loss' if balance_patients else ''}; tabular inputs also through a linear path")
+    if any(k != "clean" for k in keys):
+        print(f"  MNAR protocol: '{drop}' removed for {MNAR_TRAIN[1]:.0%} of positives in train+valid; "
+              f"flip: for {MNAR_FLIP[0]:.0%} of negatives at test.\n  'clean-trained, flipped' is the reference: "
+              "what the lost information alone costs a model that never saw the missingness pattern.")
+    head = f"{'model':32s} " + " ".join(f"{PROTOCOLS[k][0]:>32s}" for k in keys)
+    if {"none", "flip"} <= set(keys):
+        head += f" {'flip-none':>9s}"
     print(head)
     print("-" * len(head))
     for name, (kind, mods) in rows.items():
         sub = only(ds, mods)
-        per_seed = {"clean": [], "clean_flip": [], "none": [], "flip": []}
+        per_seed: dict[str, list] = {k: [] for k in keys}
         first = {}
         for seed in range(seeds):
-            clean = run_model(kind, sub, cohort, target, seed, None, {"clean": None, "clean_flip": MNAR_FLIP}, drop)
-            mnar = run_model(kind, sub, cohort, target, seed, MNAR_TRAIN, {"none": None, "flip": MNAR_FLIP}, drop)
-            res = {**clean, **mnar}
-            for k in per_seed:
+            res = {}
+            for train_missing in dict.fromkeys(PROTOCOLS[k][1] is None for k in keys):
+                tests = {k: PROTOCOLS[k][2] for k in keys if (PROTOCOLS[k][1] is None) == train_missing}
+                if kind == "logistic":
+                    res.update(logistic_baseline(sub, cohort, target, seed, tests, drop))
+                else:
+                    res.update(run_model(kind, sub, cohort, target, seed, None if train_missing else MNAR_TRAIN,
+                                         tests, drop, select=select, balance_patients=balance_patients))
+            for k in keys:
                 per_seed[k].append(res[k]["value"])
             if seed == 0:
                 first = res
-        cell = lambda k: f"{first[k]['value']:.3f} [{first[k]['lo']:.2f},{first[k]['hi']:.2f}] ({np.mean(per_seed[k]):.3f})"  # noqa: E731
-        delta = np.mean(per_seed["flip"]) - np.mean(per_seed["none"])
-        print(f"{name:32s} {cell('clean'):>26s} {cell('clean_flip'):>26s} {cell('none'):>26s} {cell('flip'):>26s} "
-              f"{delta:>+9.3f}")
-        out[name] = {"seed0": first, "mean": {k: float(np.mean(v)) for k, v in per_seed.items()}, "flip_minus_none": delta}
+        cell = lambda k: (f"{first[k]['value']:.3f} [{first[k]['lo']:.2f},{first[k]['hi']:.2f}] "  # noqa: E731
+                          f"({np.mean(per_seed[k]):.3f}±{np.std(per_seed[k]):.3f})")
+        line = f"{name:32s} " + " ".join(f"{cell(k):>32s}" for k in keys)
+        delta = None
+        if {"none", "flip"} <= set(keys):
+            delta = float(np.mean(per_seed["flip"]) - np.mean(per_seed["none"]))
+            line += f" {delta:>+9.3f}"
+        print(line, flush=True)
+        out[name] = {"seed0": first, "mean": {k: float(np.mean(v)) for k, v in per_seed.items()},
+                     "sd": {k: float(np.std(v)) for k, v in per_seed.items()}, "flip_minus_none": delta}
     return out
 
 
@@ -211,10 +263,21 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=1000, help="phantom patients")
     ap.add_argument("--workdir", type=Path, default=REPO / "out" / "bench-fusion")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"columns, of: {', '.join(PROTOCOLS)}")
+    ap.add_argument("--select", choices=["cv", "holdout"], default="cv", help="early stopping")
+    ap.add_argument("--balance-patients", action="store_true", help="each patient weighs the same in the loss")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed tables")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(1)  # small models: one thread is faster than several on a shared CPU
     results: dict = {}
     sets = args.sets.split(",")
+    protocols = args.protocols.split(",")
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        ap.error(f"--protocols: {unknown[0]!r} is not known; allowed values: {', '.join(PROTOCOLS)}")
     if "nih" in sets:
         nih = shared_data_dir() / "nih-cxr14-800"
         if not nih.is_dir():
@@ -225,9 +288,10 @@ def main() -> int:
             print(f"NIH ChestX-ray14-800: {len(ds)} images; splits {cohort.summary()['splits']} "
                   "(source valid/ = test; 15% of train/ patients = valid)")
             results["nih"] = fusion_table("NIH ChestX-ray14-800, target abnormal", cohort, ds, "abnormal",
-                                          args.seeds, "image")
-            results["speed_train"] = speed_table(ds)
-            results["speed_encode"] = encode_speed(args.workdir / "nih-cxr14-store")
+                                          args.seeds, "image", protocols, args.select, args.balance_patients)
+            if not args.no_speed:
+                results["speed_train"] = speed_table(ds)
+                results["speed_encode"] = encode_speed(args.workdir / "nih-cxr14-store")
     if "phantom" in sets:
         from medweave.demo import generate_phantom
 
@@ -238,8 +302,9 @@ def main() -> int:
               f"{json.dumps(m.effects, default=str)[:300]}")
         present = {mm: int(ds.mask[:, j].sum()) for j, mm in enumerate(ds.modalities)}
         print(f"  presence: {present}; splits {cohort.summary()['splits']}")
-        results["phantom"] = fusion_table("Phantom, target disease", cohort, ds, "disease", args.seeds, "image")
-        if "speed_train" not in results:
+        results["phantom"] = fusion_table("Phantom, target disease", cohort, ds, "disease", args.seeds, "image",
+                                          protocols, args.select, args.balance_patients)
+        if "speed_train" not in results and not args.no_speed:
             results["speed_train"] = speed_table(ds)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
