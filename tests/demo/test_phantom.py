@@ -91,7 +91,12 @@ def test_ground_truth_and_effects_are_recorded(cohort):
     assert set(cohort.effects) == {"image", "text", "table", "signal"}
     assert cohort.effects["table"]["labs"]["WBC"]["delta"] > 0
     for p in cohort.patients:
-        assert all((s.finding is not None) == bool(p.disease) for s in p.studies)
+        # a finding is drawn where the disease is, except for the radiographically occult share
+        assert all((s.finding is not None) == bool(p.disease and not p.occult) for s in p.studies)
+        assert not p.occult or p.disease
+    sick = [p for p in cohort.patients if p.disease]
+    rate = cohort.effects["image"]["occult_rate_if_disease"]
+    assert abs(np.mean([p.occult for p in sick]) - rate) < 0.12
 
 
 # --- the effects are in the files -----------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-PHANTOM_VERSION = "2"
+PHANTOM_VERSION = "3"
 IMAGE_SIZE = 128
 PIXEL_SPACING_MM = 2.8
 ECG_FS = 250
@@ -77,6 +77,11 @@ TRUE_EFFECTS: dict[str, Any] = {
         "ap_view": "AP view magnifies the heart by 1.1 (a real-world confounder: AP is more common "
                    "when disease = 1, see missingness.view_ap)",
         "follow_up": "the finding is drawn at 0.7 of its strength on a follow-up study",
+        "occult_rate_if_disease": 0.35,
+        "occult": "for this share of diseased patients the opacity is not drawn at all (radiographically "
+                  "occult, as early pneumonia often is): their studies have no finding (PatientTruth.occult) "
+                  "and their reports read as a normal study (a miss), so neither picture nor report can "
+                  "find them; labs, vitals and ECG still can",
     },
     "text": {
         "disease": "opacity/consolidation sentence with size and location; impression of pneumonia",
@@ -111,7 +116,7 @@ MISSINGNESS: dict[str, Any] = {
         "WBC": {"mechanism": "MNAR", "p_present": {"0": 0.9, "1": 0.6}},
         "CRP": {"mechanism": "MNAR", "p_present": {"0": 0.9, "1": 0.6}},
         "SODIUM": {"mechanism": "MNAR", "p_present": {"0": 0.9, "1": 0.6}},
-        "LACTATE": {"mechanism": "MNAR", "p_present": {"0": 0.25, "1": 0.85},
+        "LACTATE": {"mechanism": "MNAR", "p_present": {"0": 0.35, "1": 0.75},
                     "why": "lactate is ordered when sepsis is suspected"},
         "unit": "patient x code",
         "why": "sicker patients are sent on before the routine panel is drawn",
@@ -156,6 +161,7 @@ class PatientTruth:
     ecg: dict[str, float] | None  # heart rate, ST offset, R factor (None: no ECG written)
     labs: dict[str, int]  # code -> number of rows written (absent codes left out)
     vitals: dict[str, int]
+    occult: bool = False  # diseased, but nothing drawn on the pictures (TRUE_EFFECTS.image.occult)
 
     @property
     def modalities(self) -> dict[str, int]:
@@ -533,8 +539,8 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
                "tables": "data/tables", "signals": "data/signals", "mappings": "mappings"}
     for rel in folders.values():
         (root / rel).mkdir(parents=True, exist_ok=True)
-    streams = np.random.SeedSequence([seed, 0x6D77]).spawn(6)
-    r_truth, r_miss, r_img, r_text, r_tab, r_ecg = (np.random.default_rng(s) for s in streams)
+    streams = np.random.SeedSequence([seed, 0x6D77]).spawn(7)
+    r_truth, r_miss, r_img, r_text, r_tab, r_ecg, r_occult = (np.random.default_rng(s) for s in streams)
 
     n = n_patients
     t = _draw_truth(r_truth, n)
@@ -547,6 +553,7 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
     noise_u = r_text.random((n, 2))
     hedged = noise_u < TRUE_EFFECTS["text"]["hedged_rate_if_disease"]
     distractor = noise_u < TRUE_EFFECTS["text"]["distractor_rate_if_healthy"]
+    occult = (r_occult.random(n) < TRUE_EFFECTS["image"]["occult_rate_if_disease"]) & (d == 1)
     hr = np.clip(72 + 7 * d + 3 * t["z_inf"] + 8 * r_ecg.standard_normal(n), 45, 150)
     st = -0.04 * d + 0.04 * r_ecg.standard_normal(n)
 
@@ -564,12 +571,16 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
             date = admit + dt.timedelta(days=int(t["follow_up_days"][i]) if k else 0)
             wording = None
             if rep_present[i, k]:
-                wording = ("hedged" if hedged[i, k] else "positive") if d[i] else (
-                    "distractor" if distractor[i, k] else "negative")
+                if d[i] and occult[i]:
+                    wording = "negative"  # nothing to see on the picture: the report misses it too
+                elif d[i]:
+                    wording = "hedged" if hedged[i, k] else "positive"
+                else:
+                    wording = "distractor" if distractor[i, k] else "negative"
             study_finding = None
             if finding is not None:
                 factor = TRUTH_MODEL["follow_up"]["finding_strength_factor"] if k else 1.0
-                study_finding = {**finding, "strength": factor}
+                study_finding = None if occult[i] else {**finding, "strength": factor}
             studies.append(StudyTruth(
                 study=f"s{k + 1}", date=date.isoformat(), view="AP" if view_ap[i, k] else "PA",
                 image=bool(img_present[i, k]), report=bool(rep_present[i, k]),
@@ -583,7 +594,7 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
             birth_date=birth.isoformat(), admit_date=admit.isoformat(), studies=studies,
             ecg={"heart_rate_bpm": round(float(hr[i]), 2), "st_offset_mV": round(float(st[i]), 4),
                  "r_amplitude_factor": r_factor} if ecg_present[i] else None,
-            labs={}, vitals={}))
+            labs={}, vitals={}, occult=bool(occult[i])))
 
     # images and reports
     for p in patients:
