@@ -29,12 +29,21 @@ def toml_list(items) -> str:
 @pytest.mark.slow
 def test_train_then_evaluate_phantom_and_new_folder(tmp_path):
     m = generate_phantom(tmp_path / "ph", n_patients=120, seed=3)
+    # A fixed pseudonymisation key: patients' pseudonyms, and with them the hashed patient splits, are
+    # the same on every run. With a fresh random key (a new store's default) each run drew another
+    # split of these 120 patients, and on some draws the model stopped on a 24-patient valid split at
+    # its first epochs (2 batches an epoch) and scored near chance on the test split: the failures
+    # seen only in some full-suite runs (test AUROC 0.31), not an order effect.
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "secret.key").write_text("5e" * 32)
     config = tmp_path / "exp.toml"
     config.write_text(f"""
 name = "e2e"
 [data]
 paths = {toml_list([m.path("data")])}
 mapping = {json.dumps(str(m.mapping))}
+store = {json.dumps(str(store))}
 [cohort]
 targets = ["disease"]
 covariates = ["age", "sex"]
@@ -45,6 +54,7 @@ modalities = ["table", "image", "text", "signal"]
 hidden = 32
 [train]
 epochs = 30
+batch_size = 16
 seed = 1
 """)
     out = tmp_path / "model"
