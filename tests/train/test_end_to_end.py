@@ -132,3 +132,7 @@ def test_nih_model_evaluates_on_a_new_folder_with_the_same_layout(tmp_path, shar
     assert out["cases"] == len(test_files) and out["presence"]["image"] == len(test_files)
     assert out["metrics"]["abnormal"]["n"]["value"] == len(test_files)
     assert 0.0 <= out["metrics"]["abnormal"]["auroc"]["value"] <= 1.0
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["training"]["cv_folds"] == 5 and 1 <= saved["training"]["cv_epochs"] <= 15
+    own = run("evaluate", "--model", str(tmp_path / "m"), "--split", "valid", "--json")
+    assert own.returncode == 2 and "trained on train + valid" in own.stderr  # no scoring on what it saw

@@ -78,6 +78,9 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
         st.close()
     if split is None:
         split = "all" if data else ("test" if (cohort.table["split"] == "test").any() else "valid")
+    if not data and split in ("valid", "all") and (config.get("training") or {}).get("cv_folds"):
+        raise EvaluateError(f"split {split!r}: this model was trained on train + valid (cross-validated early "
+                            "stopping, train.cv_folds); evaluate it on a test split or on new data with --data")
     if split != "all":
         idx = np.flatnonzero(cohort.table["split"].to_numpy() == split)
         if not len(idx):
