@@ -88,12 +88,13 @@ def logistic_baseline(ds: Dataset, cohort: Cohort, target: str, seed: int, test_
 
 
 def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, train_missing, test_missing,
-              modality: str, hidden: int = 64, select: str = "cv", balance_patients: bool = False):
+              modality: str, hidden: int = 64, select: str = "cv", balance_patients: bool = False,
+              linear: bool = True):
     split = cohort.table["split"].to_numpy()
     spec = [MissingConfig(modality=modality, mechanism="mnar", class_rates={str(k): v for k, v in train_missing.items()},
                           splits=["train", "valid"], seed=seed)] if train_missing and modality in ds.modalities else []
     train_ds, _ = apply_missing(cohort, ds, spec)
-    kw = {"hidden": hidden, "dropout": 0.2}
+    kw = {"hidden": hidden, "dropout": 0.2, "linear": None if linear else []}
     if kind == "sequential":
         kw["order"] = list(ds.modalities)
 
@@ -133,7 +134,8 @@ PROTOCOLS = {
 
 
 def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: int, drop: str,
-                 protocols: list[str] = list(PROTOCOLS), select: str = "cv", balance_patients: bool = False) -> dict:
+                 protocols: list[str] = list(PROTOCOLS), select: str = "cv", balance_patients: bool = False,
+                 linear: bool = True) -> dict:
     rows = {
         "logistic regression, tabular": ("logistic", ["table"]),
         "image only (MLP)": ("concat", ["image"]),
@@ -146,7 +148,8 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
     out = {}
     print(f"\n{title}: AUROC on the test split (seed 0 [95% CI over patients]; mean ± sd over {seeds} seed(s))")
     print(f"  model selection: {'patient-grouped 5-fold CV over train+valid' if select == 'cv' else 'valid split'}"
-          f"{'; patient-balanced loss' if balance_patients else ''}; tabular inputs also through a linear path")
+          f"{'; patient-balanced loss' if balance_patients else ''}"
+          f"{'; tabular inputs also through a linear path' if linear else '; no linear paths'}")
     if any(k != "clean" for k in keys):
         print(f"  MNAR protocol: '{drop}' removed for {MNAR_TRAIN[1]:.0%} of positives in train+valid; "
               f"flip: for {MNAR_FLIP[0]:.0%} of negatives at test.\n  'clean-trained, flipped' is the reference: "
@@ -168,7 +171,8 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
                     res.update(logistic_baseline(sub, cohort, target, seed, tests, drop))
                 else:
                     res.update(run_model(kind, sub, cohort, target, seed, None if train_missing else MNAR_TRAIN,
-                                         tests, drop, select=select, balance_patients=balance_patients))
+                                         tests, drop, select=select, balance_patients=balance_patients,
+                                         linear=linear))
             for k in keys:
                 per_seed[k].append(res[k]["value"])
             if seed == 0:
@@ -267,6 +271,7 @@ def main() -> int:
     ap.add_argument("--select", choices=["cv", "holdout"], default="cv", help="early stopping")
     ap.add_argument("--balance-patients", action="store_true", help="each patient weighs the same in the loss")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed tables")
+    ap.add_argument("--no-linear", action="store_true", help="fusers without linear paths (model.linear = [])")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     import torch
@@ -288,7 +293,8 @@ def main() -> int:
             print(f"NIH ChestX-ray14-800: {len(ds)} images; splits {cohort.summary()['splits']} "
                   "(source valid/ = test; 15% of train/ patients = valid)")
             results["nih"] = fusion_table("NIH ChestX-ray14-800, target abnormal", cohort, ds, "abnormal",
-                                          args.seeds, "image", protocols, args.select, args.balance_patients)
+                                          args.seeds, "image", protocols, args.select, args.balance_patients,
+                                          not args.no_linear)
             if not args.no_speed:
                 results["speed_train"] = speed_table(ds)
                 results["speed_encode"] = encode_speed(args.workdir / "nih-cxr14-store")
@@ -303,7 +309,7 @@ def main() -> int:
         present = {mm: int(ds.mask[:, j].sum()) for j, mm in enumerate(ds.modalities)}
         print(f"  presence: {present}; splits {cohort.summary()['splits']}")
         results["phantom"] = fusion_table("Phantom, target disease", cohort, ds, "disease", args.seeds, "image",
-                                          protocols, args.select, args.balance_patients)
+                                          protocols, args.select, args.balance_patients, not args.no_linear)
         if "speed_train" not in results and not args.no_speed:
             results["speed_train"] = speed_table(ds)
     if args.json:
