@@ -175,7 +175,7 @@ def test_linear_path_reads_a_modality_only_where_it_is_present():
         x2 = dict(x)
         x2["b"] = x["b"].clone()
         x2["b"][:20] = float("nan")  # absent rows may hold anything
-        x2["b"][20:] += 1.0
+        x2["b"][20:] += torch.randn(x["b"][20:].shape, generator=torch.Generator().manual_seed(0))  # not a constant
         out = model(x2, m)["logits"]["y"]
         assert torch.equal(out[:20], base[:20]), kind
         assert not torch.allclose(out[20:], base[20:]), kind
