@@ -60,7 +60,8 @@ def test_rate_limit_per_client_with_retry_after(store):
         elapsed = time.monotonic() - t0
         limited = [r for r in codes if r.status_code == 429]
         ok = sum(r.status_code == 200 for r in codes)
-        assert 2 <= ok <= 2 + elapsed + 1 and limited, (ok, elapsed)
+        # the server thread's readiness probe may have taken one token of the burst of 2
+        assert 1 <= ok <= 2 + elapsed + 1 and limited, (ok, elapsed)
         assert "per client" in _error(limited[0], 429) and int(limited[0].headers["retry-after"]) >= 1
         time.sleep(2.1)
         assert httpx.get(srv.url + "/api/health").status_code == 200
