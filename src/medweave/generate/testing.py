@@ -118,8 +118,8 @@ def llama_cpp_problem() -> str | None:
     if p.returncode < 0:
         name = signal.Signals(-p.returncode).name
         return (f"llama-cpp-python dies with {name} on this processor when it loads a model (built for "
-                "instructions this CPU lacks: rebuild it with the Makefile's flags, `pip uninstall -y "
-                "llama-cpp-python && make setup`, without a cached wheel built for another CPU)")
+                "instructions this CPU lacks: rebuild it with the Makefile's flags, `rm .venv/bin/.llama-installed "
+                "&& make setup`, which builds its own wheel for those flags)")
     return f"llama-cpp-python fails to load the SmolLM2 GGUF: {p.stderr.decode(errors='replace')[-300:]}"
 
 

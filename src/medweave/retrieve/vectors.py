@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -90,17 +89,17 @@ class VectorIndex:
 
     # --- persistence --------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write ``index.faiss`` and ``meta.json`` into ``folder`` (each replaced atomically)."""
+        """Write ``index.faiss`` and ``meta.json`` into ``folder``, crash-safe (``medweave.atomic``):
+        ``meta.json`` (with the items' fingerprint) is the folder's completeness marker, removed first
+        and written last, so a process killed in between never leaves a new index under an old
+        fingerprint; ``open`` then finds no index and ``ensure`` rebuilds it."""
         import faiss
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "index.faiss.tmp"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, folder / "index.faiss")
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps({**self.meta, "nprobe": self.nprobe}, indent=1))
-        os.replace(tmp, folder / "meta.json")
+        from .. import atomic
+
+        folder = atomic.begin_folder(folder, "meta.json")
+        atomic.write_with(folder / "index.faiss", lambda tmp: faiss.write_index(self.index, str(tmp)))
+        atomic.write_text(folder / "meta.json", json.dumps({**self.meta, "nprobe": self.nprobe}, indent=1))
         return folder
 
     @classmethod
