@@ -109,9 +109,11 @@ class Executor:
         self.fingerprint = backend.fingerprint()
         self.sent = self.failed = self.hits = 0
         self.backend_seconds = 0.0
+        self.backend_cpu_seconds = 0.0  # CPU of the calling thread inside backend calls (concurrency 1)
+        self._params = params.as_dict()
 
     def key(self, messages: list[Message]) -> str:
-        return request_key(self.fingerprint, messages, self.params.as_dict())
+        return request_key(self.fingerprint, messages, self._params)
 
     def run(self, requests: list[Request], description: str) -> dict[str, Outcome]:
         from ..progress import progress_bar
@@ -130,6 +132,11 @@ class Executor:
                 per_key[r.key] = per_key.get(r.key, 0) + 1
         with progress_bar(description, len(requests), unit="samples", enabled=self.progress) as advance:
             advance(len(requests) - sum(per_key[k] for k in todo))  # cached or not askable: done at once
+            if self.concurrency == 1:  # in this thread: no hand-over to a worker and back per request
+                for key, req in todo.items():
+                    outcomes[key] = self._record(key, req, self._call(req, inline=True))
+                    advance(per_key[key])
+                return outcomes
             pending: dict = {}
             queue = iter(todo.items())
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -144,21 +151,24 @@ class Executor:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         key, req = pending.pop(fut)
-                        outcomes[key] = self._record(key, req, fut)
+                        outcomes[key] = self._record(key, req, fut.result())
                         advance(per_key[key])
         return outcomes
 
-    def _call(self, req: Request):
-        t0 = time.perf_counter()
+    def _call(self, req: Request, inline: bool = False):
+        c0, t0 = time.thread_time() if inline else 0.0, time.perf_counter()
         try:
-            return self.backend.generate(req.messages, self.params), time.perf_counter() - t0
+            result = self.backend.generate(req.messages, self.params)
         except BackendError as exc:
-            return exc, time.perf_counter() - t0
+            result = exc
         except Exception as exc:  # a backend's own failure is this sample's failure, not the run's
-            return RuntimeError(f"{type(exc).__name__}: {exc}"), time.perf_counter() - t0
+            result = RuntimeError(f"{type(exc).__name__}: {exc}")
+        if inline:
+            self.backend_cpu_seconds += time.thread_time() - c0
+        return result, time.perf_counter() - t0
 
-    def _record(self, key: str, req: Request, fut) -> Outcome:
-        result, seconds = fut.result()
+    def _record(self, key: str, req: Request, called) -> Outcome:
+        result, seconds = called
         self.sent += 1
         self.backend_seconds += seconds
         if isinstance(result, Exception):
@@ -275,6 +285,7 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
     out = begin_folder(out_dir, "run.json")
     t0 = time.perf_counter()
     samples = select(task.load_samples(data, images), limit, seed)
+    t_load = time.perf_counter() - t0
     if not samples:
         raise TaskError(f"task {task.name}: no samples in {data or task.data}")
     params = GenParams.from_dict({"temperature": 0.0, "max_tokens": 64, **task.generation, **(generation or {}),
@@ -282,6 +293,7 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
     run_id = uuid.uuid4().hex[:12]
     with ResponseCache(cache_path or out / "cache.sqlite") as cache:
         ex = Executor(backend, cache, params, run_id, concurrency, progress)
+        t1, c1 = time.perf_counter(), time.thread_time()
         pictures: dict = {}
         reqs = []
         for s in samples:
@@ -293,10 +305,14 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
             reqs.append(Request(s, msgs))
         outcomes = ex.run(reqs, f"{task.name} × {backend.name}")
         records = [sample_record(task, r, outcomes.get(r.key)) for r in reqs]
+        t_ask, c_ask = time.perf_counter() - t1, time.thread_time() - c1
         t_main = time.perf_counter() - t0
         main_stats = {"sent": ex.sent, "cache_hits": ex.hits, "failed_requests": ex.failed,
                       "backend_seconds": ex.backend_seconds}
+        main_backend_cpu = ex.backend_cpu_seconds
+        t2 = time.perf_counter()
         result = score_records(task, records, n_boot, seed)
+        t_score = time.perf_counter() - t2
         probe_records: list[dict] = []
         if probes:
             result["probes"], probe_records = run_probes(task, ex, samples, list(probes), n_boot, seed, pictures,
@@ -313,8 +329,16 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
         "code_version": code_version(), "python": sys.version.split()[0], "command": sys.argv,
         "counts": {"samples": len(samples), "asked": len(asked), "failed": result["failed"], **main_stats,
                    "probe_requests_sent": ex.sent - main_stats["sent"], "cache": stats},
-        "timing": {"wall_seconds": wall, "main_seconds": t_main,
-                   "overhead_ms_per_sample": 1000 * (t_main - main_stats["backend_seconds"]) / max(len(samples), 1)
+        # Per sample, beyond the backend call (concurrency 1 only: with several requests in flight the
+        # backend's time overlaps): building the messages (reading and hashing pictures), cache lookups
+        # and commits, extraction and per-sample scores; in wall time, and in this thread's CPU time
+        # (what other load on the machine does not inflate). Loading the task, the bootstrap and the
+        # files are per run: load_seconds, score_seconds, and the rest of wall_seconds.
+        "timing": {"wall_seconds": wall, "main_seconds": t_main, "load_seconds": t_load, "ask_seconds": t_ask,
+                   "score_seconds": t_score,
+                   "overhead_ms_per_sample": 1000 * (t_ask - main_stats["backend_seconds"]) / max(len(samples), 1)
+                   if ex.concurrency == 1 else None,
+                   "overhead_cpu_ms_per_sample": 1000 * (c_ask - main_backend_cpu) / max(len(samples), 1)
                    if ex.concurrency == 1 else None},
     }
     _write(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records + probe_records))

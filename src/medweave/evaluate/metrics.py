@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
     """Mann-Whitney form of the ROC area (ties count one half); equals scikit-learn's roc_auc_score."""
     pos = y == 1
     n1, n0 = int(pos.sum()), int((~pos).sum())
+    from scipy.stats import rankdata  # here, not at import: scipy.stats costs seconds to import
+
     ranks = rankdata(p)
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 

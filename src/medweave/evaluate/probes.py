@@ -153,7 +153,7 @@ def _fact_records(task, samples: list[Sample], opts: dict) -> list[tuple[str, st
              str(s.meta.get("organ") or "")) for s in samples if s.image is not None]
     src = opts.get("facts_from")
     if src:
-        from ..ingest.adapters.vqa import image_name, load_records
+        from ..ingest.vqa_json import image_name, load_records
 
         for r in load_records(task.path(src)):
             recs.append((image_name(r), str(r["question"]), str(r.get("question_type", "") or "").split(",")[0]

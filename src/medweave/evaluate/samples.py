@@ -19,6 +19,7 @@ record without a required field, is a ``TaskError`` naming the file, line and fi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -97,25 +98,47 @@ def _need(rec: dict, key: str, path: Path, where: str):
     return rec[key]
 
 
-def _picture(value: Any, base: Path, images: Path | None) -> tuple[Path | None, str, str | None]:
-    """(path, name, error) of a sample's picture reference."""
-    if value in (None, ""):
-        return None, "", None
-    name = str(value)
-    folder = images or base
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        return None, name, f"image {name!r} points outside {folder}"
-    if not path.is_file():
-        return None, name, f"image {name!r} not found in {folder}"
-    return path, name, None
+class _Pictures:
+    """Resolves a sample's picture reference to (path, name, error). A folder is listed once: a plain
+    file name that the listing shows as a regular file (not a link) is inside the folder by
+    construction, so only names with separators, links and absent names take ``Path.resolve`` (one
+    system call per path component, per question, was most of the cost of loading a task)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, tuple[Path, frozenset[str]]] = {}
+
+    def _listing(self, folder: Path) -> tuple[Path, frozenset[str]]:
+        hit = self._folders.get(folder)
+        if hit is None:
+            try:
+                with os.scandir(folder) as it:
+                    files = frozenset(e.name for e in it if e.is_file(follow_symlinks=False))
+            except OSError:
+                files = frozenset()
+            hit = self._folders[folder] = (folder.resolve(), files)
+        return hit
+
+    def __call__(self, value: Any, base: Path, images: Path | None) -> tuple[Path | None, str, str | None]:
+        if value in (None, ""):
+            return None, "", None
+        name = str(value)
+        folder = images or base
+        root, files = self._listing(folder)
+        if name in files and name not in (".", "..") and "/" not in name and os.sep not in name:
+            return root / name, name, None
+        path = (folder / name).resolve()
+        if not path.is_relative_to(root):
+            return None, name, f"image {name!r} points outside {folder}"
+        if not path.is_file():
+            return None, name, f"image {name!r} not found in {folder}"
+        return path, name, None
 
 
 def read_vqa_json(task, data: Path, images: Path | None) -> list[Sample]:
     """VQA-RAD / SLAKE / PathVQA JSON (module docstring); ``task.split`` picks one side of a
     ``medweave.vqa.splits`` split, ``task.filter`` keeps records by field value (SLAKE ``q_lang``)."""
-    from ..ingest.adapters.vqa import image_folder, image_name, load_records
-    from ..ingest.base import IngestError
+    from ..ingest.errors import IngestError
+    from ..ingest.vqa_json import image_folder, image_name, load_records
     from ..vqa.data import Question, main_question_type
 
     path = Path(data)
@@ -138,22 +161,24 @@ def read_vqa_json(task, data: Path, images: Path | None) -> list[Sample]:
         raise TaskError(f"{path}: no images/ or imgs/ folder beside it; give the task an images path "
                         "(or --images DIR)")
     questions, samples, pictures = [], [], {}
+    resolve, stem = _Pictures(), path.stem
+    qkey, akey = _field(task, "question"), _field(task, "answer")
     for i, r in enumerate(records):
         organ = str(r.get("image_organ", "") or r.get("location", "") or "").strip().upper()
-        q = Question(question=str(r[_field(task, "question")]), image=image_name(r), answer=str(r[_field(task, "answer")]),
+        q = Question(question=str(r[qkey]), image=image_name(r), answer=str(r[akey]),
                      answer_type=str(r.get("answer_type", "") or "").strip().upper(),
                      question_type=str(r.get("question_type", "") or "").split(",")[0].strip().upper(),
                      organ=organ, qid=r.get("qid", i),
                      phrase_type=str(r.get("phrase_type", "") or "").strip().lower())
         questions.append(q)
-        if q.image not in pictures:  # many questions per picture: resolve and stat each picture once
-            pictures[q.image] = _picture(q.image, folder, folder)
+        if q.image not in pictures:  # many questions per picture: resolve each picture once
+            pictures[q.image] = resolve(q.image, folder, folder)
         pic, name, err = pictures[q.image]
         meta = {"answer_type": q.answer_type, "question_type": main_question_type(q.question_type) if
                 q.question_type else "", "organ": organ, "qid": q.qid, "phrase_type": q.phrase_type,
                 **{k: r[k] for k in ("q_lang", "modality", "content_type") if k in r}}
-        samples.append(Sample(f"{path.stem}:{q.qid}", q.question, q.answer, pic, name, None, meta,
-                              f"sample {path.stem}:{q.qid}: {err}" if err else None))
+        samples.append(Sample(f"{stem}:{q.qid}", q.question, q.answer, pic, name, None, meta,
+                              f"sample {stem}:{q.qid}: {err}" if err else None))
     split = getattr(task, "split", None)
     if split is not None:
         from ..vqa.splits import make_split
@@ -165,12 +190,12 @@ def read_vqa_json(task, data: Path, images: Path | None) -> list[Sample]:
 
 def read_jsonl(task, data: Path, images: Path | None) -> list[Sample]:
     data = Path(data)
-    out = []
+    out, resolve = [], _Pictures()
     for n, rec in _read_jsonl(data):
         where = f"line {n}"
         question = str(_need(rec, _field(task, "question"), data, where))
         answer = str(_need(rec, _field(task, "answer"), data, where))
-        pic, name, err = _picture(rec.get(_field(task, "image")), data.parent, images)
+        pic, name, err = resolve(rec.get(_field(task, "image")), data.parent, images)
         sid = str(rec.get(_field(task, "id"), n))
         meta = {k: v for k, v in rec.items() if k not in {_field(task, x) for x in ("question", "answer", "image")}}
         out.append(Sample(f"{data.stem}:{sid}", question, answer, pic, name, None, meta,
@@ -182,7 +207,7 @@ def read_multiple_choice(task, data: Path, images: Path | None) -> list[Sample]:
     from ..vqa.normalize import normalize_answer
 
     data = Path(data)
-    out = []
+    out, resolve = [], _Pictures()
     for n, rec in _read_jsonl(data):
         where = f"line {n}"
         question = str(_need(rec, _field(task, "question"), data, where))
@@ -202,7 +227,7 @@ def read_multiple_choice(task, data: Path, images: Path | None) -> list[Sample]:
                 raise TaskError(f"{data}: {where}: answer {answer!r} is neither an option letter "
                                 f"({', '.join(options)}) nor the text of one option")
             letter = match[0]
-        pic, name, err = _picture(rec.get(_field(task, "image")), data.parent, images)
+        pic, name, err = resolve(rec.get(_field(task, "image")), data.parent, images)
         sid = str(rec.get(_field(task, "id"), n))
         meta = {k: v for k, v in rec.items() if k not in ("question", "options", "answer", "image")}
         meta["answer_text"] = options[letter]

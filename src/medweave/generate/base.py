@@ -10,7 +10,7 @@ bad value is an error naming the key and the allowed ones.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -50,7 +50,7 @@ class GenParams:
     logprobs: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}  # flat values: no deep copy needed
         d["stop"] = list(self.stop)
         return d
 
@@ -80,7 +80,13 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (builtin: probability, type)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict, containers copied one level down (``dataclasses.asdict``'s recursive
+        deep copy cost more per sample than the rest of the harness's bookkeeping)."""
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["extra"] = dict(self.extra)
+        if self.logprobs is not None:
+            d["logprobs"] = [dict(t) if isinstance(t, dict) else t for t in self.logprobs]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Generation":

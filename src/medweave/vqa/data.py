@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ingest.adapters.vqa import image_folder, image_name, load_records
-from ..ingest.base import IngestError
+from ..ingest.errors import IngestError
+from ..ingest.vqa_json import image_folder, image_name, load_records
 from .normalize import is_yesno, normalize_answer
 
 ANSWER_TYPES = ("CLOSED", "OPEN")

@@ -8,6 +8,7 @@ whole answer that is a yes/no synonym mapped to "yes" or "no" (``YES_WORDS`` / `
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 YES_WORDS = frozenset({"yes", "y", "yeah", "yep", "true", "correct", "affirmative"})
 NO_WORDS = frozenset({"no", "n", "nope", "false", "incorrect", "negative"})
@@ -23,6 +24,11 @@ def tokens(text: object) -> list[str]:
 
 def normalize_answer(text: object) -> str:
     """The canonical form of an answer, compared by exact match (see the module docstring)."""
+    return _normalized(str(text))
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalized(text: str) -> str:  # every metric of every sample normalises the same few answers again
     joined = " ".join(tokens(text))
     if joined in YES_WORDS:
         return "yes"
