@@ -18,7 +18,7 @@ JAVA_PACKAGE := default-jre-headless
 $(BIN)/.medweave-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	touch $@
 
 # llama-cpp-python (the `llama-cpp` backend and `python -m llama_cpp.server`) compiles from source

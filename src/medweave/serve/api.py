@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from ..explain import PARTS, ExplainError, explain
-from .state import (ServeError, ServerState, check_type, decode_image, image_embedding, nearest, safe_filename,
+from .state import (ERROR_RESPONSES, ServeError, ServerState, check_type, decode_image, image_embedding, nearest, safe_filename,
                     save_within, _plain)
 
 
@@ -24,7 +24,7 @@ def state_of(request: Request) -> ServerState:
 
 
 def build_router() -> APIRouter:
-    r = APIRouter(prefix="/api")
+    r = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 
     @r.get("/health", summary="Liveness and what is loaded")
     def health(request: Request) -> dict[str, Any]:
@@ -122,11 +122,13 @@ def build_router() -> APIRouter:
         cases = getattr(getattr(st.answerer, "model", None), "cases", None) or []
         return transcribe_bytes(data, audio.filename or "question.wav", [c["question"] for c in cases])
 
-    @r.get("/items/{item_id}/image.png", summary="An image item as PNG (windowed, 8 bit)")
+    @r.get("/items/{item_id}/image.png", summary="An image item as PNG (windowed, 8 bit)", response_class=Response,
+           responses={200: {"content": {"image/png": {}}, "description": "The picture"}})
     def item_image(request: Request, item_id: str) -> Response:
         return Response(image_png(state_of(request), item_id), media_type="image/png")
 
-    @r.get("/items/{item_id}/signal.png", summary="A signal item plotted (first 5 s of every lead)")
+    @r.get("/items/{item_id}/signal.png", summary="A signal item plotted (first 5 s of every lead)",
+           response_class=Response, responses={200: {"content": {"image/png": {}}, "description": "The plot"}})
     def item_signal(request: Request, item_id: str) -> Response:
         return Response(signal_png(state_of(request), item_id), media_type="image/png")
 

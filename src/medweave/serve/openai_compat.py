@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from .state import ServeError, ServerState
+from .state import ERROR_RESPONSES, ServeError, ServerState
 
 
 def completion(model: str, gen, want_logprobs: bool = False) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def stream_chunks(result: dict[str, Any]):
 
 
 def build_router() -> APIRouter:
-    r = APIRouter(prefix="/v1")
+    r = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
     @r.get("/models", summary="OpenAI-compatible model list (the VQA model, when loaded)")
     def models(request: Request) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from ..explain import ModelContext
 from ..store import Store
@@ -31,6 +32,32 @@ class ServeError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """Every error the server sends (the OpenAI error shape)."""
+
+    error: ErrorDetail
+
+
+# The error responses every route may give, in the OpenAPI document (FastAPI's default 422 schema,
+# ``{"detail": [...]}``, is not what the server sends: ``install_error_handlers`` turns it into this).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": text} for status, text in {
+    400: "Bad request: the message says what is wrong",
+    401: "Missing or wrong API token (when the server has one)",
+    404: "No such case, item or route",
+    413: "Request body or upload too large",
+    415: "Not a file type this route reads",
+    422: "Invalid request: the message names each field and what is wrong with it",
+    429: "Too many requests from this client (Retry-After says when to retry)",
+    503: "The model this route needs is not loaded",
+}.items()}
 
 
 @dataclass

@@ -70,8 +70,8 @@ def decode(data: bytes, name: str) -> PictureInfo:
             img.seek(0)
             orientation = img.getexif().get(0x0112)
             return PictureInfo(fmt, img.height, img.width, frames, img.mode, orientation)
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
-        raise IngestError(f"{name}: the {fmt.upper()} picture does not decode ({exc}); "
+    except Exception as exc:  # Pillow raises many kinds for damaged files (TypeError, KeyError, ...)
+        raise IngestError(f"{name}: the {fmt.upper()} picture does not decode ({exc or type(exc).__name__}); "
                           f"expected a complete, readable picture") from exc
 
 

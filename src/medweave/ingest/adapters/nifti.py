@@ -141,7 +141,11 @@ def volume_fields(volume: Volume) -> tuple[dict[str, Any], dict[str, Any]]:
     meta = {"shape": shape, "zooms": zooms, "affine": np.asarray(image.affine, dtype=float).tolist(),
             "dtype": str(np.dtype(header.get_data_dtype())), "kind": volume.kind}
     if volume.kind != "mgh":
-        space, time = header.get_xyzt_units()
+        try:
+            space, time = header.get_xyzt_units()
+        except KeyError:  # unit codes the NIfTI standard does not define: kept as the numbers they are
+            code = int(header["xyzt_units"])
+            space, time = f"unknown code {code & 0x07}", f"unknown code {code & 0x38}"
         meta["units"] = {"space": space, "time": time}
         meta["qform_code"], meta["sform_code"] = int(header["qform_code"]), int(header["sform_code"])
     return fields, meta

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from defusedxml import DefusedXmlException, EntitiesForbidden
+from defusedxml import ElementTree as DefusedET
+
 from ...store.catalog import Item, Modality
 from ..base import Adapter, IngestContext, IngestError, NotADataFile, Unit
 
@@ -207,9 +210,18 @@ class OpenIReport:
     def parse(cls, data: bytes) -> "OpenIReport":
         """Parse an Open-i XML document; raise IngestError when it is not one."""
         try:
-            root = ET.fromstring(data)
+            root = DefusedET.fromstring(data)  # entity declarations are refused, nothing is expanded
+        except EntitiesForbidden as exc:
+            raise IngestError(f"XML entity declarations are refused (entity {exc.name!r}): entity expansion "
+                              "('billion laughs') and external entities can exhaust memory or read local "
+                              "files; an Open-i report has none") from None
+        except DefusedXmlException as exc:  # external references, DTD tricks
+            raise IngestError(f"refused XML construct ({exc}); an Open-i report has none") from None
         except ET.ParseError as exc:
             raise IngestError(f"not well-formed XML ({exc}); expected an Open-i report") from exc
+        except (LookupError, ValueError) as exc:  # an encoding the declaration names that Python lacks
+            raise IngestError(f"the XML declaration names an encoding that cannot be read ({exc}); "
+                              "expected an Open-i report in UTF-8") from exc
         sections = {
             (e.get("Label") or "").upper(): (e.text or "").strip()
             for e in root.iter("AbstractText") if e.get("Label")

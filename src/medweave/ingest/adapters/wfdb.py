@@ -192,6 +192,10 @@ def _sex(value: Any) -> str | None:
 def check_signal_sizes(header: wfdb.io.record.Record, hea: Path) -> None:
     """Fail with the file name when a signal file is shorter than its header says (headers without a
     signal length are checked by wfdb, which infers the length from the file)."""
+    listed = len(header.file_name or [])
+    if listed != (header.n_sig or 0) or len(header.fmt or []) != listed:
+        raise IngestError(f"record {hea.stem}: the header's record line declares {header.n_sig} signal(s) but "
+                          f"{listed} signal line(s) follow it")
     if header.sig_len is None:
         for name in dict.fromkeys(header.file_name or []):
             if name != "~" and not (hea.parent / name).is_file():
