@@ -143,7 +143,11 @@ def expand(value: str) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                        "a task file is YAML or TOML in UTF-8") from None
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)
