@@ -7,8 +7,10 @@
 
 Each target (``medweave.fuzz.TARGETS``) starts from its seeds (the real files the tests use) and runs in
 its own process under libFuzzer with ``-timeout=10`` (an input that takes over 10 s is a hang),
-``-rss_limit_mb`` (a memory blow-up) and ``-max_len``; medweave (and the target's parser library) is
-instrumented, so ``cov``/``ft`` are libFuzzer's coverage and feature counters over that code. A crash
+``-rss_limit_mb`` (a memory blow-up) and ``-max_len``; medweave's code is instrumented, so
+``cov``/``ft`` are libFuzzer's coverage and feature counters over medweave (``MEDWEAVE_FUZZ_LIBS=1``
+also instruments the target's parser library, pydicom, nibabel or wfdb: deeper guidance, minutes of
+start-up on a loaded machine). A crash
 (any exception but the tool's own refusal, see ``medweave.fuzz.targets``), hang or out-of-memory is a
 finding: its input is kept under ``--out``/TARGET/artifacts and the target restarts for the time
 left. Prints one row per target and the totals; exits 1 when anything was found.
@@ -42,7 +44,8 @@ def _child(name: str, seconds: int, corpus: Path, artifacts: Path, work: Path) -
     from medweave.fuzz.targets import get_target
 
     target = get_target(name)
-    with atheris.instrument_imports(include=list(target.instrument)):
+    include = list(target.instrument) if os.environ.get("MEDWEAVE_FUZZ_LIBS") == "1" else ["medweave"]
+    with atheris.instrument_imports(include=include):
         one_input = target.setup(work)
         for _, data in target.seeds():  # warm up: lazy imports (torch, ...) happen here, not in a timed input
             try:
