@@ -66,6 +66,15 @@ async def exercise(session, tiny_set: Path) -> dict:
     assert 0 <= p <= 1 and set(out["predict"]["explanation"]["contributions"]) == set(out["show_case"]["presence"])
     out["answer_question"] = await ok("answer_question", {"question": "Is the opacity on the left?", "case_id": case})
     assert out["answer_question"]["answer"] and 0 <= out["answer_question"]["confidence"] <= 1
+    out["similar_questions"] = await ok("similar_questions", {"question": "Is the opacity on the left?",
+                                                              "case_id": case, "k": 3})
+    sq = out["similar_questions"]
+    assert len(sq["similar"]) == 3 and all(h["answer"] and "image" not in h for h in sq["similar"])
+    assert sq["yes_share"] is None or 0 <= sq["yes_share"] <= 1
+    out["picture_facts"] = await ok("picture_facts", {"case_id": case, "question": "Is this an image of the chest?"})
+    pf = out["picture_facts"]
+    assert pf["named"] == {"organ": ["CHEST"]} and pf["checks"]["modality"] is None
+    assert pf["facts"]["organ"]["value"] in ("CHEST", "HEAD") and 0 <= pf["checks"]["organ"] <= 1
     out["similar_cases"] = await ok("similar_cases", {"case_id": case, "k": 3})
     assert len(out["similar_cases"]["similar"]) == 3 and all(h["case_id"] != case for h in out["similar_cases"]["similar"])
     out["draft_report"] = await ok("draft_report", {"case_id": case, "section": "impression"})

@@ -79,6 +79,10 @@ def agent_command(
     store: Optional[Path] = typer.Option(None, "--store", help="Store folder (default: the --model's store)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Fusion model folder (its cohort's cases)."),
     vqa_model: Optional[Path] = typer.Option(None, "--vqa-model", help="VQA model folder (answer_question)."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="cases: questions — the questions to "
+                                             "answer (VQA-RAD layout JSON, pictures in images/ beside it)."),
+    fit_questions: Optional[Path] = typer.Option(None, "--fit-questions", help="cases: questions — the questions "
+                                                 "the weighted decider is fitted on (never the answered ones)."),
     case: List[str] = typer.Option([], "--case", help="A case to answer for (repeatable)."),
     split: Optional[str] = typer.Option(None, "--split", help="Answer for the cases of this split instead."),
     limit: Optional[int] = typer.Option(None, "--limit", help="With --split: a seeded choice of this many cases."),
@@ -92,20 +96,54 @@ def agent_command(
     agreement decides whether to answer or abstain; every step recorded."""
     from rich.console import Console
 
-    from .tools import Toolbox
+    from .tools import Toolbox, ToolError
     from .workflow import Runner, WorkflowError, load_workflow
 
     console = Console()
-    if bool(case) == bool(split):
-        _fail("give --case CASE_ID (repeatable) or --split NAME (with --limit N)")
     try:
         wf = load_workflow(workflow)
+    except WorkflowError as exc:
+        _fail(str(exc))
+    source = None
+    if wf.cases == "questions":
+        if questions is None:
+            _fail(f"{workflow}: cases: questions — give --questions FILE (and --fit-questions FILE for a "
+                  "weighted decider)")
+        if wf.decider.kind == "weighted" and fit_questions is None:
+            _fail("the weighted decider is fitted on other questions than it answers: give --fit-questions FILE")
+        if fit_questions is not None and fit_questions.resolve() == questions.resolve():
+            _fail("--fit-questions is the --questions file: the decider would be fitted on the questions it answers")
+        split = split or "questions"
+    elif bool(case) == bool(split):
+        _fail("give --case CASE_ID (repeatable) or --split NAME (with --limit N)")
+    try:
+        if wf.cases == "questions":
+            from ..vqa.data import VqaDataError
+
+            try:
+                from .workflow import QuestionCases
+
+                parts = {split: questions, **({wf.decider.fit_on: fit_questions} if fit_questions else {})}
+                source = QuestionCases(wf, parts)
+            except VqaDataError as exc:
+                _fail(str(exc))
+            if store is None and model is None:
+                _fail("give --store DIR: the tools log their calls there (a new folder becomes an empty store)")
+            if store is not None and not (store / "catalog.duckdb").exists() and \
+                    (not store.exists() or not any(store.iterdir())):
+                from ..store import Store
+
+                Store(store, write=True).close()
         tb = Toolbox(store, model, vqa_model)
     except (WorkflowError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     try:
-        runner = Runner(wf, tb)
-        if case:
+        runner = Runner(wf, tb, cases=source)
+        if case and source is not None:
+            ids = list(case)
+            for c in ids:
+                source.check(c)
+        elif case:
             for c in case:
                 if c not in tb.ctx._row:
                     _fail(f"--case {c!r}: unknown case; e.g. {', '.join(tb.ctx.dataset.case_ids[:3])}")
@@ -118,6 +156,8 @@ def agent_command(
         result = runner.run(ids, progress=not quiet and not as_json)
     except WorkflowError as exc:
         _fail(str(exc))
+    except ToolError as exc:
+        _fail(exc.message)
     finally:
         from .workflow import wait_for_stragglers
 

@@ -85,6 +85,23 @@ class AnswerArgs(Args):
     image_base64: str | None = Field(None, description="Or a picture (PNG, JPEG, TIFF, DICOM), base64-encoded.")
 
 
+class PictureArgs(Args):
+    case_id: str | None = Field(None, description="The picture of this case.")
+    item_id: str | None = Field(None, description="Or this image item of the store.")
+    image_base64: str | None = Field(None, description="Or a picture (PNG, JPEG, TIFF, DICOM), base64-encoded.")
+
+
+class SimilarQuestionsArgs(PictureArgs):
+    question: str = Field(min_length=1, max_length=500, description="The question asked about the picture.")
+    k: int = Field(10, ge=1, le=50, description="How many training questions.")
+
+
+class PictureFactsArgs(PictureArgs):
+    question: str | None = Field(None, max_length=500, description="A question; its named organ, modality or "
+                                 "plane is checked against the picture's.")
+    k: int = Field(5, ge=1, le=50, description="Training pictures to read the facts from.")
+
+
 class SimilarArgs(CaseArgs):
     modality: str = Field("image", description="Compare the embeddings of this modality.")
     k: int = Field(5, ge=1, le=50, description="How many similar cases.")
@@ -223,6 +240,23 @@ class Toolbox:
 
                 self._drafter = StoreReportDrafter(self.ctx.model_dir, self.store_dir)
             return self._drafter
+
+    def vqa_facts(self) -> tuple[dict[str, dict[str, str]], list[str], np.ndarray]:
+        """(facts per training picture, the training pictures, their L2-normalised embeddings) of the
+        VQA model: what its training questions state of each picture (``vqa.facts.picture_facts``)."""
+        with self._drafter_lock:
+            if getattr(self, "_facts", None) is None:
+                from ..vqa.facts import picture_facts
+
+                model = self.state.answerer.model
+                recs = [(c["image"], c["question"], c.get("question_type", ""), c["answer"], c.get("organ", ""))
+                        for c in model.cases]
+                first = {}
+                for i, c in enumerate(model.cases):
+                    first.setdefault(c["image"], i)
+                pictures = list(first)
+                self._facts = (picture_facts(recs), pictures, model.mem_img[[first[p] for p in pictures]])
+            return self._facts
 
     def allowed_path(self, value: str | None, argument: str) -> str | None:
         """A data path the caller may read: inside the store or an allowed data folder."""
@@ -402,10 +436,9 @@ def _predict(tb: Toolbox, a: PredictArgs) -> dict[str, Any]:
     return out
 
 
-def _answer(tb: Toolbox, a: AnswerArgs) -> dict[str, Any]:
-    from ..generate import ImageData
-    from ..generate.messages import sniff_mime
-    from ..serve.api import answer_question, image_png
+def _picture(tb: Toolbox, a) -> tuple[bytes | None, str | None]:
+    """(picture bytes, source) from one of the picture arguments (case_id, item_id, image_base64)."""
+    from ..serve.api import image_png
     from ..serve.state import decode_image
 
     given = [k for k in ("case_id", "item_id", "image_base64") if getattr(a, k) is not None]
@@ -436,9 +469,95 @@ def _answer(tb: Toolbox, a: AnswerArgs) -> dict[str, Any]:
             decode_image(data)
         except Exception as exc:
             raise ToolError(f"image_base64: {as_tool_error(exc).message}", argument="image_base64") from None
+    return data, source
+
+
+def _answer(tb: Toolbox, a: AnswerArgs) -> dict[str, Any]:
+    from ..generate import ImageData
+    from ..generate.messages import sniff_mime
+    from ..serve.api import answer_question
+
+    data, source = _picture(tb, a)
     picture = ImageData(data, sniff_mime(data) or "image/png") if data is not None else None
     out = answer_question(tb.state, picture, a.question)
     return {**out, "question": a.question, "picture": source or ("given" if data is not None else None)}
+
+
+def _embedded(tb: Toolbox, a, question: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The VQA model's embedding of the picture argument (needed) and of ``question`` (when given)."""
+    from ..generate import BackendError, ImageData
+    from ..generate.messages import sniff_mime
+
+    data, _ = _picture(tb, a)
+    if data is None:
+        raise ToolError("give a picture: case_id, item_id or image_base64", argument="image_base64")
+    backend = tb.state.answerer
+    try:
+        with backend._lock:
+            img = backend.picture_embedding(ImageData(data, sniff_mime(data) or "image/png"))
+            q = backend.question_embedding(question) if question else None
+    except BackendError as exc:
+        raise ToolError(str(exc), argument="image_base64") from None
+    return img, q
+
+
+def _similar_questions(tb: Toolbox, a: SimilarQuestionsArgs) -> dict[str, Any]:
+    from ..vqa.normalize import normalize_answer
+
+    img, q = _embedded(tb, a, a.question)
+    model = tb.state.answerer.model
+    same = model.same_image(img[None])[0]
+    hits = model.similar_cases(img[None], q[None], a.k)
+    rows = []
+    for h in hits:
+        rows.append({"question": h["question"], "answer": normalize_answer(h["answer"]),
+                     "answer_type": h.get("answer_type"), "question_type": h.get("question_type"),
+                     "organ": h.get("organ"), "score": round(float(h["score"]), 4)})
+    yesno = [r["answer"] for r in rows if r["answer"] in ("yes", "no")]
+    return {"question": a.question, "same_picture_questions": int(same.sum()), "similar": rows,
+            "yes_share": (sum(x == "yes" for x in yesno) / len(yesno)) if yesno else None,
+            "note": "training questions closest in picture and question (cosine mean); answers normalised; "
+                    "yes_share: the share of yes among their yes/no answers"}
+
+
+def _picture_facts(tb: Toolbox, a: PictureFactsArgs) -> dict[str, Any]:
+    from ..vqa.facts import KINDS, named_facts
+
+    img, _ = _embedded(tb, a, None)
+    facts, pictures, vecs = tb.vqa_facts()
+    from ..vqa.model import _l2
+
+    sims = (_l2(img[None]) @ vecs.T)[0]
+    order = np.argsort(-sims)
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        near = [i for i in order if kind in facts.get(pictures[i], {})][:a.k]
+        if not near:
+            out[kind] = None
+            continue
+        w = np.exp((sims[near] - sims[near].max()) / 0.02)
+        dist: dict[str, float] = {}
+        for i, wi in zip(near, w / w.sum()):
+            v = facts[pictures[i]][kind]
+            dist[v] = dist.get(v, 0.0) + float(wi)
+        best = max(dist, key=dist.get)
+        out[kind] = {"value": best, "probabilities": {k: round(v, 4) for k, v in sorted(dist.items())},
+                     "nearest_similarity": round(float(sims[near[0]]), 4),
+                     "same_picture": bool(sims[near[0]] >= tb.state.answerer.model.cfg.same_image_cos)}
+    res: dict[str, Any] = {"facts": out}
+    if a.question is not None:
+        named = named_facts(a.question)
+        checks = {}
+        for kind in KINDS:
+            vals = named.get(kind, [])
+            if len(vals) != 1 or out[kind] is None:
+                checks[kind] = None  # the question names none (or several: a choice, not a yes/no) or nothing known
+            else:
+                checks[kind] = round(out[kind]["probabilities"].get(vals[0], 0.0), 4)
+        res.update(question=a.question, named={k: v for k, v in named.items() if v}, checks=checks)
+    res["note"] = ("organ, modality and plane of the training pictures closest to this one (stated by their "
+                   "questions and answers); checks: the probability that what the question names is so")
+    return res
 
 
 def _similar(tb: Toolbox, a: SimilarArgs) -> dict[str, Any]:
@@ -555,6 +674,12 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("similar_cases", "Cases whose embedding of a modality (default image) is closest to this case's, "
          "with their targets and de-identified reports (findings, impression).",
          SimilarArgs, _similar, "model"),
+    Tool("similar_questions", "Training questions of the VQA model closest to a question about a picture "
+         "(picture and question similarity), with their answers and the share of yes among them.",
+         SimilarQuestionsArgs, _similar_questions, "vqa"),
+    Tool("picture_facts", "A picture's organ, modality (CT, MRI, x-ray) and plane, read from the training "
+         "pictures closest to it; with a question, the probability that the organ/modality/plane it names is so.",
+         PictureFactsArgs, _picture_facts, "vqa"),
     Tool("draft_report", "Draft a report (findings and impression) or only its impression for a case from "
          "similar training cases' reports; every sentence cites the cases it rests on; sentences that "
          "contradict the model's predictions are flagged.", DraftArgs, _draft, "model"),

@@ -71,6 +71,19 @@ class Decider(_Strict):
     fit_on: str = Field("valid", description="The split the weights are fitted on (never the one measured).")
     threshold: float = Field(0.5, gt=0, lt=1)
     backend: BackendSpec | None = None
+    C: float | Literal["cv"] = Field(1.0, description="Inverse strength of the penalty on the weights' distance "
+                                     "from `prior` (larger: freer); cv: chosen by cross-validated log loss on "
+                                     "the fitting cases (grouped by patient or picture) from a grid.")
+    prior: dict[str, float] = Field(default_factory=dict, description="Evidence name -> the weight on its logit "
+                                    "that the penalty pulls toward (others: toward 0), e.g. {fusion model: 1.0}: "
+                                    "with little data the decider stays near that tool alone.")
+
+    @field_validator("C")
+    @classmethod
+    def _positive(cls, v):
+        if v != "cv" and not v > 0:
+            raise ValueError(f"must be a positive number or cv, got {v!r}")
+        return v
 
 
 class Rollouts(_Strict):
@@ -83,7 +96,12 @@ class Rollouts(_Strict):
 class Workflow(_Strict):
     name: str
     question: str
-    target: str | None = Field(None, description="The cohort target answers are scored against (and fitted on).")
+    target: str | None = Field(None, description="The cohort target answers are scored against (and fitted on); "
+                               "for cases: questions, the reference answer.")
+    cases: Literal["cohort", "questions"] = Field("cohort", description="cohort: the cases of a fusion model's "
+                                                  "cohort (--model); questions: questions about pictures in the "
+                                                  "VQA-RAD layout (--questions), the picture and the question "
+                                                  "filled into each tool that takes them.")
     positive: Any = 1
     evidence: list[Evidence] = Field(min_length=1)
     planner: Planner = Field(default_factory=Planner)
@@ -102,6 +120,9 @@ class Workflow(_Strict):
         names = [e.name for e in self.evidence]
         if len(set(names)) != len(names):
             raise ValueError(f"evidence names must be unique, got {names}")
+        unknown = sorted(set(self.decider.prior) - set(names))
+        if unknown:
+            raise ValueError(f"decider.prior names {unknown}, not evidence of this workflow; evidence: {names}")
         return self
 
 
@@ -214,20 +235,39 @@ def _short(obj: Any, limit: int = 1500) -> Any:
 
 
 # --- planners -----------------------------------------------------------------------------------------
-def fixed_plan(wf: Workflow, tb: Toolbox, case_id: str, order: list[int]) -> tuple[dict[str, Any], list[dict]]:
-    """Each evidence of the file, in ``order``: its value and the recorded steps."""
-    values, steps = {}, []
+def fixed_plan(wf: Workflow, tb: Toolbox, case_id: str, order: list[int], fill=None) -> tuple[dict[str, Any], list[dict]]:
+    """Each evidence of the file, in ``order``: its value and the recorded steps. ``fill(tool, arguments,
+    case_id)`` puts the case into the arguments (default: ``case_id`` for a cohort's case)."""
+    fill = fill or _with_case
+    values, steps, done = {}, [], {}
     for i in order:
         ev = wf.evidence[i]
-        args = _with_case(ev.tool, ev.arguments, case_id)
-        out, err, secs = call_with_timeout(tb, ev.tool, args, wf.timeout_s)
+        args = fill(ev.tool, ev.arguments, case_id)
+        key = json.dumps([ev.tool, args], sort_keys=True, default=str)
+        reused = key in done  # several evidence values read from one call: the tool is called once
+        out, err, secs = done[key] if reused else call_with_timeout(tb, ev.tool, args, wf.timeout_s)
+        done[key] = (out, err, secs)
         v = read_value(ev.value, out, wf.positive) if out is not None else None
-        if out is not None and v is None:
+        if out is not None and v is None and not _may_be_absent(ev.value, out):
             err = f"value {ev.value!r} not found in the output of {ev.tool}"
         values[ev.name] = v
         steps.append({"evidence": ev.name, "tool": ev.tool, "arguments": deidentify_arguments(args),
-                      "output": _short(out), "value": v, "seconds": round(secs, 4), "error": err})
+                      "output": _short(out), "value": v, "seconds": 0.0 if reused else round(secs, 4),
+                      "error": err, **({"reused": True} if reused else {})})
     return values, steps
+
+
+def _may_be_absent(expr: str, output: Any) -> bool:
+    """The output holds the path with a null value: the tool says the evidence does not apply
+    (e.g. a question that names no modality), which is not an error."""
+    if _CALL.match(expr):
+        return False
+    node = output
+    for part in expr.strip().split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return node is None
 
 
 def _with_case(tool: str, arguments: dict, case_id: str) -> dict:
@@ -268,11 +308,15 @@ def parse_tool_call(text: str) -> tuple[str | None, dict, str | None]:
     return obj.get("tool", obj.get("name")), args, None
 
 
-def llm_plan(wf: Workflow, tb: Toolbox, llm, case_id: str, rollout: int) -> tuple[dict[str, Any], list[dict]]:
+def llm_plan(wf: Workflow, tb: Toolbox, llm, case_id: str, rollout: int, fill=None,
+             question: str | None = None) -> tuple[dict[str, Any], list[dict]]:
     """A model picks tools step by step; evidence values are read from the calls of the file's tools
-    (with the file's arguments as defaults under the model's). Bounded by ``planner.max_steps``."""
+    (with the file's arguments as defaults under the model's). Bounded by ``planner.max_steps``.
+    ``question``: the case's own question (cases: questions), shown instead of the file's."""
     from ..generate import GenParams
 
+    fill = fill or _with_case
+    question = question or wf.question
     by_tool: dict[str, list[Evidence]] = {}
     for ev in wf.evidence:
         by_tool.setdefault(ev.tool, []).append(ev)
@@ -280,8 +324,8 @@ def llm_plan(wf: Workflow, tb: Toolbox, llm, case_id: str, rollout: int) -> tupl
     if rollout % 2:  # a different prompt per rollout: the tool list in another order
         tools = tools[::-1]
     listing = "\n".join(f"- {t}: {TOOLS[t].description}" for t in tools)
-    msgs = [{"role": "system", "content": PLANNER_PROMPT.format(question=wf.question, tools=listing, first=tools[0])},
-            {"role": "user", "content": f"Question: {wf.question}\nWhich tool first?"}]
+    msgs = [{"role": "system", "content": PLANNER_PROMPT.format(question=question, tools=listing, first=tools[0])},
+            {"role": "user", "content": f"Question: {question}\nWhich tool first?"}]
     values: dict[str, Any] = {ev.name: None for ev in wf.evidence}
     steps: list[dict] = []
     params = GenParams(max_tokens=wf.planner.backend.max_tokens, temperature=0.0, seed=rollout)
@@ -303,7 +347,7 @@ def llm_plan(wf: Workflow, tb: Toolbox, llm, case_id: str, rollout: int) -> tupl
             err = f"unknown tool {tool!r}; tools: {', '.join(tools)}, or finish"
         if err is None:
             evs = by_tool.get(tool, [])
-            call_args = _with_case(tool, {**(evs[0].arguments if evs else {}), **args}, case_id)
+            call_args = fill(tool, {**(evs[0].arguments if evs else {}), **args}, case_id)
             out, err, secs = call_with_timeout(tb, tool, call_args, wf.timeout_s)
             rec.update(arguments=deidentify_arguments(call_args), output=_short(out), seconds=round(secs, 4))
             for ev in evs:
@@ -337,34 +381,96 @@ def features(wf: Workflow, values: dict[str, Any]) -> np.ndarray:
     return np.array(out)
 
 
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, C: float, w0: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """(weights, intercept) minimising C * sum(log loss) + |w - w0|^2 / 2 (the intercept is not penalised):
+    sklearn's L2 logistic regression when ``w0`` is 0, pulled toward ``w0`` otherwise."""
+    from scipy.optimize import minimize
+
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    w0 = np.zeros(X.shape[1]) if w0 is None else np.asarray(w0, float)
+
+    def loss(theta):
+        w, b = theta[:-1], theta[-1]
+        z = X @ w + b
+        ll = np.logaddexp(0.0, z) - y * z
+        g = 1.0 / (1.0 + np.exp(-z)) - y
+        d = w - w0
+        return C * ll.sum() + 0.5 * d @ d, np.concatenate([C * X.T @ g + d, [C * g.sum()]])
+
+    p = min(max(y.mean(), 1e-3), 1 - 1e-3)
+    start = np.concatenate([w0, [math.log(p / (1 - p)) - float(X.mean(0) @ w0)]])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    return res.x[:-1], float(res.x[-1])
+
+
+def _proba(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(np.atleast_2d(X) @ w + b)))
+
+
 class WeightedDecider:
     """Logistic regression over the evidence features, fitted on a validation split; rollout r uses the
-    weights fitted on bootstrap resample r of that split (rollout 0: the full split)."""
+    weights fitted on bootstrap resample r of that split (rollout 0: the full split). The penalty pulls
+    the weights toward ``decider.prior`` (0 where it names nothing) with strength 1/C; ``C: cv`` picks C
+    from ``C_GRID`` by log loss in cross-validation grouped by ``groups`` (patients, pictures)."""
 
     def __init__(self, wf: Workflow):
         self.wf, self.models, self.info = wf, [], {}
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "WeightedDecider":
-        from sklearn.linear_model import LogisticRegression
+    def _w0(self) -> np.ndarray:
+        return np.array([self.wf.decider.prior.get(ev.name, 0.0) if suffix == "" else 0.0
+                         for ev in self.wf.evidence for suffix in ("", " absent")])
 
+    def choose_C(self, X: np.ndarray, y: np.ndarray, groups=None) -> tuple[float, dict[str, float]]:
+        """C of the grid with the lowest mean held-out log loss (ties: the smaller C, nearer the prior)."""
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        k = int(min(5, np.bincount(y).min()))
+        if k < 2:
+            return 1.0, {}
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=self.wf.rollouts.seed).split(X, y, groups))
+        scores = {}
+        for C in C_GRID:
+            losses = []
+            for tr, te in folds:
+                if len(set(y[tr].tolist())) < 2:
+                    continue
+                w, b = fit_logistic(X[tr], y[tr], C, self._w0())
+                q = np.clip(_proba(X[te], w, b), 1e-6, 1 - 1e-6)
+                losses.append(-(y[te] * np.log(q) + (1 - y[te]) * np.log(1 - q)))
+            scores[C] = float(np.concatenate(losses).mean()) if losses else float("inf")
+        best = min(scores.values())
+        return min(C for C, v in scores.items() if v <= best + 1e-9), {str(C): round(v, 4) for C, v in scores.items()}
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups=None) -> "WeightedDecider":
+        X, y = np.asarray(X, float), np.asarray(y, int)
         if len(set(y.tolist())) < 2:
             raise WorkflowError(f"decider.fit_on {self.wf.decider.fit_on!r}: the split needs both answers to fit "
                                 f"weights; it has {len(y)} case(s), all {y[0] if len(y) else '-'}")
+        cv = {}
+        C = self.wf.decider.C
+        if C == "cv":
+            C, cv = self.choose_C(X, y, groups)
         rng = np.random.default_rng(self.wf.rollouts.seed)
         self.models = []
         for r in range(self.wf.rollouts.n):
             idx = np.arange(len(y)) if r == 0 else rng.integers(0, len(y), len(y))
             while len(set(y[idx].tolist())) < 2:
                 idx = rng.integers(0, len(y), len(y))
-            self.models.append(LogisticRegression(C=1.0, max_iter=1000).fit(X[idx], y[idx]))
+            self.models.append(fit_logistic(X[idx], y[idx], C, self._w0()))
         names = [f"{ev.name}{suffix}" for ev in self.wf.evidence for suffix in ("", " absent")]
         self.info = {"fitted_on": self.wf.decider.fit_on, "cases": int(len(y)),
-                     "weights": dict(zip(names, map(float, self.models[0].coef_[0]))),
-                     "intercept": float(self.models[0].intercept_[0])}
+                     "weights": dict(zip(names, map(float, self.models[0][0]))),
+                     "intercept": float(self.models[0][1]), "C": C,
+                     "prior": dict(self.wf.decider.prior), **({"cv_log_loss": cv} if cv else {})}
         return self
 
-    def decide(self, values: dict[str, Any], rollout: int) -> tuple[bool, float, dict]:
-        p = float(self.models[rollout % len(self.models)].predict_proba(features(self.wf, values)[None])[0, 1])
+    def decide(self, values: dict[str, Any], rollout: int, question: str | None = None) -> tuple[bool, float, dict]:
+        w, b = self.models[rollout % len(self.models)]
+        p = float(_proba(features(self.wf, values)[None], w, b)[0])
         return p >= self.wf.decider.threshold, p, {"probability": p}
 
 
@@ -378,7 +484,8 @@ class LLMDecider:
     def __init__(self, wf: Workflow, llm):
         self.wf, self.llm, self.info = wf, llm, {"backend": llm.name}
 
-    def decide(self, values: dict[str, Any], rollout: int) -> tuple[bool | None, float | None, dict]:
+    def decide(self, values: dict[str, Any], rollout: int, question: str | None = None
+               ) -> tuple[bool | None, float | None, dict]:
         from ..generate import GenParams
 
         names = list(values)
@@ -386,7 +493,7 @@ class LLMDecider:
         if rollout:
             names = [names[i] for i in rng.permutation(len(names))]
         lines = "\n".join(f"- {n}: {'absent' if values[n] is None else f'{values[n]:.2f}'}" for n in names)
-        prompt = DECIDER_PROMPT.format(question=self.wf.question, evidence=lines)
+        prompt = DECIDER_PROMPT.format(question=question or self.wf.question, evidence=lines)
         t0 = time.perf_counter()
         reply = self.llm.generate([{"role": "user", "content": prompt}],
                                   GenParams(max_tokens=8, temperature=0.0, seed=rollout)).text
@@ -395,20 +502,26 @@ class LLMDecider:
         return answer, None, {"reply": reply[:200], "llm_seconds": round(time.perf_counter() - t0, 4)}
 
 
-# --- running ----------------------------------------------------------------------------------------
-class Runner:
-    """Runs a workflow over cases of a toolbox's cohort."""
+# --- cases ----------------------------------------------------------------------------------------
+class CohortCases:
+    """The cases of the toolbox's fusion model cohort (``cases: cohort``): tools get ``case_id``."""
 
-    def __init__(self, wf: Workflow, tb: Toolbox, planner_llm=None, decider_llm=None):
+    kind = "cohort"
+
+    def __init__(self, wf: Workflow, tb: Toolbox):
         if tb.ctx is None:
             raise WorkflowError("workflows run over the cases of a fusion model's cohort: give --model DIR")
         if wf.target and wf.target not in tb.ctx.cohort.targets:
             raise WorkflowError(f"target {wf.target!r} is not a target of the model's cohort; targets: "
                                 f"{', '.join(tb.ctx.cohort.targets)}")
         self.wf, self.tb = wf, tb
-        self.planner_llm = planner_llm or (_backend(wf.planner.backend) if wf.planner.kind == "llm" else None)
-        dec_llm = decider_llm or (_backend(wf.decider.backend) if wf.decider.kind == "llm" else None)
-        self.decider = LLMDecider(wf, dec_llm) if wf.decider.kind == "llm" else WeightedDecider(wf)
+
+    def ids(self, split: str | None) -> list[str]:
+        tab = self.tb.ctx.cohort.table
+        ids = [c for c, s in zip(self.tb.ctx.dataset.case_ids, tab["split"]) if split is None or s == split]
+        if not ids:
+            raise WorkflowError(f"split {split!r} has no cases; splits: {', '.join(sorted(set(tab['split'])))}")
+        return ids
 
     def truth(self, case_id: str) -> bool | None:
         if not self.wf.target:
@@ -419,11 +532,114 @@ class Runner:
         return bool(v == self.wf.positive) or (isinstance(v, (int, float, np.number)) and
                                                float(v) == float(self.wf.positive))
 
+    def group(self, case_id: str) -> str:
+        return str(self.tb.ctx.cohort.table["patient_id"].iloc[self.tb.ctx.row(case_id)])
+
+    def check(self, case_id: str) -> None:
+        self.tb.check_case(case_id)
+
+    def fill(self, tool: str, arguments: dict, case_id: str) -> dict:
+        return _with_case(tool, arguments, case_id)
+
+    def question(self, case_id: str) -> str | None:
+        return None
+
+
+PICTURE_ARGS = ("case_id", "item_id", "image_base64")
+
+
+class QuestionCases:
+    """Questions about pictures (``cases: questions``), read from question files in the VQA-RAD layout,
+    one per split name. A case is one question: a tool that takes a picture gets the case's picture
+    (``image_base64``) unless the evidence names one, a tool that takes ``question`` gets the case's
+    question unless the evidence sets it, and ``{question}`` in a string argument is replaced by it.
+    The truth is whether the reference answer (normalised) is ``positive`` ("yes"); a question whose
+    reference is neither yes nor no has none (it is not a yes/no question)."""
+
+    kind = "questions"
+
+    def __init__(self, wf: Workflow, splits: dict[str, Any]):
+        from ..vqa.data import VqaSet, load_vqa
+
+        self.wf, self.rows, self.by_split = wf, {}, {}
+        for split, data in splits.items():
+            vqa = data if isinstance(data, VqaSet) else load_vqa(data)
+            ids = []
+            for i, q in enumerate(vqa.questions):
+                cid = f"{split}:{q.qid if q.qid is not None else i}"
+                if cid in self.rows:
+                    raise WorkflowError(f"{vqa.source}: question id {q.qid!r} appears twice (split {split})")
+                self.rows[cid] = (q, vqa.images_dir / q.image)
+                ids.append(cid)
+            self.by_split[split] = ids
+        self._pictures: dict[Path, str] = {}
+
+    def ids(self, split: str | None) -> list[str]:
+        if split is None:
+            return list(self.rows)
+        if split not in self.by_split or not self.by_split[split]:
+            raise WorkflowError(f"split {split!r} has no questions; splits: {', '.join(self.by_split) or '(none)'}")
+        return list(self.by_split[split])
+
+    def truth(self, case_id: str) -> bool | None:
+        from ..vqa.normalize import normalize_answer
+
+        ans = self.rows[case_id][0].norm_answer
+        pos = normalize_answer(self.wf.positive)
+        if ans not in ("yes", "no") and ans != pos:
+            return None
+        return ans == pos
+
+    def group(self, case_id: str) -> str:
+        return self.rows[case_id][0].image  # questions about one picture stay on one side of a fold
+
+    def check(self, case_id: str) -> None:
+        if case_id not in self.rows:
+            raise ToolError(f"unknown case {case_id!r}; {len(self.rows)} questions are known, e.g. "
+                            f"{', '.join(list(self.rows)[:3])}", "not_found", "case_id")
+
+    def picture(self, case_id: str) -> str:
+        import base64
+
+        path = self.rows[case_id][1]
+        if path not in self._pictures:
+            if len(self._pictures) > 512:
+                self._pictures.clear()
+            self._pictures[path] = base64.b64encode(path.read_bytes()).decode()
+        return self._pictures[path]
+
+    def fill(self, tool: str, arguments: dict, case_id: str) -> dict:
+        q = self.rows[case_id][0]
+        fields = TOOLS[tool].args.model_fields
+        args = {k: v.replace("{question}", q.question) if isinstance(v, str) else v for k, v in arguments.items()}
+        if "image_base64" in fields and not any(k in args for k in PICTURE_ARGS):
+            args["image_base64"] = self.picture(case_id)
+        if "question" in fields and "question" not in args:
+            args["question"] = q.question
+        return args
+
+    def question(self, case_id: str) -> str | None:
+        return self.rows[case_id][0].question
+
+
+# --- running ----------------------------------------------------------------------------------------
+class Runner:
+    """Runs a workflow over cases: a toolbox's cohort (default), or ``cases`` (``QuestionCases``)."""
+
+    def __init__(self, wf: Workflow, tb: Toolbox, planner_llm=None, decider_llm=None, cases=None):
+        if cases is None and wf.cases == "questions":
+            raise WorkflowError("cases: questions: give the question files (--questions FILE)")
+        self.source = cases if cases is not None else CohortCases(wf, tb)
+        self.wf, self.tb = wf, tb
+        self.planner_llm = planner_llm or (_backend(wf.planner.backend) if wf.planner.kind == "llm" else None)
+        dec_llm = decider_llm or (_backend(wf.decider.backend) if wf.decider.kind == "llm" else None)
+        self.decider = LLMDecider(wf, dec_llm) if wf.decider.kind == "llm" else WeightedDecider(wf)
+
+    def truth(self, case_id: str) -> bool | None:
+        return self.source.truth(case_id)
+
     def cases(self, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[str]:
-        tab = self.tb.ctx.cohort.table
-        ids = [c for c, s in zip(self.tb.ctx.dataset.case_ids, tab["split"]) if split is None or s == split]
-        if not ids:
-            raise WorkflowError(f"split {split!r} has no cases; splits: {', '.join(sorted(set(tab['split'])))}")
+        ids = self.source.ids(split)
         if self.wf.target:
             ids = [c for c in ids if self.truth(c) is not None]
         if limit is not None and limit < len(ids):
@@ -433,11 +649,12 @@ class Runner:
 
     def gather(self, case_id: str, rollout: int) -> tuple[dict[str, Any], list[dict]]:
         if self.wf.planner.kind == "llm":
-            return llm_plan(self.wf, self.tb, self.planner_llm, case_id, rollout)
+            return llm_plan(self.wf, self.tb, self.planner_llm, case_id, rollout, self.source.fill,
+                            self.source.question(case_id))
         order = list(range(len(self.wf.evidence)))
         if rollout:  # another tool order per rollout
             order = np.random.default_rng(self.wf.rollouts.seed + rollout).permutation(order).tolist()
-        return fixed_plan(self.wf, self.tb, case_id, order)
+        return fixed_plan(self.wf, self.tb, case_id, order, self.source.fill)
 
     def fit(self, limit: int | None = None, progress: bool = False, case_ids: list[str] | None = None,
             values: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -449,21 +666,22 @@ class Runner:
         X, y = [], []
         for cid in _progress(ids, f"fitting weights on {self.wf.decider.fit_on}", progress):
             v = values[cid] if values is not None else \
-                fixed_plan(self.wf, self.tb, cid, list(range(len(self.wf.evidence))))[0]
+                fixed_plan(self.wf, self.tb, cid, list(range(len(self.wf.evidence))), self.source.fill)[0]
             X.append(features(self.wf, v))
             y.append(int(self.truth(cid)))
-        self.decider.fit(np.array(X), np.array(y))
+        self.decider.fit(np.array(X), np.array(y), [self.source.group(c) for c in ids])
         if case_ids is not None:
             self.decider.info["fitted_on"] = f"{len(ids)} given cases"
         return self.decider.info
 
     def run_case(self, case_id: str) -> dict[str, Any]:
-        self.tb.check_case(case_id)
+        self.source.check(case_id)
         t0 = time.perf_counter()
         rollouts = []
+        question = self.source.question(case_id)
         for r in range(self.wf.rollouts.n):
             values, steps = self.gather(case_id, r)
-            answer, prob, extra = self.decider.decide(values, r)
+            answer, prob, extra = self.decider.decide(values, r, question)
             rollouts.append({"rollout": r, "values": values, "answer": answer, "probability": prob,
                              "decider": extra, "steps": steps})
         votes = [ro["answer"] for ro in rollouts if ro["answer"] is not None]
@@ -473,12 +691,13 @@ class Runner:
         abstain = majority is None or agreement < self.wf.rollouts.abstain_below
         probs = [ro["probability"] for ro in rollouts if ro["probability"] is not None]
         truth = self.truth(case_id)
-        return {"case_id": case_id, "answer": None if abstain else ("yes" if majority else "no"),
+        return {"case_id": case_id, **({"question": question} if question else {}),
+                "answer": None if abstain else ("yes" if majority else "no"),
                 "majority": None if majority is None else ("yes" if majority else "no"),
                 "abstained": abstain, "agreement": agreement,
                 "probability": float(np.mean(probs)) if probs else None,
                 "evidence": rollouts[0]["values"], "truth": None if truth is None else ("yes" if truth else "no"),
-                "steps": sum(len(ro["steps"]) for ro in rollouts),
+                "steps": sum(1 for ro in rollouts for st in ro["steps"] if not st.get("reused")),
                 "seconds": round(time.perf_counter() - t0, 4), "rollouts": rollouts}
 
     def run(self, case_ids: list[str], progress: bool = False) -> dict[str, Any]:
@@ -509,8 +728,9 @@ def _progress(items, label: str, show: bool):
 
 
 def summarise(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy on answered cases, coverage, accuracy of the majority on all cases (abstentions wrong),
-    with 95% bootstrap intervals; steps and seconds per case."""
+    """Accuracy on answered cases, coverage, accuracy on all cases (an abstention counts as wrong) and the
+    rollouts' majority's accuracy on all cases (abstentions ignored), with 95% bootstrap intervals; steps
+    and seconds per case."""
     from ..evaluate.metrics import bootstrap_ci
 
     scored = [r for r in records if r["truth"] is not None]
@@ -521,7 +741,9 @@ def summarise(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict[st
     if not scored:
         return out
     answered = np.array([not r["abstained"] for r in scored])
-    correct_all = np.array([float(r["majority"] == r["truth"]) for r in scored])
+    correct_all = np.array([float(r["answer"] == r["truth"]) for r in scored])  # an abstention is wrong
+    out["accuracy_majority"] = _ci(np.array([float(r["majority"] == r["truth"]) for r in scored]), bootstrap_ci,
+                                   n_boot, seed)
     correct_answered = np.array([float(r["answer"] == r["truth"]) for r in scored if not r["abstained"]])
     out["coverage"] = _ci(answered.astype(float), bootstrap_ci, n_boot, seed)
     out["accuracy_answered"] = _ci(correct_answered, bootstrap_ci, n_boot, seed) if len(correct_answered) else None

@@ -88,6 +88,19 @@ def picture_facts(records: Iterable[tuple[str, str, str, str, str]]) -> dict[str
     return dict(facts)
 
 
+_ORGAN_WORDS = (("CHEST", re.compile(r"\b(chest|lungs?|thorax|thoracic)\b")),
+                ("HEAD", re.compile(r"\b(head|brain|skull|cranial|intracranial)\b")),
+                ("ABD", re.compile(r"\b(abdomen|abdominal|belly)\b")))
+_NAMING = {"organ": _ORGAN_WORDS, "modality": _MODALITY_WORDS, "plane": _PLANE_WORDS}
+
+
+def named_facts(question: str) -> dict[str, list[str]]:
+    """The organs, modalities and planes a question names, by kind ("Is this an axial CT?" ->
+    modality [ct], plane [axial]); several values of a kind mean a choice ("CT or MRI?")."""
+    text = " ".join(tokens(question))
+    return {kind: [value for value, pattern in patterns if pattern.search(text)] for kind, patterns in _NAMING.items()}
+
+
 def question_records(questions: Iterable[Question]) -> list[tuple[str, str, str, str, str]]:
     return [(q.image, q.question, q.question_type, q.answer, q.organ) for q in questions]
 
