@@ -174,9 +174,9 @@ def compare(title: str, wf_data: dict, tb: Toolbox, folds: list[tuple[list[str],
         rows[f"workflow: fixed plan + weighted ({name}), {wf.rollouts.n} rollouts"] = row(
             y, [g[0] for g in got], np.array([g[1] for g in got]), groups,
             np.mean([r["steps"] for r in records]), np.mean([r["seconds"] for r in records]), n_boot)
-    llm = llm_rows(wf_data, tb, folds[0][0], vals, folds[0][1][:llm_cases], n_boot, cases, records, truth, runner)
     print_table(f"{title}: {len(test)} measured cases ({int(y.sum())} positive), deciders fitted on other cases "
                 f"({', '.join(str(len(f)) for f, _ in folds)} per fold)", rows)
+    llm = llm_rows(wf_data, tb, folds[0][0], vals, folds[0][1][:llm_cases], n_boot, cases, records, truth, runner)
     if llm:
         print_table(f"{title}, LLM planner/decider on the first {len(folds[0][1][:llm_cases])} measured cases "
                     "(beside the fixed plan + weighted decider on the same cases)", llm)
@@ -205,15 +205,15 @@ def llm_rows(wf_data: dict, tb: Toolbox, fit_ids, fit_vals, ids: list[str], n_bo
     groups = np.array([runner.source.group(c) for c in ids])
     by_id = {r["case_id"]: r for r in records}
     base = [by_id[c] for c in ids]
-    out = {"fixed plan + weighted (the workflow above), same cases": row(
+    out = {"fixed plan + weighted (the workflow above, its rollouts), same cases": row(
         y, [None if r["answer"] is None else int(r["answer"] == "yes") for r in base],
         np.array([np.nan if r["probability"] is None else r["probability"] for r in base]), groups,
         np.mean([r["steps"] for r in base]), np.mean([r["seconds"] for r in base]), n_boot)}
-    n = parse_workflow(wf_data).rollouts.n
-    for name, change in ((f"LLM planner (SmolLM2-135M) + weighted, {n} rollouts",
-                          {"planner": {"kind": "llm", "backend": backend, "max_steps": 4}}),
-                         (f"fixed plan + LLM decider (SmolLM2-135M), {n} rollouts",
-                          {"decider": {"kind": "llm", "backend": backend}})):
+    n = 1  # one rollout each: a small model on a shared CPU takes seconds per reply
+    for name, change in (("LLM planner (SmolLM2-135M, max 4 steps) + weighted, 1 rollout",
+                          {"planner": {"kind": "llm", "backend": backend, "max_steps": 4}, "rollouts": {"n": 1}}),
+                         ("fixed plan + LLM decider (SmolLM2-135M), 1 rollout",
+                          {"decider": {"kind": "llm", "backend": backend}, "rollouts": {"n": 1}})):
         wf = parse_workflow({**wf_data, **change})
         r2 = Runner(wf, tb, planner_llm=llm if wf.planner.kind == "llm" else None,
                     decider_llm=llm if wf.decider.kind == "llm" else None, cases=cases)

