@@ -194,6 +194,37 @@ def replay(name: str, files: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _libfuzzer_child(name: str, argv: list[str]) -> int:
+    """libFuzzer run with the arguments it gave its own re-execution (``minimize``'s steps)."""
+    import atheris
+
+    from medweave.fuzz.targets import get_target
+
+    target = get_target(name)
+    with atheris.instrument_imports(include=list(target.instrument)):
+        fn = target.setup(Path(tempfile.mkdtemp(prefix=f"mwfuzz-{name}-")))
+    atheris.Setup(argv, fn)
+    atheris.Fuzz()
+    return 0
+
+
+def minimize(name: str, crash: str) -> int:
+    """libFuzzer's crash minimisation; writes ``CRASH.min``. libFuzzer runs each step as a new process
+    started from its own argv[0], so that is a small script calling this file with this Python."""
+    import shlex
+
+    from medweave.fuzz.targets import get_target
+
+    get_target(name)
+    folder = Path(tempfile.mkdtemp(prefix="mwfuzz-min-"))
+    exe = folder / f"fuzz-{name}"
+    exe.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "
+                   f"--libfuzzer {shlex.quote(name)} \"$0\" \"$@\"\n")
+    exe.chmod(0o755)
+    return subprocess.call([str(exe), "-minimize_crash=1", "-max_total_time=60", "-timeout=10",
+                            f"-exact_artifact_path={crash}.min", crash])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60, help="per target")
@@ -203,10 +234,13 @@ def main() -> int:
     ap.add_argument("--replay", nargs="+", metavar=("TARGET", "FILE"))
     ap.add_argument("--minimize", nargs=2, metavar=("TARGET", "FILE"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--libfuzzer", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--artifacts", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.libfuzzer:
+        return _libfuzzer_child(args.libfuzzer[0], args.libfuzzer[1:])
     if args.child:
         _child(args.child, args.seconds, Path(args.corpus), Path(args.artifacts), Path(args.work))
         return 0
@@ -215,15 +249,7 @@ def main() -> int:
     from medweave.fuzz.targets import TARGETS
 
     if args.minimize:
-        name, crash = args.minimize
-        import atheris
-
-        with atheris.instrument_imports(include=list(TARGETS[name].instrument)):
-            fn = TARGETS[name].setup(Path(tempfile.mkdtemp(prefix=f"mwfuzz-{name}-")))
-        atheris.Setup([sys.argv[0], "-minimize_crash=1", "-max_total_time=60", "-timeout=10",
-                       f"-exact_artifact_path={crash}.min", crash], fn)
-        atheris.Fuzz()
-        return 0
+        return minimize(*args.minimize)
     names = [n for n in args.targets.split(",") if n] or list(TARGETS)
     for n in names:
         if n not in TARGETS:

@@ -760,7 +760,10 @@ class DicomAdapter(Adapter):
                 keep_private = parse_keep_private(ctx.options.get("keep_private"))
             except ValueError as exc:
                 raise IngestError(f"--option {exc}") from None
-            result = deidentify(ds, ctx.deid, ctx.namespace, keep_private)
+            try:
+                result = deidentify(ds, ctx.deid, ctx.namespace, keep_private)
+            except NotImplementedError as exc:  # pydicom decodes elements when first read: a VR it has no codec for
+                raise IngestError(f"pydicom cannot decode an element: {exc}") from None
             seen = getattr(ctx, "seen_ids", None)
             if seen is not None:  # the raw keys this unit used, for scrubbing its stored path
                 seen.update(result.facts.known)

@@ -75,6 +75,9 @@ def parse(raw: bytes, name: str) -> Volume:
         header = image.header_class.from_fileobj(io.BytesIO(data))
     except Exception as exc:  # nibabel raises many kinds for bad headers
         raise IngestError(f"{name}: {kind} header does not parse ({exc.__class__.__name__}: {exc})") from exc
+    if any(n <= 0 for n in image.shape):
+        raise IngestError(f"{name}: the volume holds no voxels (shape {tuple(int(n) for n in image.shape)} has a "
+                          "dimension of 0)")
     offset, needed = _data_span(image.shape, header)
     if len(data) < offset + needed:
         raise IngestError(f"{name}: truncated: expected {needed} bytes of voxel data from byte {offset}, "
