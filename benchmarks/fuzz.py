@@ -2,6 +2,7 @@
 
     python benchmarks/fuzz.py --seconds 60                 # every target, 60 s each, one subprocess each
     python benchmarks/fuzz.py --seconds 30 --targets dicom,nifti
+    python benchmarks/fuzz.py --seconds 300 --jobs 2       # two targets at a time (one per core)
     python benchmarks/fuzz.py --replay TARGET FILE...      # run inputs through a target (no atheris)
     python benchmarks/fuzz.py --minimize TARGET CRASHFILE  # libFuzzer's crash minimisation
 
@@ -228,6 +229,7 @@ def minimize(name: str, crash: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60, help="per target")
+    ap.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once (one process each)")
     ap.add_argument("--targets", default="", help="comma-separated (default: all)")
     ap.add_argument("--out", default="", help="corpora, artifacts and logs (default: a temporary folder)")
     ap.add_argument("--json", default="", help="also write the rows to this file")
@@ -256,13 +258,18 @@ def main() -> int:
             ap.error(f"unknown target {n!r}; targets: {', '.join(TARGETS)}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mwfuzz-"))
     t0 = time.time()
-    rows = []
-    for n in names:
-        rows.append(run_target(n, args.seconds, out))
-        r = rows[-1]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n: str) -> dict:
+        r = run_target(n, args.seconds, out)
         print(f"{n}: {r['execs']:,} executions in {r['seconds']:.0f} s, cov {r['cov']}, {len(r['findings'])} findings",
               flush=True)
-    print(f"\n{len(names)} targets, {args.seconds} s each, {time.time() - t0:.0f} s in all; load average "
+        return r
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each target is its own subprocess
+        rows = list(pool.map(one, names))
+    print(f"\n{len(names)} targets, {args.seconds} s each, {args.jobs} at a time, {time.time() - t0:.0f} s in all; "
+          f"load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; corpora, artifacts and logs in {out}")
     print_table(rows, args.seconds)
     if args.json:

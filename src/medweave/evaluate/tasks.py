@@ -158,6 +158,9 @@ def _read(path: Path) -> dict[str, Any]:
         raise TaskError(f"{path}: cannot be parsed as {path.suffix[1:].upper()}: {exc}") from None
     if not isinstance(data, dict):
         raise TaskError(f"{path}: a task file holds a mapping of keys (name, layout, data, ...)")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise TaskError(f"{path}: every key is a name; found the key {bad[0]!r} (a YAML '?' or a number as a key)")
     return data
 
 
