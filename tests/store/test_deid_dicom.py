@@ -82,3 +82,49 @@ def test_file_meta_instance_uid_is_remapped_and_age_strings_parse():
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert "SourceApplicationEntityTitle" not in ds.file_meta
     assert parse_age("006M") == 0.5 and parse_age("045Y") == 45 and parse_age("bad") is None
+
+
+def test_remembered_outcomes_give_the_bytes_a_fresh_deidentifier_gives():
+    """Element outcomes are shared between files of one context (patient, identifiers, options): a
+    shared Deidentifier over interleaved files of several patients, twice, writes exactly what a
+    fresh one writes for each file alone, and a patient's identifiers never reach another's file."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from medweave.ingest.adapters.dicom import read_dataset
+    from medweave.store.deid_dicom import deidentify, write_patched
+
+    def as_file(ds: Dataset) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    files = []
+    for patient, (name, mrn) in enumerate([("Quill^Henrietta", "MRN4471"), ("Okafor^Ada", "MRN1000"),
+                                          ("Quill^Henrietta", "MRN4472")]):
+        for z in range(3):
+            ds = template.copy()
+            ds.PatientName, ds.PatientID = name, mrn
+            ds.StudyDescription = f"CT chest {name.split('^')[0]}"  # a text the sweep edits per patient
+            ds.InstitutionName = "Riverside"
+            ds.SOPInstanceUID = f"1.2.3.{patient}.{z}"
+            ds.InstanceNumber = z + 1
+            files.append((mrn, name, as_file(ds)))
+
+    def deid_bytes(deid: Deidentifier, data: bytes) -> bytes:
+        ds, spans = read_dataset(data)
+        return write_patched(deidentify(ds, deid, "default"), data, spans)
+
+    expected = [deid_bytes(Deidentifier(b"\x07" * 32), data) for _, _, data in files]
+    shared = Deidentifier(b"\x07" * 32)
+    order = [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    for _ in range(2):
+        for i in order:
+            got = deid_bytes(shared, files[i][2])
+            assert got == expected[i], f"file {i} differs when outcomes are remembered"
+            for mrn, name, _ in files:
+                assert mrn.encode() not in got and name.split("^")[0].encode() not in got
+    assert shared.__dict__.get("_dicom_memos"), "nothing was remembered: the test tests nothing"

@@ -30,7 +30,7 @@ def catalog_fingerprint(store_dir: Path) -> tuple:
 
 
 def blob_files(store_dir: Path) -> set[str]:
-    return {p.relative_to(store_dir).as_posix() for p in (store_dir / "blobs").glob("??/??/*")}
+    return {p.relative_to(store_dir).as_posix() for p in (store_dir / "blobs").glob("??/*")}
 
 
 def test_ingest_twice_adds_nothing(tmp_path, text_files):
@@ -103,6 +103,32 @@ def test_sweep_removes_blobs_without_rows_and_partial_files(tmp_path, text_files
         pass
     assert blob_files(tmp_path / "s") == kept
     assert not list((tmp_path / "s" / "blobs" / ".tmp").iterdir())
+
+
+def test_blobs_of_the_older_two_level_layout_are_read_verified_and_swept(tmp_path, text_files):
+    """Stores written before blobs/ab/<hash> held blobs/ab/cd/<hash>: their rows name those paths."""
+    text_files(tmp_path / "in", 4)
+    with Store(tmp_path / "s", write=True) as st:
+        ingest([tmp_path / "in"], st, progress=False)
+        item_id, rel = st.con.execute("SELECT item_id, blob FROM items ORDER BY item_id LIMIT 1").fetchone()
+        name = Path(rel).name
+        old_rel = f"blobs/{name[:2]}/{name[2:4]}/{name}"
+        (st.root / old_rel).parent.mkdir(parents=True)
+        os.replace(st.root / rel, st.root / old_rel)
+        st.con.execute("UPDATE items SET blob = ? WHERE item_id = ?", [old_rel, item_id])
+        orphan = f"blobs/cd/ef/{'cd' * 32}.bin"
+        (st.root / orphan).parent.mkdir(parents=True)
+        (st.root / orphan).write_bytes(b"an old-layout blob without a row")
+        data = st.read_blob(old_rel)
+    assert Path(old_rel).as_posix() in {p.relative_to(tmp_path / "s").as_posix()
+                                        for p in Store(tmp_path / "s").blob_files()}
+    with Store(tmp_path / "s", write=True) as st:  # the sweep keeps the old blob with a row, drops the orphan
+        assert st.read_blob(old_rel) == data
+        assert (st.root / old_rel).exists() and not (st.root / orphan).exists()
+        report = st.verify()
+        assert report.ok and not report.orphans, (report.damaged, report.orphans)
+        (st.root / old_rel).write_bytes(b"changed on disk")
+        assert [d["item_id"] for d in st.verify().damaged] == [item_id]
 
 
 def test_unknown_modality_is_rejected_and_nothing_is_written(tmp_path):

@@ -10,6 +10,7 @@ unit is reported with its file and reason while the rest of the batch goes on.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +30,26 @@ def quoted(text: object) -> str:
     return f"{QUOTE_OPEN}{text}{QUOTE_CLOSE}"
 
 
+_RESOLVED_DIRS: dict[str, str] = {}  # absolute folder as given -> resolved (bounded)
+
+
+def _resolved_file(path: Path) -> str:
+    """``str(path.resolve())``, with the folder resolved once for all the files in it: a file that
+    is not itself a link resolves to its resolved folder joined with its name."""
+    text = os.fspath(path)
+    head, tail = os.path.split(text)
+    if tail in ("", ".", "..") or os.path.islink(text):
+        return str(path.resolve())
+    key = head if os.path.isabs(head) else os.path.join(os.getcwd(), head)
+    folder = _RESOLVED_DIRS.get(key)
+    if folder is None:
+        folder = str(Path(key).resolve())
+        if len(_RESOLVED_DIRS) >= 4096:
+            _RESOLVED_DIRS.clear()
+        _RESOLVED_DIRS[key] = folder
+    return os.path.join(folder, tail)
+
+
 @dataclass
 class Unit:
     """One piece of work: a file (and, for layouts, what goes with it)."""
@@ -40,11 +61,18 @@ class Unit:
 
     @property
     def source_id(self) -> str:
+        """The unit's absolute, resolved path (and key), resolved once per unit (the runner asks for
+        it twice; ``Path.resolve`` looks at every component of the path)."""
+        cached = self.__dict__.get("_source_id")
+        if cached is not None and cached[0] == (self.path, self.key):
+            return cached[1]
         try:
-            where = self.path.resolve()
+            where = _resolved_file(self.path)
         except (OSError, RuntimeError):  # a link that loops: its absolute path names it well enough
-            where = self.path.absolute()
-        return str(where) + (f"#{self.key}" if self.key else "")
+            where = str(self.path.absolute())
+        value = where + (f"#{self.key}" if self.key else "")
+        self.__dict__["_source_id"] = ((self.path, self.key), value)
+        return value
 
 
 @dataclass

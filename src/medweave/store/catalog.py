@@ -4,7 +4,8 @@ content-addressed blob folder beside it.
 Layout of a store directory::
 
     DIR/catalog.duckdb      patients, studies, items, sources, runs, errors
-    DIR/blobs/ab/cd/<sha256><ext>
+    DIR/blobs/ab/<sha256><ext>   (stores written before 2026-12 also hold blobs/ab/cd/<sha256><ext>:
+                                  rows name their blob's path, so both layouts are read)
     DIR/blobs/.tmp/         blobs being written (swept at the next open for writing)
     DIR/secret.key          the pseudonymisation key (never leaves the store)
 
@@ -31,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import pandas as pd
@@ -310,7 +311,7 @@ class Store:
         referenced = {
             r[0] for r in self.con.execute("SELECT DISTINCT blob FROM items WHERE blob IS NOT NULL").fetchall()
         }
-        for sub in self.blob_dir.glob("??/??/*"):
+        for sub in self.blob_files():
             rel = sub.relative_to(self.root).as_posix()
             if rel not in referenced:
                 sub.unlink(missing_ok=True)
@@ -319,7 +320,17 @@ class Store:
 
     # --- blobs -----------------------------------------------------------------------------------
     def blob_relpath(self, content_hash: str, ext: str) -> str:
-        return f"blobs/{content_hash[:2]}/{content_hash[2:4]}/{content_hash}{ext}"
+        """One level of 256 folders: a second level (65,536 folders) made nearly every blob of a
+        large ingest create a folder, which cost as much as writing the blob."""
+        return f"blobs/{content_hash[:2]}/{content_hash}{ext}"
+
+    def blob_files(self) -> Iterator[Path]:
+        """Every blob file of the store, in either layout (``ab/<hash>`` and the older ``ab/cd/<hash>``)."""
+        for sub in self.blob_dir.glob("??/*"):
+            if sub.is_dir():
+                yield from (p for p in sub.glob("*") if p.is_file())
+            else:
+                yield sub
 
     def put_blob(self, data: bytes, content_hash: str, ext: str) -> str:
         """Write a blob under its content hash; a no-op when it already exists.
@@ -399,7 +410,7 @@ class Store:
                                            "reason": reason})
                 damaged_units.update(u for u in units if u)
         referenced = {r[0] for r in rows}
-        report.orphans = sorted(p.relative_to(self.root).as_posix() for p in self.blob_dir.glob("??/??/*")
+        report.orphans = sorted(p.relative_to(self.root).as_posix() for p in self.blob_files()
                                 if p.relative_to(self.root).as_posix() not in referenced)
         if forget and report.damaged:
             if not self.write:

@@ -100,12 +100,36 @@ class Deidentifier:
 
     MAX_SHIFT_DAYS = 1095
 
+    MEMO_MAX = 65536  # entries per memo (UIDs, scrubbed texts, date offsets): bounded memory
+
     def __init__(self, secret: bytes, keep_phi: bool = False):
         self.secret = secret
         self.keep_phi = keep_phi
+        # The keyed HMAC's state after the key (copied per call: the key is not hashed again), and
+        # memos of pure functions of their arguments that repeat from file to file of a series.
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        self._uids: dict[str, str] = {}
+        self._offsets: dict[str, int] = {}
+        self._scrubbed: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def __getstate__(self):  # (sent to reader processes and Ray tasks: the HMAC state does not pickle)
+        return {"secret": self.secret, "keep_phi": self.keep_phi}
+
+    def __setstate__(self, state):
+        self.__init__(state["secret"], state["keep_phi"])
 
     def _mac(self, *parts: str) -> bytes:
-        return hmac.new(self.secret, "\x1f".join(parts).encode("utf-8"), hashlib.sha256).digest()
+        h = self._hmac.copy()
+        h.update("\x1f".join(parts).encode("utf-8"))
+        return h.digest()
+
+    def _memo(self, memo: dict, key, fn):
+        value = memo.get(key)
+        if value is None:
+            if len(memo) >= self.MEMO_MAX:
+                memo.clear()
+            value = memo[key] = fn()
+        return value
 
     def patient_id(self, namespace: str, raw: str) -> str:
         raw = str(raw).strip()
@@ -123,8 +147,8 @@ class Deidentifier:
         """A per-patient shift in [-MAX_SHIFT_DAYS, -1] days (0 when keeping PHI)."""
         if self.keep_phi:
             return 0
-        n = int.from_bytes(self._mac("dateshift", patient_id)[:4], "big")
-        return -(1 + n % self.MAX_SHIFT_DAYS)
+        return self._memo(self._offsets, patient_id, lambda: -(
+            1 + int.from_bytes(self._mac("dateshift", patient_id)[:4], "big") % self.MAX_SHIFT_DAYS))
 
     def shift(self, patient_id: str, value: dt.date | dt.datetime | None):
         if value is None or self.keep_phi:
@@ -135,11 +159,14 @@ class Deidentifier:
         """A deterministic replacement for a DICOM UID (``2.25.`` + a 38-digit integer)."""
         if self.keep_phi or not original:
             return original
-        n = int.from_bytes(self._mac("uid", original)[:16], "big")
-        return "2.25." + str(n)[:38]
+        return self._memo(self._uids, original,
+                          lambda: "2.25." + str(int.from_bytes(self._mac("uid", original)[:16], "big"))[:38])
 
     def scrub(self, text: str, known: tuple[str, ...] | list[str] = ()) -> str:
-        return text if self.keep_phi else scrub_text(text, known)
+        if self.keep_phi:
+            return text
+        known = tuple(known)
+        return self._memo(self._scrubbed, (text, known), lambda: scrub_text(text, known))
 
     def keyed(self, kind: str, text: str) -> str:
         """A keyed fingerprint (hex) of ``text``: equal inputs give equal outputs for this store only."""
@@ -154,10 +181,25 @@ class Deidentifier:
     def path_part(self, part: str, known: tuple[str, ...] | list[str] | set[str] = ()) -> str:
         """A folder or file name as stored: unchanged, or (when it identifies) ``[ID-<keyed hash>]``
         followed by its extension, so that equal names stay equal and the file type stays visible."""
-        if self.keep_phi or not path_part_identifies(part, known):
+        if self.keep_phi:
+            return part
+        return self._memo(self.__dict__.setdefault("_path_parts", {}), (part, tuple(known)),
+                          lambda: self._path_part(part, known))
+
+    def _path_part(self, part: str, known) -> str:
+        if not path_part_identifies(part, known):
             return part
         stem, suffix = split_suffix(part)
         return f"[ID-{self._mac('path', stem).hex()[:8]}]{suffix}"
+
+    def _root_name(self, root: Path) -> str:
+        """The name of the folder the user gave (resolved once per folder: ``.`` has a name too)."""
+        names = self.__dict__.setdefault("_root_names", {})
+        if root not in names:
+            if len(names) >= 1024:
+                names.clear()
+            names[root] = root.resolve().name or root.name
+        return names[root]
 
     def display_path(self, path: Path, root: Path | None = None,
                      known: tuple[str, ...] | list[str] | set[str] = ()) -> str:
@@ -173,7 +215,7 @@ class Deidentifier:
             root = Path(root)
             try:
                 rel = path.relative_to(root)
-                parts = ((root.resolve().name or root.name),) + rel.parts
+                parts = (self._root_name(root),) + rel.parts
             except ValueError:
                 parts = (path.parent.name, path.name) if path.parent.name else (path.name,)
         return "/".join(self.path_part(p, known) for p in parts if p)

@@ -236,12 +236,28 @@ _FAST_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT"
 _FAST_INT = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 
 
+_INTERNED: dict[int, BaseTag] = {}
+_INTERNED_MAX = 65536
+
+
+def interned_tag(tag: int) -> BaseTag:
+    """One ``BaseTag`` object per tag (``tag`` a plain int). Data sets whose keys are these objects
+    are looked up by identity: any other key compares through ``BaseTag.__eq__``, a Python call,
+    which cost more than the rest of reading an attribute."""
+    key = _INTERNED.get(tag)
+    if key is None:
+        key = BaseTag(tag)
+        if len(_INTERNED) < _INTERNED_MAX:  # (private tags are many: past the cap, plain objects)
+            _INTERNED[tag] = key
+    return key
+
+
 @lru_cache(maxsize=None)
-def _tag(keyword: str) -> int:
+def _tag(keyword: str) -> BaseTag:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(f"not a DICOM keyword: {keyword!r}")
-    return tag
+    return interned_tag(int(tag))
 
 
 def fast_get(ds: Dataset, keyword: str, default=None):
@@ -400,6 +416,21 @@ class _Cleaner:
         self._set_tokens(known)
         self.encoding = (True, True)  # (implicit VR, little endian) of the raw values written
         self.changed: set[int] = set()
+        self.memo: dict | None = None  # (tag, VR, raw value) -> outcome, shared by files of one context
+
+    def use_memo(self) -> None:
+        """Share element outcomes with earlier files of the same context: the same patient (its
+        pseudonym, identifiers and every identifier value of the file), options and encoding, under
+        the same key. Every outcome of a raw element is a function of its tag, VR and bytes in that
+        context, so the slices of a series de-identify their shared header elements once."""
+        memos = self.deid.__dict__.setdefault("_dicom_memos", {})
+        context = (self.pid, self.known, self.tokens, self.keep_private, self.encoding)
+        memo = memos.get(context)
+        if memo is None:
+            if len(memos) >= _MEMO_CONTEXTS:
+                memos.clear()
+            memo = memos[context] = {}
+        self.memo = memo
 
     def _set_tokens(self, tokens: tuple[str, ...]) -> None:
         self.tokens = tokens
@@ -487,13 +518,46 @@ class _Cleaner:
         level the tags that changed are recorded in ``self.changed``."""
         changed_any = False
         private_blocks = self._kept_private_blocks(ds) if self.keep_private else {}
-        for tag, elem in list(ds._dict.items()):
+        elements = ds._dict
+        memo = self.memo
+        for tag, elem in list(elements.items()):
+            key = None
+            if (memo is not None and type(elem) is RawDataElement and not tag >> 16 & 1 and tag != PIXEL_DATA
+                    and type(elem.value) is bytes and len(elem.value) <= _MEMO_VALUE_MAX):
+                key = (tag, elem.VR, elem.value)
+                done = memo.get(key)
+                if done is not None:
+                    if done is _KEEP:
+                        continue
+                    if done is _DROP:
+                        del ds[tag]
+                    else:
+                        elements[tag] = RawDataElement(tag, done[0], len(done[1]), done[1], 0, *self.encoding)
+                    changed_any = True
+                    if top:
+                        self.changed.add(tag)
+                    continue
             changed = self.element(ds, tag, elem, private_blocks)
+            if key is not None:
+                self._remember(memo, key, elements.get(tag), elem, changed)
             if changed:
                 changed_any = True
                 if top:
                     self.changed.add(tag)
         return changed_any
+
+    @staticmethod
+    def _remember(memo: dict, key: tuple, now, before, changed: bool) -> None:
+        """What the profile did to a raw element, for the next element of the same tag and bytes:
+        kept as it was, removed, or replaced by a raw value (other outcomes are not remembered)."""
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        if now is before and not changed:
+            memo[key] = _KEEP
+        elif now is None:
+            memo[key] = _DROP
+        elif type(now) is RawDataElement and type(now.value) is bytes:
+            memo[key] = (now.VR, now.value)
 
     def _kept_private_blocks(self, ds: Dataset) -> dict[tuple[int, int], str]:
         """(group, block) -> creator, for the private blocks whose creator is allow-listed."""
@@ -603,7 +667,8 @@ class _Cleaner:
             data = text.encode("ascii")
             if len(data) % 2:
                 data += b"\x00" if vr == "UI" else b" "
-            ds._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, *self.encoding)
+            key = interned_tag(int(tag))
+            ds._dict[key] = RawDataElement(key, vr, len(data), data, 0, *self.encoding)
         else:
             ds[tag] = DataElement(tag, vr, values[0] if len(values) == 1 else values)
 
@@ -681,6 +746,10 @@ def _markers() -> tuple[DataElement, ...]:
 
 
 _MARKERS = _markers()
+_KEEP, _DROP = object(), object()  # memoised outcomes of an element (else (VR, new raw value))
+_MEMO_VALUE_MAX = 1024  # bytes: longer values are de-identified every time (not worth hashing)
+_MEMO_MAX = 4096  # outcomes per context
+_MEMO_CONTEXTS = 16  # contexts (patients) remembered
 _NO_CHECK = 0  # pydicom.config.IGNORE: values medweave makes itself need no validation
 _MARKER_BYTES: dict[tuple[int, tuple[bool, bool]], bytes] = {}
 
@@ -705,6 +774,7 @@ def deidentify(ds: Dataset, deid: Deidentifier, namespace: str,
     implicit, little = read_encoding(ds)
     cleaner.encoding = (bool(implicit) if implicit is not None else False, little is not False)
     cleaner.collect(ds)
+    cleaner.use_memo()
     cleaner.dataset(ds, top=True)
     for elem in _MARKERS:  # shared, never edited: written from their cached encodings
         ds._dict[elem.tag] = elem
@@ -739,7 +809,8 @@ def _clean_file_meta(ds: Dataset, cleaner: _Cleaner) -> None:
         data = value if isinstance(value, bytes) else str(value).strip().encode("ascii", "replace")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        new._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, False, True)
+        key = interned_tag(tag)
+        new._dict[key] = RawDataElement(key, vr, len(data), data, 0, False, True)
     ds.file_meta = new
 
 
@@ -797,10 +868,11 @@ def element_spans(ds: Dataset, data: bytes) -> dict[int, tuple[int, int]] | None
 def _meta_bytes(meta: FileMetaDataset) -> bytes:
     """Preamble, 'DICM' and the file meta group (explicit VR little endian, group length first)."""
     body = io.BytesIO()
-    for tag in sorted(meta._dict):
+    for key in sorted(meta._dict, key=int):
+        tag = int(key)
         if tag == 0x00020000:
             continue
-        elem = meta._dict[tag]
+        elem = meta._dict[key]
         vr = elem.VR or _vr_of(tag)
         if isinstance(elem, RawDataElement):
             value = elem.value or b""
@@ -847,22 +919,25 @@ def write_patched(result: DeidResult, data: bytes, spans: dict[int, tuple[int, i
     pieces = [_meta_bytes(ds.file_meta)]
     view = memoryview(data)
     markers = {id(m) for m in _MARKERS}
-    for tag in sorted(ds._dict):
-        if tag in spans and tag not in result.changed:
+    changed = {int(t) for t in result.changed}  # plain ints: BaseTag compares in Python
+    elements = ds._dict
+    for key in sorted(elements, key=int):
+        tag = int(key)
+        if tag in spans and tag not in changed:
             start, end = spans[tag]
             pieces.append(view[start:end])
             continue
-        elem = ds._dict[tag]
+        elem = elements[key]
         if isinstance(elem, RawDataElement) and elem.VR and len(elem.value or b"") < 0xFFFF:
             pieces.append(_header(tag, elem.VR, len(elem.value), implicit, little) + elem.value)
             continue
         if id(elem) in markers:
-            key = (tag, (implicit, little))
-            if key not in _MARKER_BYTES:
-                _MARKER_BYTES[key] = _encoded(elem, implicit, little, None)
-            pieces.append(_MARKER_BYTES[key])
+            marker = (tag, (implicit, little))
+            if marker not in _MARKER_BYTES:
+                _MARKER_BYTES[marker] = _encoded(elem, implicit, little, None)
+            pieces.append(_MARKER_BYTES[marker])
             continue
-        pieces.append(_encoded(ds[tag], implicit, little, encodings))
+        pieces.append(_encoded(ds[key], implicit, little, encodings))
     return b"".join(pieces)
 
 

@@ -60,18 +60,36 @@ _ALL_VRS = _VRS | {b"AT", b"FD", b"FL", b"OD", b"OF", b"OL", b"OV", b"SL", b"SS"
 NATIVE_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR")
 
 
+_PYDICOM_LOGGERS: tuple[int, list[logging.Logger]] = (-1, [])
+
+
+def _pydicom_loggers() -> list[logging.Logger]:
+    """pydicom's logger and its children (pixel decoders), listed again when loggers were added."""
+    global _PYDICOM_LOGGERS
+    known = logging.Logger.manager.loggerDict
+    if _PYDICOM_LOGGERS[0] != len(known):
+        children = [logging.getLogger(name) for name, lg in list(known.items())
+                    if name.startswith("pydicom.") and isinstance(lg, logging.Logger)]
+        _PYDICOM_LOGGERS = (len(known), [logging.getLogger("pydicom"), *children])
+    return _PYDICOM_LOGGERS[1]
+
+
 @contextmanager
 def quiet_pydicom():
-    """Silence pydicom's warnings and log lines, whose messages may quote identifying values."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)  # also silences its child loggers (pixel decoders)
+    """Silence pydicom's warnings and log lines, whose messages may quote identifying values. The
+    loggers are disabled rather than given a level: ``setLevel`` clears the cache of every logger of
+    the process, which cost more than reading a small file."""
+    loggers = _pydicom_loggers()
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for lg, was in zip(loggers, before):
+            lg.disabled = was
 
 
 # --- reading and writing --------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import BaseTag
+
+from ...store.deid_dicom import interned_tag
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -114,9 +115,10 @@ def _read(data: bytes):
         if length == UNDEFINED or pos + size + length > end:
             return None
         value = data[pos + size:pos + size + length]
-        meta._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, value, pos + size, False, True)
+        key = interned_tag(tag)
+        meta._dict[key] = RawDataElement(key, vr, length, value, pos + size, False, True)
         pos += size + length
-    ts_elem = meta._dict.get(0x00020010)
+    ts_elem = meta._dict.get(interned_tag(0x00020010))
     if ts_elem is None:
         return None
     ts = _text(ts_elem.value)
@@ -150,7 +152,7 @@ def _read(data: bytes):
             if vend > end:
                 return None
             pos = vend
-        key = BaseTag(tag)
+        key = interned_tag(tag)
         elements[key] = RawDataElement(key, vr, length, data[vstart:vend], vstart, implicit, True)
         spans[tag] = (start, pos)
     if not elements:
@@ -160,7 +162,7 @@ def _read(data: bytes):
     ds.file_meta = meta
     ds.preamble = data[:128]
     encoding = default_encoding
-    if 0x00080005 in elements:
-        encoding = convert_encodings(convert_raw_data_element(elements[BaseTag(0x00080005)]).value)
+    if interned_tag(0x00080005) in elements:
+        encoding = convert_encodings(convert_raw_data_element(elements[interned_tag(0x00080005)]).value)
     ds.set_original_encoding(implicit, True, encoding)
     return ds, spans
