@@ -30,6 +30,7 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pydicom
+from pydicom.errors import BytesLengthException
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import iter_pixels
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -535,7 +536,7 @@ def report_item(ds: Dataset, shared: _Context, ctx: IngestContext) -> Item:
     body = _sr_lines(fast_get(ds, "ContentSequence"))
     if not any(":" in line for line in body):
         raise IngestError(f"DICOM {_describe_sop(ds)}: the report has no text, code or numeric content")
-    text = ctx.scrub("\n".join(([title] if title else []) + body), shared.facts.known)
+    text = ctx.scrub("\n".join(([title] if title else []) + body), shared.facts.known).replace("\x00", "")
     fields = {"format": "dicom-sr", "text": text}
     meta = {"sop_class": _sop(ds)[1] or None, "completion": _text(fast_get(ds, "CompletionFlag")),
             "verification": _text(fast_get(ds, "VerificationFlag"))}
@@ -780,8 +781,10 @@ class DicomAdapter(Adapter):
                 raise IngestError(f"--option {exc}") from None
             try:
                 result = deidentify(ds, ctx.deid, ctx.namespace, keep_private)
-            except NotImplementedError as exc:  # pydicom decodes elements when first read: a VR it has no codec for
-                raise IngestError(f"pydicom cannot decode an element: {exc}") from None
+            except (NotImplementedError, BytesLengthException) as exc:
+                # pydicom decodes an element when it is first read: a VR it has no codec for, a length
+                # that is not a multiple of the value size (the message names the tag, never a value)
+                raise IngestError(f"pydicom cannot decode an element: {str(exc).split('. To replace')[0]}") from None
             seen = getattr(ctx, "seen_ids", None)
             if seen is not None:  # the raw keys this unit used, for scrubbing its stored path
                 seen.update(result.facts.known)

@@ -79,6 +79,9 @@ def parse(raw: bytes, name: str) -> Volume:
         raise IngestError(f"{name}: the volume holds no voxels (shape {tuple(int(n) for n in image.shape)} has a "
                           "dimension of 0)")
     offset, needed = _data_span(image.shape, header)
+    if kind != "mgh" and offset < header.template_dtype.itemsize:
+        raise IngestError(f"{name}: the voxel data offset ({offset}) lies inside the {header.template_dtype.itemsize}-byte "
+                          f"{kind} header")
     if len(data) < offset + needed:
         raise IngestError(f"{name}: truncated: expected {needed} bytes of voxel data from byte {offset}, "
                           f"the file has {max(len(data) - offset, 0)}")
@@ -134,14 +137,15 @@ def volume_fields(volume: Volume) -> tuple[dict[str, Any], dict[str, Any]]:
     frames along the third; spacings are the matching voxel sizes."""
     image, header = volume.image, volume.image.header
     shape = [int(n) for n in image.shape]
-    zooms = [float(z) for z in header.get_zooms()]
+    zooms = [float(z) if math.isfinite(z) else None for z in header.get_zooms()]  # NaN spacing: unknown
     dims = shape + [1] * (3 - len(shape))
     fields = {"format": "mgh" if volume.kind == "mgh" else "nifti",
               "cols": dims[0], "rows": dims[1], "frames": dims[2]}
     for key, i in (("pixel_spacing_x", 0), ("pixel_spacing_y", 1), ("slice_thickness", 2)):
         if i < len(zooms):
             fields[key] = zooms[i]
-    meta = {"shape": shape, "zooms": zooms, "affine": np.asarray(image.affine, dtype=float).tolist(),
+    affine = np.asarray(image.affine, dtype=float)
+    meta = {"shape": shape, "zooms": zooms, "affine": affine.tolist() if np.isfinite(affine).all() else None,
             "dtype": str(np.dtype(header.get_data_dtype())), "kind": volume.kind}
     if volume.kind != "mgh":
         try:
