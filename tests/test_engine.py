@@ -114,3 +114,70 @@ def test_local_and_ray_give_the_same_store_and_embeddings(tmp_path):
         assert el.mask[m].sum() > 3 and np.array_equal(el.mask[m], er.mask[m])
         np.testing.assert_array_equal(el.arrays[m], er.arrays[m])  # the very same floats
     print(f"local {seconds['local']:.1f} s, ray {seconds['ray']:.1f} s (ray start included)")
+
+
+from medweave.vqa.testing import tiny_set, tiny_vqa_model  # noqa: E402,F401  (a real VQA model)
+
+HARNESS_TASK = """name: tiny
+layout: vqa-rad
+data: {data}
+metrics: [overall_acc, closed_acc, open_acc, open_recall]
+"""
+
+
+@pytest.mark.slow
+def test_local_and_ray_give_the_same_predictions_evaluation_and_harness_run(tmp_path, tiny_set, tiny_vqa_model):
+    """Batch prediction (Ray actors each loading the model folder once), ``evaluate`` with a Ray
+    engine, and a harness run whose requests Ray actors answer (each building the backend once) give
+    what the local engine gives: the same logits to the last bit, the same metrics, the same records."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'medweave[ray]')")
+    from medweave.config import parse_config
+    from medweave.demo import generate_phantom
+    from medweave.evaluate import evaluate_model
+    from medweave.evaluate.harness import load_run, run_task
+    from medweave.evaluate.run import predict_batch
+    from medweave.evaluate.tasks import load_task
+    from medweave.generate import load_backend
+    from medweave.train import load_checkpoint
+    from medweave.train.pipeline import train_experiment
+
+    manifest = generate_phantom(tmp_path / "phantom", n_patients=24, seed=5)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "secret.key").write_text("5e" * 32)
+    cfg = parse_config({
+        "name": "engine", "data": {"paths": [str(manifest.path("data"))], "mapping": str(manifest.mapping),
+                                   "store": str(store)},
+        "cohort": {"targets": ["disease"], "covariates": ["age", "sex"], "fractions": [0.5, 0.25, 0.25]},
+        "model": {"kind": "sequential", "modalities": ["table", "text"], "hidden": 16},
+        "encoders": {"text": "e5-small"},
+        "train": {"epochs": 2, "batch_size": 8, "seed": 1}})
+    trained = train_experiment(cfg, tmp_path / "model", progress=False)
+    model, _ = load_checkpoint(tmp_path / "model")
+    ray_engine = Engine("ray", num_cpus=2)
+    (tmp_path / "task.yaml").write_text(HARNESS_TASK.format(data=tiny_set / "train.json"))
+    task = load_task(tmp_path / "task.yaml")
+    try:
+        ds = trained.dataset
+        assert len(ds) == 24
+        local = predict_batch(model, ds, None, batch_size=4)
+        remote = predict_batch(model, ds, ray_engine, tmp_path / "model", chunk=8, batch_size=4)  # 3 chunks
+        assert set(local) == set(remote) == {"disease"}
+        np.testing.assert_array_equal(local["disease"], remote["disease"])
+
+        ev_local = evaluate_model(tmp_path / "model", split="all", n_boot=50, progress=False)
+        ev_ray = evaluate_model(tmp_path / "model", split="all", n_boot=50, progress=False, engine=ray_engine)
+        assert ev_local["cases"] == 24 and ev_local["metrics"] == ev_ray["metrics"]
+
+        with load_backend("builtin", model=str(tiny_vqa_model)) as backend:
+            res_local = run_task(task, backend, tmp_path / "run-local", n_boot=50, progress=False)
+            res_ray = run_task(task, backend, tmp_path / "run-ray", n_boot=50, progress=False, engine=ray_engine,
+                               remote=("builtin", {"model": str(tiny_vqa_model)}))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert res_local["metrics"] == res_ray["metrics"]
+    a, b = load_run(tmp_path / "run-local"), load_run(tmp_path / "run-ray")
+    assert b["run"]["counts"]["sent"] == 24 and b["run"]["counts"]["failed"] == 0
+    keep = ("id", "variant", "output", "extracted", "scores", "error", "prompt")
+    assert [{k: r[k] for k in keep} for r in a["records"]] == [{k: r[k] for k in keep} for r in b["records"]]

@@ -387,15 +387,20 @@ def evaluate(
     missing: List[str] = typer.Option([], "--missing", help="Simulated missingness MECH:MODALITY:SPEC (repeatable)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local or ray: where encoding and batch "
+                                         "prediction run (default: the saved config's engine for encoding)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join."),
 ) -> None:
     """AUROC, AUPRC, balanced accuracy, F1, Brier, ECE per task with bootstrap 95% intervals."""
+    from .engine import EngineError, engine_from
     from .evaluate import EvaluateError, evaluate_model
     from .train.pipeline import PipelineError
 
     try:
+        eng = engine_from(engine, address) if engine or address else None
         res = evaluate_model(model, data=[str(d) for d in data] or None, store=store, split=split,
-                             missing=missing, n_boot=bootstrap, progress=not as_json)
-    except (EvaluateError, PipelineError, FileNotFoundError) as exc:
+                             missing=missing, n_boot=bootstrap, progress=not as_json, engine=eng)
+    except (EvaluateError, PipelineError, FileNotFoundError, EngineError) as exc:
         _fail(str(exc))
     if as_json:
         out.print_json(json.dumps(res, default=str))

@@ -128,8 +128,13 @@ def run(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: ask in Ray actors, each loading the "
+                               "backend once (pip install 'medweave[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join "
+                                          "(default: a local Ray instance)."),
 ) -> None:
     """Ask every sample of a task, score it, write the run folder; resumable through the response cache."""
+    from ..engine import Engine, EngineError
     from ..generate import load_backend, parse_option_pairs
     from .harness import run_task
     from .tasks import load_task
@@ -146,10 +151,14 @@ def run(
         if concurrency is not None and backend == "openai":
             options.setdefault("concurrency", concurrency)
         gen = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v is not None}
+        eng = Engine(engine, address)
         with load_backend(backend, **options) as b:
             res = run_task(t, b, out_dir, data=data, images=images, limit=limit, seed=seed, concurrency=concurrency,
                            cache_path=cache, probes=[p.strip() for p in probes.split(",") if p.strip()] if probes else (),
-                           n_boot=bootstrap, progress=not quiet, generation=gen, probe_limit=probe_limit)
+                           n_boot=bootstrap, progress=not quiet, generation=gen, probe_limit=probe_limit,
+                           engine=eng if eng.is_ray else None, remote=(backend, options) if eng.is_ray else None)
+    except EngineError as exc:
+        fail(str(exc))
     except _errors() as exc:
         fail(str(exc))
     if as_json:

@@ -102,8 +102,14 @@ class Executor:
     most ``concurrency`` in flight; each completion is committed to the cache as it arrives."""
 
     def __init__(self, backend: Backend, cache: ResponseCache, params: GenParams, run_id: str,
-                 concurrency: int | None = None, progress: bool = True):
+                 concurrency: int | None = None, progress: bool = True, engine=None,
+                 remote: tuple[str, dict] | None = None):
         self.backend, self.cache, self.params, self.run_id = backend, cache, params, run_id
+        # On Ray (``engine`` a Ray engine): requests go to actors that each build the backend once
+        # from ``remote`` = (backend name, options); this process keeps the cache and the records.
+        self.engine, self.remote = engine, remote
+        if engine is not None and engine.is_ray and remote is None:
+            raise ValueError("a Ray harness run needs the backend's name and options to build it in each actor")
         self.concurrency = max(1, min(concurrency or backend.max_concurrency, backend.max_concurrency))
         self.progress = progress
         self.fingerprint = backend.fingerprint()
@@ -132,6 +138,13 @@ class Executor:
                 per_key[r.key] = per_key.get(r.key, 0) + 1
         with progress_bar(description, len(requests), unit="samples", enabled=self.progress) as advance:
             advance(len(requests) - sum(per_key[k] for k in todo))  # cached or not askable: done at once
+            if self.engine is not None and self.engine.is_ray:  # Ray actors, results in order
+                items = ((req.messages, self.params) for req in todo.values())
+                for (key, req), called in zip(todo.items(), self.engine.map_actors(
+                        RemoteBackend, self.remote, "call", items)):
+                    outcomes[key] = self._record(key, req, called)
+                    advance(per_key[key])
+                return outcomes
             if self.concurrency == 1:  # in this thread: no hand-over to a worker and back per request
                 for key, req in todo.items():
                     outcomes[key] = self._record(key, req, self._call(req, inline=True))
@@ -156,16 +169,11 @@ class Executor:
         return outcomes
 
     def _call(self, req: Request, inline: bool = False):
-        c0, t0 = time.thread_time() if inline else 0.0, time.perf_counter()
-        try:
-            result = self.backend.generate(req.messages, self.params)
-        except BackendError as exc:
-            result = exc
-        except Exception as exc:  # a backend's own failure is this sample's failure, not the run's
-            result = RuntimeError(f"{type(exc).__name__}: {exc}")
+        c0 = time.thread_time() if inline else 0.0
+        called = _called(self.backend, req.messages, self.params)
         if inline:
             self.backend_cpu_seconds += time.thread_time() - c0
-        return result, time.perf_counter() - t0
+        return called
 
     def _record(self, key: str, req: Request, called) -> Outcome:
         result, seconds = called
@@ -179,6 +187,34 @@ class Executor:
         gen = result.to_dict()
         self.cache.put(key, self.fingerprint, canonical(req.messages), gen, self.run_id)
         return Outcome(True, gen)
+
+
+def _called(backend: Backend, messages, params: GenParams):
+    """(generation or the failure as an exception, seconds): one backend call as the harness sees it."""
+    t0 = time.perf_counter()
+    try:
+        result = backend.generate(messages, params)
+    except BackendError as exc:
+        result = exc
+    except Exception as exc:  # a backend's own failure is this sample's failure, not the run's
+        result = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return result, time.perf_counter() - t0
+
+
+class RemoteBackend:
+    """A Ray actor's backend: built once from its name and options, then asked request by request.
+    Failures travel back as plain RuntimeErrors with the same message (any exception pickles so)."""
+
+    def __init__(self, kind: str, options: dict[str, Any]):
+        from ..generate import load_backend
+
+        self.backend = load_backend(kind, **options)
+
+    def call(self, messages, params: GenParams):
+        result, seconds = _called(self.backend, messages, params)
+        if isinstance(result, Exception):
+            result = RuntimeError(str(result))
+        return result, seconds
 
 
 def sample_record(task: Task, req: Request, out: Outcome | None) -> dict[str, Any]:
@@ -274,8 +310,11 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
              images: str | Path | None = None, limit: int | None = None, seed: int = 0,
              concurrency: int | None = None, cache_path: str | Path | None = None, probes: Iterable[str] = (),
              n_boot: int = 1000, progress: bool = True, generation: dict[str, Any] | None = None,
-             probe_limit: int | None = None) -> dict[str, Any]:
-    """Run ``task`` against ``backend`` into ``out_dir``; returns the metrics (also in ``metrics.json``)."""
+             probe_limit: int | None = None, engine=None, remote: tuple[str, dict] | None = None) -> dict[str, Any]:
+    """Run ``task`` against ``backend`` into ``out_dir``; returns the metrics (also in ``metrics.json``).
+    With a Ray ``engine``, requests not in the cache are answered by Ray actors that each build the
+    backend once from ``remote`` = (backend name, options); ``backend`` (the same, built here) gives
+    the fingerprint the cache keys on, and this process writes the cache and the run folder."""
     from .probes import run_probes
 
     from ..atomic import begin_folder
@@ -292,7 +331,7 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
                                   "seed": seed})
     run_id = uuid.uuid4().hex[:12]
     with ResponseCache(cache_path or out / "cache.sqlite") as cache:
-        ex = Executor(backend, cache, params, run_id, concurrency, progress)
+        ex = Executor(backend, cache, params, run_id, concurrency, progress, engine=engine, remote=remote)
         t1, c1 = time.perf_counter(), time.thread_time()
         pictures: dict = {}
         reqs = []

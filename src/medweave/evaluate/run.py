@@ -35,13 +35,50 @@ def parse_missing(text: str) -> MissingConfig:
         raise EvaluateError(f"--missing {text!r}: {exc}") from None
 
 
-def score(model, config: dict, ds, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Calibrated predictions for ``ds`` and the metrics of every binary head."""
-    import torch
+PREDICT_CHUNK = 2048  # cases a Ray actor predicts per call: a multiple of predict_logits' batch (512)
 
+
+class Predictor:
+    """A model folder loaded once (in a Ray actor, or here), predicting the logits of dataset chunks."""
+
+    def __init__(self, model_dir: str):
+        from ..train import load_checkpoint
+
+        self.model, _ = load_checkpoint(Path(model_dir))
+
+    def logits(self, ds, batch_size: int) -> dict[str, np.ndarray]:
+        from ..train import predict_logits
+
+        return predict_logits(self.model, ds, batch_size)
+
+
+def predict_batch(model, ds, engine=None, model_dir: str | Path | None = None, chunk: int = PREDICT_CHUNK,
+                  batch_size: int = 512) -> dict[str, np.ndarray]:
+    """The logits of every case of ``ds``: here, or (a Ray ``engine``) in Ray actors that each load the
+    model from ``model_dir`` once and predict chunks of ``chunk`` cases, in order (a dataset of one
+    chunk or less is predicted here: starting actors would cost more). The chunks are whole batches
+    of ``predict_logits`` (``chunk`` is rounded up to a multiple of ``batch_size``), so every batch is
+    the one a local run computes: the same floats, to the last bit."""
     from ..train import predict_logits
 
-    logits = predict_logits(model, ds)
+    chunk = -(-max(chunk, 1) // batch_size) * batch_size
+    if engine is None or not engine.is_ray or len(ds) <= chunk:
+        return predict_logits(model, ds, batch_size)
+    if model_dir is None:
+        raise ValueError("batch prediction on Ray needs the model folder (each actor loads it)")
+    chunks = [(ds.subset(np.arange(start, min(len(ds), start + chunk))), batch_size)
+              for start in range(0, len(ds), chunk)]
+    parts = list(engine.map_actors(Predictor, (str(model_dir),), "logits", chunks))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score(model, config: dict, ds, n_boot: int = 1000, seed: int = 0, engine=None,
+          model_dir: str | Path | None = None) -> dict[str, Any]:
+    """Calibrated predictions for ``ds`` and the metrics of every binary head (predicted on Ray with
+    a Ray ``engine``: see ``predict_batch``)."""
+    import torch
+
+    logits = predict_batch(model, ds, engine, model_dir)
     temps = config.get("temperatures", {})
     out: dict[str, Any] = {}
     for spec in model.head_specs:
@@ -63,7 +100,10 @@ def score(model, config: dict, ds, n_boot: int = 1000, seed: int = 0) -> dict[st
 
 def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, store: str | Path | None = None,
                    split: str | None = None, missing: Sequence[str] = (), n_boot: int = 1000,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, engine=None) -> dict[str, Any]:
+    """Metrics of a saved model on its cohort's split or on new data. With an ``engine``, encoding (of
+    what the embedding cache does not hold) and batch prediction run on it (default: the saved
+    config's engine for encoding, prediction here)."""
     from ..train import load_checkpoint
     from ..train.pipeline import apply_missing, checkpoint_dataset, prepare_eval_data
 
@@ -71,6 +111,10 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
     model, config = load_checkpoint(model_dir)
     specs_missing = [parse_missing(m) for m in missing]
     cfg, st, cohort, cache = prepare_eval_data(model_dir, config, data, Path(store) if store else None, progress)
+    if engine is not None:
+        from ..config import EngineConfig
+
+        cfg.engine = EngineConfig(kind=engine.kind, address=engine.address, num_cpus=engine.num_cpus)
     try:
         ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress)
     finally:
@@ -96,6 +140,6 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
         "cases": len(ds),
         "presence": {m: int(ds.mask[:, j].sum()) for j, m in enumerate(ds.modalities)},
         "simulated_missingness": applied,
-        "metrics": score(model, config, ds, n_boot=n_boot),
+        "metrics": score(model, config, ds, n_boot=n_boot, engine=engine, model_dir=model_dir),
         "encode_failures": info["failures"][:20],
     }
