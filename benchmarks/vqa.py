@@ -4,6 +4,7 @@ answer latency, probes, same-organ retrieval precision, and spoken questions (es
 
     .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing] [--only-spoken --transcripts]
     .venv/bin/python benchmarks/vqa.py --dataset pathvqa --spoken 0 [--only-seeds] [--cache FILE]
+    .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --context 3   # + retrieved context
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -180,10 +181,12 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg=None,
-               baselines: bool = True) -> dict:
+               baselines: bool = True, context: int = 0, context_only: bool = False) -> dict:
     """overall / closed / open accuracy of the model trained on each seed's split, beside the plain MLP
     and the question-only guess on the same split, their mean ± sd over seeds, and the accuracy by
-    question type (mean ± sd). Returns the first seed's run per split, which the other figures reuse."""
+    question type (mean ± sd). ``context`` = k > 0 adds the answerer trained with k retrieved training
+    cases as context (``VqaConfig.context``) on the same split (``context_only``: that row alone). Returns the first seed's run per split,
+    which the other figures reuse."""
     t = Table(title="accuracy over validation split seeds (every model retrained on each split; exact match)")
     for col in ("split", "model", "seed", *SEED_SCORES, "held out", "fit s"):
         t.add_column(col)
@@ -191,9 +194,19 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
     for split in splits:
         rows: dict[str, list[dict]] = {}
         for seed in seeds:
-            run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
+            answers = {}
+            if not context_only:
+                run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
+                answers["answerer"] = [p.answer for p in run.predictions()]
+            if context:
+                from dataclasses import replace
+
+                crun = fit_split(data, split, cfg=replace(cfg or VqaConfig(), context=context), cache=cache, seed=seed)
+                answers[f"answerer+context{context}"] = [p.answer for p in crun.predictions()]
+                ctx_fit = crun.fit_seconds
+                if context_only:
+                    run = crun
             first.setdefault(split, run)
-            answers = {"answerer": [p.answer for p in run.predictions()]}
             if baselines:
                 t0 = time.perf_counter()
                 answers.update(baseline_answers(run, cache))
@@ -202,6 +215,8 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 sc = _scores(run.held.questions, ans)
                 rows.setdefault(name, []).append(sc)
                 fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (both)" if name == "plain-mlp" else "")
+                if name.startswith("answerer+context"):
+                    fit = f"{ctx_fit:.0f}"
                 t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in SEED_SCORES),
                           str(len(run.held.questions)), fit)
                 console.print(f"  {split} seed {seed} {name}: " + " ".join(f"{k} {sc[k]:.3f}" for k in SEED_SCORES)
@@ -241,6 +256,10 @@ def main() -> int:
     ap.add_argument("--pictures", type=int, help="only the questions about the first N pictures (by name): a "
                     "smaller run when the machine is busy; the tables say so")
     ap.add_argument("--no-baselines", action="store_true", help="skip the plain MLP and question-only rows")
+    ap.add_argument("--context", type=int, default=0, help="K > 0: beside the answerer, the answerer trained with "
+                    "the K retrieved training cases as context (VqaConfig.context), same split seeds")
+    ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
+                    "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
     ap.add_argument("--no-train-timing", action="store_true", help="skip the cold full training run")
     ap.add_argument("--cache", type=Path, help="embedding cache to reuse (default: the timed model's, or a new one)")
@@ -283,8 +302,9 @@ def main() -> int:
         console.print(f"subset: the {len(keep)} first pictures of {len(full.image_names())} and their "
                       f"{len(data.questions)} of {len(full.questions)} questions", highlight=False)
     with open_cache(cache_path) as cache:
-        if len(seeds) > 1 and not (args.only_spoken or args.only_latency):
-            runs = seed_table(data, seeds, cache, splits, cfg, not args.no_baselines)
+        if (len(seeds) > 1 or args.context) and not (args.only_spoken or args.only_latency):
+            runs = seed_table(data, seeds, cache, splits, cfg, not args.no_baselines, args.context,
+                              args.context_only)
             if args.only_seeds:
                 return 0
         for split in splits[:1] if args.only_spoken or args.only_latency else splits:

@@ -67,6 +67,9 @@ def train(
                                         "blocks (of 16; with augmentation, no flips) on the training pictures "
                                         "first; saved with the model. 0: frozen encoder."),
     finetune_epochs: int = typer.Option(15, "--finetune-epochs", help="Epochs of --finetune-blocks."),
+    context: int = typer.Option(0, "--context", help="Retrieved context: the answers of the K training cases "
+                                "closest in picture and question are an input of the answerer (leave-self-out "
+                                "in training; saved in the model). 0: none."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -74,7 +77,8 @@ def train(
     from .pipeline import train_vqa
 
     try:
-        cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
+        cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs,
+                        context=context)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))

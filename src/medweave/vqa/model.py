@@ -12,6 +12,14 @@ with an answer-type head and a same-picture memory of training questions.
   (embedding cosine >= ``same_image_cos``) and a training question about it is close
   (cosine >= ``question_cos``), their answers are blended in. A blank or unseen picture matches no
   training picture, so the memory never answers from the question text alone.
+- Retrieved context (``context`` = k > 0; off by default, the MMed-RAG idea): the k training cases
+  closest in picture and question (``neighbours``, the search behind ``similar_cases`` and the agents'
+  ``similar_questions`` tool) give an extra input, their answers' distribution weighted by similarity
+  (softmax of the score over ``context_temperature``) and the best score. Only the memory is searched,
+  which holds the training side alone, and never a row asking the asked question (same picture, same
+  text: ``asked_rows``). In training each row's context leaves out itself, every row asking the same
+  question about the same picture, and its paraphrase group (``splits.paraphrase_groups``: a held-out
+  question's paraphrases are held out with it), so training sees what a held-out question sees.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -55,14 +64,21 @@ class VqaConfig:
     finetune_blocks: int = 0     # > 0: fine-tune that many last blocks of the 224 view first (encode.finetune)
     finetune_epochs: int = 15
     finetune_augmentations: int = 4
+    context: int = 0             # > 0: that many retrieved training cases' answers are an input (module notes)
+    context_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
             raise ValueError(f"views is {self.views}; allowed values: 1 (224 pixels) or 2 (224 and 320 pixels)")
+        if self.context < 0:
+            raise ValueError(f"context is {self.context}; allowed values: 0 (no retrieved context) or k >= 1")
 
 
 def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtypes: int):
-    """The fusion network: returns (answer logits, closed-type logit, question-type logits)."""
+    """The fusion network: returns (answer logits, closed-type logit, question-type logits). With
+    ``cfg.context`` it also reads the retrieved context (answer distribution + best score): projected
+    beside the picture and question, and copied onto the logits with a learned weight. Without it the
+    network (and its seeded initialisation) is exactly the plain one."""
     import torch
     from torch import nn
 
@@ -70,23 +86,31 @@ def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtype
         def __init__(self) -> None:
             super().__init__()
             h = cfg.hidden
+            parts = 4 if cfg.context else 3
             self.image = nn.Sequential(nn.Dropout(cfg.image_dropout), nn.Linear(img_dim, h), nn.GELU())
             self.question = nn.Sequential(nn.Linear(q_dim, h), nn.GELU())
-            self.answer = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(3 * h, h), nn.GELU(),
+            self.answer = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(parts * h, h), nn.GELU(),
                                         nn.Dropout(cfg.dropout), nn.Linear(h, n_answers))
             self.kind = nn.Linear(q_dim, 1)
             self.qtype = nn.Linear(q_dim, n_qtypes)
+            if cfg.context:
+                self.context = nn.Sequential(nn.Linear(n_answers + 1, h), nn.GELU())
+                self.copy = nn.Parameter(torch.ones(1))
 
-        def forward(self, img: "torch.Tensor", q: "torch.Tensor"):
+        def forward(self, img: "torch.Tensor", q: "torch.Tensor", ctx: "torch.Tensor | None" = None):
             a, b = self.image(img), self.question(q)
-            return self.answer(torch.cat([a, b, a * b], dim=1)), self.kind(q).squeeze(1), self.qtype(q)
+            if not cfg.context:
+                return self.answer(torch.cat([a, b, a * b], dim=1)), self.kind(q).squeeze(1), self.qtype(q)
+            logits = self.answer(torch.cat([a, b, a * b, self.context(ctx)], dim=1)) + self.copy * ctx[:, :n_answers]
+            return logits, self.kind(q).squeeze(1), self.qtype(q)
 
     return FusionNet()
 
 
-def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, n_answers: int, n_qtypes: int) -> dict:
+def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, n_answers: int, n_qtypes: int,
+             ctx=None) -> dict:
     """Train one ensemble member (per-row answer-loss weights ``weight``; ``real`` marks the set's own
-    questions); returns its state dict."""
+    questions; ``ctx``: per-row retrieved context with ``cfg.context``); returns its state dict."""
     import torch
     from torch.nn import functional as F
 
@@ -97,13 +121,14 @@ def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, 
     yt, ct = torch.from_numpy(y).long(), torch.from_numpy(closed.astype(np.float32))
     wt, tt = torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(qtype).long()
     rt = torch.from_numpy(real.astype(np.float32))
+    xc = torch.from_numpy(ctx.astype(np.float32)) if ctx is not None else None
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(yt), generator=gen)
         for b in range(0, len(yt), cfg.batch_size):
             j = perm[b:b + cfg.batch_size]
-            logits, kind, qt = net(xi[j], xq[j])
+            logits, kind, qt = net(xi[j], xq[j], xc[j] if xc is not None else None)
             # the answer head learns from every row (generated ones at their weight); the answer-type
             # and question-type heads only from the set's own questions, whose mix they must learn
             real = rt[j]
@@ -167,13 +192,17 @@ class Answerer:
     @classmethod
     def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
             cases: list[dict], cfg: VqaConfig | None = None,
-            facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None) -> "Answerer":
+            facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None,
+            groups: Sequence[int] | None = None) -> "Answerer":
         """Train on per-question picture embeddings, question embeddings, answers and answer types
         (question types come from ``cases[i]["question_type"]``).
 
         ``facts``: (picture embeddings, question embeddings, yes/no answers, question types) of
         generated closed questions (``facts.fact_questions``), trained on with weight
         ``cfg.fact_weight``; they are not part of the memory of training cases.
+
+        ``groups``: per training row, a group id (rows of one paraphrase group share one; -1: alone);
+        with ``cfg.context`` a row's retrieved context never holds a row of its group (module notes).
         """
         cfg = cfg or VqaConfig()
         if facts is None or not len(facts[2]):
@@ -197,15 +226,23 @@ class Answerer:
         xi = ((np.concatenate([img_emb, f_img]) - mean) / std).astype(np.float32)
         xq = np.concatenate([q_emb, f_q]).astype(np.float32)
         weight = np.concatenate([np.ones(len(answers)), np.full(len(f_ans), cfg.fact_weight)])
+        n = len(answers)
+        model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
+                    [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
+                    {"n_train": n, "n_fact_questions": len(f_ans)})
+        ctx = None
+        if cfg.context:
+            # leave-self-out (and leave-group-out) retrieval: no row's context holds the row itself
+            own = model.training_exclusion(groups)
+            ctx = np.concatenate([model.context_features(img_emb, q_emb, own)[0],
+                                  model.context_features(f_img, f_q)[0]]).astype(np.float32)
         t0 = time.perf_counter()
         with torch_threads(cfg.threads):
             real = np.arange(len(y)) < len(answers)
-            members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real, len(vocab),
-                                len(qtypes)) for s in range(cfg.seeds)]
-        n = len(answers)
-        return cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
-                   members, _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
-                   {"n_train": n, "n_fact_questions": len(f_ans), "fit_seconds": time.perf_counter() - t0})
+            model.members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real,
+                                      len(vocab), len(qtypes), ctx) for s in range(cfg.seeds)]
+        model.meta["fit_seconds"] = time.perf_counter() - t0
+        return model
 
     # -- answering ------------------------------------------------------------------------------
     def _networks(self):
@@ -218,19 +255,26 @@ class Answerer:
                 self._nets.append(net)
         return self._nets
 
-    def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
+                         context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(answer probabilities reweighted by answer type and question type, P(closed)) from the
         network ensemble: an answer keeps P(closed) of its weight if it was seen as a closed answer,
         1 - P(closed) if seen as open, and is scaled by the probability of the question types it was
-        seen with (an answer never given to a modality question does not answer one)."""
+        seen with (an answer never given to a modality question does not answer one). ``context``: the
+        rows' context features (``context_features``); a context model retrieves them when not given."""
         import torch
 
         xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
         xq = torch.from_numpy(q_emb.astype(np.float32))
+        xc = None
+        if self.cfg.context:
+            if context is None:
+                context = self.context_features(img_emb, q_emb)[0]
+            xc = torch.from_numpy(np.asarray(context, dtype=np.float32))
         probs, p_closed, p_type = 0.0, 0.0, 0.0
         with torch.inference_mode(), torch_threads(self.cfg.threads):
             for k, net in enumerate(self._networks()):
-                logits, kind, qtype = net(_view(xi, k, self.cfg.views), xq)
+                logits, kind, qtype = net(_view(xi, k, self.cfg.views), xq, xc)
                 probs = probs + torch.softmax(logits, 1).numpy()
                 p_closed = p_closed + torch.sigmoid(kind).numpy()
                 p_type = p_type + torch.softmax(qtype, 1).numpy()
@@ -254,21 +298,70 @@ class Answerer:
         dist = np.where(mass > 0, dist / np.maximum(mass, 1e-12), 0.0)
         return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
 
-    def predict(self, img_emb: np.ndarray, q_emb: np.ndarray) -> list[Prediction]:
-        """Answers for rows of picture and question embeddings."""
+    def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None) -> list[Prediction]:
+        """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``)."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
-        probs, p_closed = self.classifier_probs(img_emb, q_emb)
+        probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
         mem, lam = self.memory_probs(img_emb, q_emb)
         probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
         best = probs.argmax(1)
         return [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
                            float(lam[i])) for i, b in enumerate(best)]
 
-    def similar_cases(self, img_emb: np.ndarray, q_emb: np.ndarray, k: int = 3) -> list[dict]:
-        """The k training cases closest in picture and question (cosine sum), with their answers."""
-        score = (_l2(np.atleast_2d(img_emb)) @ self.mem_img.T + np.atleast_2d(q_emb) @ self.mem_q.T)[0]
-        top = np.argsort(-score)[:k]
-        return [{**self.cases[i], "score": float(score[i]) / 2} for i in top]
+    def similar_cases(self, img_emb: np.ndarray, q_emb: np.ndarray, k: int = 3,
+                      exclude: np.ndarray | None = None) -> list[dict]:
+        """The k training cases closest in picture and question (mean of the two cosines), with their
+        answers (``neighbours``; ``exclude``: memory rows never returned)."""
+        idx, score = neighbours(img_emb, q_emb, self.mem_img, self.mem_q, k,
+                                None if exclude is None else np.atleast_2d(exclude))
+        return [{**self.cases[i], "score": float(sc)} for i, sc in zip(idx[0], score[0]) if i >= 0]
+
+    def asked_rows(self, img_emb: np.ndarray, q_emb: np.ndarray) -> np.ndarray:
+        """(n, memory) boolean: the training rows that ask the asked question itself (the same picture
+        and the same text), which retrieved context never holds."""
+        return self.same_image(img_emb) & ((np.atleast_2d(q_emb) @ self.mem_q.T) >= SAME_TEXT_COS)
+
+    def training_exclusion(self, groups: Sequence[int] | None = None) -> np.ndarray:
+        """(memory, memory) boolean: what each training row's context leaves out in training — the row
+        itself, every row asking the same question about the same picture, and its group's rows."""
+        n = len(self.mem_answer)
+        own = self.asked_rows(self.mem_img, self.mem_q)
+        own[np.arange(n), np.arange(n)] = True
+        if groups is not None:
+            g = np.asarray(groups)
+            if len(g) != n:
+                raise ValueError(f"groups has {len(g)} entries for {n} training rows")
+            own |= (g[:, None] == g[None, :]) & (g[:, None] >= 0)
+        return own
+
+    def context_features(self, img_emb: np.ndarray, q_emb: np.ndarray,
+                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features (n, vocab + 1), memory rows (n, k), scores (n, k)) of the retrieved context: the
+        ``cfg.context`` training cases closest in picture and question, never a row that asks the asked
+        question (``asked_rows``) nor one ``exclude`` marks; features are their answers' distribution
+        weighted by softmax(score / ``context_temperature``) and the best score (row -1: none left)."""
+        img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
+        if not len(img_emb):
+            return np.zeros((0, len(self.vocab) + 1), np.float32), np.zeros((0, 0), int), np.zeros((0, 0))
+        own = self.asked_rows(img_emb, q_emb)
+        if exclude is not None:
+            own = own | exclude
+        idx, score = neighbours(img_emb, q_emb, self.mem_img, self.mem_q, max(self.cfg.context, 1), own)
+        answers = np.where(idx >= 0, self.mem_answer[np.maximum(idx, 0)], -1)
+        return context_vectors(answers, score, len(self.vocab), self.cfg.context_temperature), idx, score
+
+    def context_from_answers(self, answers: Sequence[Sequence[str]],
+                             scores: Sequence[Sequence[float]]) -> np.ndarray:
+        """Context features from given neighbours (their answers and similarity scores per row: the
+        examples a harness put in the prompt); an answer outside the vocabulary carries no mass."""
+        k = max([len(a) for a in answers] + [1])
+        index = {a: i for i, a in enumerate(self.vocab)}
+        ans = np.full((len(answers), k), -1)
+        sc = np.full((len(answers), k), -np.inf)
+        for r, (row_a, row_s) in enumerate(zip(answers, scores)):
+            for j, (a, v) in enumerate(zip(row_a, row_s)):
+                ans[r, j], sc[r, j] = index.get(normalize_answer(a), -1), float(v)
+        return context_vectors(ans, sc, len(self.vocab), self.cfg.context_temperature)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
@@ -327,6 +420,40 @@ class Answerer:
                    t["qtype_masks"].astype(bool), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"],
                    {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")})
+
+
+SAME_TEXT_COS = 0.999  # question embeddings this close are the same text (e5 gives 1.0 for equal strings)
+
+
+def neighbours(img_emb: np.ndarray, q_emb: np.ndarray, mem_img: np.ndarray, mem_q: np.ndarray, k: int,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (n, k), scores (n, k)) of the k memory rows closest to each asked (picture, question):
+    score = mean of the picture cosine (``img_emb`` L2-normalised here, ``mem_img`` already) and the
+    question cosine. A row ``exclude`` (n, memory) marks is never a candidate: when fewer than k are
+    left, the missing places hold row -1 and score -inf. The one search behind ``similar_cases``, the
+    answerer's retrieved context, the agents' ``similar_questions`` and the harness's ``context``."""
+    score = (_l2(img_emb) @ np.atleast_2d(mem_img).T + np.atleast_2d(q_emb) @ np.atleast_2d(mem_q).T) / 2
+    if exclude is not None:
+        score = np.where(exclude, -np.inf, score)
+    k = min(k, score.shape[1])
+    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(score, top, axis=1)
+    return np.where(np.isfinite(best), top, -1), best
+
+
+def context_vectors(answers: np.ndarray, scores: np.ndarray, n_answers: int, temperature: float) -> np.ndarray:
+    """(n, n_answers + 1): per row, the neighbours' answers (vocabulary indices, -1: none) weighted by
+    softmax(score / temperature), then the best score (0 when there is no neighbour)."""
+    out = np.zeros((len(answers), n_answers + 1), np.float32)
+    for r in range(len(answers)):
+        ok = (answers[r] >= 0) & np.isfinite(scores[r])
+        if not ok.any():
+            continue
+        s = np.asarray(scores[r], dtype=np.float64)[ok]
+        w = np.exp((s - s.max()) / temperature)
+        np.add.at(out[r], answers[r][ok], w / w.sum())
+        out[r, -1] = s.max()
+    return out
 
 
 def _view(x, member: int, views: int):

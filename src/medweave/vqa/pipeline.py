@@ -28,9 +28,24 @@ def embed_set(vqa: VqaSet, cache, encoders=None) -> tuple[np.ndarray, np.ndarray
     return img, embed_questions([q.question for q in vqa.questions], cache)
 
 
-def _cases(vqa: VqaSet) -> list[dict]:
+def _cases(vqa: VqaSet, with_qid: bool = False) -> list[dict]:
+    # the qid names a retrieved case (context citations); kept out of plain models' config.json, which
+    # stays as it was
     return [{"image": q.image, "question": q.question, "answer": q.answer, "organ": q.organ,
-             "question_type": q.question_type, "answer_type": q.answer_type} for q in vqa.questions]
+             "question_type": q.question_type, "answer_type": q.answer_type,
+             **({"qid": q.qid} if with_qid else {})} for q in vqa.questions]
+
+
+def context_groups(vqa: VqaSet) -> list[int]:
+    """Per question, its paraphrase group (``splits.paraphrase_groups``; -1: none): what leave-group-out
+    context retrieval in training leaves out beside the row itself."""
+    from .splits import paraphrase_groups
+
+    out = [-1] * len(vqa.questions)
+    for g, members in enumerate(paraphrase_groups(vqa.questions)):
+        for i in members:
+            out[i] = g
+    return out
 
 
 def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None, cache=None) -> Answerer:
@@ -51,7 +66,8 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
     facts = (img[[row[q.image] for q in generated]].reshape(len(generated), img.shape[1]),
              embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
              [q.question_type for q in generated])
-    model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa), cfg, facts)
+    model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa, bool(cfg.context)), cfg,
+                         facts, context_groups(vqa) if cfg.context else None)
     if tuned is not None:
         model.encoder_state = tuned.state
         model.meta["finetune"] = tuned.info()
@@ -135,7 +151,12 @@ def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 
         raise ValueError("the question is empty")
     img = embed_image_files([image], cache, model.image_encoders())
     qe = embed_questions([question])  # a one-off question: not worth a cache write
-    pred = model.predict(img, qe)[0]
+    out = {}
+    context = None
+    if model.cfg.context:
+        context, rows, scores = model.context_features(img, qe)
+        out["context"] = [{**model.cases[i], "score": float(sc)} for i, sc in zip(rows[0], scores[0]) if i >= 0]
+    pred = model.predict(img, qe, context)[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
-            "memory_weight": pred.from_memory, "similar_cases": model.similar_cases(img, qe, k)}
+            "memory_weight": pred.from_memory, "similar_cases": model.similar_cases(img, qe, k), **out}
