@@ -140,3 +140,17 @@ def test_mar_depends_on_the_other_column(store):
         simulate_missing(c, "image", "mar", rate=0.4, column="nope")
     with pytest.raises(CohortError, match="mcar, mar, mnar"):
         simulate_missing(c, "image", "random", rate=0.4)
+
+
+@pytest.mark.parametrize("case_level", ["patient", "study"])
+def test_patient_chunks_give_the_cohort_one_pass_gives(store, case_level):
+    """Cases are built a chunk of patients at a time (memory holds one chunk's items): chunks of 1 and
+    of 7 patients give exactly the table of one chunk holding every patient."""
+    kw = dict(case_level=case_level, targets=["disease"], covariates=["age", "sex"], seed=3)
+    whole = build_cohort(store, chunk_patients=10_000, **kw).table
+    assert len(whole) == (120 if case_level == "patient" else 240) and whole["case_id"].is_monotonic_increasing
+    for size in (1, 7):
+        part = build_cohort(store, chunk_patients=size, **kw).table
+        assert list(part.columns) == list(whole.columns)
+        assert part.astype(str).equals(whole.astype(str)), f"chunks of {size} patients differ"
+        assert list(part.dtypes) == list(whole.dtypes)

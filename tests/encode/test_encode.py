@@ -112,3 +112,27 @@ def test_plugin_encoder_by_name_and_unknown_names():
     assert get_encoder("mean").encode([np.ones((2, 2))]).tolist() == [[1.0]]
     with pytest.raises(UnknownNameError, match="allowed values: .*efficientnet-lite0"):
         get_encoder("resnet50")
+
+
+def test_cases_encoded_chunk_by_chunk_give_the_same_embeddings(store, tmp_path):
+    """Cases are encoded a chunk at a time (memory holds one chunk's vectors): chunks of one and of
+    four cases give what one chunk of every case gives, with the cache filled once either way."""
+    from medweave.cohort import simulate_missing
+
+    cohort = simulate_missing(build_cohort(store), "text", "mcar", rate=0.4, seed=2)
+    whole_cache = EmbeddingCache(tmp_path / "whole.duckdb")
+    whole = encode_cohort(cohort, store, progress=False, modalities=["image", "text"], chunk_cases=10_000,
+                          cache=whole_cache)
+    whole_cache.close()
+    for size in (1, 4):
+        stats = EncodeStats()
+        cache = EmbeddingCache(tmp_path / f"chunks-{size}.duckdb")
+        part = encode_cohort(cohort, store, progress=False, modalities=["image", "text"], chunk_cases=size,
+                             cache=cache, stats=stats)
+        assert stats.encoded == cache.count() == 6 + int(cohort.table["text_present"].sum())
+        cache.close()
+        assert part.case_ids == whole.case_ids
+        for m in ("image", "text"):
+            np.testing.assert_array_equal(part.mask[m], whole.mask[m])
+            np.testing.assert_allclose(part.arrays[m], whole.arrays[m], rtol=1e-5, atol=1e-6)  # (batches differ)
+    assert (~whole.mask["text"]).any() and whole.mask["image"].all()

@@ -164,6 +164,7 @@ def build_cohort(
     seed: int = 0,
     split_from: str = "hash",
     require_target: bool = False,
+    chunk_patients: int = 2000,
 ) -> Cohort:
     """Turn the store into a cohort. See the module docstring for the layout and the split rules.
 
@@ -176,66 +177,39 @@ def build_cohort(
     if split_from not in ("hash", "source"):
         raise CohortError(f"split_from {split_from!r} is not known; allowed values: hash, source")
     all_modalities = [m.value for m in Modality]
-    items = store.con.execute(
-        "SELECT item_id, patient_id, study_id, modality, labels, split, * EXCLUDE "
-        "(item_id, patient_id, study_id, modality, labels, split, meta, blob, text) FROM items ORDER BY item_id"
-    ).df()
-    if items.empty:
+    con = store.con
+    select = ("SELECT item_id, patient_id, study_id, modality, labels, split, * EXCLUDE "
+              "(item_id, patient_id, study_id, modality, labels, split, meta, blob, text) FROM items")
+    if not con.execute("SELECT count(*) FROM items").fetchone()[0]:
         raise CohortError(f"{store.root}: the store holds no items; ingest data first")
-    mods = list(modalities) if modalities else [m for m in all_modalities if m in set(items["modality"])]
+    present = {r[0] for r in con.execute("SELECT DISTINCT modality FROM items").fetchall()}
+    mods = list(modalities) if modalities else [m for m in all_modalities if m in present]
     bad = [m for m in mods if m not in all_modalities]
     if bad:
         raise CohortError(f"unknown modality {bad[0]!r}; allowed values: {', '.join(all_modalities)}")
-    # QA items belong to the image they ask about: place them in that image's case.
-    if case_level == "study":
-        items["case_id"] = items["study_id"].fillna(items["patient_id"])
-    else:
-        items["case_id"] = items["patient_id"]
-    items["labels_d"] = items["labels"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
-
-    patients = store.patients().set_index("patient_id")
-    patients["attrs_d"] = patients["attrs"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
-
-    grouped = items.groupby("case_id", sort=True)
-    rows = []
-    for case_id, g in grouped:
-        pid = g["patient_id"].iloc[0]
-        row: dict[str, Any] = {"case_id": case_id, "patient_id": pid,
-                               "source_split": _first_valid(g["split"].tolist())}
-        for m in mods:
-            ids = sorted(g.loc[g["modality"] == m, "item_id"].tolist())
-            row[f"{m}_items"] = ids
-            row[f"{m}_present"] = bool(ids)
-        rows.append((row, g))
-    names_seen = set(items.columns) | {k for d in items["labels_d"] for k in d} | set(patients.columns) | {
-        k for d in patients["attrs_d"] for k in d}
-
-    def lookup(name: str, g: pd.DataFrame, pid: str, combine) -> Any:
-        if name in g.columns and name not in ("labels_d",):
-            return combine(g[name].tolist())
-        vals = [d.get(name) for d in g["labels_d"] if name in d]
-        if vals:
-            return combine(vals)
-        if pid in patients.index:
-            prow = patients.loc[pid]
-            if name in patients.columns and prow[name] is not None:
-                return prow[name]
-            return prow["attrs_d"].get(name)
-        return None
-
+    # Names are checked on the whole store first (columns, and the keys of every labels / attrs JSON,
+    # found by DuckDB), then the cases are built patient chunk by patient chunk: memory holds one
+    # chunk's items, not the store's.
+    item_columns = [d[0] for d in con.execute(select + " LIMIT 0").description]
+    patient_columns = [d[0] for d in con.execute("SELECT * FROM patients LIMIT 0").description]
+    json_keys = ("SELECT DISTINCT unnest(json_keys({col})) FROM {table} "
+                 "WHERE {col} IS NOT NULL AND json_type({col}) = 'OBJECT'")
+    names_seen = set(item_columns) | {"case_id", "labels_d"} | set(patient_columns) - {"patient_id"} | {"attrs_d"}
+    names_seen |= {r[0] for r in con.execute(json_keys.format(col="labels", table="items")).fetchall()}
+    names_seen |= {r[0] for r in con.execute(json_keys.format(col="attrs", table="patients")).fetchall()}
     for name in list(targets) + list(covariates):
         if name not in names_seen:
             raise CohortError(
                 f"target/covariate {name!r} is not in the store; names found: "
                 f"{', '.join(sorted(n for n in names_seen if not n.endswith('_d')))}"
             )
+    patient_ids = [r[0] for r in con.execute("SELECT DISTINCT patient_id FROM items ORDER BY patient_id").fetchall()]
     records = []
-    for row, g in rows:
-        for name in targets:
-            row[name] = lookup(name, g, row["patient_id"], _combine_target)
-        for name in covariates:
-            row[name] = lookup(name, g, row["patient_id"], _first_valid)
-        records.append(row)
+    for first in range(0, len(patient_ids), max(1, chunk_patients)):
+        chunk = patient_ids[first:first + max(1, chunk_patients)]
+        items = con.execute(select + " WHERE patient_id IN (SELECT unnest(?)) ORDER BY item_id", [chunk]).df()
+        records += _chunk_records(store, items, chunk, case_level, mods, targets, covariates)
+    records.sort(key=lambda r: r["case_id"])  # (study-level case ids need not follow patient order)
     table = pd.DataFrame.from_records(records)
     if require_target and targets:
         table = table.dropna(subset=list(targets)).reset_index(drop=True)
@@ -264,6 +238,49 @@ def build_cohort(
         "missingness": [],
     }
     return Cohort(table, mods, list(targets), list(covariates), meta)
+
+
+def _chunk_records(store: Store, items: pd.DataFrame, patient_ids: list[str], case_level: str,
+                   mods: list[str], targets: Sequence[str], covariates: Sequence[str]) -> list[dict[str, Any]]:
+    """The case rows of one chunk of patients (``items``: all of their items, ordered by item id)."""
+    # QA items belong to the image they ask about: place them in that image's case.
+    if case_level == "study":
+        items["case_id"] = items["study_id"].fillna(items["patient_id"])
+    else:
+        items["case_id"] = items["patient_id"]
+    items["labels_d"] = items["labels"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+    patients = store.con.execute("SELECT * FROM patients WHERE patient_id IN (SELECT unnest(?)) "
+                                 "ORDER BY patient_id", [patient_ids]).df().set_index("patient_id")
+    patients["attrs_d"] = patients["attrs"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+
+    def lookup(name: str, g: pd.DataFrame, pid: str, combine) -> Any:
+        if name in g.columns and name not in ("labels_d",):
+            return combine(g[name].tolist())
+        vals = [d.get(name) for d in g["labels_d"] if name in d]
+        if vals:
+            return combine(vals)
+        if pid in patients.index:
+            prow = patients.loc[pid]
+            if name in patients.columns and prow[name] is not None:
+                return prow[name]
+            return prow["attrs_d"].get(name)
+        return None
+
+    records = []
+    for case_id, g in items.groupby("case_id", sort=True):
+        pid = g["patient_id"].iloc[0]
+        row: dict[str, Any] = {"case_id": case_id, "patient_id": pid,
+                               "source_split": _first_valid(g["split"].tolist())}
+        for m in mods:
+            ids = sorted(g.loc[g["modality"] == m, "item_id"].tolist())
+            row[f"{m}_items"] = ids
+            row[f"{m}_present"] = bool(ids)
+        for name in targets:
+            row[name] = lookup(name, g, pid, _combine_target)
+        for name in covariates:
+            row[name] = lookup(name, g, pid, _first_valid)
+        records.append(row)
+    return records
 
 
 def _normalise_split_name(name: str) -> str:

@@ -98,32 +98,46 @@ def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: E
     return found
 
 
+CASE_CHUNK = 2048  # cases encoded together: memory holds one chunk's item rows and vectors
+
+
 def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cache: EmbeddingCache | None = None,
                   modalities: Iterable[str] | None = None, progress: bool = True,
-                  stats: EncodeStats | None = None, engine: Engine = LOCAL) -> CaseEmbeddings:
-    """Case-level embeddings for the item modalities of a cohort (``table`` is featurised separately)."""
+                  stats: EncodeStats | None = None, engine: Engine = LOCAL,
+                  chunk_cases: int = CASE_CHUNK) -> CaseEmbeddings:
+    """Case-level embeddings for the item modalities of a cohort (``table`` is featurised separately).
+
+    Cases are taken ``chunk_cases`` at a time: their items' rows are read from the catalog, encoded
+    (or found in the cache, which is where every vector goes), averaged into the cases' rows, and let
+    go, so memory holds the case-level arrays and one chunk, not every item vector of a modality."""
     encoders = {**DEFAULT_ENCODERS, **(encoders or {})}
     mods = [m for m in (modalities or cohort.modalities) if m != "table"]
     arrays, masks, described, failures = {}, {}, {}, []
     n = len(cohort.table)
+    step = max(1, chunk_cases)
     for m in mods:
         if m not in encoders:
             raise KeyError(f"no encoder for modality {m!r}; set one of: {', '.join(sorted(encoders))}")
-        ids_per_case = cohort.table[f"{m}_items"].tolist()
-        all_ids = sorted({i for ids in ids_per_case for i in ids})
-        rows = store.con.execute(
-            "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?))", [all_ids]
-        ).df().to_dict("records") if all_ids else []
-        hash_of = {r["item_id"]: r["content_hash"] for r in rows}
-        vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
         enc = get_encoder(encoders[m])
         described[m] = enc.describe()
         arr = np.full((n, enc.dim), np.nan, dtype=np.float32)
         present = np.zeros(n, dtype=bool)
-        for i, ids in enumerate(ids_per_case):
-            got = [vecs[hash_of[x]] for x in ids if x in hash_of and hash_of[x] in vecs]
-            if got:
-                arr[i] = np.mean(got, axis=0)
-                present[i] = True
+        ids_per_case = cohort.table[f"{m}_items"]
+        for first in range(0, n, step):
+            chunk_ids = [list(ids) for ids in ids_per_case.iloc[first:first + step]]
+            all_ids = sorted({i for ids in chunk_ids for i in ids})
+            if not all_ids:
+                continue
+            rows = store.con.execute(
+                "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
+                [all_ids]).df().to_dict("records")
+            hash_of = {r["item_id"]: r["content_hash"] for r in rows}
+            vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
+            for i, ids in enumerate(chunk_ids, start=first):
+                got = [vecs[hash_of[x]] for x in ids if x in hash_of and hash_of[x] in vecs]
+                if got:
+                    arr[i] = np.mean(got, axis=0)
+                    present[i] = True
+            del rows, hash_of, vecs
         arrays[m], masks[m] = arr, present
     return CaseEmbeddings(list(cohort.table["case_id"]), arrays, masks, described, failures)
