@@ -249,6 +249,12 @@ class Item:
     patient_attrs: dict[str, Any] = field(default_factory=dict)
     study_attrs: dict[str, Any] = field(default_factory=dict)  # date, description, ...
 
+    def __post_init__(self) -> None:
+        # NUL bytes (DICOM padding, damaged files) have no place in a text column: removed
+        for key, value in self.fields.items():
+            if isinstance(value, str) and "\x00" in value:
+                self.fields[key] = value.replace("\x00", "")
+
     def content_hash(self) -> str:
         if self.blob is not None:
             return sha256_bytes(self.blob)

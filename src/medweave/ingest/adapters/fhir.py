@@ -191,6 +191,8 @@ def _check_resource_type(entry: _Entry) -> None:
     """IngestError unless the entry is an object whose resourceType FHIR R4 defines."""
     if not isinstance(entry.raw, dict):
         raise IngestError(f"{entry.where}: expected a JSON object for the resource")
+    if not isinstance(entry.rtype, str):
+        raise IngestError(f"{entry.where}: resourceType is a JSON {type(entry.rtype).__name__}, not a name")
     if entry.rtype in R4_ONLY_TYPES:
         return
     try:

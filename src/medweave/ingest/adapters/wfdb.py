@@ -98,20 +98,27 @@ def record_files(hea: Path) -> tuple[list[Path], list[Path]]:
     Annotation files are every other ``<record>.<ext>`` beside the header, whatever the extension
     (``.atr``, ``.qrs``, ``.gqrsh``, ``.anI``, ``.wabp``, ...): which of them wfdb reads is found when
     the record is read."""
-    names = header_signal_files(hea)
+    names = [n for n in header_signal_files(hea) if _plausible_name(n)]
     if is_multisegment(hea):
         signals: list[Path] = []
         for seg in names:
             seg_hea = hea.parent / seg
             if seg_hea.is_file():
                 signals.append(seg_hea)
-                signals += [hea.parent / n for n in header_signal_files(seg_hea) if (hea.parent / n).is_file()]
+                signals += [hea.parent / n for n in header_signal_files(seg_hea)
+                            if _plausible_name(n) and (hea.parent / n).is_file()]
     else:
         signals = [hea.parent / n for n in names if (hea.parent / n).is_file()]
     taken = {p.name for p in signals} | {hea.name}
     annotations = sorted(p for p in hea.parent.glob(f"{glob_escape(hea.stem)}.*")
                          if p.is_file() and p.name not in taken and p.suffix.lower() not in SIDE_SUFFIXES)
     return signals, annotations
+
+
+def _plausible_name(name: str) -> bool:
+    """A file name a header may name beside it: one that the file system could hold (a longer one is
+    no file of the record; asking for it raises ENAMETOOLONG)."""
+    return 0 < len(name.encode("utf-8", "surrogateescape")) <= 255 and "\x00" not in name
 
 
 def glob_escape(text: str) -> str:
