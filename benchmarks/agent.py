@@ -72,6 +72,31 @@ def fmt(v: dict | None) -> str:
     return f"{v['value']:.3f} [{v['lo']:.2f}, {v['hi']:.2f}]"
 
 
+def sfmt(v: dict) -> str:
+    """A difference with its interval, signed."""
+    if v["value"] != v["value"]:
+        return "-"
+    return f"{v['value']:+.3f} [{v['lo']:+.2f}, {v['hi']:+.2f}]"
+
+
+def paired(y: np.ndarray, a_answers: list, a_prob: np.ndarray, b_answers: list, b_prob: np.ndarray,
+           groups: np.ndarray, n_boot: int) -> dict:
+    """Method a minus method b on the same cases: accuracy (an abstention is wrong) and AUROC, each with a
+    95% interval from one bootstrap resampling whole groups for both methods at once."""
+    def correct(ans):
+        return np.array([0.0 if a is None else float(float(a) == t) for a, t in zip(ans, y)])
+
+    ca, cb = correct(a_answers), correct(b_answers)
+    pa, pb = np.asarray(a_prob, float), np.asarray(b_prob, float)
+
+    def auc_diff(yy, p, q):
+        keep = ~(np.isnan(p) | np.isnan(q))
+        return _auc(yy[keep], p[keep]) - _auc(yy[keep], q[keep])
+
+    return {"accuracy": boot(lambda a, b: float(a.mean() - b.mean()), [ca, cb], groups, n_boot),
+            "auroc": boot(auc_diff, [y, pa, pb], groups, n_boot)}
+
+
 def row(y: np.ndarray, answers: list, prob: np.ndarray | None, groups: np.ndarray, steps: float, seconds: float,
         n_boot: int, **extra) -> dict:
     """Accuracy on all cases (an abstention, None, is wrong), AUROC, coverage, accuracy on answered cases."""
@@ -93,7 +118,14 @@ def gather(runner: Runner, ids: list[str]) -> tuple[dict, dict]:
     for cid in ids:
         v, steps = fixed_plan(runner.wf, runner.tb, cid, list(range(len(runner.wf.evidence))), runner.source.fill)
         values[cid] = v
-        secs[cid] = {s["evidence"]: s["seconds"] for s in steps}
+        # a value read from an earlier call of the same tool costs that call's seconds when the tool is used alone
+        by_call: dict[str, float] = {}
+        secs[cid] = {}
+        for s in steps:
+            key = json.dumps([s["tool"], s["arguments"]], sort_keys=True, default=str)
+            if not s.get("reused"):
+                by_call[key] = s["seconds"]
+            secs[cid][s["evidence"]] = by_call.get(key, s["seconds"])
     return values, secs
 
 
@@ -156,13 +188,15 @@ def compare(title: str, wf_data: dict, tb: Toolbox, folds: list[tuple[list[str],
                                   float(np.mean(votes)), d.info))
     rows = {f"majority class of the fitting cases ({'yes' if np.mean(majority) >= 0.5 else 'no'} mostly)":
             row(y, majority, None, groups, 0, 0.0, n_boot)}
+    alone = {}  # tool -> (answers, probabilities) on the measured cases, for the paired differences
     for ev in wf.evidence:
         p = np.array(single[ev.name])
+        alone[f"{ev.name} alone ({ev.tool})"] = (list((p >= 0.5).astype(int)), p)
         raw = np.array([np.nan if vals[c][ev.name] is None else vals[c][ev.name] for c in test])
         present = float(np.mean(~np.isnan(raw)))
         rows[f"{ev.name} alone ({ev.tool})"] = row(
             y, list((p >= 0.5).astype(int)), p, groups, 1, float(np.mean([secs[c][ev.name] for c in test])), n_boot,
-            note=f"(evidence present for {present:.0%} of the cases)" if present < 1 else None)
+            note=f"(evidence present for {present:.1%} of the cases)" if present < 1 else None)
     answers = [None if r["answer"] is None else int(r["answer"] == "yes") for r in records]
     probs = np.array([np.nan if r["probability"] is None else r["probability"] for r in records])
     dec = wf.decider
@@ -176,11 +210,16 @@ def compare(title: str, wf_data: dict, tb: Toolbox, folds: list[tuple[list[str],
             np.mean([r["steps"] for r in records]), np.mean([r["seconds"] for r in records]), n_boot)
     print_table(f"{title}: {len(test)} measured cases ({int(y.sum())} positive), deciders fitted on other cases "
                 f"({', '.join(str(len(f)) for f, _ in folds)} per fold)", rows)
+    best = max(alone, key=lambda k: (rows[k]["accuracy"]["value"], rows[k]["auroc"]["value"]))
+    diff = paired(y, answers, probs, *alone[best], groups, n_boot)
+    print(f"  workflow (the file's decider) minus the best single tool, {best}, on the same cases (paired, "
+          f"resampling {'pictures' if cases is not None else 'patients'}): accuracy {sfmt(diff['accuracy'])}, "
+          f"AUROC {sfmt(diff['auroc'])}", flush=True)
     llm = llm_rows(wf_data, tb, folds[0][0], vals, folds[0][1][:llm_cases], n_boot, cases, records, truth, runner)
     if llm:
         print_table(f"{title}, LLM planner/decider on the first {len(folds[0][1][:llm_cases])} measured cases "
                     "(beside the fixed plan + weighted decider on the same cases)", llm)
-    return {"rows": rows, "llm_rows": llm, "weights": weights}
+    return {"rows": rows, "llm_rows": llm, "weights": weights, "workflow_minus_best_tool": {"tool": best, **diff}}
 
 
 def llm_rows(wf_data: dict, tb: Toolbox, fit_ids, fit_vals, ids: list[str], n_boot: int, cases, records, truth,
