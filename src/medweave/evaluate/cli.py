@@ -132,6 +132,13 @@ def run(
                                "backend once (pip install 'medweave[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join "
                                           "(default: a local Ray instance)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Retrieved context: the K most similar "
+                                          "training QA pairs in each prompt (the task's context with k=K; 0: "
+                                          "none; default: as the task says)."),
+    context_from: Optional[Path] = typer.Option(None, "--context-from", help="The training file context draws "
+                                                "on (default: the other side of the task's split)."),
+    context_embeddings: Optional[Path] = typer.Option(None, "--context-embeddings", help="Embedding cache for "
+                                                      "context retrieval (e.g. a VQA model's embeddings.duckdb)."),
 ) -> None:
     """Ask every sample of a task, score it, write the run folder; resumable through the response cache."""
     from ..engine import Engine, EngineError
@@ -143,6 +150,14 @@ def run(
         t = load_task(task)
         if data is not None and t.split is not None:
             t = t.model_copy(update={"split": None})
+        if context is not None or context_from is not None or context_embeddings is not None:
+            from .tasks import ContextSpec
+
+            spec = (t.context or ContextSpec()).model_copy(update={k: v for k, v in (
+                ("k", context or None), ("from_", str(context_from.resolve()) if context_from else None),
+                ("embeddings", str(context_embeddings.resolve()) if context_embeddings else None)) if v is not None})
+            t = t.model_copy(update={"context": None if context == 0 else ContextSpec.model_validate(
+                spec.model_dump())})
         options = parse_option_pairs(opt)
         if model is not None:
             options["model"] = model

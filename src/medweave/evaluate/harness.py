@@ -46,6 +46,7 @@ class Request:
     variant: str = ""
     key: str = ""
     reference: str | None = None  # overrides the sample's (paired probes)
+    context: list | None = None    # the retrieved context entries in its prompt (task ``context``)
 
 
 @dataclass
@@ -69,9 +70,10 @@ def code_version() -> str:
 
 def build_messages(task: Task, sample: Sample, *, template: str | None = None, system: str | None = "task",
                    image: ImageData | None | str = "sample", shots: Sequence[tuple[Sample, str]] = (),
-                   images: dict | None = None) -> list[Message]:
+                   images: dict | None = None, context: Sequence | None = None) -> list[Message]:
     """The conversation for one sample: optional system prompt, few-shot turns (each example's picture
-    and question, then its answer as the assistant's turn), then the sample itself."""
+    and question, then its answer as the assistant's turn), then the sample itself; ``context``:
+    retrieved entries (``generate.context.ContextEntry``), a text block before the sample's prompt."""
     images = images if images is not None else {}
 
     def picture(s: Sample) -> ImageData | None:
@@ -81,8 +83,14 @@ def build_messages(task: Task, sample: Sample, *, template: str | None = None, s
             images[s.image] = ImageData.from_file(s.image)
         return images[s.image]
 
-    def turn(s: Sample, pic: ImageData | None, tmpl: str | None) -> Message:
+    def turn(s: Sample, pic: ImageData | None, tmpl: str | None, ctx: Sequence | None = None) -> Message:
         text = task.render(s, tmpl)
+        if ctx:
+            from ..generate.context import format_context
+
+            text = format_context(list(ctx)) + "\n" + text
+        if task.image_position == "none":
+            pic = None
         parts: list = [text] if pic is None else ([pic, text] if task.image_position == "before" else [text, pic])
         return Message("user", parts)
 
@@ -93,7 +101,7 @@ def build_messages(task: Task, sample: Sample, *, template: str | None = None, s
     for ex, answer in shots:
         out.append(turn(ex, picture(ex), template))
         out.append(Message("assistant", [answer]))
-    out.append(turn(sample, picture(sample) if image == "sample" else image, template))
+    out.append(turn(sample, picture(sample) if image == "sample" else image, template, context))
     return out
 
 
@@ -235,7 +243,9 @@ def sample_record(task: Task, req: Request, out: Outcome | None) -> dict[str, An
             "logprobs": gen.get("logprobs"),
             "prompt": canonical(req.messages) if req.messages else None,
             "images": [p.sha256 for m in req.messages for p in m.images] if req.messages else [],
-            "meta": {k: v for k, v in s.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}}
+            "meta": {k: v for k, v in s.meta.items() if isinstance(v, (str, int, float, bool)) or v is None},
+            **({"context": [{"id": e.id, "score": round(e.score, 4)} for e in req.context]}
+               if req.context is not None else {})}
 
 
 def score_records(task: Task, records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -335,13 +345,23 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
         t1, c1 = time.perf_counter(), time.thread_time()
         pictures: dict = {}
         reqs = []
+        retrieved = None
+        t_ctx = 0.0
+        if task.context is not None:
+            from .context import ContextRetriever, context_pool
+
+            tc = time.perf_counter()
+            emb = task.path(task.context.embeddings) if task.context.embeddings else out / "context.duckdb"
+            retrieved = ContextRetriever(task, context_pool(task, data), emb).retrieve(samples)
+            t_ctx = time.perf_counter() - tc
         for s in samples:
+            ctx = retrieved.get(s.id, []) if retrieved is not None else None
             try:
-                msgs = build_messages(task, s, images=pictures) if s.error is None else []
+                msgs = build_messages(task, s, images=pictures, context=ctx) if s.error is None else []
             except OSError as exc:
                 s.error = f"sample {s.id}: image {s.image} cannot be read ({exc})"
                 msgs = []
-            reqs.append(Request(s, msgs))
+            reqs.append(Request(s, msgs, context=ctx))
         outcomes = ex.run(reqs, f"{task.name} × {backend.name}")
         records = [sample_record(task, r, outcomes.get(r.key)) for r in reqs]
         t_ask, c_ask = time.perf_counter() - t1, time.thread_time() - c1
@@ -374,6 +394,7 @@ def run_task(task: Task, backend: Backend, out_dir: str | Path, *, data: str | P
         # (what other load on the machine does not inflate). Loading the task, the bootstrap and the
         # files are per run: load_seconds, score_seconds, and the rest of wall_seconds.
         "timing": {"wall_seconds": wall, "main_seconds": t_main, "load_seconds": t_load, "ask_seconds": t_ask,
+                   "context_seconds": t_ctx,
                    "score_seconds": t_score,
                    "overhead_ms_per_sample": 1000 * (t_ask - main_stats["backend_seconds"]) / max(len(samples), 1)
                    if ex.concurrency == 1 else None,

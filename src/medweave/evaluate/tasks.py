@@ -9,12 +9,13 @@ images: ${MEDWEAVE_DATA}/vqa-rad/images      # optional (default: images/ or img
 split: {name: testlike, side: held, frac: 0.15, seed: 0}   # optional: one side of a medweave.vqa split
 prompt: "{question}"                 # fields: question, options, letters, findings, any metadata field
 system: null                         # optional system prompt
-image_position: before               # the image part before or after the text
+image_position: before               # the image part before or after the text (none: not sent)
 extract: auto                        # see medweave.evaluate.extract.EXTRACTORS
 metrics: [overall_acc, closed_acc, open_acc, closed_acc_yesno, open_recall]
 breakdown: [question_type, organ]    # metadata fields whose values get their own overall score
 generation: {max_tokens: 32}         # temperature 0 unless said
 probes: {paired: {facts_from: ${MEDWEAVE_DATA}/vqa-rad/trainset.json}}
+context: {kind: retrieved, k: 3}     # optional: similar training QA pairs in each prompt (evaluate.context)
 ```
 
 ``${VAR}`` expands from the environment (``${MEDWEAVE_DATA}`` defaults to the shared data folder);
@@ -61,6 +62,18 @@ class SplitSpec(_Strict):
         return v
 
 
+class ContextSpec(_Strict):
+    """Retrieved context (``medweave.evaluate.context``): the k most similar training question-answer
+    pairs in each prompt; ``from``: the training file (default: the other side of the task's split)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    kind: Literal["retrieved"] = "retrieved"
+    k: int = Field(3, ge=1, le=50)
+    from_: Optional[str] = Field(None, alias="from")
+    images: Optional[str] = None
+    embeddings: Optional[str] = None  # an embedding cache (default: RUN_DIR/context.duckdb)
+
+
 class Task(_Strict):
     name: str
     description: str = ""
@@ -72,13 +85,14 @@ class Task(_Strict):
     fields: dict[str, str] = {}
     prompt: str = "{question}"
     system: Optional[str] = None
-    image_position: Literal["before", "after"] = "before"
+    image_position: Literal["before", "after", "none"] = "before"  # none: the picture is not sent (text-only models)
     extract: str = "auto"
     metrics: list[str] = ["overall_acc"]
     breakdown: list[str] = []
     cluster: Literal["image", "sample"] = "image"
     generation: dict[str, Any] = {}
     probes: dict[str, dict[str, Any]] = {}
+    context: Optional[ContextSpec] = None
     source: str = ""  # the file it was read from (set on load)
 
     @field_validator("layout", "extract", "metrics", "probes")
@@ -187,5 +201,6 @@ def load_task(name_or_path: str | Path) -> Task:
         allowed = ", ".join(k for k in Task.model_fields if k != "source")
         msgs = validation_messages(exc)
         if any(m.startswith("unknown key") for m in msgs):
-            msgs.append(f"allowed keys: {allowed} (split: {', '.join(SplitSpec.model_fields)})")
+            msgs.append(f"allowed keys: {allowed} (split: {', '.join(SplitSpec.model_fields)}; context: kind, k, "
+                        "from, images, embeddings)")
         raise TaskError(f"{path}: {'; '.join(msgs)}") from None

@@ -15,6 +15,11 @@ the embedding that a file of those bytes gives. A new picture is decoded as trai
 (grayscale, 8 bit) and encoded once, on ``threads`` torch threads (default 1: a single picture gains
 nothing from more, and on a busy machine multi-threaded encoding was measured at 17-23 s per picture
 instead of a fraction of a second); its embedding is kept in memory (up to ``memory_pictures``).
+
+Retrieved context in the prompt (a harness task's ``context``: ``generate.context``) is taken out of
+the text before the question is read. A model trained with context (``vqa train --context K``) takes
+those examples' answers and similarities as its context input; without such a block it retrieves
+its own (the training memory); a model trained without context ignores the block.
 """
 
 from __future__ import annotations
@@ -182,8 +187,10 @@ class BuiltinBackend(Backend):
         return hit
 
     # -- answering -------------------------------------------------------------------------------
-    def answer(self, image: ImageData | np.ndarray | None, question: str) -> dict[str, Any]:
-        """The answer to one question about one picture: answer, probability, type assumed."""
+    def answer(self, image: ImageData | np.ndarray | None, question: str, context: list | None = None) -> dict[str, Any]:
+        """The answer to one question about one picture: answer, probability, type assumed. ``context``:
+        retrieved entries from the prompt (``generate.context.ContextEntry``), the context input of a
+        model trained with context (else it retrieves its own); other models ignore them."""
         if image is None:
             raise BackendError("the builtin VQA answerer answers questions about a picture: send an image part",
                                "input")
@@ -192,10 +199,20 @@ class BuiltinBackend(Backend):
         with self._lock:
             img = self.picture_embedding(image)
             q = self.question_embedding(question)
-            pred = self.model.predict(img[None], q[None])[0]
+            ctx, used = None, None
+            if self.model.cfg.context:
+                if context:
+                    ctx = self.model.context_from_answers([[e.answer for e in context]], [[e.score for e in context]])
+                    used = {"context_source": "prompt", "context_ids": [e.id for e in context]}
+                else:
+                    ctx, rows, _ = self.model.context_features(img[None], q[None])
+                    used = {"context_source": "model memory",
+                            "context_ids": [str(self.model.cases[i].get("qid", i)) for i in rows[0] if i >= 0]}
+            pred = self.model.predict(img[None], q[None], ctx)[0]
         return {"answer": pred.answer, "probability": float(pred.prob),
                 "type": "closed" if pred.closed else "open", "p_closed": float(pred.p_closed),
-                "memory_weight": float(pred.from_memory), "question": question, "_img": img, "_q": q}
+                "memory_weight": float(pred.from_memory), "question": question, **(used or {}),
+                "_img": img, "_q": q}
 
     def similar_cases(self, img: np.ndarray, q: np.ndarray, k: int = 3) -> list[dict]:
         return self.model.similar_cases(img[None], q[None], k)
@@ -204,8 +221,11 @@ class BuiltinBackend(Backend):
         users = [m for m in messages if m.role == "user"]
         if not users:
             raise BackendError("no message with role 'user' to answer", "input")
-        question = question_from_prompt(users[-1].text)
-        out = self.answer(conversation_image(messages), question)
+        from .context import split_context
+
+        entries, text = split_context(users[-1].text)
+        question = question_from_prompt(text)
+        out = self.answer(conversation_image(messages), question, entries)
         return Generation(text=out["answer"], prompt_tokens=len(question.split()),
                           completion_tokens=len(out["answer"].split()),
                           logprobs=[{"token": out["answer"], "logprob": math.log(max(out["probability"], 1e-12))}],
