@@ -59,6 +59,7 @@ def test_context_reaches_the_prompt_and_the_record_and_never_leaks(tmp_path, tin
     for r in recs:
         ids = [c["id"] for c in r["context"]]
         assert len(ids) == 2 and set(ids) <= train_ids and r["id"] not in ids   # training side only
+        assert all(-1.0 <= c["score"] <= 1.0 for c in r["context"])           # a mean of two cosines
         text = json.dumps(r["prompt"], ensure_ascii=False).replace("\\n", "\n")
         assert HEADER in text and all(f"[{i}]" in text for i in ids)             # in the prompt, citable
     assert all("context" not in r for r in load_run(tmp_path / "without")["records"])

@@ -63,6 +63,7 @@ class ContextRetriever:
 
     def __init__(self, task, pool: list[Sample], cache_path: str | Path):
         from ..vqa.features import embed_questions, open_cache
+        from ..vqa.model import _l2
 
         self.task, self.pool, self.k = task, pool, task.context.k
         if not pool:
@@ -70,7 +71,7 @@ class ContextRetriever:
         self.cache_path = Path(cache_path)
         self._open = open_cache
         with open_cache(self.cache_path) as cache:
-            self.mem_img = self._pictures([s.image for s in pool], cache)
+            self.mem_img = _l2(self._pictures([s.image for s in pool], cache))  # neighbours wants it normalised
             self.mem_q = embed_questions([s.question for s in pool], cache)
         self._hash = [_picture_hash(s.image) for s in pool]
         self._text = [_text(s.question) for s in pool]
