@@ -6,13 +6,24 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from ..explain import PARTS, ExplainError, explain
 from .state import (ERROR_RESPONSES, ServeError, ServerState, check_type, decode_image, image_embedding, nearest, safe_filename,
                     save_within, _plain)
+
+
+PARTS_PATTERN = "^(" + "|".join(PARTS) + ")?(,(" + "|".join(PARTS) + ")?)*$"
+
+
+class Health(BaseModel):
+    status: str
+    store: Optional[str] = None
+    model: Optional[str] = None
+    cases: Optional[int] = None
+    vqa: Optional[str] = None
 
 
 class PredictRequest(BaseModel):
@@ -27,8 +38,8 @@ def build_router() -> APIRouter:
     r = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 
     @r.get("/health", summary="Liveness and what is loaded")
-    def health(request: Request) -> dict[str, Any]:
-        return {"status": "ok", **state_of(request).loaded()}
+    def health(request: Request) -> Health:
+        return Health(status="ok", **state_of(request).loaded())
 
     @r.get("/cohort", summary="Cases, splits, presence per modality, targets")
     def cohort(request: Request) -> dict[str, Any]:
@@ -55,10 +66,14 @@ def build_router() -> APIRouter:
         return state_of(request).model().predict(body.case_id)
 
     @r.get("/cases/{case_id}/explain", summary="Explain one case (parts: modalities, tabular, image, text)")
-    def explain_case(request: Request, case_id: str, parts: str = "modalities,tabular,image,text") -> dict[str, Any]:
+    def explain_case(request: Request, case_id: str,
+                     parts: str = Query("modalities,tabular,image,text", pattern=PARTS_PATTERN,
+                                        description="comma-separated: " + ", ".join(PARTS)),
+                     fast: Optional[str] = Query(None, description="present: image saliency by occlusion only "
+                                                 "(no integrated gradients)")) -> dict[str, Any]:
         wanted = [p for p in parts.split(",") if p]
         return explain(state_of(request).model(), case_id, parts=wanted or PARTS, image_methods=("occlusion",)
-                       if "fast" in request.query_params else ("integrated_gradients", "occlusion"))
+                       if fast is not None else ("integrated_gradients", "occlusion"))
 
     @r.get("/cases/{case_id}/similar", summary="Cases with the closest embedding of one modality")
     def similar(request: Request, case_id: str, modality: str = "image", k: int = 5) -> dict[str, Any]:
@@ -79,7 +94,7 @@ def build_router() -> APIRouter:
         return {"similar": st.with_reports(nearest(ctx, image_embedding(arr), "image", k))}
 
     @r.post("/upload", summary="Upload files and ingest them into the store (size limit, type check)")
-    async def upload(request: Request, files: List[UploadFile] = File(...)) -> dict[str, Any]:
+    async def upload(request: Request, files: List[UploadFile] = File(..., min_length=1)) -> dict[str, Any]:
         st = state_of(request)
         folder = st.upload_dir()
         try:
@@ -96,7 +111,8 @@ def build_router() -> APIRouter:
         return st.ingest_folder(folder)
 
     @r.post("/ask", summary="Ask a question about an image (VQA model), with similar cases")
-    async def ask(request: Request, question: str = Form(...), image: Optional[UploadFile] = File(None),
+    async def ask(request: Request, question: str = Form(..., pattern=r"\S", description="the question (not blank)"),
+                  image: Optional[UploadFile] = File(None),
                   k: int = Form(5)) -> dict[str, Any]:
         st = state_of(request)
         if not question.strip():

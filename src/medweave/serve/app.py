@@ -36,8 +36,9 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("medweave.serve")
 
 
-def error_response(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def error_response(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -59,7 +60,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = "not found: see /docs for the routes" if exc.status_code == 404 else str(exc.detail)
-        return error_response(exc.status_code, message, "invalid_request_error")
+        if exc.status_code == 405:  # with the Allow header Starlette sets (RFC 9110)
+            message = f"method {request.method} not allowed here; allowed: {(exc.headers or {}).get('Allow', '?')}"
+        return error_response(exc.status_code, message, "invalid_request_error", getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _other(request: Request, exc: Exception):

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, List, Literal, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from .state import ERROR_RESPONSES, ServeError, ServerState
 
@@ -48,17 +49,79 @@ def stream_chunks(result: dict[str, Any]):
     yield "data: [DONE]\n\n"
 
 
+# The request body as the OpenAPI document describes it (parsed by ``parse_messages``, whose errors name
+# the field: a 400, as OpenAI answers, rather than FastAPI's 422). Schema-valid bodies may still be
+# answered 400/415: a conversation without a picture, a data URL that is not an image.
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}
+_IMAGE_PART = {"type": "object", "required": ["type", "image_url"],
+               "properties": {"type": {"enum": ["image_url"]},
+                              "image_url": {"type": "object", "required": ["url"], "properties": {
+                                  "url": {"type": "string", "description": "a data: URL (nothing is fetched)"}}}}}
+CHAT_REQUEST = {"type": "object", "required": ["messages"], "properties": {
+    "model": {"type": "string"},
+    "messages": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["role", "content"], "properties": {
+            "role": {"enum": ["system", "user", "assistant"]},
+            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}}]}}}},
+    "stream": {"type": "boolean"}, "logprobs": {"type": "boolean"},
+    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}}}
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: List[ModelCard]
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+    logprobs: Optional[dict] = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: List[ChatChoice]
+    usage: Usage
+
+
 def build_router() -> APIRouter:
     r = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
     @r.get("/models", summary="OpenAI-compatible model list (the VQA model, when loaded)")
-    def models(request: Request) -> dict[str, Any]:
+    def models(request: Request) -> ModelList:
         st: ServerState = request.app.state.medweave
         data = [] if st.answerer is None else [{"id": st.answerer.name, "object": "model", "created": 0,
                                                  "owned_by": "medweave"}]
-        return {"object": "list", "data": data}
+        return ModelList(object="list", data=data)
 
-    @r.post("/chat/completions", summary="OpenAI-compatible chat completion answered by the VQA model")
+    @r.post("/chat/completions", summary="OpenAI-compatible chat completion answered by the VQA model",
+            response_model=ChatCompletion,
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST}}}},
+            responses={200: {"description": "The completion (with stream: server-sent chat.completion.chunk events)",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
     async def chat(request: Request):
         from ..generate import BackendError, MessageError, parse_messages
 
