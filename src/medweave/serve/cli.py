@@ -34,6 +34,9 @@ def serve_command(
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Size limit per uploaded file."),
     rate_limit: float = typer.Option(20.0, "--rate-limit", help="Requests per second per client address "
                                      "(bursts of twice that; then 429); 0: no limit. Loopback clients are exempt."),
+    rate_limit_loopback: bool = typer.Option(False, "--rate-limit-loopback", help="Rate-limit loopback clients too "
+                                             "(a load test; a reverse proxy on this machine, whose clients all "
+                                             "come from loopback, shares one limit)."),
 ) -> None:
     """Serve any combination of a store, a fusion model and a VQA model (at least one): REST with OpenAPI
     docs (/docs), OpenAI-compatible /v1/chat/completions, and the web UI (/)."""
@@ -47,7 +50,7 @@ def serve_command(
     try:
         check_exposure(host, token)
         app = create_app(store, model, vqa_model, token=token, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                         rate_limit=rate_limit)
+                         rate_limit=rate_limit, rate_limit_loopback=rate_limit_loopback)
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
