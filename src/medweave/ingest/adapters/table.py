@@ -646,7 +646,7 @@ class _Table:
     def times(self, col: str | None) -> list[Any]:
         if not col:
             return [None] * self.n
-        return [None if v is None else v.to_pydatetime() for v in to_objects(self.dates[col])]
+        return [_pydatetime(v) for v in to_objects(self.dates[col])]
 
     def column(self, col: str | None, convert=None) -> list[Any]:
         if not col:
@@ -775,3 +775,14 @@ class CsvAdapter(Adapter):
         if not len(table):
             return iter(())
         return _Table(table, spec, path, ctx).items()
+
+
+def _pydatetime(v: Any) -> Any:
+    """A pandas timestamp as a datetime; one before year 1 (a date of year 0 or less, or shifted there by
+    de-identification) has no datetime and is unknown, as an unparseable date is."""
+    if v is None:
+        return None
+    try:
+        return v.to_pydatetime()
+    except (ValueError, OverflowError):
+        return None

@@ -370,7 +370,7 @@ class WfdbAdapter(Adapter):
             "sampling_rate": float(record.fs),
             "n_channels": int(record.n_sig),
             "n_samples": int(signal.shape[1]),
-            "channel_names": ",".join(record.sig_name),
+            "channel_names": ",".join(n or "" for n in record.sig_name),  # a signal line may name none
         }
         if age is not None:
             fields["age"] = age
