@@ -63,7 +63,7 @@ def main() -> None:
 
     from medweave.evaluate.tasks import load_task
     from medweave.generate import load_backend
-    from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, start_llama_server
+    from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, llama_server
 
     work = Path(tempfile.mkdtemp(prefix="mw-harness-bench-"))
     rows: list[tuple] = []
@@ -104,9 +104,8 @@ def main() -> None:
             row("llama-cpp in-process, anatomy-mcq", wall, cpu, info,
                 extra=f"backend {1000 * info['counts']['backend_seconds'] / n:.0f} ms/sample")
             answers_in_process = [r["extracted"] for r in _records(work / "llama-in-process")]
-        proc, url = start_llama_server(gguf, work / "llama-server.log")
-        server = psutil.Process(proc.pid)
-        try:
+        with llama_server(gguf, work / "llama-server.log") as (proc, url):
+            server = psutil.Process(proc.pid)
             for c in (1, 4):
                 with load_backend("openai", base_url=url, images=False, concurrency=c) as srv:
                     s0 = sum(server.cpu_times()[:2])
@@ -121,9 +120,6 @@ def main() -> None:
                 wall, cpu, info = timed_run(task, srv, work / "llama-server-4", limit=args.samples, concurrency=4)
                 assert info["counts"]["sent"] == 0
                 row("llama.cpp server, fully cached re-run", wall, cpu, info, cached=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
     print(f"{'run':52s} {'n':>4s} {'wall s':>7s} {'samples/s':>9s} {'harness ms':>10s} {'CPU ms':>7s} "
           f"{'load s':>6s} {'loadavg':>7s}  notes")
     for label, n, wall, rate, over, over_cpu, load, la, extra in rows:

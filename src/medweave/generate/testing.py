@@ -5,6 +5,7 @@ tokenizer and a chat template. Test support for the ``transformers`` backend."""
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 WORDS = ("yes no left right chest head abdomen ct mri x-ray lung liver brain heart normal fracture mass "
@@ -150,3 +151,18 @@ def start_llama_server(gguf: Path, log: Path | None = None, n_ctx: int = 2048, t
             time.sleep(0.3)
     proc.kill()
     raise TimeoutError(f"llama_cpp.server at {url} not ready after {timeout} s")
+
+
+@contextmanager
+def llama_server(gguf: Path, log: Path | None = None, **kwargs):
+    """``start_llama_server`` as a block: yields (process, base URL); the server is stopped on leaving it."""
+    proc, url = start_llama_server(gguf, log, **kwargs)
+    try:
+        yield proc, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except Exception:  # noqa: BLE001 - a server that ignores SIGTERM is killed
+            proc.kill()
+            proc.wait()
