@@ -160,7 +160,11 @@ def store_content(root: Path) -> tuple[set, dict]:
                 header = {e.tag: str(e.value) for e in ds if e.tag != 0x7FE00010}
             kept = {k: v for k, v in meta.items() if k not in ("transfer_syntax", "transfer_syntax_name",
                                                                  "members", "members_digest")}
-            items[key] = (tuple(fields), json.dumps(kept, sort_keys=True), header)
+            # items derived from an instance without their own UID (structured-report text, waveform
+            # signals) share a key: compared as a list in a fixed order, not as whichever row came last
+            items.setdefault(key, []).append((tuple(fields), json.dumps(kept, sort_keys=True), header))
+    for values in items.values():
+        values.sort(key=lambda v: json.dumps(v, sort_keys=True, default=str))
     return patients | {("study",) + s for s in studies}, items
 
 
