@@ -6,6 +6,7 @@ memory blow-up."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import resource
 import time
 
@@ -104,3 +105,41 @@ def test_a_csv_with_a_100_mb_line(tmp_path):
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert not rep.unexpected and rep.n_failed == 1 and "field limit" in rep.errors[0][1], (rep.errors, rep.skipped)
     assert grown_mb < 100 * 12, grown_mb  # a bounded multiple of the input
+
+
+def _dicom_lengths_past_the_end(tmp_path):
+    """Real files of pydicom-data made to lie about their lengths: truncated inside the pixel data, a pixel
+    data length patched past the end, an encapsulated fragment length patched past the end, and an
+    encapsulated file cut before its delimiter."""
+    import struct
+
+    import pydicom.data
+
+    emri = Path(pydicom.data.get_testdata_file("emri_small.dcm")).read_bytes()  # native, explicit VR LE
+    at = emri.rindex(b"\xe0\x7f\x10\x00OW")
+    declared = struct.unpack_from("<I", emri, at + 8)[0]
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "cut.dcm").write_bytes(emri[:at + 12 + 1000])  # 1000 bytes of pixel data left
+    (d / "patched.dcm").write_bytes(emri[:at + 8] + struct.pack("<I", declared + 4096) + emri[at + 12:])
+    jpeg = Path(pydicom.data.get_testdata_file("MR2_J2KI.dcm")).read_bytes()  # encapsulated JPEG 2000
+    item = jpeg.index(b"\xfe\xff\x00\xe0", jpeg.rindex(b"\xe0\x7f\x10\x00"))  # the offset table
+    first = item + 8 + struct.unpack_from("<I", jpeg, item + 4)[0]  # the first fragment
+    (d / "fragment.dcm").write_bytes(jpeg[:first + 4] + struct.pack("<I", 10**6) + jpeg[first + 8:])
+    (d / "no-delimiter.dcm").write_bytes(jpeg[:-200])
+    (d / "good.dcm").write_bytes(emri)
+    return d, declared
+
+
+def test_dicom_lengths_past_the_end_of_the_file_are_reported(tmp_path):
+    d, declared = _dicom_lengths_past_the_end(tmp_path)
+    rep, seconds, items = _ingest(d, tmp_path)
+    reasons = {Path(p).name: r for p, r in rep.errors}
+    assert rep.n_ok == 1 and rep.n_failed == 4 and not rep.unexpected, (rep.errors, rep.unexpected)
+    assert set(reasons) == {"cut.dcm", "patched.dcm", "fragment.dcm", "no-delimiter.dcm"}, reasons
+    assert reasons["cut.dcm"] == (f"element (7FE0,0010) PixelData declares {declared} bytes but only 1000 are "
+                                  "left in the file (truncated, or a wrong length)"), reasons
+    assert f"declares {declared + 4096} bytes but only {declared} are left" in reasons["patched.dcm"], reasons
+    assert "pixel data item 1 declares 1000000 bytes but only" in reasons["fragment.dcm"], reasons
+    assert "before its delimiter (FFFE,E0DD): truncated" in reasons["no-delimiter.dcm"], reasons
+    assert list(items["source_path"].map(lambda p: Path(p).name)) == ["good.dcm"]

@@ -31,6 +31,8 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import iter_pixels
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -126,14 +128,68 @@ def read_dataset(data: bytes) -> tuple[Dataset, dict[int, tuple[int, int]] | Non
     if data[128:132] != b"DICM" and not _first_element_valid(data[:8], len(data)):
         raise IngestError("not a DICOM file: no DICM preamble and no valid element at offset 0")
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
         raise IngestError(f"not a readable DICOM file ({type(exc).__name__}: {exc}); "
                           "expected a DICOM Part 10 file or a raw DICOM data set") from exc
     if not any(tag.group > 0x0002 for tag in ds.keys()):
+        ended = [str(w.message) for w in caught if "End of file reached before delimiter" in str(w.message)]
+        if ended:  # pydicom drops the whole data set when an undefined-length value never ends
+            raise IngestError("the file ends inside an undefined-length value (pixel data fragments or a "
+                              "sequence) before its delimiter (FFFE,E0DD): truncated")
         raise IngestError("no DICOM data elements found; expected a DICOM data set")
+    _check_lengths(ds)
     _ensure_transfer_syntax(ds)
     return ds, element_spans(ds, data)
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _element_name(tag: int) -> str:
+    name = keyword_for_tag(tag) or "an element"
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}"
+
+
+def _check_lengths(ds: Dataset) -> None:
+    """Refuse a file whose declared lengths point past its end (a truncated file, or a length
+    patched or written wrong). pydicom reads such a value short without a word, and a short pixel
+    value could then be decoded or padded into a picture the file does not hold. Checked: every
+    top-level element of defined length (the file meta's too), and the fragments of encapsulated
+    (undefined-length) pixel data. The fast reader never gets here: it hands every such file to
+    pydicom."""
+    meta = getattr(ds, "file_meta", None)
+    for elements in (meta._dict if meta is not None else {}, ds._dict):
+        for tag, elem in elements.items():
+            if not isinstance(elem, RawDataElement) or not isinstance(elem.value, (bytes, bytearray)):
+                continue
+            left = len(elem.value)
+            if elem.length != UNDEFINED_LENGTH:
+                if left < elem.length:
+                    raise IngestError(f"element {_element_name(tag)} declares {elem.length} bytes but only "
+                                      f"{left} are left in the file (truncated, or a wrong length)")
+            elif tag == 0x7FE00010:
+                _check_fragments(elem.value, 0 if elem.is_little_endian else 1)
+
+
+def _check_fragments(value: bytes, big: int) -> None:
+    """The items of encapsulated pixel data (offset table, fragments) each fit what is left."""
+    fmt = ">HHI" if big else "<HHI"
+    pos, n = 0, 0
+    while pos + 8 <= len(value):
+        group, element, length = struct.unpack_from(fmt, value, pos)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return
+        if (group, element) != (0xFFFE, 0xE000):
+            return  # not an item: pydicom's decoder reports it
+        left = len(value) - pos - 8
+        if length != UNDEFINED_LENGTH and length > left:
+            raise IngestError(f"pixel data item {n} declares {length} bytes but only {left} are left in the "
+                              "file (truncated, or a wrong length)")
+        pos += 8 + length
+        n += 1
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
