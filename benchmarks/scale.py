@@ -212,15 +212,18 @@ def run_stage(stage: str, root: Path, n: int) -> dict:
 
         cohort = Cohort.load(root / "cohort.parquet")
         if stage in ("encode", "train data"):
+            # as `medweave train` builds its inputs: written once to a folder beside the store, read by rows
             cache = EmbeddingCache(root / "store-embeddings.duckdb")
             try:
-                ds, _, info = pl.build_dataset(cfg, cohort, st, cache, progress=False)
+                with pl.arrays_folder(root / "store") as arrays_dir:
+                    ds, _, info = pl.build_dataset(cfg, cohort, st, cache, progress=False, arrays_dir=arrays_dir)
             finally:
                 cache.close()
-            if stage == "train data":  # one pass over the training batches, as fit takes them
+            if stage == "train data":  # one pass over the training batches, as fit takes them (shuffled)
                 tr = ds.subset(np.flatnonzero(cohort.table["split"].to_numpy() == "train"))
+                perm = np.random.default_rng(0).permutation(len(tr))
                 for start in range(0, len(tr), cfg.train.batch_size):
-                    tr.subset(np.arange(start, min(len(tr), start + cfg.train.batch_size))).tensors()
+                    tr.tensors(perm[start:start + cfg.train.batch_size])
             return {"cases": len(ds), "failures": len(info["failures"])}
     if stage == "train":
         pl.train_experiment(cfg, root / "model", progress=False)

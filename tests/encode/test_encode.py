@@ -136,3 +136,27 @@ def test_cases_encoded_chunk_by_chunk_give_the_same_embeddings(store, tmp_path):
             np.testing.assert_array_equal(part.mask[m], whole.mask[m])
             np.testing.assert_allclose(part.arrays[m], whole.arrays[m], rtol=1e-5, atol=1e-6)  # (batches differ)
     assert (~whole.mask["text"]).any() and whole.mask["image"].all()
+
+
+def test_cases_encoded_to_disk_give_the_same_arrays_read_by_rows(store, tmp_path):
+    """``out_dir``: each chunk's case rows are appended to MODALITY.npy and the arrays come back as
+    DiskArrays; the floats (NaN rows of absent cases included) are those of the in-memory arrays."""
+    from medweave.cohort import simulate_missing
+    from medweave.encode.arrays import DiskArray
+
+    cohort = simulate_missing(build_cohort(store), "text", "mcar", rate=0.4, seed=2)
+    cache = EmbeddingCache(tmp_path / "cache.duckdb")
+    mem = encode_cohort(cohort, store, progress=False, modalities=["image", "text"], cache=cache, chunk_cases=4)
+    (tmp_path / "arrays").mkdir()
+    disk = encode_cohort(cohort, store, progress=False, modalities=["image", "text"], cache=cache, chunk_cases=4,
+                         out_dir=tmp_path / "arrays")
+    cache.close()
+    for m in ("image", "text"):
+        assert isinstance(disk.arrays[m], DiskArray) and disk.arrays[m].shape == mem.arrays[m].shape
+        assert (tmp_path / "arrays" / f"{m}.npy").is_file()
+        np.testing.assert_array_equal(np.asarray(disk.arrays[m]), mem.arrays[m])  # NaN == NaN here
+        np.testing.assert_array_equal(disk.mask[m], mem.mask[m])
+        np.testing.assert_array_equal(np.load(tmp_path / "arrays" / f"{m}.npy"), mem.arrays[m])
+    assert np.isnan(np.asarray(disk.arrays["text"])[~disk.mask["text"]]).all()
+    sub = disk.subset(np.array([5, 0, 3]))
+    np.testing.assert_array_equal(np.asarray(sub.arrays["image"]), mem.arrays["image"][[5, 0, 3]])

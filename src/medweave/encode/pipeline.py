@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from ..engine import LOCAL, Engine
 from ..progress import progress_bar
+from .arrays import DiskArrayWriter, take_rows
 from .base import DEFAULT_ENCODERS, get_encoder
 from .cache import EmbeddingCache
 from .loaders import load_item
@@ -23,13 +24,13 @@ from .loaders import load_item
 @dataclass
 class CaseEmbeddings:
     case_ids: list[str]
-    arrays: dict[str, np.ndarray]  # modality -> (cases, dim), NaN rows where absent
+    arrays: dict[str, np.ndarray]  # modality -> (cases, dim), NaN rows where absent (or a DiskArray)
     mask: dict[str, np.ndarray]  # modality -> (cases,) bool
     encoders: dict[str, dict] = field(default_factory=dict)  # modality -> encoder description
     failures: list[tuple[str, str]] = field(default_factory=list)  # (item_id, reason)
 
     def subset(self, index: np.ndarray) -> "CaseEmbeddings":
-        return CaseEmbeddings([self.case_ids[i] for i in index], {m: a[index] for m, a in self.arrays.items()},
+        return CaseEmbeddings([self.case_ids[i] for i in index], {m: take_rows(a, index) for m, a in self.arrays.items()},
                               {m: k[index] for m, k in self.mask.items()}, dict(self.encoders), list(self.failures))
 
 
@@ -104,12 +105,15 @@ CASE_CHUNK = 2048  # cases encoded together: memory holds one chunk's item rows 
 def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cache: EmbeddingCache | None = None,
                   modalities: Iterable[str] | None = None, progress: bool = True,
                   stats: EncodeStats | None = None, engine: Engine = LOCAL,
-                  chunk_cases: int = CASE_CHUNK) -> CaseEmbeddings:
+                  chunk_cases: int = CASE_CHUNK, out_dir: str | Path | None = None) -> CaseEmbeddings:
     """Case-level embeddings for the item modalities of a cohort (``table`` is featurised separately).
 
     Cases are taken ``chunk_cases`` at a time: their items' rows are read from the catalog, encoded
     (or found in the cache, which is where every vector goes), averaged into the cases' rows, and let
-    go, so memory holds the case-level arrays and one chunk, not every item vector of a modality."""
+    go, so memory holds the case-level arrays and one chunk, not every item vector of a modality.
+    With ``out_dir`` the case-level arrays are not held either: each chunk's rows are appended to
+    ``out_dir/MODALITY.npy`` and the arrays returned are ``DiskArray`` s over those files (read by
+    rows; the same floats as in memory)."""
     encoders = {**DEFAULT_ENCODERS, **(encoders or {})}
     mods = [m for m in (modalities or cohort.modalities) if m != "table"]
     arrays, masks, described, failures = {}, {}, {}, []
@@ -120,24 +124,28 @@ def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cach
             raise KeyError(f"no encoder for modality {m!r}; set one of: {', '.join(sorted(encoders))}")
         enc = get_encoder(encoders[m])
         described[m] = enc.describe()
-        arr = np.full((n, enc.dim), np.nan, dtype=np.float32)
+        writer = DiskArrayWriter(Path(out_dir) / f"{m}.npy", n, enc.dim) if out_dir is not None else None
+        arr = None if writer else np.full((n, enc.dim), np.nan, dtype=np.float32)
         present = np.zeros(n, dtype=bool)
         ids_per_case = cohort.table[f"{m}_items"]
         for first in range(0, n, step):
             chunk_ids = [list(ids) for ids in ids_per_case.iloc[first:first + step]]
+            block = arr[first:first + step] if writer is None else np.full((len(chunk_ids), enc.dim), np.nan,
+                                                                            dtype=np.float32)
             all_ids = sorted({i for ids in chunk_ids for i in ids})
-            if not all_ids:
-                continue
-            rows = store.con.execute(
-                "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
-                [all_ids]).df().to_dict("records")
-            hash_of = {r["item_id"]: r["content_hash"] for r in rows}
-            vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
-            for i, ids in enumerate(chunk_ids, start=first):
-                got = [vecs[hash_of[x]] for x in ids if x in hash_of and hash_of[x] in vecs]
-                if got:
-                    arr[i] = np.mean(got, axis=0)
-                    present[i] = True
-            del rows, hash_of, vecs
-        arrays[m], masks[m] = arr, present
+            if all_ids:
+                rows = store.con.execute(
+                    "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
+                    [all_ids]).df().to_dict("records")
+                hash_of = {r["item_id"]: r["content_hash"] for r in rows}
+                vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
+                for i, ids in enumerate(chunk_ids):
+                    got = [vecs[hash_of[x]] for x in ids if x in hash_of and hash_of[x] in vecs]
+                    if got:
+                        block[i] = np.mean(got, axis=0)
+                        present[first + i] = True
+                del rows, hash_of, vecs
+            if writer is not None:
+                writer.append(block)
+        arrays[m], masks[m] = (arr if writer is None else writer.close()), present
     return CaseEmbeddings(list(cohort.table["case_id"]), arrays, masks, described, failures)

@@ -105,7 +105,7 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
     what the embedding cache does not hold) and batch prediction run on it (default: the saved
     config's engine for encoding, prediction here)."""
     from ..train import load_checkpoint
-    from ..train.pipeline import apply_missing, checkpoint_dataset, prepare_eval_data
+    from ..train.pipeline import apply_missing, arrays_folder, checkpoint_dataset, prepare_eval_data
 
     model_dir = Path(model_dir)
     model, config = load_checkpoint(model_dir)
@@ -115,8 +115,11 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
         from ..config import EngineConfig
 
         cfg.engine = EngineConfig(kind=engine.kind, address=engine.address, num_cpus=engine.num_cpus)
+    # The inputs are written once to a temporary folder beside the store and read a batch at a time
+    # (the folder is removed on leaving; the open arrays keep reading their files until they go).
     try:
-        ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress)
+        with arrays_folder(Path(st.root)) as arrays_dir:
+            ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress, arrays_dir=arrays_dir)
     finally:
         cache.close()
         st.close()

@@ -7,9 +7,11 @@ tabular features (fitted on train) -> fit -> temperature scaling -> checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +22,7 @@ from .. import __version__
 from ..cohort import Cohort, build_cohort, simulate_missing
 from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
+from ..encode.arrays import write_disk_array
 from ..encode.base import DEFAULT_ENCODERS
 from ..fuse import HeadSpec
 from ..ingest import ingest
@@ -110,9 +113,12 @@ def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) ->
 
 def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: EmbeddingCache,
                   featurizer: TabularFeaturizer | None = None, specs: list[HeadSpec] | None = None,
-                  progress: bool = True) -> tuple[Dataset, TabularFeaturizer | None, dict]:
+                  progress: bool = True, arrays_dir: str | Path | None = None
+                  ) -> tuple[Dataset, TabularFeaturizer | None, dict]:
     """Model-ready arrays for every case of ``cohort``. The featurizer is fitted on the train split
-    when none is given."""
+    when none is given. With ``arrays_dir`` (an existing, empty folder) the inputs are written there
+    once, a chunk of cases at a time, and the dataset reads them by rows (``DiskArray``): memory
+    then holds the mask, the targets and one batch, not every case's vectors."""
     mods = list(cfg.model.modalities)
     item_mods = [m for m in mods if m != "table"]
     unknown = [m for m in item_mods if m not in cohort.modalities]
@@ -120,7 +126,7 @@ def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: Em
         raise PipelineError(f"model modality {unknown[0]!r} is not in the cohort; cohort modalities: "
                             f"{', '.join(cohort.modalities)} (and 'table' for covariates)")
     emb = encode_cohort(cohort, store, cfg.encoders, cache, modalities=item_mods, progress=progress,
-                        engine=cfg.engine.build())
+                        engine=cfg.engine.build(), out_dir=arrays_dir)
     inputs, mask_cols = dict(emb.arrays), [emb.mask[m] for m in item_mods]
     if "table" in mods:
         frame = tabular_frame(cohort, store)
@@ -128,7 +134,8 @@ def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: Em
             featurizer = TabularFeaturizer().fit(frame[cohort.table["split"].to_numpy() == "train"])
         x, present = featurizer.transform(frame)
         x[~present] = np.nan
-        inputs["table"] = x
+        inputs["table"] = x if arrays_dir is None else write_disk_array(Path(arrays_dir) / "table.npy", x)
+        del frame, x
         mask_cols.insert(mods.index("table"), present)
     specs = specs or head_specs(cfg, cohort)
     ds = Dataset(list(cohort.table["case_id"]), mods, {m: inputs[m] for m in mods},
@@ -146,17 +153,34 @@ class TrainResult:
     dataset: Dataset
 
 
+def arrays_folder(store_dir: Path) -> tempfile.TemporaryDirectory:
+    """A fresh folder for a run's case-level arrays, beside the store's embedding cache (on the same
+    disk, not in a RAM-backed /tmp); removed when the run ends (arrays still open keep reading it)."""
+    store_dir.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=f".{store_dir.name}-arrays-", dir=store_dir.parent)
+
+
 def train_experiment(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True,
-                     config_source: str | None = None) -> TrainResult:
+                     config_source: str | None = None, arrays_on_disk: bool = True) -> TrainResult:
+    """``arrays_on_disk``: the case-level inputs are written once to a temporary folder beside the
+    store and read a batch at a time (False: held in memory; the same model either way)."""
     model_dir = Path(model_dir)
     store_dir = Path(cfg.data.store) if cfg.data.store else model_dir / "store"
     ingest_data(cfg, store_dir, progress=progress)
+    with contextlib.ExitStack() as stack:
+        arrays_dir = stack.enter_context(arrays_folder(store_dir)) if arrays_on_disk else None
+        return _train(cfg, model_dir, store_dir, progress, config_source, arrays_dir)
+
+
+def _train(cfg: ExperimentConfig, model_dir: Path, store_dir: Path, progress: bool, config_source: str | None,
+           arrays_dir: str | None) -> TrainResult:
     with Store(store_dir) as store:
         cohort = make_cohort(cfg, store)
         cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
         try:
             specs = head_specs(cfg, cohort)
-            ds, featurizer, enc_info = build_dataset(cfg, cohort, store, cache, specs=specs, progress=progress)
+            ds, featurizer, enc_info = build_dataset(cfg, cohort, store, cache, specs=specs, progress=progress,
+                                                     arrays_dir=arrays_dir)
         finally:
             cache.close()
     ds, missingness = apply_missing(cohort, ds, cfg.missing)
@@ -231,13 +255,15 @@ def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] |
 
 
 def checkpoint_dataset(config: dict[str, Any], cfg: ExperimentConfig, cohort: Cohort, store: Store,
-                       cache: EmbeddingCache, progress: bool = True):
+                       cache: EmbeddingCache, progress: bool = True, arrays_dir: str | Path | None = None):
     """Model-ready arrays for ``cohort`` the way a saved model saw its training data: its own fitted
-    tabular featuriser and its heads' classes. Returns (dataset, featuriser, encode info)."""
+    tabular featuriser and its heads' classes (``arrays_dir``: on disk, see ``build_dataset``).
+    Returns (dataset, featuriser, encode info)."""
     featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
     classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
     specs = head_specs(cfg, cohort, classes)
-    ds, _, info = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress)
+    ds, _, info = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress,
+                                arrays_dir=arrays_dir)
     return ds, featurizer, info
 
 

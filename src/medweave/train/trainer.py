@@ -15,13 +15,17 @@ import numpy as np
 import torch
 
 from ..config import TrainSection as TrainConfig  # one definition: the config section
+from ..encode.arrays import take_rows
 from ..fuse import FUSERS, FusionModel, HeadSpec, head_loss, modality_dropout
 from ..progress import progress_bar
 
 
 @dataclass
 class Dataset:
-    """Model-ready arrays: per-modality inputs (NaN rows where absent), the mask, the targets."""
+    """Model-ready arrays: per-modality inputs (NaN rows where absent), the mask, the targets.
+
+    An input may be a ``DiskArray`` (``medweave.encode.arrays``): rows on disk, read a batch at a time
+    by ``tensors(index)``; training and prediction never read all of it at once."""
 
     case_ids: list[str]
     modalities: list[str]
@@ -34,8 +38,9 @@ class Dataset:
         return len(self.case_ids)
 
     def subset(self, index: np.ndarray) -> "Dataset":
+        """The cases ``index``; inputs kept on disk (``DiskArray``) stay there (nothing is read)."""
         return Dataset([self.case_ids[i] for i in index], list(self.modalities),
-                       {m: a[index] for m, a in self.inputs.items()}, self.mask[index],
+                       {m: take_rows(a, index) for m, a in self.inputs.items()}, self.mask[index],
                        {k: v[index] for k, v in self.targets.items()},
                        None if self.groups is None else np.asarray(self.groups)[index])
 
@@ -58,11 +63,12 @@ class Dataset:
         w = 1.0 / counts[inverse]
         return (w / w.mean()).astype(np.float32)
 
-    def tensors(self, index: np.ndarray | None = None):
+    def tensors(self, index: np.ndarray | None = None, targets: bool = True):
         idx = slice(None) if index is None else index
         x = {m: torch.from_numpy(np.ascontiguousarray(a[idx], dtype=np.float32)) for m, a in self.inputs.items()}
-        return x, torch.from_numpy(np.ascontiguousarray(self.mask[idx])), {
+        return x, torch.from_numpy(np.ascontiguousarray(self.mask[idx])), ({
             k: torch.from_numpy(np.ascontiguousarray(v[idx], dtype=np.float32)) for k, v in self.targets.items()}
+            if targets else {})
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -155,7 +161,11 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
     every epoch (the model in eval mode)."""
     gen = seed_everything(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    x_all, mask_all, t_all = train.tensors()
+    # Inputs are read a batch at a time (they may be on disk); the mask and targets, a few bytes a
+    # case, are held. A batch's rows are the same floats, in the same order, as when the whole input
+    # was one tensor indexed by the batch, so training is the same to the last bit.
+    mask_all = torch.from_numpy(np.ascontiguousarray(train.mask))
+    t_all = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in train.targets.items()}
     weights = presence_weights(train, model.head_specs) if cfg.balance_presence and hasattr(model, "order") else None
     case_w = torch.from_numpy(train.case_weights()) if cfg.balance_patients else None
     best, best_state, bad_epochs = math.inf, copy.deepcopy(model.state_dict()), 0
@@ -169,7 +179,7 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
             running = 0.0
             for start in range(0, len(train), cfg.batch_size):
                 idx = perm[start:start + cfg.batch_size]
-                x = {m: v[idx] for m, v in x_all.items()}
+                x = train.tensors(idx.numpy(), targets=False)[0]
                 mask = modality_dropout(mask_all[idx], cfg.modality_dropout, gen)
                 order = None
                 if cfg.random_order and hasattr(model, "order"):
