@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 import tarfile
 import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from defusedxml import DefusedXmlException, EntitiesForbidden
 from defusedxml import ElementTree as DefusedET
@@ -169,30 +170,65 @@ def _is_tar_gz(path: Path) -> bool:
     return path.name.lower().endswith((".tgz", ".tar.gz", ".tar"))
 
 
-def _tar_index(path: Path, ctx: IngestContext) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
+# Expansion limits of an archive of reports (a tar or zip "bomb" expands a thousandfold). The Indiana
+# collection's NLMCXR_reports.tgz (1.1 MB) holds 3,955 reports of at most 9 KB: 20.8 MB, 18.7 times its size.
+OPENI_MAX_REPORT_BYTES = 16 * 2**20  # one report (a loose .xml file or an archive member): 1,800x the largest
+OPENI_MAX_EXPANSION_RATIO = 100  # the members so far, against the archive's size on disk ...
+OPENI_RATIO_FLOOR_BYTES = 2**20  # ... once they pass 1 MiB (a tiny archive of one report may be 30x)
+OPENI_MAX_ARCHIVE_BYTES = 2**32  # all members of one archive: 4 GiB
+
+
+@dataclass
+class _TarIndex:
+    tar: tarfile.TarFile
+    members: dict[str, tarfile.TarInfo]  # the XML members, by name, in archive order
+    refused: dict[str, str]  # member name -> why it is not read (over a limit)
+
+
+def _tar_index(path: Path, ctx: IngestContext) -> _TarIndex:
     """The tar archive at ``path``, opened once per run, with its XML members indexed by name.
 
-    Members are read in archive order, so the compressed stream is decoded once from start to end."""
+    Members are read in archive order, so the compressed stream is decoded once from start to end. The
+    sizes in the member headers are checked against the limits above before anything is read: a member
+    over ``OPENI_MAX_REPORT_BYTES`` is refused (and skipped over); when the members reach
+    ``OPENI_MAX_EXPANSION_RATIO`` times the archive's size (past ``OPENI_RATIO_FLOOR_BYTES``) or
+    ``OPENI_MAX_ARCHIVE_BYTES``, that member is refused and the archive is not decoded further."""
     cache = ctx.state.setdefault(_TAR_STATE, {})
     key = str(path.resolve())
     if key not in cache:
         try:
+            size = path.stat().st_size
             tar = tarfile.open(path, "r:*")
-            members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".xml")}
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise IngestError(f"not a readable tar archive of Open-i XML reports ({exc})") from exc
-        cache[key] = (tar, members)
+        index = _TarIndex(tar, {}, {})
+        total = 0
+        try:
+            for m in tar:
+                if not (m.isfile() and m.name.lower().endswith(".xml")):
+                    continue
+                total += m.size
+                where = f"archive {path.name}, member {m.name}"
+                if total > OPENI_MAX_ARCHIVE_BYTES or total > max(OPENI_RATIO_FLOOR_BYTES, OPENI_MAX_EXPANSION_RATIO * size):
+                    limit = (f"{OPENI_MAX_ARCHIVE_BYTES:,} bytes (OPENI_MAX_ARCHIVE_BYTES)"
+                             if total > OPENI_MAX_ARCHIVE_BYTES else
+                             f"{OPENI_MAX_EXPANSION_RATIO} times the archive's {size:,} bytes "
+                             "(OPENI_MAX_EXPANSION_RATIO)")
+                    index.refused[m.name] = (f"{where}: the archive expands to {total:,} bytes with this member, "
+                                             f"over {limit}; a tar or zip bomb is not expanded (this member and "
+                                             "any after it are not read)")
+                    break
+                if m.size > OPENI_MAX_REPORT_BYTES:
+                    index.refused[m.name] = (f"{where}: expands to {m.size:,} bytes, over the limit of "
+                                             f"{OPENI_MAX_REPORT_BYTES:,} bytes for one report "
+                                             "(OPENI_MAX_REPORT_BYTES)")
+                    continue
+                index.members[m.name] = m
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            tar.close()
+            raise IngestError(f"not a readable tar archive of Open-i XML reports ({exc})") from exc
+        cache[key] = index
     return cache[key]
-
-
-def _texts(root: ET.Element, tag: str) -> list[str]:
-    """The stripped, non-empty texts of every ``tag`` element under ``root``, in document order."""
-    return [e.text.strip() for e in root.iter(tag) if e.text and e.text.strip()]
-
-
-def _attr(root: ET.Element, tag: str, name: str = "id") -> str | None:
-    el = root.find(f".//{tag}")
-    return el.get(name) if el is not None else None
 
 
 @dataclass
@@ -207,10 +243,43 @@ class OpenIReport:
     caption: str | None
 
     @classmethod
-    def parse(cls, data: bytes) -> "OpenIReport":
-        """Parse an Open-i XML document; raise IngestError when it is not one."""
+    def parse(cls, data: "bytes | BinaryIO") -> "OpenIReport":
+        """Parse an Open-i XML document (bytes or a binary file) as a stream; raise IngestError when
+        it is not one. Each element is dropped once read, so memory holds the kept texts and one
+        branch of the tree, whatever the document's size or number of elements."""
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        sections: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        captions: list[str] = []
+        major: list[str] = []
+        automatic: list[str] = []
+        images: list[str] = []
+        stack: list[ET.Element] = []
         try:
-            root = DefusedET.fromstring(data)  # entity declarations are refused, nothing is expanded
+            # entity declarations are refused, nothing is expanded
+            for event, el in DefusedET.iterparse(source, events=("start", "end")):
+                if event == "start":
+                    stack.append(el)
+                    continue
+                stack.pop()
+                tag = el.tag
+                if tag == "AbstractText":
+                    label = el.get("Label")
+                    if label:
+                        sections[label.upper()] = (el.text or "").strip()
+                elif tag in ("uId", "pmcId"):
+                    if tag not in ids and el.get("id") is not None:
+                        ids[tag] = el.get("id")
+                elif tag in ("caption", "major", "automatic"):
+                    text = (el.text or "").strip()
+                    if text:
+                        {"caption": captions, "major": major, "automatic": automatic}[tag].append(text)
+                elif tag == "parentImage":
+                    if el.get("id"):
+                        images.append(el.get("id"))
+                el.clear()
+                if stack:
+                    stack[-1].remove(el)  # the parent holds at most the child being read
         except EntitiesForbidden as exc:
             raise IngestError(f"XML entity declarations are refused (entity {exc.name!r}): entity expansion "
                               "('billion laughs') and external entities can exhaust memory or read local "
@@ -222,23 +291,20 @@ class OpenIReport:
         except (LookupError, ValueError) as exc:  # an encoding the declaration names that Python lacks
             raise IngestError(f"the XML declaration names an encoding that cannot be read ({exc}); "
                               "expected an Open-i report in UTF-8") from exc
-        sections = {
-            (e.get("Label") or "").upper(): (e.text or "").strip()
-            for e in root.iter("AbstractText") if e.get("Label")
-        }
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:  # the archive's stream breaks off
+            raise IngestError(f"cannot be read from the archive ({type(exc).__name__}: {exc})") from exc
         if not any(s in sections for s in OPENI_SECTIONS):
             raise IngestError(f"no <AbstractText Label=...> with any of {', '.join(OPENI_SECTIONS)}; "
                               "expected an Open-i report")
-        report_id = _attr(root, "uId") or _attr(root, "pmcId")
+        report_id = ids.get("uId") or ids.get("pmcId")
         if not report_id:
             raise IngestError("no <uId id=...> or <pmcId id=...>: expected the report id")
-        captions = _texts(root, "caption")
         return cls(
             report_id=report_id,
             sections={k: v for k, v in sections.items() if v},
-            mesh_major=_texts(root, "major"),
-            mesh_automatic=_texts(root, "automatic"),
-            image_ids=[e.get("id") for e in root.iter("parentImage") if e.get("id")],
+            mesh_major=major,
+            mesh_automatic=automatic,
+            image_ids=images,
             caption=captions[0] if captions else None,
         )
 
@@ -278,19 +344,21 @@ class OpenIAdapter(Adapter):
             yield Unit(path)
             return
         try:
-            _, members = _tar_index(path, ctx)
+            index = _tar_index(path, ctx)
         except IngestError:
             yield Unit(path, key="*")  # read() reports the error for the archive as a whole
             return
-        for name in members:
+        for name in index.members:
+            yield Unit(path, key=name)
+        for name in index.refused:  # read() reports why each is not read
             yield Unit(path, key=name)
 
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
-        data = self._member_bytes(unit, ctx)
         try:
-            report = OpenIReport.parse(data)
+            report = OpenIReport.parse(self._member_bytes(unit, ctx))
         except IngestError as exc:
-            raise IngestError(f"member {unit.key}: {exc}" if unit.key else str(exc)) from exc
+            raise IngestError(f"member {unit.key}: {exc}" if unit.key and not str(exc).startswith(("archive ", "member "))
+                              else str(exc)) from exc
         pid = ctx.patient(report.report_id)
         text = ctx.scrub(report.text(), known=[report.report_id])
         normal = int(report.is_normal())
@@ -312,22 +380,29 @@ class OpenIAdapter(Adapter):
             study_attrs={"description": report.caption},
         )
 
-    def _member_bytes(self, unit: Unit, ctx: IngestContext) -> bytes:
-        """The XML bytes of a unit: the file itself, or its member of the tar archive."""
+    def _member_bytes(self, unit: Unit, ctx: IngestContext) -> BinaryIO:
+        """The XML of a unit as a binary stream: the file itself, or its member of the tar archive,
+        after the size limits (``OPENI_MAX_REPORT_BYTES`` and the archive's expansion limits)."""
         if not unit.key:
-            return unit.path.read_bytes()
-        tar, members = _tar_index(unit.path, ctx)
-        if unit.key not in members:
+            size = unit.path.stat().st_size
+            if size > OPENI_MAX_REPORT_BYTES:
+                raise IngestError(f"{unit.path.name}: {size:,} bytes, over the limit of "
+                                  f"{OPENI_MAX_REPORT_BYTES:,} bytes for one report (OPENI_MAX_REPORT_BYTES)")
+            return io.BytesIO(unit.path.read_bytes())
+        index = _tar_index(unit.path, ctx)
+        if unit.key in index.refused:
+            raise IngestError(index.refused[unit.key])
+        if unit.key not in index.members:
             raise IngestError(f"member {unit.key}: not an XML file of the archive")
-        fh = tar.extractfile(members[unit.key])
+        fh = index.tar.extractfile(index.members[unit.key])
         if fh is None:
             raise IngestError(f"member {unit.key}: cannot be read from the archive")
-        return fh.read()
+        return fh
 
     def finish(self, ctx: IngestContext) -> Iterator[tuple[Unit, list[Item]]]:
         """Close the archives opened during the run; adds no items."""
-        for tar, _ in ctx.state.pop(_TAR_STATE, {}).values():
-            tar.close()
+        for index in ctx.state.pop(_TAR_STATE, {}).values():
+            index.tar.close()
         return iter(())
 
 
