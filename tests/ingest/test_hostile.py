@@ -231,3 +231,29 @@ def test_a_large_openi_report_takes_a_bounded_multiple_of_its_size(tmp_path):
     got = _measure(archive, tmp_path)
     assert got["ok"] == 1 and got["failed"] == 0 and not got["unexpected"], got
     assert got["grown_mb"] <= 25 * len(data) / 2**20, got
+
+
+def test_a_gzipped_nifti_that_expands_past_its_header_is_refused(tmp_path):
+    """nibabel's example volume gzipped with 100 MB of zeros after its voxels (about 1,000x): expanded
+    only as far as its header declares plus GZIP_SLACK_BYTES, then refused, naming the sizes; the same
+    volume gzipped as it is ingests."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    from medweave.ingest.adapters.nifti import GZIP_SLACK_BYTES
+
+    volume = nib.Nifti1Image(np.arange(64 * 64 * 64, dtype=np.int16).reshape(64, 64, 64), np.eye(4)).to_bytes()
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "P1_bomb.nii.gz").write_bytes(gzip.compress(volume + bytes(100 * 2**20), compresslevel=9, mtime=0))
+    (d / "P2_good.nii.gz").write_bytes(gzip.compress(volume, mtime=0))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rep, _, items = _ingest(d, tmp_path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert rep.n_ok == 1 and rep.n_failed == 1 and not rep.unexpected, rep.errors
+    reason = rep.errors[0][1]
+    assert reason.startswith(f"P1_bomb.nii.gz: the gzip stream expands past {len(volume) + GZIP_SLACK_BYTES:,} "
+                             f"bytes, the {len(volume):,} its header declares"), reason
+    assert "not expanded further" in reason and grown_mb < 50, (reason, grown_mb)

@@ -58,14 +58,66 @@ def _kind(data: bytes) -> str | None:
 _IMAGE_CLASSES = {"nifti1": nib.Nifti1Image, "nifti2": nib.Nifti2Image, "mgh": nib.MGHImage}
 
 
+# A gzipped volume is expanded only as far as its header says it reaches: a stream that goes on past
+# that (zeros compress a thousandfold) is refused instead of filling memory.
+GZIP_HEAD_BYTES = 2**20  # expanded first; a stream that ends within it is taken whole
+GZIP_SLACK_BYTES = 2**20  # allowed past the header's offset + voxel bytes (MGH scan parameters and tags)
+NIFTI_MAX_BYTES = 2**32  # the largest volume expanded at all (4 GiB)
+
+
+def _gunzip(raw: bytes, name: str) -> bytes:
+    """The gzip stream (one or more members) expanded up to the size the volume's header declares
+    plus ``GZIP_SLACK_BYTES``; past that, or past ``NIFTI_MAX_BYTES``, an IngestError."""
+    out = bytearray()
+    state = {"d": zlib.decompressobj(16 + zlib.MAX_WBITS), "rest": raw}
+
+    def expand(limit: int) -> bool:
+        """Expand until ``limit`` bytes are out; True when the stream is done."""
+        while len(out) < limit:
+            d = state["d"]
+            chunk = d.decompress(state["rest"], limit - len(out))
+            out.extend(chunk)
+            state["rest"] = d.unconsumed_tail
+            if d.eof:
+                tail = d.unused_data
+                if tail[:2] != b"\x1f\x8b":  # gzip's own rule: trailing bytes after the last member are ignored
+                    return True
+                state["d"], state["rest"] = zlib.decompressobj(16 + zlib.MAX_WBITS), tail
+            elif not chunk and not state["rest"]:
+                raise EOFError("the gzip stream ends before its end marker")
+        return False
+
+    try:
+        if expand(GZIP_HEAD_BYTES):
+            return bytes(out)
+        kind = _kind(bytes(out[:540]))
+        declared = None
+        if kind is not None:
+            try:
+                header = _IMAGE_CLASSES[kind].header_class.from_fileobj(io.BytesIO(bytes(out)))
+                declared = _data_span(header.get_data_shape(), header)
+            except Exception:  # noqa: BLE001  the header is reported by parse, on what was expanded
+                declared = None
+        if declared is None:
+            return bytes(out)
+        limit = sum(declared) + GZIP_SLACK_BYTES
+        if limit > NIFTI_MAX_BYTES:
+            raise IngestError(f"{name}: the header declares {sum(declared):,} bytes (voxel data up to its end), "
+                              f"over the limit of {NIFTI_MAX_BYTES:,} bytes (NIFTI_MAX_BYTES)")
+        if not expand(limit + 1):
+            raise IngestError(f"{name}: the gzip stream expands past {limit:,} bytes, the {sum(declared):,} its "
+                              f"header declares plus {GZIP_SLACK_BYTES:,} (GZIP_SLACK_BYTES), from "
+                              f"{len(raw):,} bytes on disk: not expanded further (a gzip bomb?)")
+        return bytes(out)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IngestError(f"{name}: gzip stream does not decompress ({exc})") from exc
+
+
 def parse(raw: bytes, name: str) -> Volume:
     """Decompress if needed, recognise and parse a volume; check the voxel data is all there."""
     data = raw
     if raw[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise IngestError(f"{name}: gzip stream does not decompress ({exc})") from exc
+        data = _gunzip(raw, name)
     kind = _kind(data)
     if kind is None:
         raise IngestError(f"{name}: no NIfTI magic ('n+1' at byte 344 or 'n+2' at byte 4) or MGH "
