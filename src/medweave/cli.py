@@ -65,6 +65,7 @@ def ingest(
     workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPU count - 1, max 8; below 2 = none)."),
     engine: str = typer.Option("local", "--engine", help="local, or ray: parse and de-identify in Ray tasks (pip install 'medweave[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join (default: a local Ray instance)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --engine ray and no --address: CPUs of the local Ray instance (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -89,7 +90,7 @@ def ingest(
     from .engine import Engine, EngineError
 
     try:
-        eng = Engine(engine, address)
+        eng = Engine(engine, address, num_cpus)
         with Store(store, write=True, keep_phi=keep_phi) as st:
             report = run_ingest(paths, st, fmt=format, namespace=namespace, options=opts,
                                 progress=not quiet and not as_json, workers=workers,
@@ -350,6 +351,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     engine: Optional[str] = typer.Option(None, "--engine", help="local or ray: where ingest and encoding run (default: the config's [engine])."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --engine ray and no --address: CPUs of the local Ray instance (default: all)."),
 ) -> None:
     """Ingest the config's data (idempotent), build the cohort, encode (cached), fit, calibrate, save."""
     from .config import ConfigError, EngineConfig, load_config
@@ -358,10 +360,10 @@ def train(
 
     try:
         cfg = load_config(config)
-        if engine or address:
+        if engine or address or num_cpus:
             kind = engine or ("ray" if address else cfg.engine.kind)
-            Engine(kind, address)  # a bad name or pair fails here, in the options' words
-            cfg.engine = EngineConfig(kind=kind, address=address, num_cpus=cfg.engine.num_cpus)
+            Engine(kind, address, num_cpus)  # a bad name or pair fails here, in the options' words
+            cfg.engine = EngineConfig(kind=kind, address=address, num_cpus=num_cpus or cfg.engine.num_cpus)
         result = train_experiment(cfg, out_dir, progress=not quiet and not as_json, config_source=str(config))
     except (ConfigError, PipelineError, FileNotFoundError, EngineError) as exc:
         _fail(str(exc))
@@ -390,6 +392,7 @@ def evaluate(
     engine: Optional[str] = typer.Option(None, "--engine", help="local or ray: where encoding and batch "
                                          "prediction run (default: the saved config's engine for encoding)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --engine ray and no --address: CPUs of the local Ray instance (default: all)."),
 ) -> None:
     """AUROC, AUPRC, balanced accuracy, F1, Brier, ECE per task with bootstrap 95% intervals."""
     from .engine import EngineError, engine_from
@@ -397,7 +400,7 @@ def evaluate(
     from .train.pipeline import PipelineError
 
     try:
-        eng = engine_from(engine, address) if engine or address else None
+        eng = engine_from(engine, address, num_cpus) if engine or address or num_cpus else None
         res = evaluate_model(model, data=[str(d) for d in data] or None, store=store, split=split,
                              missing=missing, n_boot=bootstrap, progress=not as_json, engine=eng)
     except (EvaluateError, PipelineError, FileNotFoundError, EngineError) as exc:

@@ -47,6 +47,8 @@ class Engine:
     def __post_init__(self):
         if self.kind not in ENGINES:
             raise EngineError(f"unknown engine {self.kind!r}; allowed values: {', '.join(ENGINES)}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise EngineError(f"num_cpus {self.num_cpus}: a local Ray instance needs at least 1 CPU")
         if self.address and self.kind != "ray":
             raise EngineError("an address joins a Ray cluster: use it with --engine ray "
                               "(in a config: kind = \"ray\" in its engine section)")

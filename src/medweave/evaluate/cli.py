@@ -132,6 +132,8 @@ def run(
                                "backend once (pip install 'medweave[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join "
                                           "(default: a local Ray instance)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --engine ray and no --address: CPUs "
+                                           "of the local Ray instance (default: all)."),
     context: Optional[int] = typer.Option(None, "--context", help="Retrieved context: the K most similar "
                                           "training QA pairs in each prompt (the task's context with k=K; 0: "
                                           "none; default: as the task says)."),
@@ -166,7 +168,7 @@ def run(
         if concurrency is not None and backend == "openai":
             options.setdefault("concurrency", concurrency)
         gen = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v is not None}
-        eng = Engine(engine, address)
+        eng = Engine(engine, address, num_cpus)
         with load_backend(backend, **options) as b:
             res = run_task(t, b, out_dir, data=data, images=images, limit=limit, seed=seed, concurrency=concurrency,
                            cache_path=cache, probes=[p.strip() for p in probes.split(",") if p.strip()] if probes else (),
