@@ -3,7 +3,7 @@ mix of predict, explain (modalities), similar cases (retrieval), VQA answers (``
 OpenAI-compatible chat completions; then the limits: request bodies over the size limit (413) and a
 server with a per-client rate limit (429 with Retry-After).
 
-    .venv/bin/python benchmarks/load.py [--clients 32] [--seconds 60] [--store DIR --model DIR --vqa-model DIR]
+    .venv/bin/python benchmarks/load.py [--clients 32] [--seconds 60] [--runs 1] [--store DIR --model DIR --vqa-model DIR]
 
 Without ``--model``/``--vqa-model`` it builds the small phantom cohort with its sequential model and
 the tiny VQA model the tests use (a few minutes the first time, kept in ``--work``). Starts
@@ -230,6 +230,8 @@ def main() -> int:
     ap.add_argument("--vqa-model", type=Path)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medweave-load")
     ap.add_argument("--no-limits", action="store_true", help="only the mixed run")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="mixed runs one after the other on the same server (RSS before/peak/after each)")
     args = ap.parse_args()
     from medweave.serve.testing import start_server, stop_server
 
@@ -257,7 +259,11 @@ def main() -> int:
                 if r.status_code != 200:
                     print(f"warm-up {kind}: HTTP {r.status_code} {r.text[:300]}")
                     return 1
-        ok = mixed_run(url, proc.pid, args.clients, args.seconds, cases, pngs)
+        ok = True
+        for run in range(args.runs):  # on the same server: does its memory keep growing, or level off?
+            if args.runs > 1:
+                print(f"\n### run {run + 1} of {args.runs} on the same server")
+            ok &= mixed_run(url, proc.pid, args.clients, args.seconds, cases, pngs)
         if not args.no_limits:
             ok &= limits(url, served, model, args.work, max_upload_mb)
     finally:
