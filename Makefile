@@ -15,9 +15,15 @@ SYSTEM_PACKAGES := espeak-ng chromium chromium-driver dcmtk
 JAVA_PACKAGE := default-jre-headless
 
 # torch is installed first and pinned (CPU build on local disk) so pip never resolves a CUDA build.
-$(BIN)/.medweave-installed: pyproject.toml
+# The base install is all the demo needs (about a minute); the test and fuzz extras and llama.cpp
+# (which compiles for minutes) come only with `setup`, i.e. for the tests.
+$(BIN)/.medweave-base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.medweave-installed: $(BIN)/.medweave-base
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	touch $@
 
@@ -52,7 +58,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "not installing$$missing (needs root and apt-get); the tests that need them will skip"; fi
 
-demo: setup
+demo: $(BIN)/.medweave-base
 	$(BIN)/medweave demo --out demo-out
 
 test: setup system-deps
