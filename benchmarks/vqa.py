@@ -26,7 +26,7 @@ from medweave.retrieve.index import case_indexes, precision_at_k
 from medweave.settings import shared_data_dir
 from medweave.vqa.cli import print_probes
 from medweave.vqa.features import IMAGE_ENCODERS, embed_image_files, embed_questions, open_cache
-from medweave.vqa.baselines import plain_mlp, question_only
+from medweave.vqa.baselines import plain_mlp, question_only, tune_plain_mlp
 from medweave.vqa.data import load_vqa
 from medweave.vqa.model import Answerer, VqaConfig
 from medweave.vqa.pipeline import CACHE_NAME, ask, fit_split, train_vqa
@@ -160,17 +160,49 @@ def _scores(questions, answers) -> dict:
             **{f"type={t}": v["value"] for t, v in res["by_question_type"].items()}}
 
 
-def baseline_answers(run, cache) -> dict[str, list[str]]:
+def baseline_answers(run, cache, views: int, tune: dict | None = None, seed: int = 0) -> dict[str, list[str]]:
     """The plain MLP's and the question-only guess's answers on a split run's held-out questions
-    (trained on the same training side, same embeddings)."""
+    (trained on the same training side, same embeddings). The plain MLP's batch size, lr, weight decay
+    and epochs are chosen on an inner split of the training side (the same split kind, 15%, the same
+    seed: ``tune_plain_mlp``; ``tune``: its grid, keyword arguments), then it is refitted on the whole
+    training side; ``plain-mlp-fixed`` is the untuned setting (60 epochs, batch 128, lr 1e-3)."""
     from medweave.vqa.pipeline import embed_set
+    from medweave.vqa.splits import make_split
 
-    views = IMAGE_ENCODERS[:run.model.cfg.views]  # the frozen encoders' embeddings, whatever the answerer reads
-    img, qe = embed_set(run.train, cache, views)
-    held_img, _ = embed_set(run.held, cache, views)
+    encoders = IMAGE_ENCODERS[:views]  # the frozen encoders' embeddings, whatever the answerer reads
+    img, qe = embed_set(run.train, cache, encoders)
+    held_img, _ = embed_set(run.held, cache, encoders)
     answers = [q.answer for q in run.train.questions]
-    return {"plain-mlp": plain_mlp(img, qe, answers, held_img, run.qe, views=len(views)),
+    t0 = time.perf_counter()
+    inner = make_split(run.split, run.train.questions, 0.15, seed)
+    best, grid = tune_plain_mlp(img, qe, answers, inner, views=len(encoders), seed=seed, **(tune or {}))
+    tune_s = time.perf_counter() - t0
+    top = sorted(grid, key=lambda r: -r["inner_acc"])[:3]
+    console.print(f"  plain MLP tuned on an inner {run.split} split of the training side ({len(inner[0])} fit / "
+                  f"{len(inner[1])} validation questions, {len(grid)} settings, {tune_s:.0f} s): chosen epochs "
+                  f"{best.epochs}, batch {best.batch_size}, lr {best.lr:g}, weight decay {best.weight_decay:g}; "
+                  "best inner accuracies " + ", ".join(
+                      f"{r['inner_acc']:.3f} (e{r['epochs']} b{r['batch_size']} lr{r['lr']:g} wd{r['weight_decay']:g})"
+                      for r in top), highlight=False)
+    return {"plain-mlp": plain_mlp(img, qe, answers, held_img, run.qe, views=len(encoders), seed=seed,
+                                   epochs=best.epochs, batch_size=best.batch_size, lr=best.lr,
+                                   weight_decay=best.weight_decay),
+            "plain-mlp-fixed": plain_mlp(img, qe, answers, held_img, run.qe, views=len(encoders), seed=seed),
             "question-only": question_only(qe, answers, run.qe)}
+
+
+def split_sides(data, split: str, seed: int, cache, views: int):
+    """A ``SplitRun`` without an answerer (``model`` None): the two sides of a split and the held-out
+    embeddings, for the baselines alone (``--only-baselines``)."""
+    from medweave.vqa.data import VqaSet
+    from medweave.vqa.pipeline import SplitRun, embed_set
+    from medweave.vqa.splits import make_split
+
+    vqa = data if isinstance(data, VqaSet) else load_vqa(data)
+    train_idx, held_idx = make_split(split, vqa.questions, 0.15, seed)
+    held = vqa.subset(held_idx)
+    img, qe = embed_set(held, cache, IMAGE_ENCODERS[:views])
+    return SplitRun(split, None, held, img, qe, len(train_idx), 0.0, vqa.subset(train_idx))
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -181,11 +213,13 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg=None,
-               baselines: bool = True, context: int = 0, context_only: bool = False) -> dict:
+               baselines: bool = True, context: int = 0, context_only: bool = False,
+               only_baselines: bool = False, tune: dict | None = None) -> dict:
     """overall / closed / open accuracy of the model trained on each seed's split, beside the plain MLP
     and the question-only guess on the same split, their mean ± sd over seeds, and the accuracy by
     question type (mean ± sd). ``context`` = k > 0 adds the answerer trained with k retrieved training
-    cases as context (``VqaConfig.context``) on the same split (``context_only``: that row alone). Returns the first seed's run per split,
+    cases as context (``VqaConfig.context``) on the same split (``context_only``: that row alone;
+    ``only_baselines``: the baselines alone, no answerer). Returns the first seed's run per split,
     which the other figures reuse."""
     t = Table(title="accuracy over validation split seeds (every model retrained on each split; exact match)")
     for col in ("split", "model", "seed", *SEED_SCORES, "held out", "fit s"):
@@ -195,10 +229,13 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
         rows: dict[str, list[dict]] = {}
         for seed in seeds:
             answers = {}
-            if not context_only:
+            cfg = cfg or VqaConfig()
+            if only_baselines:
+                run = split_sides(data, split, seed, cache, cfg.views)
+            elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
                 answers["answerer"] = [p.answer for p in run.predictions()]
-            if context:
+            if context and not only_baselines:
                 from dataclasses import replace
 
                 crun = fit_split(data, split, cfg=replace(cfg or VqaConfig(), context=context), cache=cache, seed=seed)
@@ -209,12 +246,12 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
             first.setdefault(split, run)
             if baselines:
                 t0 = time.perf_counter()
-                answers.update(baseline_answers(run, cache))
+                answers.update(baseline_answers(run, cache, cfg.views, tune, seed))
                 base_s = time.perf_counter() - t0
             for name, ans in answers.items():
                 sc = _scores(run.held.questions, ans)
                 rows.setdefault(name, []).append(sc)
-                fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (both)" if name == "plain-mlp" else "")
+                fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (baselines, tuning included)" if name == "plain-mlp" else "")
                 if name.startswith("answerer+context"):
                     fit = f"{ctx_fit:.0f}"
                 t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in SEED_SCORES),
@@ -242,6 +279,22 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
     return first
 
 
+def parse_tune(text: str | None) -> dict:
+    """--mlp-tune 'batch=32,128;lr=1e-3;...' as tune_plain_mlp keyword arguments."""
+    keys = {"batch": ("batch_sizes", int), "lr": ("lrs", float), "wd": ("weight_decays", float),
+            "epochs": ("epochs", int)}
+    out = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        key, _, values = part.partition("=")
+        if key.strip() not in keys:
+            raise SystemExit(f"--mlp-tune: unknown key {key.strip()!r}; allowed: {', '.join(keys)}")
+        name, kind = keys[key.strip()]
+        out[name] = tuple(kind(v) for v in values.split(",") if v.strip())
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="vqa-rad",
@@ -253,11 +306,19 @@ def main() -> int:
                     "VqaConfig's)")
     ap.add_argument("--finetune-blocks", type=int, default=0,
                     help="fine-tune the picture encoder's last N blocks first (VqaConfig.finetune_blocks)")
+    ap.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (VqaConfig.finetune_epochs)")
+    ap.add_argument("--finetune-augmentations", type=int,
+                    help="augmented copies per picture for fine-tuning (VqaConfig.finetune_augmentations)")
     ap.add_argument("--pictures", type=int, help="only the questions about the first N pictures (by name): a "
                     "smaller run when the machine is busy; the tables say so")
     ap.add_argument("--no-baselines", action="store_true", help="skip the plain MLP and question-only rows")
     ap.add_argument("--context", type=int, default=0, help="K > 0: beside the answerer, the answerer trained with "
                     "the K retrieved training cases as context (VqaConfig.context), same split seeds")
+    ap.add_argument("--only-baselines", action="store_true", help="the seed table's baseline rows only (plain MLP "
+                    "tuned on an inner split of each training side, its fixed setting, question-only); no answerer")
+    ap.add_argument("--mlp-tune", default=None, help="the plain MLP's inner-validation grid as "
+                    "'batch=32,128,512;lr=3e-4,1e-3,3e-3;wd=0.01,0.1;epochs=10,20,40,60,100' (any subset of the "
+                    "keys; default: medweave.vqa.baselines' TUNE_* values)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -282,7 +343,9 @@ def main() -> int:
         console.print(f"{args.dataset} not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
         return 0
     cfg = VqaConfig(finetune_blocks=args.finetune_blocks,
-                    **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views))
+                    **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views),
+                                         ("finetune_epochs", args.finetune_epochs),
+                                         ("finetune_augmentations", args.finetune_augmentations))
                        if v is not None})
     work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
     if not args.no_train_timing:
@@ -302,10 +365,20 @@ def main() -> int:
         console.print(f"subset: the {len(keep)} first pictures of {len(full.image_names())} and their "
                       f"{len(data.questions)} of {len(full.questions)} questions", highlight=False)
     with open_cache(cache_path) as cache:
-        if (len(seeds) > 1 or args.context) and not (args.only_spoken or args.only_latency):
+        if not (args.only_spoken or args.only_latency):
+            from medweave.vqa.pipeline import embed_set
+
+            full_set = data if not isinstance(data, Path) else load_vqa(data)
+            t0 = time.perf_counter()
+            embed_set(full_set, cache, IMAGE_ENCODERS[:cfg.views])
+            console.print(f"embeddings of {len(full_set.image_names())} pictures ({cfg.views} view(s)) and "
+                          f"{len({q.question.strip() for q in full_set.questions})} distinct questions: "
+                          f"{time.perf_counter() - t0:.0f} s (0 when all cached)", highlight=False)
+            data = full_set
+        if (len(seeds) > 1 or args.context or args.only_baselines or args.only_seeds) and not (args.only_spoken or args.only_latency):
             runs = seed_table(data, seeds, cache, splits, cfg, not args.no_baselines, args.context,
-                              args.context_only)
-            if args.only_seeds:
+                              args.context_only, args.only_baselines, parse_tune(args.mlp_tune))
+            if args.only_seeds or args.only_baselines:
                 return 0
         for split in splits[:1] if args.only_spoken or args.only_latency else splits:
             if split not in runs:
