@@ -352,6 +352,9 @@ def train(
     engine: Optional[str] = typer.Option(None, "--engine", help="local or ray: where ingest and encoding run (default: the config's [engine])."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster to join."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --engine ray and no --address: CPUs of the local Ray instance (default: all)."),
+    finetune_blocks: Optional[int] = typer.Option(None, "--finetune-blocks", help="Fine-tune the image encoder's "
+                                                  "last N blocks on the train split first (default: the config's "
+                                                  "[encode] finetune_blocks; 0: frozen)."),
 ) -> None:
     """Ingest the config's data (idempotent), build the cohort, encode (cached), fit, calibrate, save."""
     from .config import ConfigError, EngineConfig, load_config
@@ -360,6 +363,10 @@ def train(
 
     try:
         cfg = load_config(config)
+        if finetune_blocks is not None:
+            if not 0 <= finetune_blocks <= 16:
+                _fail(f"--finetune-blocks {finetune_blocks}: EfficientNet-Lite0 has 16 blocks (allowed 0..16)")
+            cfg.encode = cfg.encode.model_copy(update={"finetune_blocks": finetune_blocks})
         if engine or address or num_cpus:
             kind = engine or ("ray" if address else cfg.engine.kind)
             Engine(kind, address, num_cpus)  # a bad name or pair fails here, in the options' words

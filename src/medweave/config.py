@@ -131,6 +131,20 @@ class TrainSection(_Strict):
     cv_folds: int = Field(0, ge=0, le=20)
 
 
+class EncodeSection(_Strict):
+    """Fine-tuning the picture encoder before the fusion model trains (``medweave.encode.finetune``):
+    EfficientNet-Lite0's last ``finetune_blocks`` blocks and head convolution learn the experiment's
+    targets from the *train* split's pictures only (radiology-safe augmentation, no flip); the tuned
+    tail is saved in the model folder and every picture (train, valid, test, new data) is then encoded
+    with it. 0: the frozen backbone."""
+
+    finetune_blocks: int = Field(0, ge=0, le=16)
+    finetune_epochs: int = Field(15, ge=1)
+    finetune_augmentations: int = Field(4, ge=0, description="augmented copies per picture")
+    finetune_lr: float = Field(3e-4, gt=0)
+    finetune_size: int = Field(224, ge=32, le=640, description="picture side fed to the backbone")
+
+
 class MissingConfig(_Strict):
     modality: str
     mechanism: Literal["mcar", "mar", "mnar"]
@@ -166,6 +180,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig
     cohort: CohortConfig
     encoders: dict[str, str] = {}
+    encode: EncodeSection = EncodeSection()
     model: ModelConfig
     heads: list[HeadConfig] = []
     train: TrainSection = TrainSection()

@@ -62,5 +62,7 @@ def array_hash(arr: np.ndarray) -> str:
     return hashlib.sha256(str(a.shape).encode() + str(a.dtype).encode() + a.tobytes()).hexdigest()
 
 
-def get_encoder(name: str) -> Encoder:
-    return ENCODERS.get(name)()
+def get_encoder(name: "str | Encoder") -> Encoder:
+    """The registered encoder of that name, or ``name`` itself when it is already an encoder (one
+    built from saved weights, such as a model folder's fine-tuned ``FineTunedLite0``)."""
+    return name if isinstance(name, Encoder) else ENCODERS.get(name)()

@@ -44,6 +44,7 @@ class FinetuneConfig:
     gamma: float = 0.2          # gamma drawn from [1 - gamma, 1 + gamma]
     seed: int = 0
     threads: int = 1
+    size: int = SIZE            # picture side fed to the backbone (224: the size it was trained at)
 
 
 def augment(arr: np.ndarray, rng: np.random.Generator, cfg: FinetuneConfig, size: int = SIZE) -> np.ndarray:
@@ -109,13 +110,13 @@ def front_maps(pictures: Sequence[np.ndarray], cfg: FinetuneConfig, copy_index: 
     from .image import to_input
 
     aug = (cfg.rotate_degrees, cfg.crop_scale, cfg.window_jitter, cfg.gamma, cfg.seed) if copy_index else ()
-    keys = [(array_hash(p), cfg.blocks_tuned, copy_index, aug) for p in pictures]
+    keys = [(array_hash(p), cfg.blocks_tuned, cfg.size, copy_index, aug) for p in pictures]
     todo = [i for i, k in enumerate(keys) if k not in _FRONT_MEMO]
     fresh: dict[tuple, np.ndarray] = {}
     for b in range(0, len(todo), 32):
         idx = todo[b:b + 32]
-        batch = np.stack([to_input(pictures[i]) if copy_index == 0 else augment(
-            pictures[i], np.random.default_rng([cfg.seed, int(keys[i][0][:8], 16), copy_index]), cfg)
+        batch = np.stack([to_input(pictures[i], cfg.size) if copy_index == 0 else augment(
+            pictures[i], np.random.default_rng([cfg.seed, int(keys[i][0][:8], 16), copy_index]), cfg, cfg.size)
             for i in idx])
         for i, m in zip(idx, front_features(batch, cfg.blocks_tuned)):
             fresh[keys[i]] = m
@@ -191,7 +192,7 @@ class FinetuneResult:
     heads: dict = field(default_factory=dict)  # what the image-only heads predicted (for the record)
 
     def encoder(self) -> "FineTunedLite0":
-        return FineTunedLite0(self.state, self.cfg.blocks_tuned)
+        return FineTunedLite0(self.state, self.cfg.blocks_tuned, self.cfg.size)
 
     def info(self) -> dict:
         return {"encoder": FT_NAME, "version": self.version, "config": asdict(self.cfg),
@@ -261,24 +262,28 @@ def finetune(pictures: Sequence[np.ndarray], targets: PictureTargets, cfg: Finet
 
 
 class FineTunedLite0(Encoder):
-    """EfficientNet-Lite0 at 224 with a fine-tuned tail; ``version`` = hash of the tail weights."""
+    """EfficientNet-Lite0 at 224 (or ``size``) with a fine-tuned tail; ``version`` = hash of the tail
+    weights (and the size when it is not 224)."""
 
     name = FT_NAME
     modalities = ("image",)
     dim = 1280
     batch_size = 32
-    size = SIZE
 
-    def __init__(self, state: dict, blocks_tuned: int) -> None:
-        self.state, self.blocks_tuned = state, int(blocks_tuned)
-        self.version = "1-" + state_hash(state)
+    def __init__(self, state: dict, blocks_tuned: int, size: int = SIZE) -> None:
+        self.state, self.blocks_tuned, self.size = state, int(blocks_tuned), int(size)
+        self.version = "1-" + ("" if self.size == SIZE else f"{self.size}-") + state_hash(state)
         self._tail = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "blocks_tuned": self.blocks_tuned, "size": self.size}
 
     def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
         if self._tail is None:
             self._tail = build_tail(self.blocks_tuned, self.state).eval()
-        maps = front_maps(list(inputs), FinetuneConfig(blocks_tuned=self.blocks_tuned), 0, remember=False)
+        maps = front_maps(list(inputs), FinetuneConfig(blocks_tuned=self.blocks_tuned, size=self.size), 0,
+                          remember=False)
         with torch.inference_mode():
             return self._tail(torch.from_numpy(maps)).numpy().astype(np.float32)

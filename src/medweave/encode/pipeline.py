@@ -16,7 +16,7 @@ import numpy as np
 from ..engine import LOCAL, Engine
 from ..progress import progress_bar
 from .arrays import DiskArrayWriter, take_rows
-from .base import DEFAULT_ENCODERS, get_encoder
+from .base import DEFAULT_ENCODERS, Encoder, get_encoder
 from .cache import EmbeddingCache
 from .loaders import load_item
 
@@ -46,7 +46,7 @@ class _ChunkEncoder:
     """Loads one encoder once and encodes chunks of item rows read from the store's blobs: in this
     process, or inside a Ray actor (the store folder must then be readable at the same path)."""
 
-    def __init__(self, encoder_name: str):
+    def __init__(self, encoder_name: "str | Encoder"):
         self.encoder = get_encoder(encoder_name)
 
     def run(self, store_root: Path, rows: list[dict]) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
@@ -61,12 +61,13 @@ class _ChunkEncoder:
         return ok, (self.encoder.encode(inputs) if inputs else None), failed
 
 
-def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: EmbeddingCache | None,
+def encode_items(rows: list[dict], encoder_name: "str | Encoder", store_root: Path, cache: EmbeddingCache | None,
                  progress: bool = True, stats: EncodeStats | None = None,
                  failures: list | None = None, engine: Engine = LOCAL) -> dict[str, np.ndarray]:
     """Vectors for items (rows of the items table), keyed by content hash, using and filling the cache.
 
-    Items are encoded in chunks of the encoder's batch size, here or (``engine`` Ray) by a pool of Ray
+    ``encoder_name``: a registered name, or an ``Encoder`` built from saved weights (its name and
+    version key the cache). Items are encoded in chunks of the encoder's batch size, here or (``engine`` Ray) by a pool of Ray
     actors, each loading the encoder once; the chunks are the same either way, so are the vectors."""
     import time
 
@@ -102,7 +103,7 @@ def encode_items(rows: list[dict], encoder_name: str, store_root: Path, cache: E
 CASE_CHUNK = 2048  # cases encoded together: memory holds one chunk's item rows and vectors
 
 
-def encode_cohort(cohort, store, encoders: Mapping[str, str] | None = None, cache: EmbeddingCache | None = None,
+def encode_cohort(cohort, store, encoders: "Mapping[str, str | Encoder] | None" = None, cache: EmbeddingCache | None = None,
                   modalities: Iterable[str] | None = None, progress: bool = True,
                   stats: EncodeStats | None = None, engine: Engine = LOCAL,
                   chunk_cases: int = CASE_CHUNK, out_dir: str | Path | None = None) -> CaseEmbeddings:

@@ -119,7 +119,8 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
     # (the folder is removed on leaving; the open arrays keep reading their files until they go).
     try:
         with arrays_folder(Path(st.root)) as arrays_dir:
-            ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress, arrays_dir=arrays_dir)
+            ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress, arrays_dir=arrays_dir,
+                                            model_dir=model_dir)
     finally:
         cache.close()
         st.close()

@@ -39,6 +39,7 @@ class ModelContext:
     head: HeadSpec
     class_index: int = 0
     _row: dict[str, int] = field(default_factory=dict)
+    _image_encoder: Any = None
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -61,7 +62,8 @@ class ModelContext:
             raise
         cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
         try:
-            ds, featurizer, _ = checkpoint_dataset(config, cfg, cohort, store, cache, progress)
+            ds, featurizer, _ = checkpoint_dataset(config, cfg, cohort, store, cache, progress,
+                                                    model_dir=model_dir)
         finally:
             cache.close()
             store.close()
@@ -69,6 +71,19 @@ class ModelContext:
 
     def __post_init__(self) -> None:
         self._row = {c: i for i, c in enumerate(self.dataset.case_ids)}
+
+    def image_encoder(self):
+        """The encoder this model's image inputs came from: its fine-tuned one (model folder) when it
+        was trained with ``encode.finetune_blocks``, else the config's (EfficientNet-Lite0)."""
+        if self._image_encoder is None:
+            from ..encode import get_encoder
+            from ..encode.base import DEFAULT_ENCODERS
+            from ..train.pipeline import checkpoint_encoders, experiment_from_checkpoint
+
+            own = checkpoint_encoders(self.model_dir, self.config).get("image")
+            self._image_encoder = own or get_encoder(
+                experiment_from_checkpoint(self.config).encoders.get("image", DEFAULT_ENCODERS["image"]))
+        return self._image_encoder
 
     # --- lookups ---------------------------------------------------------------------------------
     @property

@@ -91,7 +91,7 @@ def build_router() -> APIRouter:
         st = state_of(request)
         ctx = st.model()
         arr = decode_image(await read_limited(image, st.max_upload_bytes))
-        return {"similar": st.with_reports(nearest(ctx, image_embedding(arr), "image", k))}
+        return {"similar": st.with_reports(nearest(ctx, image_embedding(arr, ctx), "image", k))}
 
     @r.post("/upload", summary="Upload files and ingest them into the store (size limit, type check)")
     async def upload(request: Request, files: List[UploadFile] = File(..., min_length=1)) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def build_router() -> APIRouter:
         result = answer_question(st, picture, question)
         similar = []
         if data is not None and st.ctx is not None and "image" in st.ctx.modalities:
-            similar = st.with_reports(nearest(st.ctx, image_embedding(decode_image(data)), "image", k))
+            similar = st.with_reports(nearest(st.ctx, image_embedding(decode_image(data), st.ctx), "image", k))
         return {**result, "question": question, "similar": similar}
 
     @r.post("/transcribe", summary="Transcribe a spoken question (Whisper tiny.en, offline)")

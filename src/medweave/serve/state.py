@@ -257,8 +257,11 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ServeError(415, f"the image cannot be decoded: {exc}", "unsupported_media_type") from None
 
 
-def image_embedding(arr: np.ndarray) -> np.ndarray:
-    """The EfficientNet-Lite0 embedding of one image (the cohort's image encoder)."""
+def image_embedding(arr: np.ndarray, ctx: ModelContext | None = None) -> np.ndarray:
+    """The embedding of one image by the model's image encoder (``ctx``: its fine-tuned one when it
+    has one, so that uploads compare with the cases' own vectors), else EfficientNet-Lite0."""
+    if ctx is not None:
+        return ctx.image_encoder().encode([arr])[0]
     from ..encode.image import features, to_input
 
     return features(to_input(arr)[None])[0]

@@ -113,19 +113,21 @@ def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) ->
 
 def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: EmbeddingCache,
                   featurizer: TabularFeaturizer | None = None, specs: list[HeadSpec] | None = None,
-                  progress: bool = True, arrays_dir: str | Path | None = None
-                  ) -> tuple[Dataset, TabularFeaturizer | None, dict]:
+                  progress: bool = True, arrays_dir: str | Path | None = None,
+                  encoders: dict[str, Any] | None = None) -> tuple[Dataset, TabularFeaturizer | None, dict]:
     """Model-ready arrays for every case of ``cohort``. The featurizer is fitted on the train split
     when none is given. With ``arrays_dir`` (an existing, empty folder) the inputs are written there
     once, a chunk of cases at a time, and the dataset reads them by rows (``DiskArray``): memory
-    then holds the mask, the targets and one batch, not every case's vectors."""
+    then holds the mask, the targets and one batch, not every case's vectors. ``encoders``: encoders
+    (instances, e.g. a fine-tuned one) that replace the config's for their modalities."""
     mods = list(cfg.model.modalities)
     item_mods = [m for m in mods if m != "table"]
     unknown = [m for m in item_mods if m not in cohort.modalities]
     if unknown:
         raise PipelineError(f"model modality {unknown[0]!r} is not in the cohort; cohort modalities: "
                             f"{', '.join(cohort.modalities)} (and 'table' for covariates)")
-    emb = encode_cohort(cohort, store, cfg.encoders, cache, modalities=item_mods, progress=progress,
+    emb = encode_cohort(cohort, store, {**cfg.encoders, **(encoders or {})}, cache, modalities=item_mods,
+                        progress=progress,
                         engine=cfg.engine.build(), out_dir=arrays_dir)
     inputs, mask_cols = dict(emb.arrays), [emb.mask[m] for m in item_mods]
     if "table" in mods:
@@ -142,6 +144,70 @@ def build_dataset(cfg: ExperimentConfig, cohort: Cohort, store: Store, cache: Em
                  np.stack(mask_cols, axis=1), targets_for(cfg, cohort, specs),
                  groups=cohort.table["patient_id"].astype(str).to_numpy())
     return ds, featurizer, {"encoders": emb.encoders, "failures": emb.failures}
+
+
+FINETUNE_MODALITY = "image"  # the modality whose encoder ``[encode] finetune_blocks`` tunes
+
+
+def finetune_image_encoder(cfg: ExperimentConfig, cohort: Cohort, store: Store, specs: list[HeadSpec],
+                           progress: bool = True):
+    """Fine-tune EfficientNet-Lite0's tail on the pictures of the cohort's **train** split only (valid,
+    test and new data never reach it), each picture labelled with its case's targets (every binary
+    and multiclass head; a missing target is left out of that head's loss). The tuning itself is
+    ``medweave.encode.finetune.finetune``. Returns the ``FinetuneResult``, whose ``encoder()`` encodes
+    every split afterwards."""
+    from ..encode.finetune import FinetuneConfig, PictureTargets, finetune
+    from ..encode.loaders import load_item
+
+    e, m = cfg.encode, FINETUNE_MODALITY
+    if m not in cfg.model.modalities:
+        raise PipelineError(f"encode.finetune_blocks is {e.finetune_blocks}, but model.modalities "
+                            f"({', '.join(cfg.model.modalities)}) has no {m!r} to fine-tune an encoder for")
+    name = cfg.encoders.get(m, DEFAULT_ENCODERS[m])
+    if name != "efficientnet-lite0":
+        raise PipelineError(f"encode.finetune_blocks tunes efficientnet-lite0; encoders.{m} is {name!r}")
+    if any(s.modality == m for s in cfg.missing):
+        raise PipelineError(f"encode.finetune_blocks with simulated missingness of {m!r} ([[missing]]) is not "
+                            "supported: the tuning would see pictures the simulation removes")
+    train = cohort.split("train")
+    targets = targets_for(cfg, train, specs)
+    ids_per_case = [list(ids) for ids in train.table[f"{m}_items"]]
+    wanted = sorted({i for ids in ids_per_case for i in ids})
+    rows = store.con.execute(
+        "SELECT * EXCLUDE (labels, meta) FROM items WHERE item_id IN (SELECT unnest(?))", [wanted]
+    ).df().to_dict("records") if wanted else []
+    by_id = {r["item_id"]: r for r in rows}
+    pictures, case_of, seen = [], [], set()
+    for i, ids in enumerate(ids_per_case):
+        for x in ids:
+            r = by_id.get(x)
+            if r is None or r["content_hash"] in seen:
+                continue
+            try:
+                pictures.append(load_item(store.root, r))
+            except Exception:  # encoding reports it; the tuning goes on without it
+                continue
+            seen.add(r["content_hash"])
+            case_of.append(i)
+    if not pictures:
+        raise PipelineError(f"encode.finetune_blocks: the train split has no readable {m} items")
+    case_of = np.asarray(case_of)
+    single = {}
+    for spec in specs:
+        y = targets[spec.name][case_of]
+        if spec.kind == "binary":
+            single[spec.name] = (np.where(np.isnan(y), -1, y).astype(np.int64), ["0", "1"])
+        elif spec.kind == "multiclass":
+            single[spec.name] = (y.astype(np.int64), list(spec.classes))
+    if not single:
+        raise PipelineError("encode.finetune_blocks needs a binary or multiclass head to learn from")
+    ft = FinetuneConfig(blocks_tuned=e.finetune_blocks, epochs=e.finetune_epochs,
+                        augmentations=e.finetune_augmentations, lr=e.finetune_lr, seed=cfg.train.seed,
+                        size=e.finetune_size)
+    result = finetune(pictures, PictureTargets(single), ft, progress=print if progress else None)
+    result.heads = {"pictures": len(pictures), "train_cases": int(len(train.table)),
+                    "targets": sorted(single)}
+    return result
 
 
 @dataclass
@@ -176,11 +242,13 @@ def _train(cfg: ExperimentConfig, model_dir: Path, store_dir: Path, progress: bo
            arrays_dir: str | None) -> TrainResult:
     with Store(store_dir) as store:
         cohort = make_cohort(cfg, store)
+        specs = head_specs(cfg, cohort)
+        tuned = finetune_image_encoder(cfg, cohort, store, specs, progress) if cfg.encode.finetune_blocks else None
         cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
         try:
-            specs = head_specs(cfg, cohort)
-            ds, featurizer, enc_info = build_dataset(cfg, cohort, store, cache, specs=specs, progress=progress,
-                                                     arrays_dir=arrays_dir)
+            ds, featurizer, enc_info = build_dataset(
+                cfg, cohort, store, cache, specs=specs, progress=progress, arrays_dir=arrays_dir,
+                encoders={FINETUNE_MODALITY: tuned.encoder()} if tuned else None)
         finally:
             cache.close()
     ds, missingness = apply_missing(cohort, ds, cfg.missing)
@@ -228,8 +296,9 @@ def _train(cfg: ExperimentConfig, model_dir: Path, store_dir: Path, progress: bo
         "training": {k: v for k, v in result.items() if k != "history"},
         "history": result["history"],
         "encode_failures": enc_info["failures"][:50],
+        "finetune": tuned.info() if tuned else None,
     }
-    save_checkpoint(model_dir, model, config)
+    save_checkpoint(model_dir, model, config, encoder_state=tuned.state if tuned else None)
     return TrainResult(model_dir, result, temps, cohort, ds)
 
 
@@ -254,16 +323,38 @@ def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] |
     return cfg, store, cohort, cache
 
 
+def checkpoint_encoders(model_dir: str | Path | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The encoders a saved model brings with it: its fine-tuned image encoder (``encoder.safetensors``,
+    checked against config.json) when it was trained with ``encode.finetune_blocks``; else none."""
+    ft = config.get("finetune")
+    if not ft:
+        return {}
+    if model_dir is None:
+        raise PipelineError("this model has a fine-tuned image encoder (config.json: finetune); "
+                            "give its model folder to read encoder.safetensors")
+    from ..encode.finetune import FineTunedLite0, state_hash
+    from .trainer import load_encoder_state
+
+    c = ft["config"]
+    state = load_encoder_state(Path(model_dir), config)
+    if state_hash(state) != ft["version"]:
+        raise PipelineError(f"{Path(model_dir) / 'encoder.safetensors'}: its weights hash to {state_hash(state)}, "
+                            f"config.json (finetune.version) records {ft['version']}")
+    return {FINETUNE_MODALITY: FineTunedLite0(state, c["blocks_tuned"], c.get("size", 224))}
+
+
 def checkpoint_dataset(config: dict[str, Any], cfg: ExperimentConfig, cohort: Cohort, store: Store,
-                       cache: EmbeddingCache, progress: bool = True, arrays_dir: str | Path | None = None):
+                       cache: EmbeddingCache, progress: bool = True, arrays_dir: str | Path | None = None,
+                       model_dir: str | Path | None = None):
     """Model-ready arrays for ``cohort`` the way a saved model saw its training data: its own fitted
-    tabular featuriser and its heads' classes (``arrays_dir``: on disk, see ``build_dataset``).
+    tabular featuriser, its heads' classes and its fine-tuned encoder if it has one (read from
+    ``model_dir``; ``arrays_dir``: on disk, see ``build_dataset``).
     Returns (dataset, featuriser, encode info)."""
     featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
     classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
     specs = head_specs(cfg, cohort, classes)
     ds, _, info = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress,
-                                arrays_dir=arrays_dir)
+                                arrays_dir=arrays_dir, encoders=checkpoint_encoders(model_dir, config))
     return ds, featurizer, info
 
 

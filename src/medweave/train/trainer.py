@@ -314,12 +314,17 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, kind: str) -> float:
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-def save_checkpoint(model_dir: str | Path, model: FusionModel, config: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (model kind, dims, heads, and all provenance).
+ENCODER_FILE = "encoder.safetensors"  # a fine-tuned image encoder's tail, beside model.safetensors
+
+
+def save_checkpoint(model_dir: str | Path, model: FusionModel, config: dict[str, Any],
+                    encoder_state: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (model kind, dims, heads, and all provenance),
+    and with ``encoder_state`` (a fine-tuned encoder tail) ``encoder.safetensors``.
 
     Crash-safe: ``config.json`` marks a complete model, so it is removed first and written last
-    (temporary name, fsync, rename), with the weights' SHA-256 in it; a process killed at any point
-    leaves a folder that ``load_checkpoint`` either loads whole or refuses."""
+    (temporary name, fsync, rename), with the weights' SHA-256 (and the encoder's) in it; a process
+    killed at any point leaves a folder that ``load_checkpoint`` either loads whole or refuses."""
     from safetensors.torch import save_file
 
     from ..atomic import begin_folder, file_sha256, write_text, write_with
@@ -328,19 +333,39 @@ def save_checkpoint(model_dir: str | Path, model: FusionModel, config: dict[str,
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_with(model_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
     config = {**config, "weights_sha256": file_sha256(model_dir / "model.safetensors")}
+    (model_dir / ENCODER_FILE).unlink(missing_ok=True)
+    if encoder_state:
+        from safetensors.numpy import save_file as save_numpy
+
+        tensors = {k: np.ascontiguousarray(v) for k, v in encoder_state.items()}
+        write_with(model_dir / ENCODER_FILE, lambda tmp: save_numpy(tensors, str(tmp)))
+        config["encoder_sha256"] = file_sha256(model_dir / ENCODER_FILE)
     write_text(model_dir / "config.json", json.dumps(config, indent=2, default=str))
     return model_dir
 
 
-def _check_weights(path: Path, expected: str | None) -> None:
+def _check_weights(path: Path, expected: str | None, field: str = "weights_sha256") -> None:
     """The weights file is there and (when the config records it) hashes as when it was saved."""
     from ..atomic import file_sha256
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; the model folder is incomplete (train it again)")
     if expected and file_sha256(path) != expected:
-        raise ValueError(f"{path}: does not match config.json (weights_sha256): the file was changed after "
+        raise ValueError(f"{path}: does not match config.json ({field}): the file was changed after "
                          "training; train the model again")
+
+
+def load_encoder_state(model_dir: Path, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The fine-tuned encoder tail saved with a model (``encoder.safetensors``), checked against the
+    SHA-256 its config.json records."""
+    from safetensors.numpy import load_file
+
+    path = Path(model_dir) / ENCODER_FILE
+    if not config.get("encoder_sha256"):
+        raise ValueError(f"{model_dir / 'config.json'}: no encoder_sha256; the model folder is incomplete "
+                         "(train it again)")
+    _check_weights(path, config["encoder_sha256"], "encoder_sha256")
+    return dict(load_file(str(path)))
 
 
 def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]:
@@ -351,6 +376,8 @@ def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]
         raise FileNotFoundError(f"{model_dir}: not a medweave model (no config.json); train one with `medweave train`")
     config = json.loads((model_dir / "config.json").read_text())
     _check_weights(model_dir / "model.safetensors", config.get("weights_sha256"))
+    if config.get("encoder_sha256"):
+        _check_weights(model_dir / ENCODER_FILE, config["encoder_sha256"], "encoder_sha256")
     arch = config["architecture"]
     heads = [HeadSpec(**h) for h in arch["heads"]]
     kwargs = dict(arch.get("kwargs", {}))
