@@ -13,6 +13,11 @@ same embeddings, and encoding images/s of medweave's cached, batched pipeline vs
     python benchmarks/fusion.py                 # both sets, 3 seeds
     python benchmarks/fusion.py --sets nih --protocols clean --seeds 3
     python benchmarks/fusion.py --sets phantom --seeds 1 --select holdout
+    python benchmarks/fusion.py --sets nih --protocols clean --seeds 1 --finetune-blocks 1 --no-speed
+
+``--finetune-blocks N``: the NIH table again with EfficientNet-Lite0's last N blocks fine-tuned on the
+*train* split's pictures (``[encode] finetune_blocks``, ``train.pipeline.finetune_image_encoder``: never
+the valid or test patients), after the frozen encoder's table (``--no-frozen``: the tuned one only).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from medweave.fuse import HeadSpec, head_probs
 from medweave.settings import shared_data_dir
 from medweave.store import Store
 from medweave.train import Dataset, TrainConfig, build_model, fit, fit_cv, predict_logits
-from medweave.train.pipeline import apply_missing, build_dataset, ingest_data, make_cohort
+from medweave.train.pipeline import (FINETUNE_MODALITY, apply_missing, build_dataset, finetune_image_encoder,
+                                     head_specs, ingest_data, make_cohort)
 
 REPO = Path(__file__).resolve().parents[1]
 MNAR_TRAIN = {1: 0.5, 0: 0.0}
@@ -56,16 +62,21 @@ def resplit_holdout(cohort: Cohort, valid_share: float = 0.15, seed: int = 0) ->
 
 
 def prepare(cfg, workdir: Path, resplit: bool):
+    """(cohort, dataset, fine-tuning record or None); with ``cfg.encode.finetune_blocks`` the image
+    encoder is tuned on the (resplit) cohort's train split first and encodes every split."""
     store_dir = workdir / f"{cfg.name}-store"
     ingest_data(cfg, store_dir, progress=False)
     with Store(store_dir) as store:
         cohort = make_cohort(cfg, store)
         if resplit:
             cohort = resplit_holdout(cohort)
+        tuned = finetune_image_encoder(cfg, cohort, store, head_specs(cfg, cohort), progress=False) \
+            if cfg.encode.finetune_blocks else None
         cache = EmbeddingCache(workdir / f"{cfg.name}-embeddings.duckdb")
-        ds, _, _ = build_dataset(cfg, cohort, store, cache, progress=True)
+        ds, _, _ = build_dataset(cfg, cohort, store, cache, progress=True,
+                                 encoders={FINETUNE_MODALITY: tuned.encoder()} if tuned else None)
         cache.close()
-    return cohort, ds
+    return cohort, ds, tuned
 
 
 def only(ds: Dataset, modalities: list[str]) -> Dataset:
@@ -133,17 +144,20 @@ PROTOCOLS = {
 }
 
 
+ROWS = {  # --rows key: (row name, model kind, modalities or None for all)
+    "logistic": ("logistic regression, tabular", "logistic", ["table"]),
+    "image": ("image only (MLP)", "concat", ["image"]),
+    "tabular": ("tabular only (MLP)", "concat", ["table"]),
+    "sequential": ("sequential (MultiModN-style)", "sequential", None),
+    "concat": ("concat + zero-fill + indicators", "concat", None),
+    "attention": ("attention + absent tokens", "attention", None),
+}
+
+
 def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: int, drop: str,
                  protocols: list[str] = list(PROTOCOLS), select: str = "cv", balance_patients: bool = False,
-                 linear: bool = True) -> dict:
-    rows = {
-        "logistic regression, tabular": ("logistic", ["table"]),
-        "image only (MLP)": ("concat", ["image"]),
-        "tabular only (MLP)": ("concat", ["table"]),
-        "sequential (MultiModN-style)": ("sequential", ds.modalities),
-        "concat + zero-fill + indicators": ("concat", ds.modalities),
-        "attention + absent tokens": ("attention", ds.modalities),
-    }
+                 linear: bool = True, row_keys: list[str] = list(ROWS)) -> dict:
+    rows = {ROWS[k][0]: (ROWS[k][1], ROWS[k][2] or ds.modalities) for k in ROWS if k in row_keys}
     keys = [k for k in PROTOCOLS if k in protocols]
     out = {}
     print(f"\n{title}: AUROC on the test split (seed 0 [95% CI over patients]; mean ± sd over {seeds} seed(s))")
@@ -272,7 +286,17 @@ def main() -> int:
     ap.add_argument("--balance-patients", action="store_true", help="each patient weighs the same in the loss")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed tables")
     ap.add_argument("--no-linear", action="store_true", help="fusers without linear paths (model.linear = [])")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"table rows, of: {', '.join(ROWS)}")
+    ap.add_argument("--finetune-blocks", type=int, default=0,
+                    help="NIH: also the table with the image encoder's last N blocks fine-tuned on the train split")
+    ap.add_argument("--finetune-epochs", type=int, default=15)
+    ap.add_argument("--finetune-augmentations", type=int, default=4)
+    ap.add_argument("--finetune-size", type=int, default=224, help="picture side fed to the tuned encoder")
+    ap.add_argument("--no-frozen", action="store_true", help="with --finetune-blocks: skip the frozen table")
     args = ap.parse_args()
+    row_keys = args.rows.split(",")
+    if [k for k in row_keys if k not in ROWS]:
+        ap.error(f"--rows: {[k for k in row_keys if k not in ROWS][0]!r} is not known; allowed: {', '.join(ROWS)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -289,12 +313,26 @@ def main() -> int:
             print(f"NIH: skipped, {nih} not found (set MEDWEAVE_DATA)")
         else:
             cfg = load_config(REPO / "configs" / "nih-cxr14.toml")
-            cohort, ds = prepare(cfg, args.workdir, resplit=True)
-            print(f"NIH ChestX-ray14-800: {len(ds)} images; splits {cohort.summary()['splits']} "
-                  "(source valid/ = test; 15% of train/ patients = valid)")
-            results["nih"] = fusion_table("NIH ChestX-ray14-800, target abnormal", cohort, ds, "abnormal",
-                                          args.seeds, "image", protocols, args.select, args.balance_patients,
-                                          not args.no_linear)
+            variants = [] if args.finetune_blocks and args.no_frozen else [("frozen", cfg)]
+            if args.finetune_blocks:
+                variants.append(("tuned", cfg.model_copy(update={"encode": cfg.encode.model_copy(update={
+                    "finetune_blocks": args.finetune_blocks, "finetune_epochs": args.finetune_epochs,
+                    "finetune_augmentations": args.finetune_augmentations, "finetune_size": args.finetune_size})})))
+            for label, vcfg in variants:
+                t0 = time.perf_counter()
+                cohort, ds, tuned = prepare(vcfg, args.workdir, resplit=True)
+                what = ("frozen EfficientNet-Lite0 (224)" if tuned is None else
+                        f"EfficientNet-Lite0, last {args.finetune_blocks} block(s) fine-tuned at {args.finetune_size} "
+                        f"on {tuned.heads['pictures']} train-split pictures ({args.finetune_epochs} epochs, "
+                        f"{args.finetune_augmentations} augmented copies, {tuned.seconds:.0f} s; version {tuned.version})")
+                print(f"NIH ChestX-ray14-800: {len(ds)} images; splits {cohort.summary()['splits']} "
+                      f"(source valid/ = test; 15% of train/ patients = valid); image encoder: {what}; "
+                      f"prepared in {time.perf_counter() - t0:.0f} s", flush=True)
+                results["nih" if label == "frozen" else "nih_tuned"] = fusion_table(
+                    f"NIH ChestX-ray14-800, target abnormal, {label} encoder", cohort, ds, "abnormal", args.seeds,
+                    "image", protocols, args.select, args.balance_patients, not args.no_linear, row_keys)
+                if tuned is not None:
+                    results["nih_tuned"]["finetune"] = tuned.info()
             if not args.no_speed:
                 results["speed_train"] = speed_table(ds)
                 results["speed_encode"] = encode_speed(args.workdir / "nih-cxr14-store")
@@ -303,13 +341,14 @@ def main() -> int:
 
         m = generate_phantom(args.workdir / "phantom", n_patients=args.patients, seed=0)
         cfg = parse_config(phantom_config(m.path("data"), m.mapping))
-        cohort, ds = prepare(cfg, args.workdir, resplit=False)
+        cohort, ds, _ = prepare(cfg, args.workdir, resplit=False)
         print(f"\nPhantom (synthetic, {args.patients} patients): true effects per modality: "
               f"{json.dumps(m.effects, default=str)[:300]}")
         present = {mm: int(ds.mask[:, j].sum()) for j, mm in enumerate(ds.modalities)}
         print(f"  presence: {present}; splits {cohort.summary()['splits']}")
         results["phantom"] = fusion_table("Phantom, target disease", cohort, ds, "disease", args.seeds, "image",
-                                          protocols, args.select, args.balance_patients, not args.no_linear)
+                                          protocols, args.select, args.balance_patients, not args.no_linear,
+                                          row_keys)
         if "speed_train" not in results and not args.no_speed:
             results["speed_train"] = speed_table(ds)
     if args.json:

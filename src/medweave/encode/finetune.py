@@ -180,6 +180,7 @@ class PictureTargets:
     single: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
     multi: np.ndarray | None = None
     multi_names: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None  # per-picture loss weights (e.g. 1 / the patient's pictures); None: 1
 
 
 @dataclass
@@ -225,6 +226,7 @@ def finetune(pictures: Sequence[np.ndarray], targets: PictureTargets, cfg: Finet
             targets.multi.shape[1] else None
         multi_head = nn.Linear(1280, multi.shape[1]) if multi is not None else None
         labels = {name: torch.from_numpy(np.asarray(y, dtype=np.int64)) for name, (y, _) in targets.single.items()}
+        weights = None if targets.weights is None else torch.from_numpy(np.asarray(targets.weights, np.float32))
         head_params = list(heads.parameters()) + (list(multi_head.parameters()) if multi_head is not None else [])
         opt = torch.optim.AdamW([{"params": tail.parameters(), "lr": cfg.lr},
                                  {"params": head_params, "lr": 10 * cfg.lr}], weight_decay=cfg.weight_decay)
@@ -245,10 +247,16 @@ def finetune(pictures: Sequence[np.ndarray], targets: PictureTargets, cfg: Finet
                 for name, head in heads.items():
                     y = labels[name][j]
                     known = y >= 0
-                    if known.any():
+                    if known.any() and weights is None:
                         loss = loss + F.cross_entropy(head(z[known]), y[known])
-                if multi_head is not None:
+                    elif known.any():  # the weighted mean over the batch's labelled pictures
+                        w = weights[j][known]
+                        loss = loss + (F.cross_entropy(head(z[known]), y[known], reduction="none") * w).sum() / w.sum()
+                if multi_head is not None and weights is None:
                     loss = loss + F.binary_cross_entropy_with_logits(multi_head(z), multi[j]) * 10.0
+                elif multi_head is not None:
+                    per = F.binary_cross_entropy_with_logits(multi_head(z), multi[j], reduction="none").mean(1)
+                    loss = loss + (per * weights[j]).sum() / weights[j].sum() * 10.0
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

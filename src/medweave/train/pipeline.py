@@ -153,7 +153,8 @@ def finetune_image_encoder(cfg: ExperimentConfig, cohort: Cohort, store: Store, 
                            progress: bool = True):
     """Fine-tune EfficientNet-Lite0's tail on the pictures of the cohort's **train** split only (valid,
     test and new data never reach it), each picture labelled with its case's targets (every binary
-    and multiclass head; a missing target is left out of that head's loss). The tuning itself is
+    and multiclass head; a missing target is left out of that head's loss; with ``train.balance_patients``
+    each patient's pictures weigh 1 in all, as in the fusion model's loss). The tuning itself is
     ``medweave.encode.finetune.finetune``. Returns the ``FinetuneResult``, whose ``encoder()`` encodes
     every split afterwards."""
     from ..encode.finetune import FinetuneConfig, PictureTargets, finetune
@@ -192,6 +193,11 @@ def finetune_image_encoder(cfg: ExperimentConfig, cohort: Cohort, store: Store, 
     if not pictures:
         raise PipelineError(f"encode.finetune_blocks: the train split has no readable {m} items")
     case_of = np.asarray(case_of)
+    weights = None
+    if cfg.train.balance_patients:  # as the fusion model's loss: each patient's pictures weigh 1 in all
+        patient = train.table["patient_id"].astype(str).to_numpy()[case_of]
+        _, inverse, counts = np.unique(patient, return_inverse=True, return_counts=True)
+        weights = (1.0 / counts[inverse]).astype(np.float32)
     single = {}
     for spec in specs:
         y = targets[spec.name][case_of]
@@ -204,9 +210,10 @@ def finetune_image_encoder(cfg: ExperimentConfig, cohort: Cohort, store: Store, 
     ft = FinetuneConfig(blocks_tuned=e.finetune_blocks, epochs=e.finetune_epochs,
                         augmentations=e.finetune_augmentations, lr=e.finetune_lr, seed=cfg.train.seed,
                         size=e.finetune_size)
-    result = finetune(pictures, PictureTargets(single), ft, progress=print if progress else None)
+    result = finetune(pictures, PictureTargets(single, weights=weights), ft, progress=print if progress else None)
     result.heads = {"pictures": len(pictures), "train_cases": int(len(train.table)),
-                    "targets": sorted(single)}
+                    "patients": int(train.table["patient_id"].nunique()), "targets": sorted(single),
+                    "balance_patients": weights is not None}
     return result
 
 
