@@ -375,7 +375,7 @@ class _Batch:
                             "at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
 
     def due(self) -> bool:
-        return len(self.items) >= 2000 or len(self.sources) >= 256 or time.monotonic() - self.started > 2.0
+        return len(self.items) >= 4000 or len(self.sources) >= 1024 or time.monotonic() - self.started > 2.0
 
     def flush(self, report: "IngestReport") -> None:
         if not (self.items or self.sources or self.errors):

@@ -894,18 +894,25 @@ def _header(tag: int, vr: str, length: int, implicit: bool, little: bool) -> byt
     return struct.pack(order + "HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
+@lru_cache(maxsize=256)
+def _syntax_encoding(ts: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) a transfer syntax UID says, None for deflated, private or
+    unknown ones (memoised: building and validating a ``UID`` per file cost as much as the check)."""
+    uid = UID(ts)
+    if uid == DeflatedExplicitVRLittleEndian:
+        return None
+    try:
+        return uid.is_implicit_VR, uid.is_little_endian
+    except ValueError:  # a private or unknown transfer syntax
+        return None
+
+
 def _encoding_matches(ds: Dataset) -> bool:
     implicit, little = read_encoding(ds)
     ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) else None
     if ts is None:
         return True
-    ts = UID(str(ts))
-    if ts == DeflatedExplicitVRLittleEndian:
-        return False
-    try:
-        return (implicit, little) == (ts.is_implicit_VR, ts.is_little_endian)
-    except ValueError:  # a private or unknown transfer syntax
-        return False
+    return (implicit, little) == _syntax_encoding(str(ts))
 
 
 def write_patched(result: DeidResult, data: bytes, spans: dict[int, tuple[int, int]] | None) -> bytes:

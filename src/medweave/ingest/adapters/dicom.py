@@ -25,6 +25,7 @@ import logging
 import struct
 import warnings
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -268,8 +269,14 @@ def _code_meaning(seq: Any) -> str:
 def _sop(ds: Dataset) -> tuple[str, str]:
     """(SOP class UID, its name) of a data set, from the data set or its file meta."""
     uid = str(fast_get(ds, "SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "").strip()
-    name = UID(uid).name if uid else ""
+    name = _uid_name(uid) if uid else ""
     return uid, (name if name and name != uid else "")
+
+
+@lru_cache(maxsize=1024)
+def _uid_name(uid: str) -> str:
+    """pydicom's name of a UID (memoised: a series' slices ask for the same SOP class each time)."""
+    return UID(uid).name
 
 
 def _describe_sop(ds: Dataset) -> str:
