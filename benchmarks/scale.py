@@ -18,6 +18,12 @@ memory ratio (1 = flat).
     python benchmarks/scale.py vectors --n 1000000      # the 1M run (minutes, ~3 GB)
     python benchmarks/scale.py vectors --n 100000       # a quick run
     python benchmarks/scale.py pipeline --n 300
+    python benchmarks/scale.py arrays --n 20000        # training inputs in memory vs on disk
+
+``arrays``: SYNTHETIC case-level inputs (the phantom experiment's 1,280 + 384 + 192 float32 a case) for
+N and 10 x N cases, held in memory or written once to disk (``medweave.encode.arrays``), then one
+epoch of ``fit`` and one prediction pass, each run a fresh process: peak RSS, seconds, and the
+validation loss and sum of logits (equal for both modes: the same model).
 """
 
 from __future__ import annotations
@@ -280,6 +286,83 @@ def bench_pipeline(args) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+ARRAY_DIMS = {"image": 1280, "text": 384, "table": 192}  # the phantom experiment's inputs
+
+
+def arrays_main(args) -> None:
+    """One epoch of ``fit`` plus prediction over SYNTHETIC case-level inputs of ``--n`` cases, held in
+    memory or written once to disk (``DiskArray``), in this (fresh) process; prints JSON."""
+    import torch
+
+    from medweave.encode.arrays import DiskArrayWriter
+    from medweave.fuse import HeadSpec
+    from medweave.train import Dataset, TrainConfig, build_model, fit, predict_logits
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n, chunk = args.n, 4096
+    y = (rng.random(n) < 0.4).astype(np.float32)
+    inputs = {}
+    t0 = time.perf_counter()
+    for m, dim in ARRAY_DIMS.items():  # written chunk by chunk: the data never is in memory whole on disk
+        w = DiskArrayWriter(Path(args.root) / f"{m}.npy", n, dim) if args.mode == "disk" else None
+        full = None if w else np.empty((n, dim), np.float32)
+        for s0 in range(0, n, chunk):
+            block = rng.standard_normal((min(chunk, n - s0), dim), dtype=np.float32)
+            block[:, 0] += y[s0:s0 + len(block)]
+            if w:
+                w.append(block)
+            else:
+                full[s0:s0 + len(block)] = block
+        inputs[m] = w.close() if w else full
+    write_s = time.perf_counter() - t0
+    mods = list(ARRAY_DIMS)
+    ds = Dataset([str(i) for i in range(n)], mods, inputs, np.ones((n, len(mods)), bool), {"y": y})
+    cut = int(0.9 * n)
+    train, valid = ds.subset(np.arange(cut)), ds.subset(np.arange(cut, n))
+    model = build_model("sequential", ARRAY_DIMS, [HeadSpec("y")], hidden=32, seed=0)
+    t0 = time.perf_counter()
+    res = fit(model, train, valid, TrainConfig(epochs=1, batch_size=256, seed=0), progress=False)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    logits = predict_logits(model, ds, batch_size=512)["y"]
+    pred_s = time.perf_counter() - t0
+    print(json.dumps({"mode": args.mode, "n": n, "write_s": write_s, "fit_s": fit_s, "predict_s": pred_s,
+                      "peak_mb": _peak_mb(), "arrays_mb": sum(n * d * 4 for d in ARRAY_DIMS.values()) / 2**20,
+                      "valid_loss": res["best_valid_loss"], "logit_sum": float(np.sum(logits))}))
+
+
+def bench_arrays(args) -> None:
+    """Peak RSS of training and prediction with the inputs in memory and on disk at N and 10 x N cases."""
+    work = Path(tempfile.mkdtemp(prefix="medweave-scale-arrays-", dir=args.tmp))
+    print(f"synthetic case-level inputs ({' + '.join(map(str, ARRAY_DIMS.values()))} float32 a case), one epoch "
+          f"of fit (sequential, batch 256) and a prediction pass, each run a fresh process; {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; work in {work}", flush=True)
+    rows = []
+    for n in (args.n, 10 * args.n):
+        for mode in ("memory", "disk"):
+            root = work / f"{mode}-{n}"
+            root.mkdir()
+            proc = subprocess.run([sys.executable, __file__, "arrays-run", "--mode", mode, "--n", str(n),
+                                   "--root", str(root)], capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"arrays {mode} {n} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  {mode:<6} {n:>8,} cases: arrays {r['arrays_mb']:7.0f} MB, peak RSS {r['peak_mb']:6.0f} MB, "
+                  f"fit {r['fit_s']:.1f} s, predict {r['predict_s']:.1f} s", flush=True)
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+    print()
+    print("| inputs | cases | arrays MB | peak RSS MB | fit s (1 epoch) | predict s | valid loss | sum of logits |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['n']:,} | {r['arrays_mb']:.0f} | {r['peak_mb']:.0f} | {r['fit_s']:.1f} | "
+              f"{r['predict_s']:.1f} | {r['valid_loss']:.6f} | {r['logit_sum']:.4f} |")
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
 def stage_main(args) -> None:
     import medweave.evaluate  # noqa: F401  imports are not the stage's work
     import medweave.train.pipeline  # noqa: F401
@@ -308,12 +391,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None)
     p.add_argument("--keep", action="store_true", help="keep the cohorts, stores and models")
+    a = sub.add_parser("arrays", help="peak RSS of training on in-memory vs on-disk inputs at N and 10 x N cases")
+    a.add_argument("--n", type=int, default=20_000, help="cases in the small run (the large one has 10x)")
+    a.add_argument("--tmp", default=None, help="folder for the on-disk arrays (not a RAM-backed /tmp)")
+    ar = sub.add_parser("arrays-run", help=argparse.SUPPRESS)
+    ar.add_argument("--mode", choices=("memory", "disk"), required=True)
+    ar.add_argument("--n", type=int, required=True)
+    ar.add_argument("--root", required=True)
     st = sub.add_parser("stage", help=argparse.SUPPRESS)
     st.add_argument("stage", choices=STAGES)
     st.add_argument("--root", required=True)
     st.add_argument("--n", type=int, required=True)
     args = parser.parse_args()
-    {"vectors": bench_vectors, "pipeline": bench_pipeline, "stage": stage_main}[args.part](args)
+    {"vectors": bench_vectors, "pipeline": bench_pipeline, "stage": stage_main, "arrays": bench_arrays,
+     "arrays-run": arrays_main}[args.part](args)
 
 
 if __name__ == "__main__":
