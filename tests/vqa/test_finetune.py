@@ -138,3 +138,20 @@ def test_tune_plain_mlp_chooses_on_the_inner_split_only():
     assert chosen is next(r for r in grid if r["inner_acc"] == top)
     with pytest.raises(ValueError, match="inner split has 0 fit"):
         tune_plain_mlp(img, q, answers, (np.arange(0), np.arange(10)), views=1)
+
+
+def test_question_type_probs_are_the_ensemble_mean_over_the_question_types(tiny_set, tmp_path):
+    model, _ = train_vqa(tiny_set, tmp_path / "m", VqaConfig(seeds=2, epochs=5, views=1))
+    vqa = load_vqa(tiny_set)
+    with open_cache(tmp_path / "m" / CACHE_NAME) as cache:
+        from medweave.vqa.pipeline import embed_set
+
+        img, qe = embed_set(vqa, cache, model.image_encoders())
+    p = model.question_type_probs(img, qe)
+    assert p.shape == (len(qe), len(model.qtypes))
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # the heads learned the training questions' types
+    from medweave.vqa.data import main_question_type
+
+    truth = [model.qtypes.index(main_question_type(q.question_type)) for q in vqa.questions]
+    assert np.mean(p.argmax(1) == np.array(truth)) > 0.5

@@ -255,6 +255,24 @@ class Answerer:
                 self._nets.append(net)
         return self._nets
 
+    def question_type_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
+                            context: np.ndarray | None = None) -> np.ndarray:
+        """(n, qtypes): the ensemble's mean question-type probabilities (columns in ``qtypes`` order)."""
+        import torch
+
+        xi = torch.from_numpy(((np.atleast_2d(img_emb) - self.img_mean) / self.img_std).astype(np.float32))
+        xq = torch.from_numpy(np.atleast_2d(q_emb).astype(np.float32))
+        xc = None
+        if self.cfg.context:
+            if context is None:
+                context = self.context_features(img_emb, q_emb)[0]
+            xc = torch.from_numpy(np.asarray(context, dtype=np.float32))
+        out = 0.0
+        with torch.inference_mode(), torch_threads(self.cfg.threads):
+            for k, net in enumerate(self._networks()):
+                out = out + torch.softmax(net(_view(xi, k, self.cfg.views), xq, xc)[2], 1).numpy()
+        return out / len(self.members)
+
     def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
                          context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(answer probabilities reweighted by answer type and question type, P(closed)) from the
