@@ -163,6 +163,9 @@ def _read(data: bytes):
     ds.preamble = data[:128]
     encoding = default_encoding
     if interned_tag(0x00080005) in elements:
-        encoding = convert_encodings(convert_raw_data_element(elements[interned_tag(0x00080005)]).value)
+        try:
+            encoding = convert_encodings(convert_raw_data_element(elements[interned_tag(0x00080005)]).value)
+        except ValueError:  # a character set name Python cannot even look up (a NUL in it): pydicom's job
+            return None
     ds.set_original_encoding(implicit, True, encoding)
     return ds, spans
