@@ -61,9 +61,20 @@ def resplit_holdout(cohort: Cohort, valid_share: float = 0.15, seed: int = 0) ->
     return Cohort(t, cohort.modalities, cohort.targets, cohort.covariates, cohort.meta)
 
 
-def prepare(cfg, workdir: Path, resplit: bool):
+def frozen_at(size: int):
+    """The frozen EfficientNet-Lite0 fed ``size`` x ``size`` pictures (224: the registered encoder): the
+    pretrained tail as a ``FineTunedLite0``, the control for a tuning at that size."""
+    if size == 224:
+        return None
+    from medweave.encode.finetune import FineTunedLite0, build_tail
+
+    return FineTunedLite0({k: v.numpy().copy() for k, v in build_tail(1).state_dict().items()}, 1, size)
+
+
+def prepare(cfg, workdir: Path, resplit: bool, frozen_size: int = 224):
     """(cohort, dataset, fine-tuning record or None); with ``cfg.encode.finetune_blocks`` the image
-    encoder is tuned on the (resplit) cohort's train split first and encodes every split."""
+    encoder is tuned on the (resplit) cohort's train split first and encodes every split (else the
+    frozen encoder at ``frozen_size``)."""
     store_dir = workdir / f"{cfg.name}-store"
     ingest_data(cfg, store_dir, progress=False)
     with Store(store_dir) as store:
@@ -73,8 +84,9 @@ def prepare(cfg, workdir: Path, resplit: bool):
         tuned = finetune_image_encoder(cfg, cohort, store, head_specs(cfg, cohort), progress=False) \
             if cfg.encode.finetune_blocks else None
         cache = EmbeddingCache(workdir / f"{cfg.name}-embeddings.duckdb")
+        enc = tuned.encoder() if tuned else frozen_at(frozen_size)
         ds, _, _ = build_dataset(cfg, cohort, store, cache, progress=True,
-                                 encoders={FINETUNE_MODALITY: tuned.encoder()} if tuned else None)
+                                 encoders={FINETUNE_MODALITY: enc} if enc else None)
         cache.close()
     return cohort, ds, tuned
 
@@ -293,6 +305,8 @@ def main() -> int:
     ap.add_argument("--finetune-augmentations", type=int, default=4)
     ap.add_argument("--finetune-size", type=int, default=224, help="picture side fed to the tuned encoder")
     ap.add_argument("--no-frozen", action="store_true", help="with --finetune-blocks: skip the frozen table")
+    ap.add_argument("--finetune-seed", type=int, default=0, help="seed of the tuning (the heads': 0..seeds-1)")
+    ap.add_argument("--frozen-size", type=int, default=224, help="picture side of the frozen encoder's table")
     args = ap.parse_args()
     row_keys = args.rows.split(",")
     if [k for k in row_keys if k not in ROWS]:
@@ -314,16 +328,18 @@ def main() -> int:
         else:
             cfg = load_config(REPO / "configs" / "nih-cxr14.toml")
             variants = [] if args.finetune_blocks and args.no_frozen else [("frozen", cfg)]
-            if args.finetune_blocks:
+            if args.finetune_blocks:  # the tuning's seed is train.seed (the benchmark's heads take 0..seeds-1)
                 variants.append(("tuned", cfg.model_copy(update={"encode": cfg.encode.model_copy(update={
                     "finetune_blocks": args.finetune_blocks, "finetune_epochs": args.finetune_epochs,
-                    "finetune_augmentations": args.finetune_augmentations, "finetune_size": args.finetune_size})})))
+                    "finetune_augmentations": args.finetune_augmentations, "finetune_size": args.finetune_size}),
+                    "train": cfg.train.model_copy(update={"seed": args.finetune_seed})})))
             for label, vcfg in variants:
                 t0 = time.perf_counter()
-                cohort, ds, tuned = prepare(vcfg, args.workdir, resplit=True)
-                what = ("frozen EfficientNet-Lite0 (224)" if tuned is None else
+                cohort, ds, tuned = prepare(vcfg, args.workdir, resplit=True, frozen_size=args.frozen_size)
+                what = (f"frozen EfficientNet-Lite0 ({args.frozen_size})" if tuned is None else
                         f"EfficientNet-Lite0, last {args.finetune_blocks} block(s) fine-tuned at {args.finetune_size} "
-                        f"on {tuned.heads['pictures']} train-split pictures ({args.finetune_epochs} epochs, "
+                        f"on {tuned.heads['pictures']} train-split pictures (seed {args.finetune_seed}, "
+                        f"{args.finetune_epochs} epochs, "
                         f"{args.finetune_augmentations} augmented copies, {tuned.seconds:.0f} s; version {tuned.version})")
                 print(f"NIH ChestX-ray14-800: {len(ds)} images; splits {cohort.summary()['splits']} "
                       f"(source valid/ = test; 15% of train/ patients = valid); image encoder: {what}; "
