@@ -5,6 +5,7 @@ answer latency, probes, same-organ retrieval precision, and spoken questions (es
     .venv/bin/python benchmarks/vqa.py [--data DIR] [--spoken 50] [--no-train-timing] [--only-spoken --transcripts]
     .venv/bin/python benchmarks/vqa.py --dataset pathvqa --spoken 0 [--only-seeds] [--cache FILE]
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --context 3   # + retrieved context
+    .venv/bin/python benchmarks/vqa.py --splits testlike --only-baselines --no-train-timing   # baselines alone
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
