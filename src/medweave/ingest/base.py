@@ -50,6 +50,26 @@ def _resolved_file(path: Path) -> str:
     return os.path.join(folder, tail)
 
 
+# The bytes of the file the runner last fingerprinted (one file at most), so that an adapter reading
+# the whole file parses the very bytes that were hashed, and each file is read from disk once.
+_HELD: dict[str, bytes] = {}
+HOLD_MAX_BYTES = 16 << 20  # larger files are hashed in chunks and read again by their adapter
+
+
+def hold_source_bytes(path: Path, data: bytes) -> None:
+    """Keep ``data`` (the whole content of ``path``, just hashed) for the adapter that reads it next."""
+    _HELD.clear()
+    if len(data) <= HOLD_MAX_BYTES:
+        _HELD[os.fspath(path)] = data
+
+
+def source_bytes(path: Path) -> bytes:
+    """The content of ``path``: the bytes the runner fingerprinted it by when it holds them (handed
+    over once: memory holds one file at most), else read from disk."""
+    data = _HELD.pop(os.fspath(path), None)
+    return data if data is not None else Path(path).read_bytes()
+
+
 @dataclass
 class Unit:
     """One piece of work: a file (and, for layouts, what goes with it)."""

@@ -31,7 +31,8 @@ from ..engine import LOCAL, Engine
 from ..progress import progress_bar
 from ..store.catalog import ITEM_FIELDS, Item, Modality, Store, StoreFullError, canonical_json
 from ..store.deid import Deidentifier
-from .base import ADAPTERS, QUOTE_CLOSE, QUOTE_OPEN, Adapter, IngestContext, IngestError, NotADataFile, Unit
+from .base import (ADAPTERS, HOLD_MAX_BYTES, QUOTE_CLOSE, QUOTE_OPEN, Adapter, IngestContext, IngestError,
+                   NotADataFile, Unit, hold_source_bytes)
 
 HEAD_BYTES = 4096
 NONE_ADAPTER = "(none)"  # per_adapter key of files that no adapter took
@@ -264,14 +265,21 @@ _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def _file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) so a file of many units is read once."""
+    """sha256 of a file, memoised by (path, size, mtime) so a file of many units is read once. A file
+    of up to ``HOLD_MAX_BYTES`` is read whole and its bytes held for its adapter (``source_bytes``):
+    hashed while read, parsed from the same bytes, read from disk once."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+            if st.st_size <= HOLD_MAX_BYTES:
+                data = fh.read()
+                h.update(data)
+                hold_source_bytes(path, data)
+            else:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
         if len(_FILE_HASHES) > 4096:
             _FILE_HASHES.clear()
         _FILE_HASHES[key] = h.hexdigest()

@@ -352,20 +352,26 @@ class Store:
             parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(parent)
         try:
-            with open(dest, "xb") as fh:
-                try:
-                    fh.write(data)
-                    fh.flush()
-                except OSError as exc:
-                    if exc.errno not in _FULL_ERRNOS:
-                        raise
-                    fh.close()
-                    dest.unlink(missing_ok=True)  # no partial blob is left behind
-                    raise StoreFullError(
-                        exc.errno, f"the store cannot take this file's data ({len(data):,} bytes): "
-                        f"{os.strerror(exc.errno)} while writing {rel} under {self.root} (the disk is full or a "
-                        "file-size limit was reached); nothing of it was stored: free space, then run the same "
-                        "command again") from None
+            # os-level calls: a buffered file object cost as much as the write of a small blob
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                if exc.errno not in _FULL_ERRNOS:
+                    raise
+                os.close(fd)
+                fd = -1
+                dest.unlink(missing_ok=True)  # no partial blob is left behind
+                raise StoreFullError(
+                    exc.errno, f"the store cannot take this file's data ({len(data):,} bytes): "
+                    f"{os.strerror(exc.errno)} while writing {rel} under {self.root} (the disk is full or a "
+                    "file-size limit was reached); nothing of it was stored: free space, then run the same "
+                    "command again") from None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
         except FileExistsError:
             # The same content again. If the file there is damaged, put the good bytes back (through a
             # temporary name and a rename, so that a reader never sees a half-written blob).

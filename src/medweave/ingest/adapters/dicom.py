@@ -834,7 +834,7 @@ class DicomAdapter(Adapter):
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
         with quiet_pydicom():
             try:
-                data = unit.path.read_bytes()
+                data = _base.source_bytes(unit.path)  # the bytes its fingerprint hashed
             except OSError as exc:
                 raise IngestError(f"cannot read the file ({exc.strerror})") from None
             ds, spans = read_dataset(data)  # and where each element lies, before anything changes
