@@ -246,3 +246,21 @@ def test_options_and_namespace_that_change_a_read_are_part_of_the_fingerprint(tm
         other_ns = ingest([tmp_path / "in"], st, progress=False, workers=1, namespace="site-b",
                           options={"patient_from": "parent"})
         assert other_ns.n_ok == 6 and patients(st) == 3 and not before & set(st.items()["patient_id"])
+
+
+def test_a_fingerprinted_file_is_parsed_from_the_bytes_that_were_hashed(tmp_path):
+    """The runner hashes a file while reading it and holds the bytes for its adapter, once: a file
+    changed on disk between the two is still parsed as the bytes its fingerprint names, and the next
+    read (nothing held any more) goes to the disk."""
+    import hashlib
+
+    from medweave.ingest.base import source_bytes
+    from medweave.ingest.runner import _file_sha256
+
+    path = tmp_path / "a.dcm"
+    path.write_bytes(b"first version " * 100)
+    digest = _file_sha256(path)
+    path.write_bytes(b"second version, longer " * 100)
+    held = source_bytes(path)
+    assert hashlib.sha256(held).hexdigest() == digest and held.startswith(b"first")
+    assert source_bytes(path).startswith(b"second")  # handed over once: memory holds one file at most

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
 import struct
 import warnings
@@ -638,23 +639,38 @@ _GROUPS_SQL = f"""
 SELECT series_id, rows, cols, json_extract_string(meta, '$.orientation') AS orientation FROM items
 WHERE {_SLICE_WHERE} GROUP BY ALL HAVING count(*) >= 2 ORDER BY ALL
 """
-_SLICES_SQL = f"""
+# The slices of some series: plain columns, and the meta as text, parsed once per row in Python
+# (ten json_extract calls per row cost more than the rest of stacking a small slice).
+_SLICES_SQL = """
 SELECT item_id, patient_id, study_id, series_id, rows, cols, position, blob, dicom_modality, body_part,
-       pixel_spacing_x, pixel_spacing_y, slice_thickness,
-       json_extract_string(meta, '$.orientation') AS orientation,
-       coalesce(json_extract_string(meta, '$.sop_instance_uid'), item_id) AS instance,
-       json_extract_string(meta, '$.transfer_syntax') AS transfer_syntax,
-       json_extract_string(meta, '$.photometric_interpretation') AS photometric,
-       CAST(json_extract(meta, '$.samples_per_pixel') AS INTEGER) AS samples,
-       CAST(json_extract(meta, '$.bits_allocated') AS INTEGER) AS bits,
-       CAST(json_extract(meta, '$.bits_stored') AS INTEGER) AS bits_stored,
-       CAST(json_extract(meta, '$.pixel_representation') AS INTEGER) AS signed,
-       CAST(json_extract(meta, '$.rescale_slope') AS DOUBLE) AS slope,
-       CAST(json_extract(meta, '$.rescale_intercept') AS DOUBLE) AS intercept
+       pixel_spacing_x, pixel_spacing_y, slice_thickness, CAST(meta AS VARCHAR) AS meta
 FROM items
-WHERE {_SLICE_WHERE} AND series_id IN (SELECT unnest(?))
-ORDER BY series_id, rows, cols, orientation, position, item_id
+WHERE adapter = ? AND modality = 'image' AND frames = 1 AND series_id IS NOT NULL AND position IS NOT NULL
+AND series_id IN (SELECT unnest(?))
 """
+
+
+def _opt(value: Any, kind) -> Any:
+    return None if value is None else kind(value)
+
+
+def _slice_row(row: tuple) -> "_Slice | None":
+    """A ``_Slice`` from a row of ``_SLICES_SQL`` (None: a slice without an orientation)."""
+    *plain, meta_text = row
+    meta = json.loads(meta_text) if meta_text else {}
+    orientation = meta.get("orientation")
+    if orientation is None:
+        return None
+    return _Slice(*plain, orientation=str(orientation),
+                  instance=str(meta.get("sop_instance_uid") or plain[0]),
+                  transfer_syntax=_opt(meta.get("transfer_syntax"), str),
+                  photometric=_opt(meta.get("photometric_interpretation"), str),
+                  samples=_opt(meta.get("samples_per_pixel"), int), bits=_opt(meta.get("bits_allocated"), int),
+                  bits_stored=_opt(meta.get("bits_stored"), int),
+                  signed=_opt(meta.get("pixel_representation"), int),
+                  slope=_opt(meta.get("rescale_slope"), float), intercept=_opt(meta.get("rescale_intercept"), float))
+
+
 GROUPS_PER_QUERY = 64  # series read per query: one scan of the catalog for many series, memory bounded
 _BUILT_SQL = """
 SELECT json_extract_string(meta, '$.members_digest') FROM items
@@ -699,7 +715,9 @@ def series_stacks(con, adapter: str) -> Iterator[list[_Slice]]:
     for first in range(0, len(groups), GROUPS_PER_QUERY):
         chunk = groups[first:first + GROUPS_PER_QUERY]
         wanted = set(chunk)
-        rows = [_Slice(*r) for r in con.execute(_SLICES_SQL, [adapter, sorted({g[0] for g in chunk})]).fetchall()]
+        rows = [r for r in map(_slice_row, con.execute(_SLICES_SQL, [adapter, sorted({g[0] for g in chunk})]).fetchall())
+                if r is not None]
+        rows.sort(key=lambda r: (r.series_id, r.rows, r.cols, r.orientation, r.position, r.item_id))
         by_group: dict[tuple, list[_Slice]] = {}
         for row in rows:  # ordered by group, then position
             key = (row.series_id, row.rows, row.cols, row.orientation)
