@@ -15,6 +15,15 @@ same embeddings, and encoding images/s of medweave's cached, batched pipeline vs
     python benchmarks/fusion.py --sets phantom --seeds 1 --select holdout
     python benchmarks/fusion.py --sets nih --protocols clean --seeds 1 --finetune-blocks 1 --no-speed
 
+``--outer-folds K`` (NIH, frozen encoder): beside the table on the source's valid/ folder (172 images of
+61 new patients), every one of the 800 images predicted once per seed by a model that never saw its
+patient: K patient-grouped folds stratified by label, all choices (epochs, temperature, a stacked
+model's parts) made inside the training folds; pooled out-of-fold AUROC with a patient-resampling
+interval, the mean of the per-fold AUROCs (which no fold-to-fold calibration shift can move), and for
+each fused row the paired difference to the best single-modality row.
+
+    python benchmarks/fusion.py --sets nih --protocols clean --select cv --balance-patients --no-speed --outer-folds 5
+
 ``--finetune-blocks N``: the NIH table again with EfficientNet-Lite0's last N blocks fine-tuned on the
 *train* split's pictures (``[encode] finetune_blocks``, ``train.pipeline.finetune_image_encoder``: never
 the valid or test patients), after the frozen encoder's table (``--no-frozen``: the tuned one only).
@@ -36,10 +45,13 @@ from medweave.cohort import Cohort
 from medweave.config import MissingConfig, load_config, parse_config
 from medweave.encode import EmbeddingCache, encode_items
 from medweave.evaluate import binary_report
+from medweave.evaluate.metrics import auroc, paired_auroc_difference
 from medweave.fuse import HeadSpec, head_probs
 from medweave.settings import shared_data_dir
 from medweave.store import Store
-from medweave.train import Dataset, TrainConfig, build_model, fit, fit_cv, predict_logits
+from medweave.train import (Dataset, TrainConfig, build_model, fit, fit_cv, fit_stacked, fit_temperature,
+                            group_folds,
+                            predict_logits)
 from medweave.train.pipeline import (FINETUNE_MODALITY, apply_missing, build_dataset, finetune_image_encoder,
                                      head_specs, ingest_data, make_cohort)
 
@@ -110,29 +122,67 @@ def logistic_baseline(ds: Dataset, cohort: Cohort, target: str, seed: int, test_
     return {name: res["auroc"] for name in test_missing}  # it reads no image: missingness cannot touch it
 
 
+def train_model(kind: str, train_ds: Dataset, seed: int, hidden: int = 64, select: str = "cv",
+                balance_patients: bool = False, linear: bool = True, train_idx=None, valid_idx=None,
+                model_kw: dict | None = None, train_kw: dict | None = None, select_parts: bool = True):
+    """(model, temperature) fitted on ``train_ds``: ``select="cv"``: patient-grouped 5-fold CV over all
+    of it for the epoch count, then one model on all of it, its temperature from the out-of-fold
+    logits (as ``medweave train`` does); ``"holdout"``: trained on ``train_idx``, stopped and
+    calibrated on ``valid_idx``. Nothing outside ``train_ds`` is read."""
+    kw = {"hidden": hidden, "dropout": 0.2, "linear": None if linear else []}
+    if kind == "sequential":
+        kw["order"] = list(train_ds.modalities)
+    kw.update(model_kw or {})
+
+    def make():
+        return build_model(kind, {m: train_ds.inputs[m].shape[1] for m in train_ds.modalities}, [HeadSpec(target)],
+                           seed=seed, **kw)
+
+    target = next(iter(train_ds.targets))
+    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed,
+                      balance_patients=balance_patients, **(train_kw or {}))
+    if kind == "stacked":  # each part on its own, the combiner on their held-out logits
+        model = make()
+        if select == "cv":
+            res = fit_stacked(model, train_ds, cfg, list(train_ds.groups), folds=5, progress=False,
+                              select_parts=select_parts)
+            y = train_ds.targets[target]
+        else:
+            res = fit_stacked(model, train_ds.subset(train_idx), cfg, folds=0, valid=train_ds.subset(valid_idx),
+                              progress=False, select_parts=select_parts)
+            y = train_ds.targets[target][valid_idx]
+        return model, fit_temperature(res["oof_logits"][target], y, "binary")
+    if select == "cv":
+        res = fit_cv(make, train_ds, list(train_ds.groups), cfg, folds=5, progress=False)
+        model, logits, y = res["model"], res["oof_logits"][target], train_ds.targets[target]
+    else:
+        model = make()
+        valid = train_ds.subset(valid_idx)
+        fit(model, train_ds.subset(train_idx), valid, cfg, progress=False)
+        logits, y = predict_logits(model, valid)[target], valid.targets[target]
+    return model, fit_temperature(logits, y, "binary")
+
+
+def predict_probs(model, ds: Dataset, temperature: float = 1.0) -> np.ndarray:
+    import torch
+
+    spec = model.head_specs[0]
+    return head_probs(spec, torch.from_numpy(predict_logits(model, ds)[spec.name]), temperature).numpy()
+
+
 def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, train_missing, test_missing,
               modality: str, hidden: int = 64, select: str = "cv", balance_patients: bool = False,
-              linear: bool = True):
+              linear: bool = True, options: dict | None = None):
     split = cohort.table["split"].to_numpy()
     spec = [MissingConfig(modality=modality, mechanism="mnar", class_rates={str(k): v for k, v in train_missing.items()},
                           splits=["train", "valid"], seed=seed)] if train_missing and modality in ds.modalities else []
     train_ds, _ = apply_missing(cohort, ds, spec)
-    kw = {"hidden": hidden, "dropout": 0.2, "linear": None if linear else []}
-    if kind == "sequential":
-        kw["order"] = list(ds.modalities)
-
-    def make():
-        return build_model(kind, {m: ds.inputs[m].shape[1] for m in ds.modalities}, [HeadSpec(target)], seed=seed, **kw)
-
-    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed,
-                      balance_patients=balance_patients)
     if select == "cv":
-        pool = np.flatnonzero(split != "test")
-        model = fit_cv(make, train_ds.subset(pool), list(train_ds.groups[pool]), cfg, folds=5, progress=False)["model"]
+        model, _ = train_model(kind, train_ds.subset(np.flatnonzero(split != "test")), seed, hidden, "cv",
+                               balance_patients, linear, **(options or {}))
     else:
-        model = make()
-        fit(model, train_ds.subset(np.flatnonzero(split == "train")),
-            train_ds.subset(np.flatnonzero(split == "valid")), cfg, progress=False)
+        model, _ = train_model(kind, train_ds, seed, hidden, "holdout", balance_patients, linear,
+                               np.flatnonzero(split == "train"), np.flatnonzero(split == "valid"), **(options or {}))
     test_idx = np.flatnonzero(split == "test")
     test = ds.subset(test_idx)
     test_cohort = cohort.split("test")
@@ -141,9 +191,7 @@ def run_model(kind: str, ds: Dataset, cohort: Cohort, target: str, seed: int, tr
         tspec = [MissingConfig(modality=modality, mechanism="mnar", class_rates={str(k): v for k, v in rates.items()},
                                splits=None, seed=seed + 1)] if rates and modality in ds.modalities else []
         tds, _ = apply_missing(test_cohort, test, tspec)
-        import torch
-
-        p = head_probs(model.head_specs[0], torch.from_numpy(predict_logits(model, tds)[target])).numpy()
+        p = predict_probs(model, tds)
         results[name] = binary_report(tds.targets[target], p, n_boot=500, seed=seed, clusters=test.groups)["auroc"]
     return results
 
@@ -163,13 +211,20 @@ ROWS = {  # --rows key: (row name, model kind, modalities or None for all)
     "sequential": ("sequential (MultiModN-style)", "sequential", None),
     "concat": ("concat + zero-fill + indicators", "concat", None),
     "attention": ("attention + absent tokens", "attention", None),
+    "stacked": ("stacked (parts' out-of-fold logits)", "stacked", None),
+    "stacked-all": ("stacked, every part kept", "stacked", None),
+    "sequential-last": ("sequential, last-step loss only", "sequential", None),
+}
+ROW_OPTIONS = {  # --rows key: extra train_model arguments
+    "stacked-all": {"select_parts": False},
+    "sequential-last": {"train_kw": {"step_loss": "last"}},
 }
 
 
 def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: int, drop: str,
                  protocols: list[str] = list(PROTOCOLS), select: str = "cv", balance_patients: bool = False,
                  linear: bool = True, row_keys: list[str] = list(ROWS)) -> dict:
-    rows = {ROWS[k][0]: (ROWS[k][1], ROWS[k][2] or ds.modalities) for k in ROWS if k in row_keys}
+    rows = {ROWS[k][0]: (ROWS[k][1], ROWS[k][2] or ds.modalities, ROW_OPTIONS.get(k)) for k in ROWS if k in row_keys}
     keys = [k for k in PROTOCOLS if k in protocols]
     out = {}
     print(f"\n{title}: AUROC on the test split (seed 0 [95% CI over patients]; mean ± sd over {seeds} seed(s))")
@@ -185,7 +240,7 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
         head += f" {'flip-none':>9s}"
     print(head)
     print("-" * len(head))
-    for name, (kind, mods) in rows.items():
+    for name, (kind, mods, options) in rows.items():
         sub = only(ds, mods)
         per_seed: dict[str, list] = {k: [] for k in keys}
         first = {}
@@ -198,7 +253,7 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
                 else:
                     res.update(run_model(kind, sub, cohort, target, seed, None if train_missing else MNAR_TRAIN,
                                          tests, drop, select=select, balance_patients=balance_patients,
-                                         linear=linear))
+                                         linear=linear, options=options))
             for k in keys:
                 per_seed[k].append(res[k]["value"])
             if seed == 0:
@@ -213,6 +268,81 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
         print(line, flush=True)
         out[name] = {"seed0": first, "mean": {k: float(np.mean(v)) for k, v in per_seed.items()},
                      "sd": {k: float(np.std(v)) for k, v in per_seed.items()}, "flip_minus_none": delta}
+    return out
+
+
+def logistic_fit_predict(train: Dataset, test: Dataset) -> np.ndarray:
+    """The tabular logistic regression (scikit-learn, C = 1) fitted on ``train``, P(y = 1) on ``test``."""
+    from sklearn.linear_model import LogisticRegression
+
+    target = next(iter(train.targets))
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(np.nan_to_num(train.inputs["table"]), train.targets[target])
+    return clf.predict_proba(np.nan_to_num(test.inputs["table"]))[:, 1]
+
+
+PARTS = ("logistic", "image", "tabular")  # single-modality rows: a fused row is compared with the best of them
+
+
+def outer_cv_predictions(ds: Dataset, target: str, folds: int, seed: int, kind: str, modalities: list[str],
+                         balance_patients: bool, linear: bool, options: dict | None = None) -> np.ndarray:
+    """Out-of-fold P(y = 1) for every case: the cases are dealt into ``folds`` patient-grouped folds,
+    stratified by label (``group_folds(..., labels=)``, seed ``1000 + seed``); each fold is predicted by
+    a model that saw only the other folds, its epochs and temperature chosen by a patient-grouped CV
+    *inside* those folds (``train_model(select="cv")``)."""
+    fold = group_folds(list(ds.groups), folds, seed=1000 + seed, labels=ds.targets[target])
+    sub = ds.only(modalities)
+    p = np.full(len(ds), np.nan)
+    for f in range(folds):
+        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        if kind == "logistic":
+            p[te] = logistic_fit_predict(sub.subset(tr), sub.subset(te))
+            continue
+        model, temp = train_model(kind, sub.subset(tr), seed, select="cv", balance_patients=balance_patients,
+                                  linear=linear, **(options or {}))
+        p[te] = predict_probs(model, sub.subset(te), temp)
+    return p
+
+
+def outer_cv_table(title: str, ds: Dataset, target: str, folds: int, seeds: int, balance_patients: bool = False,
+                   linear: bool = True, row_keys: list[str] = list(ROWS)) -> dict:
+    """The whole set, every case predicted once per seed by a model that never saw its patient: pooled
+    out-of-fold AUROC (seed 0 [95% CI resampling patients]; mean ± sd over seeds, each seed its own
+    fold partition and model seed), and for each fused row the paired difference to the best part."""
+    rows = {k: (ROWS[k][0], ROWS[k][1], ROWS[k][2] or ds.modalities) for k in ROWS if k in row_keys}
+    y, groups = ds.targets[target], np.asarray(ds.groups)
+    print(f"\n{title}: pooled out-of-fold AUROC, {folds} outer folds by patient (stratified), all {len(ds)} "
+          f"cases of {len(set(map(str, groups)))} patients; seed 0 [95% CI over patients] (mean ± sd over "
+          f"{seeds} seed(s)); every choice (epochs, temperature) made inside the training folds"
+          f"{'; patient-balanced loss' if balance_patients else ''}")
+    preds: dict[str, list[np.ndarray]] = {}
+    out: dict = {}
+    partitions = [group_folds(list(groups), folds, seed=1000 + s, labels=y) for s in range(seeds)]
+    for key, (name, kind, mods) in rows.items():
+        t0 = time.perf_counter()
+        preds[key] = [outer_cv_predictions(ds, target, folds, s, kind, list(mods), balance_patients, linear,
+                                           ROW_OPTIONS.get(key)) for s in range(seeds)]
+        vals = [float(binary_report(y, p, n_boot=0)["auroc"]["value"]) for p in preds[key]]
+        first = binary_report(y, preds[key][0], n_boot=500, seed=0, clusters=groups)["auroc"]
+        per_fold = [float(np.mean([auroc(y[fold == f], p[fold == f]) for f in range(folds)]))
+                    for fold, p in zip(partitions, preds[key])]
+        line = (f"  {name:36s} {first['value']:.3f} [{first['lo']:.2f},{first['hi']:.2f}] "
+                f"({np.mean(vals):.3f}±{np.std(vals):.3f})   per-fold mean {np.mean(per_fold):.3f}±{np.std(per_fold):.3f}")
+        out[key] = {"name": name, "seed0": first, "per_seed": vals, "mean": float(np.mean(vals)),
+                    "sd": float(np.std(vals)), "per_fold_mean": per_fold, "seconds": time.perf_counter() - t0}
+        parts = [k for k in PARTS if k in preds and k != key]
+        if key not in PARTS and parts:
+            diffs = []
+            for s in range(seeds):
+                best = max(parts, key=lambda k: out[k]["per_seed"][s])
+                d = paired_auroc_difference(y, preds[best][s], preds[key][s], n_boot=500 if s == 0 else 0,
+                                            seed=0, clusters=groups)
+                diffs.append((best, d))
+            b0, d0 = diffs[0]
+            line += (f"   minus best part ({b0}): {d0['value']:+.3f} [{d0['lo']:+.2f},{d0['hi']:+.2f}] "
+                     f"(mean {np.mean([d['value'] for _, d in diffs]):+.3f})")
+            out[key]["minus_best_part"] = {"seed0": d0, "best_part_seed0": b0,
+                                           "per_seed": [d["value"] for _, d in diffs]}
+        print(line, flush=True)
     return out
 
 
@@ -307,6 +437,8 @@ def main() -> int:
     ap.add_argument("--no-frozen", action="store_true", help="with --finetune-blocks: skip the frozen table")
     ap.add_argument("--finetune-seed", type=int, default=0, help="seed of the tuning (the heads': 0..seeds-1)")
     ap.add_argument("--frozen-size", type=int, default=224, help="picture side of the frozen encoder's table")
+    ap.add_argument("--outer-folds", type=int, default=0,
+                    help="NIH: also the outer patient-grouped CV over all 800 images with this many folds (0: off)")
     args = ap.parse_args()
     row_keys = args.rows.split(",")
     if [k for k in row_keys if k not in ROWS]:
@@ -349,6 +481,10 @@ def main() -> int:
                     "image", protocols, args.select, args.balance_patients, not args.no_linear, row_keys)
                 if tuned is not None:
                     results["nih_tuned"]["finetune"] = tuned.info()
+                if args.outer_folds > 1 and tuned is None:
+                    results["nih_outer_cv"] = outer_cv_table(
+                        f"NIH ChestX-ray14-800, target abnormal, {label} encoder", ds, "abnormal", args.outer_folds,
+                        args.seeds, args.balance_patients, not args.no_linear, row_keys)
             if not args.no_speed:
                 results["speed_train"] = speed_table(ds)
                 results["speed_encode"] = encode_speed(args.workdir / "nih-cxr14-store")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from medweave.evaluate.metrics import auroc, average_precision, balanced_accuracy, binary_report, ece, f1
@@ -55,3 +56,20 @@ def test_cluster_bootstrap_counts_a_patients_images_as_one_patient():
     assert by_patient["value"] == by_image["value"] == alone["value"]
     assert width(by_patient) > 2 * width(by_image)
     assert abs(width(by_patient) - width(alone)) < 0.35 * width(alone)
+
+
+def test_paired_auroc_difference_cancels_what_both_models_share():
+    from medweave.evaluate.metrics import auroc, paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.5).astype(float)
+    base = y + rng.standard_normal(300)
+    better = base + 0.8 * y  # the same noise, more signal
+    clusters = np.repeat(np.arange(100), 3)
+    d = paired_auroc_difference(y, base, better, n_boot=300, seed=0, clusters=clusters)
+    assert d["value"] == pytest.approx(auroc(y.astype(int), better) - auroc(y.astype(int), base))
+    assert 0 < d["lo"] < d["value"] < d["hi"]
+    same = paired_auroc_difference(y, base, base, n_boot=100, seed=0, clusters=clusters)
+    assert same["value"] == 0 and same["lo"] == 0 and same["hi"] == 0
+    with pytest.raises(ValueError, match="predictions"):
+        paired_auroc_difference(y, base[:10], base)

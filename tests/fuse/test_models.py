@@ -29,7 +29,7 @@ def batch(n: int = 8, seed: int = 0):
     return x, torch.ones(n, len(DIMS), dtype=torch.bool)
 
 
-@pytest.mark.parametrize("kind", ["sequential", "concat", "attention"])
+@pytest.mark.parametrize("kind", ["sequential", "concat", "attention", "stacked"])
 def test_prediction_does_not_depend_on_other_samples_missingness(kind):
     model = make(kind)
     x, mask = batch()
@@ -46,7 +46,7 @@ def test_prediction_does_not_depend_on_other_samples_missingness(kind):
     assert not torch.allclose(before["y"][3], after["y"][3]), "the sample that lost a modality must change"
 
 
-@pytest.mark.parametrize("kind", ["sequential", "concat", "attention"])
+@pytest.mark.parametrize("kind", ["sequential", "concat", "attention", "stacked"])
 def test_absent_rows_are_never_read(kind):
     model = make(kind)
     x, mask = batch()
@@ -132,3 +132,20 @@ def test_learnable_1d_cnn_reads_the_waveform_encoder_output():
         loss.backward()
         opt.step()
     assert loss.item() < 0.2, "the CNN learns to tell a 1 Hz from an 8 Hz rhythm"
+
+
+def test_stacked_logit_is_the_weighted_sum_of_the_present_parts():
+    model = make("stacked")
+    x, mask = batch()
+    mask[:4, 1] = False  # the first four samples have no image
+    out = model(x, mask)
+    w, b = model.stack_weight.detach(), model.stack_bias.detach()
+    for name, h, cols in (("y", 0, slice(0, 1)), ("kind", 1, slice(1, 4))):
+        want = b[cols] + sum(mask[:, j:j + 1].float() * w[j, h] * out["parts"][m][name]
+                             for j, m in enumerate(model.modalities))
+        assert torch.allclose(out["logits"][name], want, atol=1e-6)
+    # a part reads its own modality only: the image part's logits do not depend on the table
+    x2 = {m: v.clone() for m, v in x.items()}
+    x2["table"] += 5.0
+    assert torch.allclose(model(x2, mask)["parts"]["image"]["y"], out["parts"]["image"]["y"])
+    assert not torch.allclose(model(x2, mask)["parts"]["table"]["y"], out["parts"]["table"]["y"])

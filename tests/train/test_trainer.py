@@ -210,3 +210,103 @@ def test_a_linear_tabular_path_keeps_a_strong_covariate_beside_a_noisy_embedding
         scores[name] = auroc(y[te], predict_logits(model, sub.subset(te))["y"].reshape(-1))
     assert scores["fused"] >= scores["tabular"] - 0.01, scores
     assert scores["fused"] > scores["fused, no linear path"], scores
+
+
+def test_stratified_patient_folds_balance_the_positive_patients():
+    from medweave.train import group_folds
+
+    rng = np.random.default_rng(0)
+    groups = [f"p{i // 2}" for i in range(400)]  # 200 patients, two images each
+    pos = rng.random(200) < 0.3
+    labels = np.repeat(pos, 2).astype(float)
+    labels[5] = np.nan  # an unlabelled image does not count
+    fold = group_folds(groups, 5, seed=0, labels=labels)
+    for g in set(groups):
+        assert len({fold[i] for i, h in enumerate(groups) if h == g}) == 1, g
+    per_fold = [pos[np.unique([int(groups[i][1:]) for i in np.flatnonzero(fold == f)])].sum() for f in range(5)]
+    assert max(per_fold) - min(per_fold) <= 1, per_fold  # dealt out in turn within each stratum
+    plain = group_folds(groups, 5, seed=0)
+    plain_counts = [pos[np.unique([int(groups[i][1:]) for i in np.flatnonzero(plain == f)])].sum() for f in range(5)]
+    assert max(plain_counts) - min(plain_counts) >= max(per_fold) - min(per_fold)
+    with pytest.raises(ValueError, match="labels"):
+        group_folds(groups, 5, labels=labels[:10])
+
+
+def noise_toy(n=600, seed=0):
+    """'a' carries the signal; 'b' is noise that a flexible model can still fit on the training cases."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    a = rng.standard_normal((n, 5)).astype(np.float32) + y[:, None] * np.array([1.0, -0.8, 0, 0, 0], np.float32)
+    b = rng.standard_normal((n, 40)).astype(np.float32)
+    groups = np.array([f"p{i // 2}" for i in range(n)])
+    return Dataset([str(i) for i in range(n)], ["a", "b"], {"a": a, "b": b}, np.ones((n, 2), bool), {"y": y}, groups)
+
+
+def test_stacking_drops_a_part_whose_held_out_logits_carry_nothing():
+    from medweave.evaluate.metrics import auroc
+    from medweave.train import fit_stacked
+
+    ds = noise_toy()
+    train_, test = ds.subset(np.arange(400)), ds.subset(np.arange(400, 600))
+    model = build_model("stacked", {"a": 5, "b": 40}, [HeadSpec("y")], hidden=16, seed=0)
+    res = fit_stacked(model, train_, TrainConfig(epochs=15, patience=3, seed=0), list(train_.groups), folds=4,
+                      progress=False)
+    assert res["parts_used"] == ["a"], res["parts_cv_loss"]
+    assert res["stack_weights"]["b"]["y"] == 0.0 and res["stack_weights"]["a"]["y"] > 0.5
+    assert set(res["parts"]) == {"a", "b"} and all(p["cv_epochs"] >= 1 for p in res["parts"].values())
+    p = predict_logits(model, test)["y"].reshape(-1)
+    part_a = predict_logits(model.parts["a"], test.only(["a"]))["y"].reshape(-1)
+    assert auroc(test.targets["y"], p) == pytest.approx(auroc(test.targets["y"], part_a))  # b is never read
+    assert auroc(test.targets["y"], p) > 0.7
+    # both parts informative: both are kept, and the fused model beats each part on new cases
+    both = toy(n=800, seed=3)
+    both.groups = np.array([str(i) for i in range(800)])
+    model2 = build_model("stacked", {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16, seed=0)
+    res2 = fit_stacked(model2, both.subset(np.arange(500)), TrainConfig(epochs=15, patience=3, seed=0),
+                       [str(i) for i in range(500)], folds=4, progress=False)
+    assert res2["parts_used"] == ["a", "b"]
+    new = both.subset(np.arange(500, 800))
+    fused = auroc(new.targets["y"], predict_logits(model2, new)["y"].reshape(-1))
+    for m in ("a", "b"):
+        assert fused > auroc(new.targets["y"], predict_logits(model2.parts[m], new.only([m]))["y"].reshape(-1))
+
+
+def test_stacking_on_a_valid_split_and_absent_modalities():
+    from medweave.train import fit_stacked
+
+    ds = toy(n=500, seed=1, mnar=False)
+    ds.mask[::3, 1] = False  # a third of the cases have no 'b'
+    ds.inputs["b"][::3] = np.nan
+    model = build_model("stacked", {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16, seed=0)
+    res = fit_stacked(model, ds.subset(np.arange(350)), TrainConfig(epochs=20, patience=4, seed=0), folds=0,
+                      valid=ds.subset(np.arange(350, 500)), progress=False)
+    assert res["parts"]["b"]["cases"] == int(ds.mask[:350, 1].sum())  # a part trains where its modality is
+    assert np.isfinite(res["oof_logits"]["y"]).all()
+    assert np.isfinite(predict_logits(model, ds)["y"]).all()
+    with pytest.raises(ValueError, match="valid split"):
+        fit_stacked(build_model("stacked", {"a": 5, "b": 7}, [HeadSpec("y")]), ds, TrainConfig(), folds=0)
+    with pytest.raises(ValueError, match="no parts"):
+        fit_stacked(build_model("concat", {"a": 5, "b": 7}, [HeadSpec("y")]), ds, TrainConfig(), folds=0, valid=ds)
+
+
+def test_a_stacked_experiment_trains_saves_and_reloads(tmp_path):
+    """``model.kind = "stacked"`` through ``train_experiment``: parts and combiner fitted by patient-grouped
+    CV, the checkpoint reloads to the same predictions."""
+    from medweave.config import parse_config
+    from medweave.demo import generate_phantom
+    from medweave.train.pipeline import train_experiment
+
+    m = generate_phantom(tmp_path / "ph", n_patients=80, seed=3)
+    cfg = parse_config({"name": "st", "data": {"paths": [str(m.path("data"))], "mapping": str(m.mapping)},
+                        "cohort": {"targets": ["disease"], "covariates": ["age", "sex"], "modalities": ["signal"],
+                                   "fractions": [0.6, 0.2, 0.2]},
+                        "model": {"kind": "stacked", "modalities": ["table", "signal"], "hidden": 16},
+                        "train": {"epochs": 8, "batch_size": 16, "patience": 3, "cv_folds": 3}})
+    res = train_experiment(cfg, tmp_path / "model", progress=False)
+    assert set(res.fit["parts"]) == {"table", "signal"} and res.fit["parts_used"]
+    assert 1 <= res.fit["epochs_run"] <= 8 and "disease" in res.temperatures
+    model, saved = load_checkpoint(tmp_path / "model")
+    assert saved["architecture"]["kind"] == "stacked"
+    for name, weight in res.fit["stack_weights"].items():
+        j = model.modalities.index(name)
+        assert float(model.stack_weight[j, 0].detach()) == pytest.approx(weight["disease"])

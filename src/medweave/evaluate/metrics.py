@@ -102,6 +102,23 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, fn: Callable, needs_both: bool, n
     return float(lo), float(hi)
 
 
+def paired_auroc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                            clusters: np.ndarray | None = None) -> dict[str, float]:
+    """AUROC(b) - AUROC(a) on the same cases, with a paired percentile-bootstrap 95% interval: each
+    resample draws whole clusters (patients) once and scores both models on it, so what the two share
+    (the cases, how hard they are) cancels out of the difference. ``value``, ``lo``, ``hi``, ``a``, ``b``."""
+    y, p_a, p_b = np.asarray(y, dtype=float), np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)
+    if len(p_a) != len(y) or len(p_b) != len(y):
+        raise ValueError(f"paired_auroc_difference: {len(y)} labels but {len(p_a)} and {len(p_b)} predictions")
+    keep = ~np.isnan(y)
+    y, p_a, p_b = y[keep].astype(int), p_a[keep], p_b[keep]
+    both = np.stack([p_a, p_b], axis=1)
+    lo, hi = bootstrap_ci(y, both, lambda t, q: auroc(t, q[:, 1]) - auroc(t, q[:, 0]), True, n_boot, seed,
+                          None if clusters is None else np.asarray(clusters)[keep])
+    a, b = auroc(y, p_a), auroc(y, p_b)
+    return {"value": b - a, "lo": lo, "hi": hi, "a": a, "b": b}
+
+
 def binary_report(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0,
                   clusters: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Every binary metric with its 95% bootstrap interval, over cases with a label (``clusters``:

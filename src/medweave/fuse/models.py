@@ -12,6 +12,9 @@ after each step) and ``step_present`` ((B, M) bool: whether step s updated the s
 * ``ConcatFusion`` — the classic baseline: zero-filled embeddings concatenated with missing indicators
   into an MLP (it can learn missingness shortcuts; that is the point of having it).
 * ``AttentionFusion`` — a transformer over modality tokens, with a learned "absent" token per modality.
+* ``StackedFusion`` — one model per modality and a per-head weighted sum of their logits, the weights
+  fitted on the parts' out-of-fold logits (``train.fit_stacked``): a fuser that can learn to ignore a
+  modality that does not generalise.
 
 Nothing here mixes samples: no batch normalisation, so a sample's output never depends on the rest of
 its batch.
@@ -250,10 +253,70 @@ class AttentionFusion(FusionModel):
         return {"logits": self._read(self.norm(out[:, 0]), inputs, mask)}
 
 
+class StackedFusion(FusionModel):
+    """Stacking: one model per modality, each reading that modality alone (its adapter, MLP, heads and,
+    for tabular inputs, a linear path: the ``concat`` model on one modality), and a combiner per head,
+    ``logit = b + sum_m mask_m * w_m * z_m``, where ``z_m`` is part ``m``'s logit.
+
+    Why: a jointly trained fused network has one set of weights and one stopping epoch for paths that
+    learn and overfit at different speeds (on NIH a 1,280-d picture embedding overfits in 2-4 epochs, 8
+    covariates need ~10), and it learns how much to trust each modality from the training cases
+    themselves, where a tabular MLP always looks useful. ``train.fit_stacked`` fits every part on its own
+    (its own early stopping, on the cases where its modality is present) and the ``w_m`` on the parts'
+    *out-of-fold* logits: a part that does not generalise gets a weight near 0, so the fused model can
+    ignore it, and the combiner is a calibration of the parts at the same time. An absent modality adds
+    no term (it is not read); there are no missing-indicator terms, so absence carries no evidence."""
+
+    kind = "stacked"
+
+    def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None,
+                 linear: Sequence[str] | None = None):
+        nn.Module.__init__(self)
+        self.modalities = list(dims)
+        self.dims = dict(dims)
+        self.hidden = hidden
+        self.head_specs = list(heads)
+        adapters = adapters or {}
+        if linear is not None:
+            for m in linear:
+                if m not in dims:
+                    raise ValueError(f"linear path for {m!r}: not a model modality; modalities: {', '.join(dims)}")
+        self.parts = nn.ModuleDict({
+            m: ConcatFusion({m: d}, heads, hidden, dropout, {m: adapters[m]} if m in adapters else None,
+                            linear=None if linear is None else [x for x in linear if x == m])
+            for m, d in dims.items()})
+        self.linear = None
+        self.heads = nn.ModuleDict()  # the parts hold the heads
+        n_out = sum(h.n_out for h in heads)
+        self.stack_weight = nn.Parameter(torch.ones(len(self.modalities), len(self.head_specs)))
+        self.stack_bias = nn.Parameter(torch.zeros(n_out))
+
+    def part_logits(self, inputs, mask) -> dict[str, dict[str, torch.Tensor]]:
+        """Each part's logits (modality -> head -> (B, n_out)); rows where the modality is absent are
+        computed on zeros and must be masked by the caller."""
+        return {m: self.parts[m]({m: inputs[m]}, mask[:, j:j + 1])["logits"] for j, m in enumerate(self.modalities)}
+
+    def combine(self, parts: Mapping[str, Mapping[str, torch.Tensor]], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for h, spec in enumerate(self.head_specs):
+            total = self.stack_bias[start:start + spec.n_out].expand(mask.shape[0], -1)
+            for j, m in enumerate(self.modalities):
+                present = mask[:, j:j + 1].to(total.dtype)
+                total = total + present * (self.stack_weight[j, h] * torch.nan_to_num(parts[m][spec.name]))
+            out[spec.name] = total
+            start += spec.n_out
+        return out
+
+    def forward(self, inputs, mask, order=None):
+        parts = self.part_logits(inputs, mask)
+        return {"logits": self.combine(parts, mask), "parts": parts}
+
+
 FUSERS: Registry[type[FusionModel]] = Registry("fusion model", "medweave.fusers")
 FUSERS.register("sequential", SequentialFusion)
 FUSERS.register("concat", ConcatFusion)
 FUSERS.register("attention", AttentionFusion)
+FUSERS.register("stacked", StackedFusion)
 
 
 def modality_dropout(mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ..encode.base import DEFAULT_ENCODERS
 from ..fuse import HeadSpec
 from ..ingest import ingest
 from ..store import Store
-from .trainer import (Dataset, TrainConfig, build_model, fit, fit_cv, fit_temperature, predict_logits,
+from .trainer import (Dataset, TrainConfig, build_model, fit, fit_cv, fit_stacked, fit_temperature, predict_logits,
                       save_checkpoint)
 
 
@@ -269,7 +269,26 @@ def _train(cfg: ExperimentConfig, model_dir: Path, store_dir: Path, progress: bo
 
     tcfg = TrainConfig(**cfg.train.model_dump())
     temps = {}
-    if tcfg.cv_folds > 1:
+    if cfg.model.kind == "stacked":
+        # Each part on its own, the combiner on the parts' held-out logits (see fit_stacked): by
+        # patient-grouped CV over train + valid with cv_folds > 1, else on the valid split.
+        model = make_model()
+        if tcfg.cv_folds > 1:
+            idx = np.flatnonzero(np.isin(split, ["train", "valid"]))
+            held = ds.subset(idx)
+            result = fit_stacked(model, held, tcfg, list(cohort.table["patient_id"].to_numpy()[idx]),
+                                 folds=tcfg.cv_folds, progress=progress)
+        else:
+            if not len(valid):
+                raise PipelineError("model.kind 'stacked' needs a valid split or train.cv_folds > 1")
+            held = valid
+            result = fit_stacked(model, train, tcfg, folds=0, valid=valid, progress=progress)
+        oof = result.pop("oof_logits")
+        result.pop("part_oof_logits")
+        result["history"] = []
+        if tcfg.calibrate:
+            temps = {s.name: fit_temperature(oof[s.name], held.targets[s.name], s.kind) for s in specs}
+    elif tcfg.cv_folds > 1:
         # Cross-validated early stopping over train + valid, grouped by patient (see fit_cv).
         idx = np.flatnonzero(np.isin(split, ["train", "valid"]))
         pool = ds.subset(idx)

@@ -4,6 +4,7 @@ temperature scaling, checkpoints as safetensors + a JSON config."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import time
@@ -213,17 +214,32 @@ def fit(model: FusionModel, train: Dataset, valid: Dataset | None, cfg: TrainCon
             "train_samples_per_s": samples / seconds if seconds else float("nan")}
 
 
-def group_folds(groups: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+def group_folds(groups: Sequence[str], k: int, seed: int = 0, labels: Sequence[float] | None = None) -> np.ndarray:
     """Fold number (0..k-1) per sample, whole groups (patients) per fold, by a seeded hash of the group:
-    a patient's images never sit on both sides of a fold."""
+    a patient's images never sit on both sides of a fold.
+
+    With ``labels`` (a binary target per sample) the folds are also stratified: patients are dealt out
+    in turn within each stratum (their share of positive images >= 1/2 or not), so every fold holds
+    about the same share of positive patients. Unlabelled samples (NaN) do not count."""
     import hashlib
 
     def u(g: str) -> float:
         return int.from_bytes(hashlib.sha256(f"{seed}\x1f{g}".encode()).digest()[:8], "big") / 2**64
 
-    uniq = sorted(set(map(str, groups)), key=u)
+    keys = list(map(str, groups))
+    uniq = sorted(set(keys), key=u)
+    if labels is not None:
+        y = np.asarray(labels, dtype=float)
+        if len(y) != len(keys):
+            raise ValueError(f"group_folds: {len(y)} labels for {len(keys)} samples")
+        pos: dict[str, list[float]] = {}
+        for g, v in zip(keys, y):
+            if not np.isnan(v):
+                pos.setdefault(g, []).append(v)
+        stratum = {g: float(np.mean(pos[g]) >= 0.5) if g in pos else -1.0 for g in uniq}
+        uniq = sorted(uniq, key=lambda g: stratum[g])  # stable: the hash order within each stratum
     fold_of = {g: i % k for i, g in enumerate(uniq)}
-    return np.array([fold_of[str(g)] for g in groups])
+    return np.array([fold_of[g] for g in keys])
 
 
 def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, folds: int = 5,
@@ -268,6 +284,150 @@ def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, 
     result.update({"model": final, "cv_folds": folds, "cv_epochs": best + 1, "cv_curve": [float(v) for v in mean],
                    "best_valid_loss": float(mean[best]), "oof_logits": oof})
     return result
+
+
+def _combiner_loss(model, parts_oof, scored, targets, case_w, use, rows) -> tuple[float, float]:
+    """(weighted mean loss, total weight) of the combiner on ``rows``, reading the parts in ``use`` only."""
+    rows_t = torch.from_numpy(np.asarray(rows))
+    sc = scored[rows_t] & torch.tensor(use)[None, :]
+    sub = {m: {k: v[rows_t] for k, v in d.items()} for m, d in parts_oof.items()}
+    with torch.no_grad():
+        out = model.combine(sub, sc)
+        w = None if case_w is None else case_w[rows_t]
+        loss = sum(float(head_loss(s, out[s.name], targets[s.name][rows_t], w)) for s in model.head_specs)
+    return loss, float(len(rows) if w is None else w.sum())
+
+
+def _fit_combiner(model, parts_oof, scored, targets, case_w, penalty, use, rows) -> None:
+    """The ridge logistic combiner on ``rows`` (L-BFGS from weights 1, bias 0); parts outside ``use`` get
+    weight exactly 0."""
+    rows_t = torch.from_numpy(np.asarray(rows))
+    sc = scored[rows_t] & torch.tensor(use)[None, :]
+    sub = {m: {k: v[rows_t] for k, v in d.items()} for m, d in parts_oof.items()}
+    t = {k: v[rows_t] for k, v in targets.items()}
+    w = None if case_w is None else case_w[rows_t]
+    keep = torch.tensor(use, dtype=model.stack_weight.dtype)[:, None]
+    with torch.no_grad():
+        model.stack_weight.copy_(keep.expand_as(model.stack_weight))
+        model.stack_bias.zero_()
+    opt = torch.optim.LBFGS([model.stack_weight, model.stack_bias], lr=0.5, max_iter=200,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        out = model.combine(sub, sc)
+        loss = sum(head_loss(s, out[s.name], t[s.name], w) for s in model.head_specs)
+        loss = loss + penalty * (model.stack_weight ** 2).sum() / max(len(rows), 1)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        model.stack_weight.mul_(keep)
+
+
+def fit_stacked(model: FusionModel, train: Dataset, cfg: TrainConfig, groups: Sequence[str] | None = None,
+                folds: int = 5, valid: Dataset | None = None, progress: bool = True,
+                penalty: float = 1.0, select_parts: bool = True) -> dict[str, Any]:
+    """Fit a ``StackedFusion``: each part on its own, then the combiner on the parts' held-out logits.
+
+    With ``folds > 1`` (``groups``: the patient of each case) every part is trained by ``fit_cv`` on the
+    cases where its modality is present (its own epoch count from a patient-grouped CV, then trained on
+    all of them), and its out-of-fold logits are what the combiner learns from. Without folds the parts
+    are early-stopped on ``valid`` and the combiner is fitted on their ``valid`` logits. The combiner
+    (a weight per part and head, a bias per head output) minimises the heads' loss (patient-balanced with
+    ``cfg.balance_patients``) plus ``penalty * sum(w**2) / n``, by L-BFGS: a ridge logistic regression on
+    the parts' logits, so a part whose held-out logits carry nothing gets a weight near 0. With
+    ``select_parts`` the parts it combines are chosen first: every non-empty subset is scored by a
+    patient-grouped 5-fold CV of the combiner over those held-out logits, and the subset with the
+    lowest loss is kept (fewer parts on a near-tie); a dropped part's weight is exactly 0 (never read).
+    Returns per part its epochs (``parts``), ``epochs_run`` (the most of them), ``best_valid_loss`` (the
+    chosen combiner's CV loss; without part selection its loss on the held-out logits), the combiner's ``stack_weights`` and ``oof_logits`` (the combined
+    held-out logits, for calibration) over ``train`` (folds) or ``valid``."""
+    if not hasattr(model, "parts"):
+        raise ValueError(f"fit_stacked: a {model.kind!r} model has no parts; use kind 'stacked'")
+    use_cv = folds > 1
+    if not use_cv and (valid is None or not len(valid)):
+        raise ValueError("fit_stacked: without cross-validation folds the parts need a valid split")
+    held = train if use_cv else valid
+    parts_oof: dict[str, dict[str, torch.Tensor]] = {}
+    info: dict[str, Any] = {}
+    groups = None if groups is None else np.asarray(list(map(str, groups)))
+    for j, m in enumerate(model.modalities):
+        part = model.parts[m]
+        init = copy.deepcopy(part.state_dict())
+        rows = np.flatnonzero(train.mask[:, j])
+        part_train = train.subset(rows).only([m])
+        if len(rows) == 0:
+            raise ValueError(f"fit_stacked: no training case has modality {m!r}")
+        full = {k: np.full((len(held),) + (s.n_out,), np.nan, np.float32) for k, s in
+                ((s.name, s) for s in model.head_specs)}
+        if use_cv:
+            def make(part=part, init=init):
+                fresh = copy.deepcopy(part)
+                fresh.load_state_dict(init)
+                return fresh
+            res = fit_cv(make, part_train, list(groups[rows]), cfg, folds=folds, progress=progress)
+            part.load_state_dict(res["model"].state_dict())
+            for k, v in res["oof_logits"].items():
+                full[k][rows] = v.reshape(len(rows), -1)
+            info[m] = {"cv_epochs": res["cv_epochs"], "cases": int(len(rows))}
+        else:
+            vrows = np.flatnonzero(valid.mask[:, j])
+            res = fit(part, part_train, valid.subset(vrows).only([m]), cfg, progress=progress)
+            for k, v in predict_logits(part, valid.subset(vrows).only([m])).items():
+                full[k][vrows] = v.reshape(len(vrows), -1)
+            info[m] = {"epochs_run": res["epochs_run"], "cases": int(len(rows))}
+        parts_oof[m] = {k: torch.from_numpy(v) for k, v in full.items()}
+    # Combiner: a part's logit counts where its modality is present and the part scored the case.
+    scored = torch.from_numpy(np.ascontiguousarray(held.mask)).clone()
+    for j, m in enumerate(model.modalities):
+        finite = torch.stack([torch.isfinite(v).all(dim=1) for v in parts_oof[m].values()]).all(dim=0)
+        scored[:, j] &= finite
+    targets = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in held.targets.items()}
+    case_w = torch.from_numpy(held.case_weights()) if cfg.balance_patients else None
+    n_parts = len(model.modalities)
+    subsets = [use for use in itertools.product([False, True], repeat=n_parts) if any(use)] if select_parts \
+        else [(True,) * n_parts]
+    cv_loss: dict[tuple, float] = {}
+    if len(subsets) > 1:
+        # Which parts to combine, by a patient-grouped CV of the combiner itself over the held-out
+        # logits: a part kept only because it fits these cases (not new ones) is dropped.
+        inner = group_folds(list(map(str, held.groups)) if held.groups is not None else
+                            [str(i) for i in range(len(held))], 5, seed=cfg.seed + 1)
+        for use in subsets:
+            total, weight = 0.0, 0.0
+            for f in range(5):
+                tr, va = np.flatnonzero(inner != f), np.flatnonzero(inner == f)
+                if not len(tr) or not len(va):
+                    continue
+                _fit_combiner(model, parts_oof, scored, targets, case_w, penalty, use, tr)
+                loss, w = _combiner_loss(model, parts_oof, scored, targets, case_w, use, va)
+                total, weight = total + loss * w, weight + w
+            cv_loss[use] = total / max(weight, 1e-12)
+        # The smallest loss; a subset with fewer parts wins a near-tie (within 0.1%).
+        best = min(cv_loss.values())
+        chosen = min((u for u in subsets if cv_loss[u] <= best * 1.001), key=lambda u: (sum(u), cv_loss[u]))
+    else:
+        chosen = subsets[0]
+    _fit_combiner(model, parts_oof, scored, targets, case_w, penalty, chosen, np.arange(len(held)))
+    scored = scored & torch.tensor(chosen)[None, :]
+    model.eval()
+    with torch.no_grad():
+        combined = {k: v.numpy().copy() for k, v in model.combine(parts_oof, scored).items()}
+        for k, v in combined.items():  # a case no part scored has no held-out prediction
+            v[~scored.any(dim=1).numpy()] = np.nan
+    held_loss = cv_loss.get(chosen)
+    if held_loss is None:
+        held_loss = _combiner_loss(model, parts_oof, scored, targets, case_w, chosen, np.arange(len(held)))[0]
+    weights = {m: {s.name: float(model.stack_weight[j, h].detach()) for h, s in enumerate(model.head_specs)}
+               for j, m in enumerate(model.modalities)}
+    epochs = [p.get("cv_epochs", p.get("epochs_run", 0)) for p in info.values()]
+    return {"parts": info, "epochs_run": int(max(epochs)), "best_valid_loss": float(held_loss), "stack_weights": weights, "stack_bias": model.stack_bias.detach().tolist(),
+            "parts_used": [m for m, u in zip(model.modalities, chosen) if u],
+            "parts_cv_loss": {"+".join(m for m, x in zip(model.modalities, u) if x): v for u, v in cv_loss.items()},
+            "oof_logits": combined, "part_oof_logits": {m: {k: v.numpy() for k, v in d.items()} for m, d in parts_oof.items()},
+            "cv_folds": folds if use_cv else 0}
 
 
 def predict_logits(model: FusionModel, ds: Dataset, batch_size: int = 512, steps: bool = False) -> dict[str, np.ndarray]:
