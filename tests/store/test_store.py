@@ -173,3 +173,24 @@ def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, text_files):
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert catalog_fingerprint(tmp_path / "crashed") == catalog_fingerprint(tmp_path / "clean")
     assert blob_files(tmp_path / "crashed") == blob_files(tmp_path / "clean")
+
+
+def test_batch_columns_keep_nan_as_null_and_mixed_values_as_before(tmp_path):
+    """Rows are handed to DuckDB as Arrow columns: a NaN is stored as NULL (as the pandas path did),
+    and a column Arrow cannot type (an int and a text in one column) still commits, through pandas."""
+    from medweave.store.catalog import _columns
+
+    table, cols = _columns([{"a": 1.5, "b": "x"}, {"a": float("nan"), "b": None}])
+    assert cols == ["a", "b"] and table.column("a").to_pylist() == [1.5, None]
+    mixed, _ = _columns([{"code": 7}, {"code": "seven"}])
+    assert list(mixed["code"]) == [7, "seven"]  # the pandas frame, objects kept as they are
+    with Store(tmp_path / "s", write=True) as store:
+        row = {"item_id": "i1", "patient_id": "p", "modality": "table", "content_hash": "h", "unit_id": "u1",
+               "value_num": float("nan"), "code": "c"}
+        src = {"source_id": "f1", "unit_id": "u1", "source_path": "x", "raw_sha256": "f1", "adapter": "t",
+               "adapter_version": "1", "n_items": 1, "run_id": "r", "done_at": None}
+        assert store.commit_batch([row], {"p": {}}, {}, [src], []) == (1, 0)
+        assert store.con.execute("SELECT value_num IS NULL FROM items").fetchone()[0]
+        # the same unit again (its bytes changed): its rows are replaced, not added
+        assert store.commit_batch([{**row, "item_id": "i2"}], {}, {}, [{**src, "source_id": "f2"}], []) == (1, 1)
+        assert store.con.execute("SELECT list(item_id) FROM items").fetchone()[0] == ["i2"]

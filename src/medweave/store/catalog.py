@@ -268,6 +268,27 @@ class Item:
         return sha256_bytes(key.encode())[:24]
 
 
+def _columns(rows: list[dict[str, Any]]) -> tuple[Any, list[str]]:
+    """Rows (dicts) as (an Arrow table, its column names), built column by column: much cheaper than
+    a pandas frame built from dicts. NaN becomes NULL as it does through pandas. A column Arrow cannot
+    type (values of mixed kinds) falls back to the pandas frame, which keeps them as objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    try:
+        columns = {}
+        for name in names:
+            col = pa.array([row.get(name) for row in rows])
+            if pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
+                col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+            columns[name] = col
+        return pa.table(columns), names
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError):
+        df = pd.DataFrame(rows)
+        return df, [str(c) for c in df.columns]
+
+
 class Store:
     """A store directory. Open it read-only for queries, or with ``write=True`` to ingest."""
 
@@ -285,6 +306,7 @@ class Store:
                 f"create one with `medweave ingest PATH --store {self.root}`"
             )
         self._dirs: set[Path] = set()
+        self._units: set[str] | None = None  # unit ids with rows in the catalog (a superset), once asked
         self.con = duckdb.connect(str(self.root / self.CATALOG), read_only=not write)
         if write:
             self.con.execute(SCHEMA)
@@ -464,11 +486,15 @@ class Store:
         came from, and errors. A source read again because its bytes changed *replaces* the items its
         earlier version gave (same ``unit_id``). Returns (new item ids added, rows of changed sources replaced)."""
         con = self.con
+        if self._units is None:
+            self._units = {r[0] for r in con.execute(
+                "SELECT unit_id FROM sources WHERE unit_id IS NOT NULL UNION "
+                "SELECT DISTINCT unit_id FROM items WHERE unit_id IS NOT NULL").fetchall()}
         con.execute("BEGIN TRANSACTION")
         try:
-            before = con.execute("SELECT count(*) FROM items").fetchone()[0]
             old_ids: set[str] = set()
-            units = [src["unit_id"] for src in sources]
+            # Only units already in the catalog can have rows to replace: new ones skip the two scans.
+            units = [src["unit_id"] for src in sources if src["unit_id"] in self._units]
             if units:
                 old_ids = {r[0] for r in con.execute(
                     "SELECT item_id FROM items WHERE unit_id IN (SELECT unnest(?))", [units]).fetchall()}
@@ -479,20 +505,18 @@ class Store:
                 self._upsert_patients(patients)
             if studies:
                 self._upsert_studies(studies)
+            inserted = 0
             if items:
-                df = pd.DataFrame(items)
-                cols = list(df.columns)
-                con.register("_batch_items", df)
-                con.execute(
+                table, cols = _columns(items)
+                con.register("_batch_items", table)
+                inserted = con.execute(
                     f"INSERT OR IGNORE INTO items ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _batch_items"
-                )
+                ).fetchone()[0]
                 con.unregister("_batch_items")
             if sources:
-                df = pd.DataFrame(sources)
-                con.register("_batch_sources", df)
-                con.execute(
-                    f"INSERT OR REPLACE INTO sources ({', '.join(df.columns)}) SELECT * FROM _batch_sources"
-                )
+                table, cols = _columns(sources)
+                con.register("_batch_sources", table)
+                con.execute(f"INSERT OR REPLACE INTO sources ({', '.join(cols)}) SELECT * FROM _batch_sources")
                 con.unregister("_batch_sources")
             if errors:
                 con.executemany(
@@ -501,12 +525,12 @@ class Store:
                     [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"], e.get("unit_id"),
                       e.get("kind", "failed")] for e in errors],
                 )
-            after = con.execute("SELECT count(*) FROM items").fetchone()[0]
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        inserted = after - before + len(old_ids)
+        self._units.update(src["unit_id"] for src in sources if src["unit_id"])
+        self._units.update(it["unit_id"] for it in items if it.get("unit_id"))
         kept = len(old_ids & {it["item_id"] for it in items})
         return inserted - kept, len(old_ids)
 
