@@ -6,6 +6,7 @@ answer latency, probes, same-organ retrieval precision, and spoken questions (es
     .venv/bin/python benchmarks/vqa.py --dataset pathvqa --spoken 0 [--only-seeds] [--cache FILE]
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --context 3   # + retrieved context
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-baselines --no-train-timing   # baselines alone
+    .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --decoder 256   # + the answer decoder
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -152,6 +153,7 @@ def spoken(run, cache, n: int, show: bool = False) -> None:
 
 
 SEED_SCORES = ("overall_acc", "closed_acc", "open_acc", "open_recall")
+SEEN_SCORES = ("open_seen", "open_unseen")  # open accuracy, reference among the training answers / never in them
 
 
 def _scores(questions, answers) -> dict:
@@ -213,6 +215,54 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def seen_unseen(train_questions, held_questions, answers) -> tuple[float, int, float, int]:
+    """Open accuracy on the held-out open questions whose reference answer is among the training
+    answers (normalised) and on those whose answer never occurs in training: (acc, n, acc, n)."""
+    from medweave.vqa.normalize import normalize_answer
+
+    train = {normalize_answer(q.answer) for q in train_questions}
+    seen, unseen = [], []
+    for q, a in zip(held_questions, answers):
+        if not q.closed:
+            (seen if normalize_answer(q.answer) in train else unseen).append(exact_match(a, q.answer))
+    return (float(np.mean(seen)) if seen else float("nan"), len(seen),
+            float(np.mean(unseen)) if unseen else float("nan"), len(unseen))
+
+
+def decoder_report(run, cache, seed: int) -> list[str]:
+    """The answerer's answers with its decoder gate as chosen (printed: the gate, its inner grid, how
+    many held-out answers the decoder wrote, and the blank-picture probe with the gate open)."""
+    model = run.model
+    gate = model.meta.get("decoder_gate", {})
+    preds = model.predict(run.img, run.qe)
+    console.print(f"  decoder gate (inner {run.split} split of the training side, {gate.get('inner_train')} fit / "
+                  f"{gate.get('inner_held')} validation questions, {gate.get('seconds', 0):.0f} s): margin "
+                  f"{gate.get('margin')}, novel answers only {gate.get('novel_only')}; inner right with the gate "
+                  f"closed {gate.get('closed_gate_right')}, grid (margin/novel: right, decoded) "
+                  + ", ".join(f"{g['margin']:+.1f}/{'n' if g['novel_only'] else 'a'}: {g['right']}, {g['decoded']}"
+                              for g in gate.get("grid", [])), highlight=False)
+    texts, _ = model.decode(run.img, run.qe)
+    used = [i for i, p in enumerate(preds) if p.decoded]
+    console.print(f"  seed {seed}: the decoder wrote {len(used)} held-out answers; "
+                  + "; ".join(f"{run.held.questions[i].question!r} -> {preds[i].answer!r} "
+                              f"(ref {run.held.questions[i].answer!r})" for i in used[:20]), highlight=False,
+                  markup=False)
+    train_vocab = set(model.vocab)
+    novel = sum(t not in train_vocab for t, q in zip(texts, run.held.questions) if not q.closed)
+    right_novel = sum(t not in train_vocab and exact_match(t, q.answer) for t, q in zip(texts, run.held.questions)
+                      if not q.closed)
+    console.print(f"  ungated: on the {sum(not q.closed for q in run.held.questions)} open held-out questions the "
+                  f"decoder's best answer is a non-training answer {novel} times, exactly right {right_novel} times",
+                  highlight=False)
+    from medweave.evaluate.vqa import image_ablation
+
+    abl = image_ablation(model, run.held, cache, 0)
+    blank = {k: v for k, v in abl.items() if "blank" in k}
+    console.print(f"  blank-picture probe with the gate as chosen: " + ", ".join(
+        f"{k}: open {v['open_acc']['value']:.3f}" for k, v in blank.items()), highlight=False)
+    return [p.answer for p in preds]
+
+
 def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg=None,
                baselines: bool = True, context: int = 0, context_only: bool = False,
                only_baselines: bool = False, tune: dict | None = None) -> dict:
@@ -223,7 +273,7 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
     ``only_baselines``: the baselines alone, no answerer). Returns the first seed's run per split,
     which the other figures reuse."""
     t = Table(title="accuracy over validation split seeds (every model retrained on each split; exact match)")
-    for col in ("split", "model", "seed", *SEED_SCORES, "held out", "fit s"):
+    for col in ("split", "model", "seed", *SEED_SCORES, *SEEN_SCORES, "held out", "fit s"):
         t.add_column(col)
     first, by_type = {}, {}
     for split in splits:
@@ -235,7 +285,9 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 run = split_sides(data, split, seed, cache, cfg.views)
             elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
-                answers["answerer"] = [p.answer for p in run.predictions()]
+                answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False)]
+                if cfg.decoder:
+                    answers["answerer+decoder"] = decoder_report(run, cache, seed)
             if context and not only_baselines:
                 from dataclasses import replace
 
@@ -251,16 +303,19 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 base_s = time.perf_counter() - t0
             for name, ans in answers.items():
                 sc = _scores(run.held.questions, ans)
+                sa, sn, ua, un = seen_unseen(run.train.questions, run.held.questions, ans)
+                sc["open_seen"], sc["open_unseen"] = sa, ua
                 rows.setdefault(name, []).append(sc)
                 fit = f"{run.fit_seconds:.0f}" if name == "answerer" else (f"{base_s:.0f} (baselines, tuning included)" if name == "plain-mlp" else "")
                 if name.startswith("answerer+context"):
                     fit = f"{ctx_fit:.0f}"
-                t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in SEED_SCORES),
+                t.add_row(split, name, str(seed), *(f"{sc[k]:.3f}" for k in (*SEED_SCORES, *SEEN_SCORES)),
                           str(len(run.held.questions)), fit)
                 console.print(f"  {split} seed {seed} {name}: " + " ".join(f"{k} {sc[k]:.3f}" for k in SEED_SCORES)
+                              + f" open_seen {sa:.3f} (n={sn}) open_unseen {ua:.3f} (n={un})"
                               + f" (held out {len(run.held.questions)}, fit {fit or '-'} s)", highlight=False)
         for name, scs in rows.items():
-            t.add_row(split, name, "mean ± sd", *(_mean_sd([s[k] for s in scs]) for k in SEED_SCORES),
+            t.add_row(split, name, "mean ± sd", *(_mean_sd([s[k] for s in scs]) for k in (*SEED_SCORES, *SEEN_SCORES)),
                       "", "", end_section=name == list(rows)[-1])
         by_type[split] = rows
     console.print(t)
@@ -320,6 +375,10 @@ def main() -> int:
     ap.add_argument("--mlp-tune", default=None, help="the plain MLP's inner-validation grid as "
                     "'batch=32,128,512;lr=3e-4,1e-3,3e-3;wd=0.01,0.1;epochs=10,20,40,60,100' (any subset of the "
                     "keys; default: medweave.vqa.baselines' TUNE_* values)")
+    ap.add_argument("--decoder", type=int, default=0, help="H > 0: train the answerer with a word-level answer "
+                    "decoder of H hidden units (VqaConfig.decoder; its gate chosen on an inner split of the training "
+                    "side) and print the answerer with and without it, from the same fit")
+    ap.add_argument("--decoder-epochs", type=int, help="the decoder's epochs (VqaConfig.decoder_epochs)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -343,11 +402,15 @@ def main() -> int:
     if not (args.data / "trainset.json").is_file():
         console.print(f"{args.dataset} not found at {args.data} (set MEDWEAVE_DATA); nothing to benchmark")
         return 0
-    cfg = VqaConfig(finetune_blocks=args.finetune_blocks,
-                    **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views),
-                                         ("finetune_epochs", args.finetune_epochs),
-                                         ("finetune_augmentations", args.finetune_augmentations))
-                       if v is not None})
+    try:
+        cfg = VqaConfig(finetune_blocks=args.finetune_blocks, decoder=args.decoder,
+                        **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views),
+                                             ("finetune_epochs", args.finetune_epochs),
+                                             ("finetune_augmentations", args.finetune_augmentations),
+                                             ("decoder_epochs", args.decoder_epochs))
+                           if v is not None})
+    except ValueError as exc:
+        raise SystemExit(f"benchmarks/vqa.py: {exc}") from None
     work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
     if not args.no_train_timing:
         t0 = time.perf_counter()

@@ -70,6 +70,9 @@ def train(
     context: int = typer.Option(0, "--context", help="Retrieved context: the answers of the K training cases "
                                 "closest in picture and question are an input of the answerer (leave-self-out "
                                 "in training; saved in the model). 0: none."),
+    decoder: int = typer.Option(0, "--decoder", help="Answer decoder of H hidden units: writes open answers word "
+                                "by word (also answers no training question had), let through by a gate chosen "
+                                "on an inner split of the training side; saved in the model. 0: none."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -78,7 +81,7 @@ def train(
 
     try:
         cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs,
-                        context=context)
+                        context=context, decoder=decoder)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))

@@ -20,6 +20,12 @@ with an answer-type head and a same-picture memory of training questions.
   text: ``asked_rows``). In training each row's context leaves out itself, every row asking the same
   question about the same picture, and its paraphrase group (``splits.paraphrase_groups``: a held-out
   question's paraphrases are held out with it), so training sees what a held-out question sees.
+- Answer decoder (``decoder`` = H > 0; off by default: ``medweave.vqa.decoder``): a word-level GRU over
+  the training answers' words writes an open answer, so it can give answers no training question had.
+  It replaces the classifier's answer only where a gate lets it (the question taken as open, the
+  decoder's sequence probability above the classifier's by ``decoder_margin``, and with
+  ``decoder_novel_only`` not a training answer); the gate is chosen on an inner split of the training
+  side (``pipeline.choose_decoder_gate``) and stays closed (``decoder_margin`` None) unless it wins there.
 """
 
 from __future__ import annotations
@@ -66,12 +72,19 @@ class VqaConfig:
     finetune_augmentations: int = 4
     context: int = 0             # > 0: that many retrieved training cases' answers are an input (module notes)
     context_temperature: float = 0.05
+    decoder: int = 0             # > 0: a word-level answer decoder of that many hidden units (vqa.decoder)
+    decoder_epochs: int = 40
+    decoder_margin: float | None = None  # the gate chosen on an inner split (None: the decoder never answers)
+    decoder_novel_only: bool = True      # the gate lets through only answers that are not training answers
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
             raise ValueError(f"views is {self.views}; allowed values: 1 (224 pixels) or 2 (224 and 320 pixels)")
         if self.context < 0:
             raise ValueError(f"context is {self.context}; allowed values: 0 (no retrieved context) or k >= 1")
+        if self.decoder < 0 or self.decoder_epochs < 1:
+            raise ValueError(f"decoder is {self.decoder}, decoder_epochs {self.decoder_epochs}; allowed values: "
+                             "decoder 0 (no answer decoder) or hidden units >= 1, decoder_epochs >= 1")
 
 
 def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtypes: int):
@@ -151,6 +164,7 @@ class Prediction:
     closed: bool
     p_closed: float
     from_memory: float = 0.0
+    decoded: bool = False  # written by the answer decoder (vqa.decoder), not picked among training answers
 
 
 @dataclass
@@ -171,8 +185,11 @@ class Answerer:
     cases: list[dict] = field(default_factory=list)  # per memory row: image, question, answer, organ
     meta: dict = field(default_factory=dict)
     encoder_state: dict = field(default_factory=dict)  # the fine-tuned tail of the 224 view ({}: frozen)
+    decoder_words: list[str] = field(default_factory=list)  # the answer decoder's words ([]: no decoder)
+    decoder_state: dict = field(default_factory=dict)
     _nets: list = field(default_factory=list, repr=False)
     _encoders: list = field(default_factory=list, repr=False)
+    _decoder: list = field(default_factory=list, repr=False)
 
     def image_encoders(self) -> list:
         """The picture views this model reads, in order: registered names, or the fine-tuned encoder
@@ -241,6 +258,16 @@ class Answerer:
             real = np.arange(len(y)) < len(answers)
             model.members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real,
                                       len(vocab), len(qtypes), ctx) for s in range(cfg.seeds)]
+        if cfg.decoder:
+            from .decoder import decoder_inputs, fit_decoder
+
+            t1 = time.perf_counter()
+            open_rows = np.flatnonzero(~np.asarray(closed, dtype=bool))
+            x = decoder_inputs(img_emb[open_rows], q_emb[open_rows], model.img_mean, model.img_std, cfg.views)
+            with torch_threads(cfg.threads):
+                model.decoder_words, model.decoder_state = fit_decoder(
+                    x, [answers[i] for i in open_rows], cfg.decoder, cfg.decoder_epochs, q_emb.shape[1])
+            model.meta["decoder_fit_seconds"] = time.perf_counter() - t1
         model.meta["fit_seconds"] = time.perf_counter() - t0
         return model
 
@@ -316,15 +343,50 @@ class Answerer:
         dist = np.where(mass > 0, dist / np.maximum(mass, 1e-12), 0.0)
         return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
 
-    def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None) -> list[Prediction]:
-        """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``)."""
+    def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
+                decoder: bool = True) -> list[Prediction]:
+        """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``).
+        With an answer decoder whose gate is open (``cfg.decoder_margin`` set) its answer replaces the
+        classifier's where the gate lets it (``decoder.gate_answers``); ``decoder=False``: never."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
         mem, lam = self.memory_probs(img_emb, q_emb)
         probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
         best = probs.argmax(1)
-        return [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
-                           float(lam[i])) for i, b in enumerate(best)]
+        preds = [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
+                            float(lam[i])) for i, b in enumerate(best)]
+        if decoder and self.decoder_words and self.cfg.decoder_margin is not None:
+            preds = self.gated(preds, img_emb, q_emb, self.cfg.decoder_margin, self.cfg.decoder_novel_only)
+        return preds
+
+    def decode(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(the answer decoder's answer per row, its sequence probability); an error without a decoder."""
+        from .decoder import build_decoder, decode, decoder_inputs
+
+        if not self.decoder_words:
+            raise ValueError("this model has no answer decoder (train it with decoder > 0: --decoder H)")
+        x = decoder_inputs(img_emb, q_emb, self.img_mean, self.img_std, self.cfg.views)
+        if not self._decoder:
+            net = build_decoder(len(self.decoder_words), x.shape[1], self.cfg.decoder, self.mem_q.shape[1])
+            net.load_state_dict(self.decoder_state)
+            net.eval()
+            self._decoder.append(net)
+        with torch_threads(self.cfg.threads):
+            return decode(self._decoder[0], self.decoder_words, x)
+
+    def gated(self, preds: list[Prediction], img_emb: np.ndarray, q_emb: np.ndarray, margin: float,
+              novel_only: bool, decoded: tuple[list[str], np.ndarray] | None = None) -> list[Prediction]:
+        """The classifier's predictions with the decoder's answer where the gate (``margin``,
+        ``novel_only``: ``decoder.gate_answers``) lets it through (``decoded``: given, else decoded here)."""
+        from dataclasses import replace as _replace
+
+        from .decoder import gate_answers
+
+        texts, p_dec = decoded if decoded is not None else self.decode(img_emb, q_emb)
+        use = gate_answers([p.answer for p in preds], np.array([p.prob for p in preds]),
+                           np.array([p.p_closed for p in preds]), texts, p_dec, margin, novel_only, set(self.vocab))
+        return [_replace(p, answer=texts[i], prob=float(p_dec[i]), decoded=True) if use[i] else p
+                for i, p in enumerate(preds)]
 
     def similar_cases(self, img_emb: np.ndarray, q_emb: np.ndarray, k: int = 3,
                       exclude: np.ndarray | None = None) -> list[dict]:
@@ -395,12 +457,14 @@ class Answerer:
         for m, state in enumerate(self.members):
             tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
         tensors.update({f"encoder.{k}": np.asarray(v) for k, v in self.encoder_state.items()})
+        tensors.update({f"decoder.{k}": v.numpy() for k, v in self.decoder_state.items()})
         write_with(out / "weights.safetensors",
                    lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp)))
         config = {"format": FINETUNED_FORMAT if self.encoder_state else MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
                   "image_encoders": [f"{e}:1" if isinstance(e, str) else f"{e.name}:{e.version}"
                                      for e in self.image_encoders()],
                   "cases": self.cases, "meta": self.meta,
+                  **({"decoder_words": self.decoder_words} if self.decoder_words else {}),
                   "weights_sha256": file_sha256(out / "weights.safetensors")}
         write_text(out / "config.json", json.dumps(config, indent=1, default=str))
         return out
@@ -434,10 +498,16 @@ class Answerer:
         cfg = VqaConfig(**config["config"])
         members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
                    for m in range(cfg.seeds)]
+        decoder_state = {k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith("decoder.")}
+        if bool(cfg.decoder) != bool(decoder_state) or bool(decoder_state) != bool(config.get("decoder_words")):
+            raise ValueError(f"{model_dir}: config decoder is {cfg.decoder} but the folder holds "
+                             f"{len(decoder_state)} decoder tensors and {len(config.get('decoder_words') or [])} "
+                             "decoder words; train the model again")
         return cls(cfg, config["vocab"], t["type_masks"].astype(bool), config["qtypes"],
                    t["qtype_masks"].astype(bool), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"],
-                   {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")})
+                   {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")},
+                   list(config.get("decoder_words") or []), decoder_state)
 
 
 SAME_TEXT_COS = 0.999  # question embeddings this close are the same text (e5 gives 1.0 for equal strings)

@@ -48,10 +48,58 @@ def context_groups(vqa: VqaSet) -> list[int]:
     return out
 
 
-def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None, cache=None) -> Answerer:
+def choose_decoder_gate(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig, cache=None,
+                        seed: int = 0, frac: float = 0.15) -> dict:
+    """The answer decoder's gate, chosen on an inner split of the training side only (the ``testlike``
+    kind, which falls back to the question split on a set without phrase types): an answerer with its
+    decoder is trained on the inner training part, and each gate of the grid (``decoder.GATE_MARGINS``
+    x novel answers only or any) is scored by exact match on the inner held-out part beside the gate
+    closed. The best gate is kept only when it answers more inner questions right than the closed one
+    (ties: the closed gate, then the larger margin); returns the choice and the grid."""
+    from dataclasses import replace
+
+    from ..evaluate.answers import exact_match
+    from .decoder import GATE_MARGINS
+
+    tr, he = make_split("testlike", vqa.questions, frac, seed)
+    inner = fit_set(vqa.subset(tr), img[tr], qe[tr], replace(cfg, decoder_margin=None), cache, choose_gate=False)
+    held = [vqa.questions[i] for i in he]
+    himg = embed_set(vqa.subset(he), cache, inner.image_encoders())[0] if inner.encoder_state else img[he]
+    plain = inner.predict(himg, qe[he], decoder=False)
+    decoded = inner.decode(himg, qe[he])
+
+    def right(preds) -> int:
+        return int(sum(exact_match(p.answer, q.answer) for p, q in zip(preds, held)))
+
+    base = right(plain)
+    grid = []
+    for novel in (True, False):
+        for m in GATE_MARGINS:
+            preds = inner.gated(plain, himg, qe[he], m, novel, decoded)
+            grid.append({"margin": m, "novel_only": novel, "right": right(preds),
+                         "decoded": int(sum(p.decoded for p in preds))})
+    best = max(grid, key=lambda g: (g["right"], g["novel_only"], g["margin"]))
+    chosen = best if best["right"] > base else None
+    return {"inner_train": len(tr), "inner_held": len(he), "closed_gate_right": base, "grid": grid,
+            "margin": chosen["margin"] if chosen else None,
+            "novel_only": chosen["novel_only"] if chosen else cfg.decoder_novel_only}
+
+
+def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None = None, cache=None,
+            choose_gate: bool = True) -> Answerer:
     """An answerer trained on a VQA set whose embeddings are given, plus yes/no questions generated
-    from what the set states about each picture (``facts.fact_questions``; ``cfg.fact_questions=0``: none)."""
+    from what the set states about each picture (``facts.fact_questions``; ``cfg.fact_questions=0``: none).
+    With ``cfg.decoder`` its answer decoder's gate is chosen first on an inner split of this training
+    set (``choose_decoder_gate``; ``choose_gate=False``: kept as ``cfg`` says)."""
     cfg = cfg or VqaConfig()
+    gate = None
+    if cfg.decoder and choose_gate:
+        from dataclasses import replace
+
+        t0 = time.perf_counter()
+        gate = choose_decoder_gate(vqa, img, qe, cfg, cache)
+        gate["seconds"] = time.perf_counter() - t0
+        cfg = replace(cfg, decoder_margin=gate["margin"], decoder_novel_only=gate["novel_only"])
     tuned = None
     if cfg.finetune_blocks:
         from ..encode.finetune import FineTunedLite0
@@ -71,6 +119,8 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
     if tuned is not None:
         model.encoder_state = tuned.state
         model.meta["finetune"] = tuned.info()
+    if gate is not None:
+        model.meta["decoder_gate"] = gate
     return model
 
 

@@ -1,0 +1,161 @@
+"""The answer decoder (``VqaConfig.decoder``, ``medweave.vqa.decoder``): it writes answers that no
+training question had, its gate is chosen on the training side only, it is saved and loaded with the
+model, and a bad option is a clear error."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medweave.vqa.model import Answerer, VqaConfig
+from medweave.vqa.pipeline import CACHE_NAME, answer_set, train_vqa
+from medweave.vqa.data import load_vqa
+from medweave.vqa.features import open_cache
+from medweave.vqa.pipeline import embed_set
+
+SIDES = {"left": slice(8, 36), "middle": slice(34, 62), "right": slice(60, 88)}
+ORGANS = ("chest", "head", "abdomen")
+HELD = ("right", "head")  # the one combination no training answer names
+
+
+def _picture(side: str, organ: str, seed: int) -> np.ndarray:
+    """A grey square with a bright blob at one of three places; head pictures have bars at the top and
+    bottom, abdomen pictures at the left and right edges."""
+    a = (30 + np.random.default_rng(seed).integers(0, 20, (96, 96))).astype(np.uint8)
+    a[34:62, SIDES[side]] = 230
+    if organ == "head":
+        a[2:8, :], a[-8:-2, :] = 200, 200
+    elif organ == "abdomen":
+        a[:, 2:8], a[:, -8:-2] = 200, 200
+    return a
+
+
+def _composed_set(folder):
+    """The open question's answer names the side the question asks about and the organ the picture
+    shows ("left chest"); training holds eight of the nine combinations, so each word is seen with
+    several others, but "right head" is never an answer. Every picture also has a closed question."""
+    (folder / "images").mkdir(parents=True)
+    recs = []
+    i = 0
+    for side in SIDES:
+        for organ in ORGANS:
+            for k in range(4):
+                name = f"img{i:02d}.png"
+                Image.fromarray(_picture(side, organ, i)).save(folder / "images" / name)
+                held = (side, organ) == HELD
+                recs.append({"qid": len(recs), "image_name": name, "question": f"Where is the {side} sided opacity?",
+                             "answer": f"{side} {organ}", "answer_type": "OPEN", "question_type": "POS",
+                             "image_organ": organ.upper(), "held": held})
+                recs.append({"qid": len(recs), "image_name": name, "question": "Is the opacity on the left?",
+                             "answer": "Yes" if side == "left" else "No", "answer_type": "CLOSED",
+                             "question_type": "POS", "image_organ": organ.upper(), "held": held})
+                i += 1
+    train = [{k: v for k, v in r.items() if k != "held"} for r in recs if not r["held"]]
+    held = [{k: v for k, v in r.items() if k != "held"} for r in recs if r["held"]]
+    (folder / "train.json").write_text(json.dumps(train))
+    (folder / "held.json").write_text(json.dumps(held))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def decoder_model(tmp_path_factory):
+    data = _composed_set(tmp_path_factory.mktemp("composed"))
+    out = data / "model"
+    model, _ = train_vqa(data / "train.json", out, VqaConfig(seeds=1, epochs=30, views=1, decoder=64,
+                                                             decoder_epochs=150, fact_questions=0),
+                         images=data / "images")
+    return data, out, model
+
+
+def test_decoder_writes_an_answer_no_training_question_had(decoder_model):
+    data, out, model = decoder_model
+    held = load_vqa(data / "held.json", data / "images")
+    assert "right head" not in model.vocab and {"left head", "right chest"} <= set(model.vocab)
+    with open_cache(out / CACHE_NAME) as cache:
+        img, qe = embed_set(held, cache, model.image_encoders())
+    opens = [i for i, q in enumerate(held.questions) if not q.closed]
+    texts, probs = model.decode(img[opens], qe[opens])
+    assert sum(t == "right head" for t in texts) >= len(opens) // 2, texts
+    # through the gate (opened wide here: the inner split of this tiny set may keep it closed)
+    plain = model.predict(img[opens], qe[opens], decoder=False)
+    gated = model.gated(plain, img[opens], qe[opens], margin=-1.0, novel_only=True)
+    assert all(p.answer in model.vocab and not p.decoded for p in plain)  # the classifier cannot say it
+    assert any(p.answer == "right head" and p.decoded for p in gated)
+    # closed questions are never answered by the decoder
+    closed = [i for i, q in enumerate(held.questions) if q.closed]
+    got = model.gated(model.predict(img[closed], qe[closed], decoder=False), img[closed], qe[closed], -1.0, False)
+    assert not any(p.decoded for p in got)
+
+
+def test_gate_is_chosen_on_the_training_side_and_saved(decoder_model):
+    data, out, model = decoder_model
+    gate = model.meta["decoder_gate"]
+    assert gate["inner_train"] + gate["inner_held"] == model.meta["n_train"]
+    assert len(gate["grid"]) == 16 and model.cfg.decoder_margin == gate["margin"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["decoder_words"] == model.decoder_words and "right" in saved["decoder_words"]
+    assert saved["config"]["decoder_margin"] == gate["margin"]
+
+
+def test_save_load_round_trip_gives_identical_answers(decoder_model, tmp_path):
+    data, out, model = decoder_model
+    loaded = Answerer.load(out)
+    held = load_vqa(data / "held.json", data / "images")
+    with open_cache(out / CACHE_NAME) as cache:
+        img, qe = embed_set(held, cache, model.image_encoders())
+        a = answer_set(model, held, cache)
+        b = answer_set(loaded, held, cache)
+    assert [(p.answer, p.prob, p.decoded) for p in a] == [(p.answer, p.prob, p.decoded) for p in b]
+    assert model.decode(img, qe)[0] == loaded.decode(img, qe)[0]
+    np.testing.assert_allclose(model.decode(img, qe)[1], loaded.decode(img, qe)[1])
+    # the same model with its gate forced open: identical too after a save and load
+    from dataclasses import replace
+
+    model.cfg = replace(model.cfg, decoder_margin=-1.0)
+    model.save(tmp_path / "open")
+    again = Answerer.load(tmp_path / "open")
+    assert [p.answer for p in model.predict(img, qe)] == [p.answer for p in again.predict(img, qe)]
+    assert any(p.decoded for p in again.predict(img, qe))
+
+
+def test_bad_decoder_option_is_a_clear_error(tmp_path, decoder_model):
+    with pytest.raises(ValueError, match="decoder is -1"):
+        VqaConfig(decoder=-1)
+    with pytest.raises(ValueError, match="decoder_epochs 0"):
+        VqaConfig(decoder=8, decoder_epochs=0)
+    _, out, model = decoder_model
+    plain = Answerer.load(out)
+    plain.decoder_words, plain.decoder_state = [], {}
+    with pytest.raises(ValueError, match="no answer decoder"):
+        plain.decode(np.zeros((1, plain.img_mean.shape[0]), np.float32), np.zeros((1, 384), np.float32))
+    # a folder whose config names a decoder that its weights lack
+    broken = tmp_path / "broken"
+    model.save(broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    del cfg["decoder_words"]
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="decoder words"):
+        Answerer.load(broken)
+
+
+def test_cli_rejects_a_bad_decoder_option(tmp_path):
+    from .conftest import medweave
+
+    proc = medweave("vqa", "train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--decoder", "-1",
+                    check=False)
+    assert proc.returncode == 2 and "decoder is -1" in proc.stderr
+
+
+def test_ask_answers_through_the_open_gate(decoder_model, tmp_path):
+    from dataclasses import replace
+
+    from medweave.vqa.pipeline import ask
+
+    data, out, model = decoder_model
+    model.cfg = replace(model.cfg, decoder_margin=-1.0)
+    model.save(tmp_path / "open")
+    held = load_vqa(data / "held.json", data / "images")
+    q = next(q for q in held.questions if not q.closed)
+    res = ask(Answerer.load(tmp_path / "open"), held.image_path(q.image), q.question)
+    assert res["answer"] == "right head" and res["type"] == "open"
