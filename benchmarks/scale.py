@@ -178,26 +178,64 @@ def bench_vectors(args) -> None:
 STAGES = ("phantom", "ingest", "cohort", "encode", "train data", "train", "evaluate")
 
 
-def _experiment(root: Path) -> dict:
+NATIVE_ENCODER = "efficientnet-lite0-native"  # with --image-size: pictures encoded at their own size
+HASH_TEXT_ENCODER = "scale-text-hashing"  # with --text-encoder hashing: reports by feature hashing (this file's)
+
+
+class HashingText:
+    """A cheap stand-in for e5-small in scale runs (``--text-encoder hashing``), defined here, not in
+    medweave: scikit-learn's ``HashingVectorizer`` (words and word pairs hashed into 384 signed
+    buckets, L2-normalised), the same 384-d vectors as e5-small so that every array downstream has the
+    same size. e5-small costs about 190 ms a report on these 2 shared cores (12 transformer layers),
+    which at 30,000 patients is 80 minutes of encoding that says nothing about memory."""
+
+    name, version, modalities, dim, batch_size = HASH_TEXT_ENCODER, "1", ("text", "qa"), 384, 256
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self._vec = HashingVectorizer(n_features=self.dim, ngram_range=(1, 2), norm="l2", alternate_sign=True)
+
+    def encode(self, inputs) -> np.ndarray:
+        return self._vec.transform([str(t) for t in inputs]).toarray().astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "dim": self.dim, "modalities": list(self.modalities)}
+
+
+def _register_bench_encoders() -> None:
+    from medweave.encode.base import ENCODERS, Encoder
+
+    if HASH_TEXT_ENCODER not in ENCODERS.names():
+        ENCODERS.register(HASH_TEXT_ENCODER, type("ScaleHashingText", (HashingText, Encoder), {}))
+
+
+def _experiment(root: Path, text_encoder: str | None = None) -> dict:
     from medweave.demo import PhantomManifest
+    from medweave.demo.phantom import IMAGE_SIZE
     from medweave.demo.run import phantom_experiment
 
     manifest = PhantomManifest.load(root / "phantom" / "manifest.json")
     cfg = phantom_experiment(manifest, root / "store", "sequential")
     cfg["train"] = {"epochs": 3, "patience": 3, "seed": 0}
+    if manifest.image_size != IMAGE_SIZE:  # small pictures: encoded at their own size, not resized to 224
+        cfg.setdefault("encoders", {})["image"] = NATIVE_ENCODER
+    if text_encoder == "hashing":
+        _register_bench_encoders()
+        cfg.setdefault("encoders", {})["text"] = HASH_TEXT_ENCODER
     return cfg
 
 
-def run_stage(stage: str, root: Path, n: int) -> dict:
+def run_stage(stage: str, root: Path, n: int, image_size: int | None = None, text_encoder: str | None = None) -> dict:
     """One stage in this (fresh) process; returns what it counted."""
     from medweave.config import parse_config
 
     if stage == "phantom":
         from medweave.demo import generate_phantom
 
-        m = generate_phantom(root / "phantom", n_patients=n, seed=0)
+        m = generate_phantom(root / "phantom", n_patients=n, seed=0, **({"image_size": image_size} if image_size else {}))
         return {"files": sum(1 for p in m.path("data").rglob("*") if p.is_file())}
-    cfg = parse_config(_experiment(root), "scale")
+    cfg = parse_config(_experiment(root, text_encoder), "scale")
     from medweave.store import Store
     from medweave.train import pipeline as pl
 
@@ -242,48 +280,79 @@ def run_stage(stage: str, root: Path, n: int) -> dict:
     raise SystemExit(f"unknown stage {stage!r}")
 
 
+def _pipeline_sizes(args) -> list[int]:
+    return list(args.sizes) if args.sizes else [args.n, 10 * args.n]
+
+
 def bench_pipeline(args) -> None:
-    work = Path(tempfile.mkdtemp(prefix="medweave-scale-pipe-", dir=args.tmp))
-    sizes = [args.n, 10 * args.n]
-    results: dict[int, dict[str, dict]] = {}
-    print(f"phantom cohorts of {sizes[0]:,} and {sizes[1]:,} patients; each stage a fresh process "
-          f"(peak RSS its own); {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work in {work}", flush=True)
-    for n in sizes:
-        root = work / f"n{n}"
-        root.mkdir()
-        results[n] = {}
-        for stage in STAGES:
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "stage", stage, "--root", str(root), "--n", str(n)],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"stage {stage} at {n} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            res["wall"] = time.perf_counter() - t0
-            results[n][stage] = res
-            print(f"  {n:>6} {stage:<11} {res['seconds']:8.1f} s {res['peak_mb']:7.0f} MB  {res['counts']}", flush=True)
-    a, b = sizes
-    print()
-    print(f"| stage | s at {a:,} | s at {b:,} | time ratio (10 = linear) | peak MB at {a:,} | peak MB at {b:,} | "
-          f"memory ratio (1 = flat) |")
-    print("|---|---|---|---|---|---|---|")
-    for stage in STAGES:
-        x, y = results[a][stage], results[b][stage]
-        print(f"| {stage} | {x['seconds']:.1f} | {y['seconds']:.1f} | {y['seconds'] / max(x['seconds'], 1e-9):.1f} | "
-              f"{x['peak_mb']:.0f} | {y['peak_mb']:.0f} | {y['peak_mb'] / x['peak_mb']:.2f} |")
-    print()
-    print("(seconds: the stage's own work, after importing medweave and torch; peak MB: ru_maxrss of the stage's "
-          "process, imports included; phantom = writing the synthetic files, not a medweave stage; train = the "
-          "whole `medweave train`: ingest check, cohort, cached encode, 3 epochs, checkpoint; evaluate = "
-          "`medweave evaluate` on the test split, 200 bootstrap resamples)")
-    for stage in STAGES:
-        x, y = results[a][stage], results[b][stage]
-        slope = (y["peak_mb"] - x["peak_mb"]) / ((b - a) / 1000)
-        print(f"  {stage}: {slope:+.1f} MB of peak per 1,000 more patients")
-    if not args.keep:
+    """Run the stages (each a fresh process) at each size; each result is kept as
+    ``WORK/nN/STAGE.json``, so a run can be split over several sittings (``--work DIR --stages ...``)
+    and ``--table`` prints the table from what the folder holds."""
+    sizes = _pipeline_sizes(args)
+    stages = list(args.stages or STAGES)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="medweave-scale-pipe-", dir=args.tmp))
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        what = (f"{args.image_size} px pictures encoded at that size ({NATIVE_ENCODER})" if args.image_size
+                else "128 px pictures resized to 224 (efficientnet-lite0)")
+        what += f", reports by {'e5-small' if args.text_encoder == 'e5' else HASH_TEXT_ENCODER}"
+        print(f"phantom cohorts of {', '.join(f'{n:,}' for n in sizes)} patients, {what}; stages {', '.join(stages)}; "
+              f"each stage a fresh process (peak RSS its own); {os.cpu_count()} CPUs, "
+              f"load {os.getloadavg()[0]:.1f}; work in {work}", flush=True)
+        for n in sizes:
+            root = work / f"n{n}"
+            root.mkdir(exist_ok=True)
+            for stage in stages:
+                load0 = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                cmd = [sys.executable, __file__, "stage", stage, "--root", str(root), "--n", str(n)]
+                if args.image_size:
+                    cmd += ["--image-size", str(args.image_size)]
+                cmd += ["--text-encoder", args.text_encoder]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"stage {stage} at {n} failed:\n{proc.stderr[-3000:]}")
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                res.update(wall=time.perf_counter() - t0, load_before=load0, load_after=os.getloadavg()[0],
+                           image_size=args.image_size, text_encoder=args.text_encoder, finished=time.strftime("%H:%M:%S", time.gmtime()))
+                (root / f"{stage.replace(' ', '_')}.json").write_text(json.dumps(res))
+                print(f"  {n:>6} {stage:<11} {res['seconds']:8.1f} s {res['peak_mb']:7.0f} MB  load "
+                      f"{load0:.1f}->{res['load_after']:.1f}  {res['counts']}", flush=True)
+    _pipeline_table(work, sizes)
+    if not (args.keep or args.work):
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _pipeline_table(work: Path, sizes: list[int]) -> None:
+    results = {n: {st: json.loads(f.read_text()) for st in STAGES
+                   if (f := work / f"n{n}" / f"{st.replace(' ', '_')}.json").exists()} for n in sizes}
+    a, b = sizes[0], sizes[-1]
+    done = [st for st in STAGES if st in results[a] and st in results[b]]
+    if not done:
+        print(f"(no stage has results at both {a:,} and {b:,} patients in {work} yet)")
+        return
+    k = b / a
+    print()
+    print(f"| stage | s at {a:,} | s at {b:,} | time ratio ({k:g} = linear) | peak MB at {a:,} | peak MB at {b:,} | "
+          f"memory ratio (1 = flat) | load at {a:,} | load at {b:,} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for stage in done:
+        x, y = results[a][stage], results[b][stage]
+        load = lambda r: f"{r['load_before']:.1f}-{r['load_after']:.1f}" if "load_before" in r else "-"  # noqa: E731
+        print(f"| {stage} | {x['seconds']:.1f} | {y['seconds']:.1f} | {y['seconds'] / max(x['seconds'], 1e-9):.1f} | "
+              f"{x['peak_mb']:.0f} | {y['peak_mb']:.0f} | {y['peak_mb'] / x['peak_mb']:.2f} | {load(x)} | {load(y)} |")
+    print()
+    print("(seconds: the stage's own work, after importing medweave and torch; peak MB: ru_maxrss of the stage's "
+          "process, imports included; load: the 1-minute load average before and after the stage; phantom = "
+          "writing the synthetic files, not a medweave stage; train = the "
+          "whole `medweave train`: ingest check, cohort, cached encode, 3 epochs, checkpoint; evaluate = "
+          "`medweave evaluate` on the test split, 200 bootstrap resamples)")
+    for stage in done:
+        x, y = results[a][stage], results[b][stage]
+        slope = (y["peak_mb"] - x["peak_mb"]) / ((b - a) / 1000)
+        print(f"  {stage}: {slope:+.1f} MB of peak per 1,000 more patients")
 
 
 ARRAY_DIMS = {"image": 1280, "text": 384, "table": 192}  # the phantom experiment's inputs
@@ -368,7 +437,7 @@ def stage_main(args) -> None:
     import medweave.train.pipeline  # noqa: F401
 
     t0 = time.perf_counter()
-    counts = run_stage(args.stage, Path(args.root), args.n)
+    counts = run_stage(args.stage, Path(args.root), args.n, args.image_size, args.text_encoder)
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "counts": counts}))
 
 
@@ -388,6 +457,19 @@ def main() -> None:
     v.add_argument("--keep", action="store_true", help="keep the data and index files")
     p = sub.add_parser("pipeline", help="peak RSS and time per stage at N and 10 x N phantom patients")
     p.add_argument("--n", type=int, default=300, help="patients in the small cohort (the large one has 10x)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="the cohort sizes instead of N and 10 x N "
+                   "(the table compares the first and the last)")
+    p.add_argument("--image-size", type=int, default=None, help="phantom pictures of this side in pixels, "
+                   f"encoded at that size ({NATIVE_ENCODER}) instead of 128 px resized to 224: encoding costs "
+                   "about (size / 224)^2 of the work")
+    p.add_argument("--text-encoder", choices=("e5", "hashing"), default="e5", help="reports encoded by e5-small "
+                   f"(default) or by feature hashing ({HASH_TEXT_ENCODER}, this file's stand-in: the same 384-d, "
+                   "about 1,000x cheaper)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run only these stages (in order; "
+                   "later stages need the earlier ones' outputs in --work)")
+    p.add_argument("--work", default=None, help="a folder to keep the cohorts and each stage's result in (and to "
+                   "continue in): a run split over several sittings")
+    p.add_argument("--table", action="store_true", help="run nothing: print the table of what --work holds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None)
     p.add_argument("--keep", action="store_true", help="keep the cohorts, stores and models")
@@ -402,6 +484,8 @@ def main() -> None:
     st.add_argument("stage", choices=STAGES)
     st.add_argument("--root", required=True)
     st.add_argument("--n", type=int, required=True)
+    st.add_argument("--image-size", type=int, default=None)
+    st.add_argument("--text-encoder", choices=("e5", "hashing"), default="e5")
     args = parser.parse_args()
     {"vectors": bench_vectors, "pipeline": bench_pipeline, "stage": stage_main, "arrays": bench_arrays,
      "arrays-run": arrays_main}[args.part](args)

@@ -278,3 +278,29 @@ def test_phantom_ingests_into_a_store_with_the_counts_of_the_manifest(tmp_path):
                 "signal": m.observed["files"]["signal"], "table": sum(m.observed["table_rows"].values())}
     assert stats["items_per_modality"] == expected
     assert stats["patients"] == m.n_patients  # every adapter maps a file to the same patient
+
+
+def test_a_smaller_picture_size_keeps_patients_findings_and_reports(tmp_path):
+    import pydicom
+
+    from medweave.demo.phantom import pixel_spacing_mm
+
+    a = generate_phantom(tmp_path / "a", n_patients=12, seed=5)
+    b = generate_phantom(tmp_path / "b", n_patients=12, seed=5, image_size=48)
+    ha, hb = file_hashes(tmp_path / "a"), file_hashes(tmp_path / "b")
+    assert set(ha) == set(hb)
+    assert all(ha[k] == hb[k] for k in ha if not k.endswith(".dcm") and k != "manifest.json")  # reports, tables, ECGs
+    assert all(ha[k] != hb[k] for k in ha if k.endswith(".dcm"))
+    assert "image_size" not in a.to_dict() and b.to_dict()["image_size"] == 48
+    assert PhantomManifest.load(tmp_path / "b").image_size == 48
+    for pa, pb in zip(a.patients, b.patients):
+        for sa, sb in zip(pa.studies, pb.studies):
+            if sa.finding:  # the same finding in cm, its pixel geometry at the new size
+                assert sa.finding["diameter_cm"] == sb.finding["diameter_cm"]
+                assert sb.finding["radius_px"] == pytest.approx(sa.finding["radius_px"] * 48 / IMAGE_SIZE, abs=0.01)
+    dcm = next((tmp_path / "b" / "data" / "images").glob("*.dcm"))
+    ds = pydicom.dcmread(dcm)
+    assert ds.pixel_array.shape == (48, 48)
+    assert float(ds.PixelSpacing[0]) == pytest.approx(pixel_spacing_mm(48)) and pixel_spacing_mm(48) > 7
+    with pytest.raises(ValueError, match="image_size"):
+        generate_phantom(tmp_path / "c", n_patients=2, image_size=8)

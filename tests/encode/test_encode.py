@@ -160,3 +160,20 @@ def test_cases_encoded_to_disk_give_the_same_arrays_read_by_rows(store, tmp_path
     assert np.isnan(np.asarray(disk.arrays["text"])[~disk.mask["text"]]).all()
     sub = disk.subset(np.array([5, 0, 3]))
     np.testing.assert_array_equal(np.asarray(sub.arrays["image"]), mem.arrays["image"][[5, 0, 3]])
+
+
+def test_native_size_encoder_keeps_each_pictures_size_and_groups_sizes_in_a_batch():
+    from medweave.encode.image import NATIVE_MIN
+
+    rng = np.random.default_rng(3)
+    small, wide, tiny = rng.random((64, 64)) * 4000, rng.random((48, 96)) * 4000, rng.random((8, 8)) * 4000
+    assert to_input(small, None).shape == (3, 64, 64)
+    assert to_input(wide, None).shape == (3, 48, 96)
+    assert to_input(tiny, None).shape == (3, NATIVE_MIN, NATIVE_MIN)  # enlarged to the backbone's stride
+    enc = get_encoder("efficientnet-lite0-native")
+    together = enc.encode([small, wide, small[::-1], tiny])
+    assert together.shape == (4, 1280) and np.isfinite(together).all()
+    alone = np.concatenate([enc.encode([small]), enc.encode([wide]), enc.encode([small[::-1]]), enc.encode([tiny])])
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # each row is its own picture, in order
+    # not the 224 encoder under another name: a 64 px picture gives other features than resized to 224
+    assert not np.allclose(together[0], get_encoder("efficientnet-lite0").encode([small])[0], atol=1e-3)

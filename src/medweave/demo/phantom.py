@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,7 @@ class PhantomManifest:
     missingness: dict[str, Any]
     observed: dict[str, Any]  # realised rates and counts
     version: str = PHANTOM_VERSION
+    image_size: int = IMAGE_SIZE  # pictures' side in pixels (findings' *_px fields are at this size)
 
     def path(self, kind: str) -> Path:
         """Absolute path of a folder (``data``, ``images``, ...), a table or a mapping file."""
@@ -210,6 +212,8 @@ class PhantomManifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("root")
+        if self.image_size == IMAGE_SIZE:  # the default size leaves manifest.json as it always was
+            d.pop("image_size")
         for p, truth in zip(d["patients"], self.patients):
             p["modalities"] = truth.modalities
         return d
@@ -266,39 +270,51 @@ def _draw_truth(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 # --- images --------------------------------------------------------------------------------------
 
-_GRID = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
-_Y = (_GRID[0] + 0.5) / (IMAGE_SIZE / 2) - 1.0  # -1 top (head) .. 1 bottom (feet)
-_X = (_GRID[1] + 0.5) / (IMAGE_SIZE / 2) - 1.0  # -1 image left (patient's right in PA) .. 1
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, X) picture coordinates in -1..1 for a size x size picture: Y -1 top (head) .. 1 bottom
+    (feet), X -1 image left (patient's right in PA) .. 1."""
+    g = np.mgrid[0:size, 0:size].astype(np.float32)
+    return (g[0] + 0.5) / (size / 2) - 1.0, (g[1] + 0.5) / (size / 2) - 1.0
 
 
-def _soft_ellipse(cx: float, cy: float, ax: float, ay: float, edge: float = 0.04) -> np.ndarray:
+def pixel_spacing_mm(size: int = IMAGE_SIZE) -> float:
+    """The pixel spacing of a size x size phantom picture: the same body (2.8 mm at 128 px), so a
+    smaller picture has coarser pixels and every finding keeps its size in cm."""
+    return PIXEL_SPACING_MM if size == IMAGE_SIZE else PIXEL_SPACING_MM * IMAGE_SIZE / size
+
+
+def _soft_ellipse(cx: float, cy: float, ax: float, ay: float, edge: float = 0.04,
+                  size: int = IMAGE_SIZE) -> np.ndarray:
+    _Y, _X = _grid(size)
     r = np.sqrt(((_X - cx) / ax) ** 2 + ((_Y - cy) / ay) ** 2)
     return _sigmoid((1.0 - r) / edge).astype(np.float32)
 
 
-def _finding_geometry(rng: np.random.Generator, severity: float) -> dict[str, Any]:
+def _finding_geometry(rng: np.random.Generator, severity: float, size: int = IMAGE_SIZE) -> dict[str, Any]:
     side = "right" if rng.random() < 0.5 else "left"
     zone = "lower" if rng.random() < 0.65 else "upper"
     cx = (-0.4 if side == "right" else 0.4) + rng.uniform(-0.06, 0.06)
     cy = (0.18 if zone == "lower" else -0.3) + rng.uniform(-0.06, 0.06)
     radius = 0.05 + 0.06 * severity
-    px = IMAGE_SIZE / 2
+    px = size / 2
     return {
         "side": side, "zone": zone, "severity": round(float(severity), 4),
         "center_xy_px": [round((cx + 1) * px - 0.5, 2), round((cy + 1) * px - 0.5, 2)],
         "radius_px": round(radius * px, 2),
-        "diameter_cm": round(2 * radius * px * PIXEL_SPACING_MM / 10, 1),
+        "diameter_cm": round(2 * radius * (IMAGE_SIZE / 2) * PIXEL_SPACING_MM / 10, 1),  # the same at every size
         "peak_intensity": round(300 * (0.4 + 0.6 * severity), 1),
     }
 
 
 def _render_chest(rng: np.random.Generator, cardio: int, view: str, finding: dict[str, Any] | None,
-                  strength: float) -> np.ndarray:
+                  strength: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    _Y, _X = _grid(size)
     j = rng.uniform(-1, 1, 6) * np.array([0.03, 0.03, 0.04, 0.04, 0.02, 0.08])
-    img = np.full((IMAGE_SIZE, IMAGE_SIZE), 120.0, np.float32)  # air outside the body
-    img += 1350.0 * _soft_ellipse(0.0 + j[0], 0.12 + j[1], 0.86 + j[2], 1.08, edge=0.03)
-    lungs = np.maximum(_soft_ellipse(-0.38 + j[0], -0.04 + j[1], 0.27 + j[3], 0.55 + j[4]),
-                       _soft_ellipse(0.38 + j[0], -0.04 + j[1], 0.27 + j[3], 0.55 + j[4]))
+    img = np.full((size, size), 120.0, np.float32)  # air outside the body
+    img += 1350.0 * _soft_ellipse(0.0 + j[0], 0.12 + j[1], 0.86 + j[2], 1.08, edge=0.03, size=size)
+    lungs = np.maximum(_soft_ellipse(-0.38 + j[0], -0.04 + j[1], 0.27 + j[3], 0.55 + j[4], size=size),
+                       _soft_ellipse(0.38 + j[0], -0.04 + j[1], 0.27 + j[3], 0.55 + j[4], size=size))
     img -= 800.0 * lungs
     # ribs: faint arcs across each lung field
     for k in range(8):
@@ -309,10 +325,10 @@ def _render_chest(rng: np.random.Generator, cardio: int, view: str, finding: dic
     mediastinum = _sigmoid((0.12 - np.abs(_X - j[0])) / 0.02) * _sigmoid((0.25 - _Y) / 0.05)
     img += 700.0 * mediastinum * lungs
     heart_w = (0.34 if cardio else 0.24) * (1.1 if view == "AP" else 1.0) * (1 + j[5] / 4)
-    img = np.maximum(img, 1450.0 * _soft_ellipse(0.1 + j[0], 0.3 + j[1], heart_w, 0.22, edge=0.05))
+    img = np.maximum(img, 1450.0 * _soft_ellipse(0.1 + j[0], 0.3 + j[1], heart_w, 0.22, edge=0.05, size=size))
     if finding is not None:
-        cx, cy = (np.array(finding["center_xy_px"]) + 0.5) / (IMAGE_SIZE / 2) - 1.0
-        sigma = finding["radius_px"] / (IMAGE_SIZE / 2) / 1.5
+        cx, cy = (np.array(finding["center_xy_px"]) + 0.5) / (size / 2) - 1.0
+        sigma = finding["radius_px"] / (size / 2) / 1.5
         img += strength * finding["peak_intensity"] * np.exp(-((_X - cx) ** 2 + (_Y - cy) ** 2) / (2 * sigma**2))
     img = img * rng.uniform(0.92, 1.08) + rng.normal(0.0, 35.0, img.shape)
     return np.clip(np.rint(img), 0, 4095).astype(np.uint16)
@@ -324,7 +340,8 @@ def _dicom_uid(seed: int, *parts: str) -> str:
     return "2.25." + str(int.from_bytes(hashlib.sha256(key).digest()[:16], "big"))
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, seed: int, p: PatientTruth, s: StudyTruth, accession: str) -> None:
+def _write_dicom(path: Path, pixels: np.ndarray, seed: int, p: PatientTruth, s: StudyTruth, accession: str,
+                 spacing_mm: float = PIXEL_SPACING_MM) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -367,8 +384,8 @@ def _write_dicom(path: Path, pixels: np.ndarray, seed: int, p: PatientTruth, s: 
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.ImagerPixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
+    ds.PixelSpacing = [spacing_mm, spacing_mm]
+    ds.ImagerPixelSpacing = [spacing_mm, spacing_mm]
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
@@ -529,11 +546,17 @@ Do not use it to draw any medical conclusion.
 """
 
 
-def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) -> PhantomManifest:
+def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0,
+                     image_size: int = IMAGE_SIZE) -> PhantomManifest:
     """Write a synthetic multimodal cohort into ``out_dir`` (see the module docstring) and return its
-    manifest. Deterministic for ``seed``; prints nothing."""
+    manifest. Deterministic for ``seed``; prints nothing. ``image_size``: the pictures' side in pixels
+    (default 128); the same patients, findings (in cm) and reports at any size, only the pictures'
+    resolution differs (``pixel_spacing_mm``). Smaller pictures make scale runs cheap to encode.
+    """
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    if not 16 <= image_size <= 1024:
+        raise ValueError(f"image_size must be 16..1024 pixels, got {image_size}")
     root = Path(out_dir)
     folders = {"data": "data", "images": "data/images", "reports": "data/reports",
                "tables": "data/tables", "signals": "data/signals", "mappings": "mappings"}
@@ -565,7 +588,7 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
         first = (FIRST_F if sex == "F" else FIRST_M)[t["first"][i]]
         admit = admits[i].date()
         birth = admit - dt.timedelta(days=int(t["age"][i]) * 365 + int(t["birth_extra_days"][i]))
-        finding = _finding_geometry(r_img, t["severity"][i]) if d[i] else None
+        finding = _finding_geometry(r_img, t["severity"][i], image_size) if d[i] else None
         studies = []
         for k in range(2 if t["second_study"][i] else 1):
             date = admit + dt.timedelta(days=int(t["follow_up_days"][i]) if k else 0)
@@ -602,8 +625,9 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
             accession = f"ACC{seed % 1000:03d}{p.patient_id[2:]}{s.study[1:]}"
             strength = s.finding["strength"] if s.finding else 0.0
             if s.image:
-                pixels = _render_chest(r_img, p.cardiomegaly, s.view, s.finding, strength)
-                _write_dicom(root / folders["images"] / f"{p.patient_id}_{s.study}.dcm", pixels, seed, p, s, accession)
+                pixels = _render_chest(r_img, p.cardiomegaly, s.view, s.finding, strength, image_size)
+                _write_dicom(root / folders["images"] / f"{p.patient_id}_{s.study}.dcm", pixels, seed, p, s, accession,
+                             pixel_spacing_mm(image_size))
             if s.report:
                 text = _report(r_text, p, s, accession, strength)
                 (root / folders["reports"] / f"{p.patient_id}_{s.study}.txt").write_text(text, encoding="utf-8")
@@ -642,7 +666,7 @@ def generate_phantom(out_dir: str | Path, n_patients: int = 300, seed: int = 0) 
     manifest = PhantomManifest(
         seed=seed, n_patients=n, root=root, folders=folders, mapping_files=mappings, table_files=tables,
         patients=patients, truth_model=TRUTH_MODEL, effects=TRUE_EFFECTS, missingness=MISSINGNESS,
-        observed=_observed(patients))
+        observed=_observed(patients), image_size=image_size)
     manifest.save()
     return manifest
 

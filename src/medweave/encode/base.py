@@ -37,6 +37,7 @@ for _name, _path in {
     "efficientnet-lite0": "medweave.encode.image:EfficientNetLite0",
     "efficientnet-lite0-volume": "medweave.encode.image:EfficientNetLite0Volume",
     "efficientnet-lite0-320": "medweave.encode.image:EfficientNetLite0At320",
+    "efficientnet-lite0-native": "medweave.encode.image:EfficientNetLite0Native",
     "e5-small": "medweave.encode.text:E5Small",
     "e5-small-query": "medweave.encode.text:E5SmallQuery",
     "signal-stats": "medweave.encode.signal:SignalStats",

