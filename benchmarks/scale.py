@@ -330,6 +330,10 @@ def _pipeline_table(work: Path, sizes: list[int]) -> None:
                    if (f := work / f"n{n}" / f"{st.replace(' ', '_')}.json").exists()} for n in sizes}
     a, b = sizes[0], sizes[-1]
     done = [st for st in STAGES if st in results[a] and st in results[b]]
+    if a == b:  # one size: no ratios
+        for st in done:
+            print(f"  {a:,} {st}: {results[a][st]['seconds']:.1f} s, peak {results[a][st]['peak_mb']:.0f} MB")
+        return
     if not done:
         print(f"(no stage has results at both {a:,} and {b:,} patients in {work} yet)")
         return

@@ -20,38 +20,89 @@ import pandas as pd
 MAX_CATEGORIES = 20
 
 
-def tabular_frame(cohort, store, covariates: Sequence[str] | None = None, max_codes: int = 64) -> pd.DataFrame:
-    """One row per cohort case (same order), one column per covariate or table code."""
+CASE_CHUNK = 2048  # cases whose table items are read together: memory holds one chunk's values
+
+
+def tabular_frame(cohort, store, covariates: Sequence[str] | None = None, max_codes: int = 64,
+                  chunk_cases: int = CASE_CHUNK) -> pd.DataFrame:
+    """One row per cohort case (same order), one column per covariate or table code.
+
+    The ``max_codes`` most frequent codes (over the cohort's table items) become columns: numeric
+    codes (any value a number) by the mean of their values, the others by their last value. The
+    items are read ``chunk_cases`` cases at a time, twice (a pass to count the codes, a pass to fill
+    the rows), so memory holds one chunk's values and the case-level frame, not every table item of
+    the cohort; the frame is the same as when all are read at once."""
     covariates = list(cohort.covariates if covariates is None else covariates)
     frame = cohort.table[covariates].copy() if covariates else pd.DataFrame(index=cohort.table.index)
-    if "table" in cohort.modalities and cohort.table["table_present"].any():
-        item_case = {iid: i for i, ids in enumerate(cohort.table["table_items"]) for iid in ids}
+    if not ("table" in cohort.modalities and cohort.table["table_present"].any()):
+        return frame
+    n, step = len(frame), max(1, chunk_cases)
+    ids_per_case = cohort.table["table_items"]
+
+    def chunk_records(first: int) -> list[tuple[int, int, int, str, Any]]:
+        """(row position in the catalog, order within the row, case, code, value) of a chunk's items."""
+        item_case = {iid: first + i for i, ids in enumerate(ids_per_case.iloc[first:first + step]) for iid in ids}
+        if not item_case:
+            return []
         rows = store.con.execute(
-            "SELECT item_id, code, value_num, value_text, meta FROM items WHERE modality = 'table' "
+            "SELECT rowid, item_id, code, value_num, value_text, meta FROM items WHERE modality = 'table' "
             "AND item_id IN (SELECT unnest(?))", [list(item_case)]).fetchall()
-        records: list[tuple[int, str, Any]] = []
-        for iid, code, vnum, vtext, meta in rows:
+        out = []
+        for rowid, iid, code, vnum, vtext, meta in rows:
             case = item_case[iid]
             if code is not None:
-                records.append((case, str(code), vnum if vnum is not None else vtext))
+                out.append((rowid, 0, case, str(code), vnum if vnum is not None else vtext))
             elif meta:
-                for k, v in (json.loads(meta).get("values") or {}).items():
-                    records.append((case, str(k), v))
-        if records:
-            long = pd.DataFrame(records, columns=["case", "code", "value"])
-            top = long["code"].value_counts().index[:max_codes]
-            long = long[long["code"].isin(top)]
-            num = pd.to_numeric(long["value"], errors="coerce")
-            numeric_codes = set(long.loc[num.notna(), "code"])
-            long_num = long.assign(v=num).dropna(subset=["v"])
-            wide_num = long_num.pivot_table(index="case", columns="code", values="v", aggfunc="mean")
-            wide_txt = (long[~long["code"].isin(numeric_codes)]
-                        .groupby(["case", "code"])["value"].last().unstack())
-            extra = pd.concat([wide_num, wide_txt], axis=1).reindex(range(len(frame)))
-            extra.index = frame.index
-            extra.columns = [f"table:{c}" for c in extra.columns]
-            frame = pd.concat([frame, extra], axis=1)
-    return frame
+                for j, (k, v) in enumerate((json.loads(meta).get("values") or {}).items()):
+                    out.append((rowid, j, case, str(k), v))
+        return out
+
+    # pass 1: each code's count, first place in catalog order, and whether any of its values is a number
+    counts: dict[str, int] = {}
+    first_at: dict[str, tuple[int, int]] = {}
+    numeric_any: set[str] = set()
+    for first in range(0, n, step):
+        recs = chunk_records(first)
+        if not recs:
+            continue
+        codes = [r[3] for r in recs]
+        num = pd.to_numeric(pd.Series([r[4] for r in recs], dtype=object), errors="coerce")
+        numeric_any.update(c for c, ok in zip(codes, num.notna()) if ok)
+        for r in recs:
+            counts[r[3]] = counts.get(r[3], 0) + 1
+            if r[3] not in first_at or r[:2] < first_at[r[3]]:
+                first_at[r[3]] = r[:2]
+    if not counts:
+        return frame
+    # The most frequent codes, ties as one read of every item in catalog order gives them: each
+    # code repeated by its count, in the order the codes first appear (references, not copies).
+    order = sorted(counts, key=first_at.__getitem__)
+    top = list(pd.Series(np.repeat(np.array(order, dtype=object), [counts[c] for c in order]))
+               .value_counts().index[:max_codes])
+    numeric_codes = sorted(c for c in top if c in numeric_any)
+    text_codes = sorted(c for c in top if c not in numeric_any)
+    keep = set(top)
+    # pass 2: the case rows, chunk by chunk (every item of a case is in its chunk)
+    parts = []
+    for first in range(0, n, step):
+        recs = [r for r in chunk_records(first) if r[3] in keep]
+        recs.sort(key=lambda r: r[:2])  # catalog order, as one read gives them: "last" is the same value
+        if not recs:
+            continue
+        long = pd.DataFrame([r[2:] for r in recs], columns=["case", "code", "value"])
+        num = pd.to_numeric(long["value"], errors="coerce")
+        long_num = long.assign(v=num).dropna(subset=["v"])
+        long_num = long_num[long_num["code"].isin(numeric_codes)]
+        wide_num = long_num.pivot_table(index="case", columns="code", values="v", aggfunc="mean")
+        wide_txt = long[long["code"].isin(text_codes)].groupby(["case", "code"])["value"].last().unstack()
+        parts.append(pd.concat([wide_num.reindex(columns=numeric_codes), wide_txt.reindex(columns=text_codes)],
+                               axis=1))
+    if not parts:  # no code wanted (max_codes 0)
+        return frame
+    extra = pd.concat(parts, axis=0).reindex(range(n))
+    extra.index = frame.index
+    extra.columns = [f"table:{c}" for c in extra.columns]
+    return pd.concat([frame, extra], axis=1)
 
 
 @dataclass
