@@ -194,3 +194,22 @@ def test_batch_columns_keep_nan_as_null_and_mixed_values_as_before(tmp_path):
         # the same unit again (its bytes changed): its rows are replaced, not added
         assert store.commit_batch([{**row, "item_id": "i2"}], {}, {}, [{**src, "source_id": "f2"}], []) == (1, 1)
         assert store.con.execute("SELECT list(item_id) FROM items").fetchone()[0] == ["i2"]
+
+
+def test_catalog_and_embedding_cache_connections_have_a_memory_limit(tmp_path):
+    """DuckDB's own default (80% of RAM) would let its buffer cache follow the catalog's size."""
+    from medweave.encode import EmbeddingCache
+
+    def limit_bytes(con) -> float:
+        value, unit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
+        return float(value) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+
+    with Store(tmp_path / "s", write=True) as st:
+        assert 0.9e9 <= limit_bytes(st.con) <= 1.0e9
+    with Store(tmp_path / "s") as st:  # read-only too
+        assert 0.9e9 <= limit_bytes(st.con) <= 1.0e9
+    cache = EmbeddingCache(tmp_path / "emb.duckdb")
+    try:
+        assert 0.9e9 <= limit_bytes(cache.con) <= 1.0e9
+    finally:
+        cache.close()

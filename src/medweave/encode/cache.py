@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import duckdb
 import numpy as np
 import pandas as pd
+
+from ..store.catalog import connect_duckdb
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -25,7 +26,7 @@ class EmbeddingCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
+        self.con = connect_duckdb(self.path)
         self.con.execute(_SCHEMA)
 
     def close(self) -> None:

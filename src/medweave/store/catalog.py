@@ -39,6 +39,17 @@ import pandas as pd
 
 from .deid import Deidentifier, load_or_create_secret
 
+# DuckDB's memory limit for the catalog and the embedding cache. Its default is 80% of the machine's
+# RAM, and its buffer cache keeps the blocks of the tables it has scanned up to that limit, so a
+# process's memory would follow the catalog's size. Past this limit DuckDB evicts cached blocks and
+# spills large sorts and joins to a folder beside the database file.
+DUCKDB_MEMORY_LIMIT = "1GB"
+
+
+def connect_duckdb(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
+    """A DuckDB connection to ``path`` with medweave's memory limit (``DUCKDB_MEMORY_LIMIT``)."""
+    return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+
 
 class Modality(str, Enum):
     """What an item is. The cohort builder makes one presence-mask column per modality."""
@@ -307,7 +318,7 @@ class Store:
             )
         self._dirs: set[Path] = set()
         self._units: set[str] | None = None  # unit ids with rows in the catalog (a superset), once asked
-        self.con = duckdb.connect(str(self.root / self.CATALOG), read_only=not write)
+        self.con = connect_duckdb(self.root / self.CATALOG, read_only=not write)
         if write:
             self.con.execute(SCHEMA)
             for sql in MIGRATIONS:
