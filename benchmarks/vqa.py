@@ -256,10 +256,14 @@ def decoder_report(run, cache, seed: int) -> list[str]:
                   highlight=False)
     from medweave.evaluate.vqa import image_ablation
 
-    abl = image_ablation(model, run.held, cache, 0)
-    blank = {k: v for k, v in abl.items() if "blank" in k}
-    console.print(f"  blank-picture probe with the gate as chosen: " + ", ".join(
-        f"{k}: open {v['open_acc']['value']:.3f}" for k, v in blank.items()), highlight=False)
+    from dataclasses import replace
+
+    closed_gate = replace(model, cfg=replace(model.cfg, decoder_margin=None), _nets=model._nets)
+    for label, m in (("the gate as chosen", model), ("the gate closed (no decoder)", closed_gate)):
+        abl = image_ablation(m, run.held, cache, 0)
+        console.print(f"  image ablation with {label}: " + ", ".join(
+            f"{k}: overall {v['overall_acc']['value']:.3f} open {v['open_acc']['value']:.3f}"
+            for k, v in abl.items()), highlight=False)
     return [p.answer for p in preds]
 
 
