@@ -20,7 +20,8 @@ which costs about 190 ms a report here. Both change what encoding costs, not wha
 holds. ``--work DIR --stages ...`` splits a run over several sittings (each stage's result is kept
 in DIR); ``--table`` prints the table of what DIR holds. Chunks (the library's defaults): cohort
 build 2,000 patients, encoding and tabular features 2,048 cases, ingest commits 4,000 items or
-1,024 files, prediction 512 cases a batch.
+1,024 files, prediction 512 cases a batch. ``--stages "ingest tables"`` (after ``phantom``) ingests
+only the phantom's CSV tables into a store of its own: a table file is one unit, read whole.
 
     python benchmarks/scale.py vectors --n 1000000      # the 1M run (minutes, ~3 GB)
     python benchmarks/scale.py vectors --n 100000       # a quick run
@@ -247,6 +248,19 @@ def run_stage(stage: str, root: Path, n: int, image_size: int | None = None, tex
     from medweave.store import Store
     from medweave.train import pipeline as pl
 
+    if stage == "ingest tables":  # only the phantom's CSV tables, into a store of their own
+        import shutil
+
+        from medweave.demo import PhantomManifest
+        from medweave.ingest import ingest
+
+        manifest = PhantomManifest.load(root / "phantom" / "manifest.json")
+        shutil.rmtree(root / "store-tables", ignore_errors=True)
+        with Store(root / "store-tables", write=True) as st:
+            report = ingest([manifest.path("tables")], st, options={"mapping": str(manifest.mapping)}, progress=False)
+        shutil.rmtree(root / "store-tables", ignore_errors=True)
+        return {"items": report.n_items_added, "largest_table_rows": max(
+            sum(1 for _ in open(manifest.path(t), encoding="utf-8")) - 1 for t in manifest.table_files)}
     if stage == "ingest":
         from medweave.demo.run import _demo_key
 
@@ -334,10 +348,10 @@ def bench_pipeline(args) -> None:
 
 
 def _pipeline_table(work: Path, sizes: list[int]) -> None:
-    results = {n: {st: json.loads(f.read_text()) for st in STAGES
+    results = {n: {st: json.loads(f.read_text()) for st in STAGES + ("ingest tables",)
                    if (f := work / f"n{n}" / f"{st.replace(' ', '_')}.json").exists()} for n in sizes}
     a, b = sizes[0], sizes[-1]
-    done = [st for st in STAGES if st in results[a] and st in results[b]]
+    done = [st for st in STAGES + ("ingest tables",) if st in results[a] and st in results[b]]
     if a == b:  # one size: no ratios
         for st in done:
             print(f"  {a:,} {st}: {results[a][st]['seconds']:.1f} s, peak {results[a][st]['peak_mb']:.0f} MB")
@@ -477,7 +491,7 @@ def main() -> None:
     p.add_argument("--text-encoder", choices=("e5", "hashing"), default="e5", help="reports encoded by e5-small "
                    f"(default) or by feature hashing ({HASH_TEXT_ENCODER}, this file's stand-in: the same 384-d, "
                    "about 1,000x cheaper)")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run only these stages (in order; "
+    p.add_argument("--stages", nargs="+", choices=STAGES + ("ingest tables",), default=None, help="run only these stages (in order; "
                    "later stages need the earlier ones' outputs in --work)")
     p.add_argument("--work", default=None, help="a folder to keep the cohorts and each stage's result in (and to "
                    "continue in): a run split over several sittings")
@@ -493,7 +507,7 @@ def main() -> None:
     ar.add_argument("--n", type=int, required=True)
     ar.add_argument("--root", required=True)
     st = sub.add_parser("stage", help=argparse.SUPPRESS)
-    st.add_argument("stage", choices=STAGES)
+    st.add_argument("stage", choices=STAGES + ("ingest tables",))
     st.add_argument("--root", required=True)
     st.add_argument("--n", type=int, required=True)
     st.add_argument("--image-size", type=int, default=None)
