@@ -157,17 +157,28 @@ def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, text_files):
     subprocess.run(_ingest_cmd(tmp_path / "in", tmp_path / "clean"), check=True, capture_output=True)
     clean_seconds = time.monotonic() - t0
 
-    # Same pseudonymisation key as the clean store, so that ids and de-identified bytes can agree.
-    (tmp_path / "crashed").mkdir()
-    (tmp_path / "crashed" / "secret.key").write_bytes((tmp_path / "clean" / "secret.key").read_bytes())
-    proc = subprocess.Popen(_ingest_cmd(tmp_path / "in", tmp_path / "crashed"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(max(0.5, clean_seconds * 0.6))
-    assert proc.poll() is None, "ingest finished before it could be killed; the test needs more files"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = catalog_fingerprint(tmp_path / "crashed")
-    assert 0 < len(partial[0]) < 4000, "the kill should land after some batches committed, before all"
+    # The kill must land after some batches committed and before all. It is timed from the clean
+    # run, which a loaded machine makes noisy: try a few points in the run, each in a fresh store.
+    import shutil
+    landed = None
+    for fraction in (0.6, 0.35, 0.8, 0.2, 0.5):
+        crashed = tmp_path / "crashed"
+        shutil.rmtree(crashed, ignore_errors=True)
+        crashed.mkdir()
+        # Same pseudonymisation key as the clean store, so that ids and de-identified bytes can agree.
+        (crashed / "secret.key").write_bytes((tmp_path / "clean" / "secret.key").read_bytes())
+        proc = subprocess.Popen(_ingest_cmd(tmp_path / "in", crashed),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(max(0.5, clean_seconds * fraction))
+        if proc.poll() is not None:  # finished before it could be killed
+            continue
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = catalog_fingerprint(crashed)
+        if 0 < len(partial[0]) < 4000:
+            landed = fraction
+            break
+    assert landed is not None, "no kill landed after some batches committed and before all"
 
     rerun = subprocess.run(_ingest_cmd(tmp_path / "in", tmp_path / "crashed"), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
