@@ -160,3 +160,31 @@ def test_deterministic_npz_is_stable_and_loadable():
     with np.load(io.BytesIO(first), allow_pickle=False) as z:
         np.testing.assert_array_equal(z["signal"], arrays["signal"])
         assert z["ann_symbol"].tolist() == ["N", "V"]
+
+
+def test_record_files_listing_matches_glob_and_sees_new_files(tmp_path):
+    """``record_files`` finds a record's annotation files from one sorted listing of the folder
+    (not a scan per record): the same names a glob gives, names with glob characters included, and
+    a file added later is seen (the listing follows the folder's mtime)."""
+    import os
+    import time
+
+    from medweave.ingest.adapters import wfdb as w
+
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    names = ["r1.hea", "r1.dat", "r1.atr", "r1.qrs", "r1x.atr", "r10.atr", "r1", "a[1].hea", "a[1].atr",
+             "a[1]x.atr", "b*.hea", "b*.atr", "bb.atr"]
+    for n in names:
+        (folder / n).write_text("x")
+    (folder / "r1.sub").mkdir()  # a folder is no annotation file
+    old = time.time() - 60
+    os.utime(folder, (old, old))  # settled: the listing is kept
+    for hea, want in (("r1.hea", ["r1.atr", "r1.qrs"]), ("a[1].hea", ["a[1].atr"]), ("b*.hea", ["b*.atr"])):
+        got = [p.name for p in w.record_files(folder / hea)[1]]
+        assert got == want, (hea, got)
+        assert w.names_starting(folder, hea.rsplit(".", 1)[0] + ".") == sorted(
+            n for n in os.listdir(folder) if n.startswith(hea.rsplit(".", 1)[0] + "."))
+    assert str(folder) in w._LISTINGS
+    (folder / "r1.ecg").write_text("x")  # the folder's mtime moves: listed again
+    assert [p.name for p in w.record_files(folder / "r1.hea")[1]] == ["r1.atr", "r1.ecg", "r1.qrs"]

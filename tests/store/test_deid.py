@@ -56,3 +56,15 @@ def test_scrub_text_removes_identifiers_and_keeps_clinical_content():
     assert "[NAME]" in out and "[DATE]" in out and "[PHONE]" in out and "[EMAIL]" in out
     signed = scrub_text("Referring: Dr. Ruth Hale. Signed by: Prof. Sam Osei")
     assert "Ruth" not in signed and "Hale" not in signed and "Osei" not in signed, signed
+
+
+def test_path_part_known_keys_ascii_shortcut_and_unicode():
+    """A raw patient key inside a file name is found case-insensitively at word edges; the ASCII
+    substring shortcut changes no answer, and non-ASCII names still go through the pattern."""
+    from medweave.store.deid import path_part_identifies
+
+    assert path_part_identifies("scan_PH0042_x.dcm", ("ph0042",))
+    assert not path_part_identifies("scan_PH0042a.dcm", ("ph0042",))  # not at a word edge
+    assert not path_part_identifies("scan.dcm", ("ph0042",))
+    assert path_part_identifies("\u017fmith_ct.dcm", ("smith",))  # long s: equal under re.IGNORECASE
+    assert path_part_identifies("smith_ct.dcm", ("\u017fmith",))

@@ -84,8 +84,14 @@ def path_part_identifies(part: str, known: tuple[str, ...] | list[str] | set[str
         return True
     if _DATE_RE.search(stem.replace("_", " ")):
         return True
+    ascii_stem = stem.lower() if stem.isascii() else None
     for k in known:
         k = str(k).strip()
+        # ASCII key and name: a plain substring test first (a pattern compiled per key and file
+        # overflowed re's cache, and compiling was a fifth of ingest's time); for ASCII text a
+        # case-insensitive match implies the lower-case substring. Other text: the pattern alone.
+        if ascii_stem is not None and k.isascii() and k.lower() not in ascii_stem:
+            continue
         if len(k) >= 3 and re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", stem, re.IGNORECASE):
             return True
     return False

@@ -19,9 +19,12 @@ The patient is the record name (option ``patient_from = "record"``) or the folde
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import io
+import os
 import re
+import time
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -110,19 +113,49 @@ def record_files(hea: Path) -> tuple[list[Path], list[Path]]:
     else:
         signals = [hea.parent / n for n in names if (hea.parent / n).is_file()]
     taken = {p.name for p in signals} | {hea.name}
-    annotations = sorted(p for p in hea.parent.glob(f"{glob_escape(hea.stem)}.*")
-                         if p.is_file() and p.name not in taken and p.suffix.lower() not in SIDE_SUFFIXES)
+    annotations = [hea.parent / n for n in names_starting(hea.parent, f"{hea.stem}.")
+                   if n not in taken and Path(n).suffix.lower() not in SIDE_SUFFIXES and (hea.parent / n).is_file()]
     return signals, annotations
+
+
+_LISTINGS: dict[str, tuple[int, list[str]]] = {}  # folder -> (its mtime, its sorted names); bounded
+LISTING_SETTLED_NS = 2_000_000_000  # a folder changed less than 2 s ago is listed again each time
+
+
+def names_starting(folder: Path, prefix: str) -> list[str]:
+    """The sorted names in ``folder`` that start with ``prefix`` (what ``glob(escaped prefix + "*")``
+    gives), from one sorted listing of the folder kept while its mtime stays the same: a binary search
+    per record instead of a scan of the whole folder (which made ingest quadratic in the records of one
+    folder: 30,000 ECGs beside each other cost 10x more per record than 3,000). A folder modified in
+    the last 2 s is not kept (its mtime may not have ticked yet for the latest change)."""
+    key = os.fspath(folder)
+    try:
+        mtime = os.stat(key).st_mtime_ns
+    except OSError:
+        return []
+    hit = _LISTINGS.get(key)
+    if hit is None or hit[0] != mtime:
+        try:
+            names = sorted(os.listdir(key))
+        except OSError:
+            return []
+        hit = (mtime, names)
+        if time.time_ns() - mtime >= LISTING_SETTLED_NS:
+            if len(_LISTINGS) >= 64:
+                _LISTINGS.clear()
+            _LISTINGS[key] = hit
+    names = hit[1]
+    out, i = [], bisect.bisect_left(names, prefix)
+    while i < len(names) and names[i].startswith(prefix):
+        out.append(names[i])
+        i += 1
+    return out
 
 
 def _plausible_name(name: str) -> bool:
     """A file name a header may name beside it: one that the file system could hold (a longer one is
     no file of the record; asking for it raises ENAMETOOLONG)."""
     return 0 < len(name.encode("utf-8", "surrogateescape")) <= 255 and "\x00" not in name
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 # --- header comments -----------------------------------------------------------------------------
