@@ -58,7 +58,7 @@ def _store_contents(store_dir):
         patients = st.con.execute("SELECT * EXCLUDE (first_seen) FROM patients ORDER BY patient_id").df()
         studies = st.con.execute("SELECT * FROM studies ORDER BY study_id").df()
         sources = st.con.execute("SELECT * EXCLUDE (run_id, done_at) FROM sources ORDER BY source_id").df()
-        blobs = {rel: hashlib.sha256(st.blob_path(rel).read_bytes()).hexdigest()
+        blobs = {rel: hashlib.sha256(st.read_blob(rel)).hexdigest()
                  for rel in items["blob"].dropna()}
     return items, patients, studies, sources, blobs
 

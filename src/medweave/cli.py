@@ -259,7 +259,8 @@ def store_verify(
         _fail(str(exc))
     if as_json:
         out.print_json(json.dumps({"ok": rep.ok, "blobs": rep.blobs, "bytes": rep.bytes, "damaged": rep.damaged,
-                                   "orphans": rep.orphans, "forgotten_items": rep.forgotten_items,
+                                   "orphans": rep.orphans, "dead_bytes": rep.dead_bytes,
+                                   "forgotten_items": rep.forgotten_items,
                                    "forgotten_sources": rep.forgotten_sources}))
     else:
         out.print(f"{rep.blobs:,} blobs checked ({rep.bytes:,} bytes): "
@@ -269,6 +270,9 @@ def store_verify(
                       highlight=False, markup=False, soft_wrap=True)
         if rep.orphans:
             out.print(f"  {len(rep.orphans)} blob file(s) without an item (removed at the next ingest)", highlight=False)
+        if rep.dead_bytes:
+            out.print(f"  {rep.dead_bytes:,} bytes of packs hold blobs of replaced or forgotten items (freed when "
+                      "no item uses their pack)", highlight=False)
         if rep.forgotten_items:
             out.print(f"forgot {rep.forgotten_items} item(s) of {rep.forgotten_sources} source(s): ingest the "
                       "same files again to restore them", highlight=False)

@@ -14,6 +14,7 @@ from medweave.encode.loaders import Signal
 from medweave.ingest import ingest
 from medweave.registry import UnknownNameError
 from medweave.store import Store
+from medweave.store.catalog import blob_location
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +92,10 @@ def test_absent_cases_are_nan_not_zero(store):
 def test_an_item_that_cannot_load_is_reported_and_absent(store, tmp_path):
     cohort = build_cohort(store)
     blob = store.items("modality = 'image'")["blob"].iloc[0]
-    path = store.root / blob
+    path, offset, length = blob_location(store.root, blob)  # its file, or its range of a pack
     saved = path.read_bytes()
-    path.write_bytes(b"not an image any more")
+    end = len(saved) if length is None else offset + length
+    path.write_bytes(saved[:offset] + b"not an image any more".ljust(end - offset, b"!") + saved[end:])
     try:
         emb = encode_cohort(cohort, store, progress=False, modalities=["image"])
     finally:

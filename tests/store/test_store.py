@@ -1,4 +1,5 @@
-"""The store: idempotent ingestion, atomic blobs, sweeping, crash safety with a real killed process."""
+"""The store: idempotent ingestion, atomic blobs (files and packs), sweeping, crash safety with a real
+killed process."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import pytest
 
 from medweave.ingest import ingest
 from medweave.store import Item, Modality, Store
+from medweave.store.catalog import PACK_MAX_BLOB, blob_location, sha256_bytes
 
 
 def catalog_fingerprint(store_dir: Path) -> tuple:
-    """Counts and hashes that must agree between two stores holding the same data."""
+    """Counts and hashes that must agree between two stores holding the same data (a blob by its
+    name, the hash of its bytes: where in which pack it lies depends on how the writes were split)."""
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
     try:
-        items = con.execute("SELECT item_id, content_hash, blob FROM items ORDER BY item_id").fetchall()
+        items = [(i, h, Path(b).name if b else None) for i, h, b in
+                 con.execute("SELECT item_id, content_hash, blob FROM items ORDER BY item_id").fetchall()]
         n_pat = con.execute("SELECT count(*) FROM patients").fetchone()[0]
         n_std = con.execute("SELECT count(*) FROM studies").fetchone()[0]
         n_src = con.execute("SELECT count(*) FROM sources").fetchone()[0]
@@ -30,7 +34,24 @@ def catalog_fingerprint(store_dir: Path) -> tuple:
 
 
 def blob_files(store_dir: Path) -> set[str]:
-    return {p.relative_to(store_dir).as_posix() for p in (store_dir / "blobs").glob("??/*")}
+    """What holds blobs on disk: each blob file, and each pack with its size."""
+    files = {p.relative_to(store_dir).as_posix() for p in (store_dir / "blobs").glob("??/*")}
+    packs = {f"{p.relative_to(store_dir).as_posix()}:{p.stat().st_size}"
+             for p in (store_dir / "blobs" / "packs").glob("*.pack")}
+    return files | packs
+
+
+def unreferenced_bytes(store_dir: Path) -> int:
+    """Bytes of blob files and packs on disk that no row's blob covers (0 after a sweep, unless rows
+    were replaced: their ranges stay in their pack)."""
+    on_disk = sum(p.stat().st_size for p in (store_dir / "blobs").rglob("*") if p.is_file())
+    with Store(store_dir) as st:
+        rels = [r[0] for r in st.con.execute("SELECT DISTINCT blob FROM items WHERE blob IS NOT NULL").fetchall()]
+    named = 0
+    for rel in rels:
+        path, _offset, length = blob_location(store_dir, rel)
+        named += path.stat().st_size if length is None else length
+    return on_disk - named
 
 
 def test_ingest_twice_adds_nothing(tmp_path, text_files):
@@ -41,7 +62,9 @@ def test_ingest_twice_adds_nothing(tmp_path, text_files):
         assert first.n_items_added == 30 and first.ok
         assert second.n_items_added == 0 and second.n_skipped == 30
         assert st.stats()["items"] == 30
-    assert len(blob_files(tmp_path / "s")) == 30
+        assert st.items()["blob"].nunique() == 30
+    assert len(blob_files(tmp_path / "s")) == 1  # small blobs: one pack
+    assert unreferenced_bytes(tmp_path / "s") == 0
 
 
 def test_a_changed_source_replaces_its_items_and_their_blobs(tmp_path, text_files):
@@ -49,13 +72,17 @@ def test_a_changed_source_replaces_its_items_and_their_blobs(tmp_path, text_file
     with Store(tmp_path / "s", write=True) as st:
         ingest([tmp_path / "in"], st, progress=False)
         old = set(st.items()["blob"])
+        replaced = st.read_blob(st.items("unit_id = ?", [st.unit_id(paths[0])])["blob"].iloc[0])
         paths[0].write_text("An amended report: small effusion.\n")
         report = ingest([tmp_path / "in"], st, progress=False)
         assert (report.n_ok, report.n_skipped, report.n_items_replaced, report.n_items_added) == (1, 3, 1, 1)
         items = st.items()
         assert len(items) == 4 and items["text"].str.contains("amended").sum() == 1
         assert st.con.execute("SELECT count(*) FROM sources").fetchone()[0] == 4
-    assert blob_files(tmp_path / "s") == set(items["blob"]) and len(old - set(items["blob"])) == 1
+        assert len(old - set(items["blob"])) == 1 and all(st.read_blob(b) for b in items["blob"])
+        # the replaced blob's range stays in its pack (the pack is still referenced), counted as dead
+        assert st.verify().dead_bytes == len(replaced)
+    assert unreferenced_bytes(tmp_path / "s") == len(replaced)
 
 
 def test_a_store_inside_the_ingested_folder_is_not_ingested(tmp_path, text_files):
@@ -96,13 +123,22 @@ def test_sweep_removes_blobs_without_rows_and_partial_files(tmp_path, text_files
     with Store(tmp_path / "s", write=True) as st:
         ingest([tmp_path / "in"], st, progress=False)
         kept = blob_files(tmp_path / "s")
-        orphan = st.put_blob(b"written but never committed", "ab" * 32, ".bin")
+        orphan = st.put_blob(b"written but never committed", "ab" * 32, ".bin")  # the end of the pack
+        big = b"a large blob, a file of its own" * (PACK_MAX_BLOB // 16)
+        big_rel = st.put_blob(big, sha256_bytes(big), ".bin")
         (st.blob_dir / ".tmp" / "half-written.bin").write_bytes(b"x")
-    assert orphan in blob_files(tmp_path / "s")
+        grown = blob_files(tmp_path / "s")
+        assert grown != kept and big_rel in grown and st.read_blob(big_rel) == big
+        assert st.sweep() == 3 and blob_files(tmp_path / "s") == kept  # the pack cut back, two files gone
+        # the pack being written was closed: the next blob starts a pack of its own
+        lone = st.put_blob(b"the only blob of a pack", "cd" * 32, ".bin")
+        assert blob_location(st.root, lone)[0] != blob_location(st.root, orphan)[0]
+        assert blob_files(tmp_path / "s") != kept
     with Store(tmp_path / "s", write=True):  # opening for writing sweeps
         pass
     assert blob_files(tmp_path / "s") == kept
     assert not list((tmp_path / "s" / "blobs" / ".tmp").iterdir())
+    assert unreferenced_bytes(tmp_path / "s") == 0
 
 
 def test_blobs_of_the_older_two_level_layout_are_read_verified_and_swept(tmp_path, text_files):
@@ -114,7 +150,7 @@ def test_blobs_of_the_older_two_level_layout_are_read_verified_and_swept(tmp_pat
         name = Path(rel).name
         old_rel = f"blobs/{name[:2]}/{name[2:4]}/{name}"
         (st.root / old_rel).parent.mkdir(parents=True)
-        os.replace(st.root / rel, st.root / old_rel)
+        (st.root / old_rel).write_bytes(st.read_blob(rel))  # the row now names an old-layout file
         st.con.execute("UPDATE items SET blob = ? WHERE item_id = ?", [old_rel, item_id])
         orphan = f"blobs/cd/ef/{'cd' * 32}.bin"
         (st.root / orphan).parent.mkdir(parents=True)
@@ -183,7 +219,11 @@ def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, text_files):
     rerun = subprocess.run(_ingest_cmd(tmp_path / "in", tmp_path / "crashed"), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert catalog_fingerprint(tmp_path / "crashed") == catalog_fingerprint(tmp_path / "clean")
-    assert blob_files(tmp_path / "crashed") == blob_files(tmp_path / "clean")
+    # what the killed run appended past its last commit was cut: every byte on disk is a row's blob
+    assert unreferenced_bytes(tmp_path / "crashed") == 0 == unreferenced_bytes(tmp_path / "clean")
+    with Store(tmp_path / "crashed") as st:
+        report = st.verify()
+        assert report.ok and not report.orphans and report.blobs == 4000, (report.damaged, report.orphans)
 
 
 def test_batch_columns_keep_nan_as_null_and_mixed_values_as_before(tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 from medweave.encode.loaders import load_item
 from medweave.ingest import ingest
 from medweave.store import Store
-from medweave.store.catalog import BlobIntegrityError, read_verified
+from medweave.store.catalog import PACK_MAX_BLOB, BlobIntegrityError, blob_location, read_verified, sha256_bytes
 
 
 def _store_with_images(tmp_path: Path, n: int = 3) -> tuple[Path, Path]:
@@ -29,9 +29,11 @@ def _store_with_images(tmp_path: Path, n: int = 3) -> tuple[Path, Path]:
     return src, store
 
 
-def _flip_a_byte(path: Path) -> None:
+def _flip_a_byte(store: Path, rel: str) -> None:
+    """Damage blob ``rel`` where it lies: its file, or its range of a pack."""
+    path, offset, length = blob_location(store, rel)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[offset + (len(data) if length is None else length) // 2] ^= 0x01
     path.chmod(0o644)
     path.write_bytes(bytes(data))
 
@@ -55,7 +57,7 @@ def test_a_damaged_blob_is_caught_on_read_naming_the_item(tmp_path):
         rows = st.items("modality = 'image'").to_dict("records")
     good, bad = rows[0], rows[1]
     assert load_item(store, good).shape == (16, 16)
-    _flip_a_byte(store / bad["blob"])
+    _flip_a_byte(store, bad["blob"])
     with pytest.raises(BlobIntegrityError) as exc:
         load_item(store, bad)
     msg = str(exc.value)
@@ -63,8 +65,15 @@ def test_a_damaged_blob_is_caught_on_read_naming_the_item(tmp_path):
     with Store(store) as st:
         with pytest.raises(BlobIntegrityError, match=bad["item_id"]):
             st.read_blob(bad["blob"], bad["item_id"])
-        assert st.read_blob(good["blob"]) == (store / good["blob"]).read_bytes()
-    (store / good["blob"]).unlink()
+        path, offset, length = blob_location(store, good["blob"])
+        assert length is not None  # a small blob: a range of a pack
+        assert st.read_blob(good["blob"]) == path.read_bytes()[offset:offset + length]
+    path.chmod(0o644)
+    with open(path, "r+b") as fh:  # a pack cut short (the disk lost its end)
+        fh.truncate(offset + length - 1)
+    with pytest.raises(BlobIntegrityError, match=r"is cut short: its pack .* holds"):
+        read_verified(store, good["blob"], good["item_id"])
+    path.unlink()
     with pytest.raises(BlobIntegrityError, match=r"is missing from the store"):
         read_verified(store, good["blob"], good["item_id"])
 
@@ -80,7 +89,7 @@ def test_store_verify_lists_damaged_items_then_forgets_them_and_a_reingest_resto
     with Store(store) as st:
         bad = st.items("modality = 'image'").to_dict("records")[2]
         n_items = len(st.items())
-    _flip_a_byte(store / bad["blob"])
+    _flip_a_byte(store, bad["blob"])
     found = _verify(store)
     assert found.returncode == 1
     assert f"DAMAGED {bad['item_id']} (image" in found.stdout and "1 item(s) damaged" in found.stdout, found.stdout
@@ -99,15 +108,18 @@ def test_store_verify_lists_damaged_items_then_forgets_them_and_a_reingest_resto
         assert load_item(store, row).shape == (16, 16)
 
 
-def test_putting_the_same_content_again_repairs_a_damaged_blob(tmp_path):
+@pytest.mark.parametrize("size", [1500, PACK_MAX_BLOB + 15], ids=["packed", "file"])
+def test_putting_the_same_content_again_repairs_a_damaged_blob(tmp_path, size):
+    """A file blob is put back in place; a packed one is appended again (a pack is never rewritten)
+    and the damaged range is no longer handed out."""
     with Store(tmp_path / "s", write=True) as st:
-        from medweave.store.catalog import sha256_bytes
-
-        data = b"some blob bytes" * 100
+        data = (b"some blob bytes" * (size // 15 + 1))[:size]
         rel = st.put_blob(data, sha256_bytes(data), ".bin")
-        _flip_a_byte(st.root / rel)
+        assert st.put_blob(data, sha256_bytes(data), ".bin") == rel  # the same content, stored once
+        _flip_a_byte(st.root, rel)
         with pytest.raises(BlobIntegrityError):
             st.read_blob(rel)
-        assert st.put_blob(data, sha256_bytes(data), ".bin") == rel
-        assert st.read_blob(rel) == data
+        again = st.put_blob(data, sha256_bytes(data), ".bin")
+        assert (again == rel) == (size > PACK_MAX_BLOB)
+        assert st.read_blob(again) == data and st.put_blob(data, sha256_bytes(data), ".bin") == again
         assert not list((st.root / "blobs" / ".tmp").iterdir())

@@ -3,6 +3,7 @@ a (channels x samples) signal with its rate."""
 
 from __future__ import annotations
 
+import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ def _dicom_pixels(data: bytes) -> np.ndarray:
 
 def load_array(path: Path, data: bytes | None = None) -> np.ndarray:
     """Pixels/voxels of an image or volume blob as float32 (grayscale, or H x W x 3 for colour).
-    ``data``: the file's bytes when already read (and checked against the blob's hash)."""
+    ``data``: the file's bytes when already read (and checked against the blob's hash); a blob in a
+    pack has no file of its own, so the store's readers always pass them (``path`` gives the suffix)."""
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix.lower()
     if suffix == ".npy":
         return np.load(io.BytesIO(data) if data is not None else path).astype(np.float32)
@@ -41,7 +43,15 @@ def load_array(path: Path, data: bytes | None = None) -> np.ndarray:
     if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
         import nibabel as nib
 
-        return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
+        if data is None:
+            return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        if suffix in (".mgh", ".mgz"):
+            kind = nib.MGHImage
+        else:  # a NIfTI-2 header is 540 bytes long, a NIfTI-1 header 348 (either byte order)
+            kind = nib.Nifti2Image if 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")) \
+                else nib.Nifti1Image
+        return np.asarray(kind.from_bytes(raw).get_fdata(), dtype=np.float32)
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if data is not None else path) as im:

@@ -332,7 +332,7 @@ class _Batch:
                 ids_by_ref[it.ref] = iid
             rel = None
             if it.blob is not None:
-                rel = self.store.put_blob(it.blob, chash, it.blob_ext)
+                rel = self.store.put_blob(it.blob, chash, it.blob_ext, keep=it.read_back)
             unknown = set(it.fields) - set(ITEM_FIELDS)
             if unknown:
                 raise IngestError(f"adapter {adapter.name} set unknown item fields {sorted(unknown)}")

@@ -4,15 +4,26 @@ content-addressed blob folder beside it.
 Layout of a store directory::
 
     DIR/catalog.duckdb      patients, studies, items, sources, runs, errors
-    DIR/blobs/ab/<sha256><ext>   (stores written before 2026-12 also hold blobs/ab/cd/<sha256><ext>:
-                                  rows name their blob's path, so both layouts are read)
+    DIR/blobs/packs/<name>.pack  blobs of up to PACK_MAX_BLOB bytes, appended one after another; a
+                                  row's ``blob`` names its range: blobs/packs/<name>.pack@<offset>+<length>/<sha256><ext>
+    DIR/blobs/ab/<sha256><ext>   larger blobs, one file each (stores written before 2026-12 hold every
+                                  blob so, and older ones blobs/ab/cd/<sha256><ext>: rows name their
+                                  blob's address, so every layout is read)
     DIR/blobs/.tmp/         blobs being written (swept at the next open for writing)
     DIR/secret.key          the pseudonymisation key (never leaves the store)
 
+Every reader of a blob goes through ``blob_location`` / ``read_verified`` (``Store.read_blob``), which
+open a file blob or a packed range alike.
+
 Atomicity: a blob is written first; its row is inserted later in a transaction together with the
-row marking its source as done. A process killed in between leaves only blobs without rows (complete
-or partial), and the next writer deletes those (``sweep``). So no row ever points at a missing or
-partial blob, and after the sweep no blob lives without its row.
+row marking its source as done, and the packs written to are fsync'd before that transaction
+(``commit_batch``). A process killed in between leaves only blobs without rows (complete or partial
+files, bytes at the end of a pack), and the next writer deletes those (``sweep``: a file or a pack no
+row references is deleted, a pack is cut back to the end of the last range a row references). So no
+row ever points at a missing or partial blob. A pack is only appended to by the one process writing
+the store, and never after that process closes it; the ranges of rows replaced later (a changed
+source) stay in their pack as dead bytes until no row references the pack at all (``verify`` counts
+them: ``VerifyReport.dead_bytes``).
 
 Integrity: a blob's name is the SHA-256 of its bytes. ``read_verified`` (used by every reader of a
 blob: ``Store.read_blob``, the encoders' loaders, the server) hashes what it reads and raises
@@ -28,7 +39,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -189,20 +202,57 @@ def _describe(rel: str, item_id: str | None, what: str) -> str:
     return f"{who}{f' ({what})' if what else ''}: blob {rel}"
 
 
+PACK_MAX_BLOB = 1 << 20  # blobs up to this size are appended to a pack; larger ones get a file each
+PACK_MAX_BYTES = 1 << 30  # a pack is closed (and the next blob starts a new one) past this size
+_PACKED_RE = re.compile(r"(blobs/packs/[0-9a-f]{32}(?:-\d+)?\.pack)@(\d+)\+(\d+)/([^/]+)")
+
+
+def blob_location(root: str | Path, rel: str) -> tuple[Path, int, int | None]:
+    """Where blob ``rel`` of store ``root`` lies: (file, offset, length), length None for a blob that
+    is a whole file. The one place that knows both blob layouts (a file, a range of a pack)."""
+    m = _PACKED_RE.fullmatch(rel)
+    if m is None:
+        return Path(root) / rel, 0, None
+    return Path(root) / m.group(1), int(m.group(2)), int(m.group(3))
+
+
+def _read_location(path: Path, offset: int, length: int | None) -> bytes:
+    if length is None:
+        return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        parts, got = [], 0
+        while got < length:
+            chunk = os.pread(fd, length - got, offset + got)
+            if not chunk:
+                break  # past the end of the pack: the short read fails the hash check
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
 def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: str = "") -> bytes:
-    """The bytes of blob ``rel`` under store ``root``, checked against the SHA-256 in its name.
+    """The bytes of blob ``rel`` under store ``root`` (a file, or a range of a pack), checked against
+    the SHA-256 in its name.
 
     Raises ``BlobIntegrityError`` (naming the item, the blob and what to do) when the file is missing
     or its bytes no longer match: a damaged blob is never silently decoded into wrong pixels or text.
     """
-    path = Path(root) / rel
+    path, offset, length = blob_location(root, rel)
     expected = Path(rel).name[:64]
     try:
-        data = path.read_bytes()
+        data = _read_location(path, offset, length)
     except FileNotFoundError:
         raise BlobIntegrityError(
             f"{_describe(rel, item_id, what)} is missing from the store {root}; run `medweave store verify "
             f"--store {root}` to check the whole store", rel, item_id) from None
+    if length is not None and len(data) < length:
+        raise BlobIntegrityError(
+            f"{_describe(rel, item_id, what)} is cut short: its pack {path.name} holds {len(data):,} of its "
+            f"{length:,} bytes; run `medweave store verify --store {root} --forget-damaged`, then ingest its "
+            f"source again", rel, item_id)
     if len(expected) == 64 and all(c in "0123456789abcdef" for c in expected):
         got = sha256_bytes(data)
         if got != expected:
@@ -228,7 +278,8 @@ class VerifyReport:
     blobs: int = 0
     bytes: int = 0
     damaged: list[dict[str, Any]] = field(default_factory=list)  # item_id, modality, source_path, blob, reason
-    orphans: list[str] = field(default_factory=list)  # blob files that no row references
+    orphans: list[str] = field(default_factory=list)  # blob files (and packs) that no row references
+    dead_bytes: int = 0  # bytes of packs that no row references (ranges of replaced rows; removed with the pack)
     forgotten_items: int = 0
     forgotten_sources: int = 0
 
@@ -259,6 +310,7 @@ class Item:
     link_ref: str | None = None  # the ``ref`` of the item this one belongs to (question -> image)
     patient_attrs: dict[str, Any] = field(default_factory=dict)
     study_attrs: dict[str, Any] = field(default_factory=dict)  # date, description, ...
+    read_back: bool = False  # read again later in this run (a slice a series volume is stacked from)
 
     def __post_init__(self) -> None:
         # NUL bytes (DICOM padding, damaged files) have no place in a text column: removed
@@ -318,6 +370,16 @@ class Store:
             )
         self._dirs: set[Path] = set()
         self._units: set[str] | None = None  # unit ids with rows in the catalog (a superset), once asked
+        # The pack this process appends small blobs to (``put_blob``), and what it has written there
+        self._pack_fd = -1
+        self._pack_rel = ""
+        self._pack_size = 0
+        self._unsynced = False  # bytes appended (or a pack created) since the last fsync
+        self._packed: dict[tuple[str, str], str] = {}  # (hash, ext) -> address, blobs packed since the last sweep
+        # Bytes of blobs this process wrote (named by their hash as they were written), newest last and
+        # bounded: a series is stacked from the slices just written without reading them back.
+        self._fresh: OrderedDict[str, bytes] = OrderedDict()
+        self._fresh_bytes = 0
         self.con = connect_duckdb(self.root / self.CATALOG, read_only=not write)
         if write:
             self.con.execute(SCHEMA)
@@ -332,6 +394,7 @@ class Store:
         return self.root / "blobs"
 
     def close(self) -> None:
+        self._close_pack()
         self.con.close()
 
     def __enter__(self) -> "Store":
@@ -341,7 +404,14 @@ class Store:
         self.close()
 
     def sweep(self) -> int:
-        """Delete partial blobs and blobs that no committed row references. Returns how many."""
+        """Delete partial blobs and blobs that no committed row references: files, packs no row
+        references, and the end of a pack past its last referenced range (what a killed writer
+        appended). Returns how many files were deleted or cut. The pack being written is closed
+        first (the next blob starts a new one)."""
+        self._close_pack()
+        self._packed.clear()
+        self._fresh.clear()
+        self._fresh_bytes = 0
         removed = 0
         tmp = self.blob_dir / ".tmp"
         for p in tmp.glob("*"):
@@ -355,7 +425,36 @@ class Store:
             if rel not in referenced:
                 sub.unlink(missing_ok=True)
                 removed += 1
+        ends, _ = self._pack_use(referenced)
+        for pack in self.pack_files():
+            end = ends.get(pack.relative_to(self.root).as_posix())
+            if end is None:
+                pack.unlink(missing_ok=True)
+                removed += 1
+            elif pack.stat().st_size > end:
+                os.truncate(pack, end)
+                removed += 1
         return removed
+
+    def _pack_use(self, referenced: Iterable[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """For every pack the addresses ``referenced`` name: (end of its last range, bytes referenced)."""
+        ends: dict[str, int] = {}
+        used: dict[str, int] = {}
+        seen: set[tuple[str, int]] = set()
+        for rel in referenced:
+            m = _PACKED_RE.fullmatch(rel)
+            if m is None:
+                continue
+            pack, offset, length = m.group(1), int(m.group(2)), int(m.group(3))
+            ends[pack] = max(ends.get(pack, 0), offset + length)
+            if (pack, offset) not in seen:
+                seen.add((pack, offset))
+                used[pack] = used.get(pack, 0) + length
+        return ends, used
+
+    def pack_files(self) -> Iterator[Path]:
+        """Every pack file of the store (``blobs/packs/*.pack``)."""
+        yield from (p for p in (self.blob_dir / "packs").glob("*.pack") if p.is_file())
 
     # --- blobs -----------------------------------------------------------------------------------
     def blob_relpath(self, content_hash: str, ext: str) -> str:
@@ -371,13 +470,21 @@ class Store:
             else:
                 yield sub
 
-    def put_blob(self, data: bytes, content_hash: str, ext: str) -> str:
-        """Write a blob under its content hash; a no-op when it already exists.
+    def put_blob(self, data: bytes, content_hash: str, ext: str, keep: bool = False) -> str:
+        """Write a blob under its content hash and return its address (what a row's ``blob`` holds).
 
-        Written in place with exclusive create: a file interrupted half-way has no row yet (rows are
-        committed after their blobs), and the sweep at the next open for writing deletes every blob
-        without a row, so a partial blob can never be read through the catalog.
+        A blob of up to ``PACK_MAX_BLOB`` bytes is appended to this process's pack (``_pack_blob``);
+        a larger one gets a file of its own, a no-op when that file already exists. Written in place
+        with exclusive create: a file interrupted half-way has no row yet (rows are committed after
+        their blobs), and the sweep at the next open for writing deletes every blob without a row, so
+        a partial blob can never be read through the catalog. With ``keep``, its bytes also stay in
+        memory (bounded, ``FRESH_MAX_BYTES``) for ``read_blob`` in this process.
         """
+        if len(data) <= PACK_MAX_BLOB:
+            rel = self._pack_blob(data, content_hash, ext)
+            if keep:
+                self._remember(rel, data)
+            return rel
         rel = self.blob_relpath(content_hash, ext)
         dest = self.root / rel
         parent = dest.parent
@@ -420,11 +527,108 @@ class Store:
                 os.replace(tmp, dest)
         return rel
 
+    def _pack_blob(self, data: bytes, content_hash: str, ext: str) -> str:
+        """Append a blob to the pack this process writes (opening a new one when there is none or
+        it is full) and return its address; the same content twice since the last sweep is stored
+        once (unless the first copy no longer checks out: then it is appended again)."""
+        known = self._packed.get((content_hash, ext))
+        if known is not None:
+            try:
+                read_verified(self.root, known)
+                return known
+            except BlobIntegrityError:
+                pass
+        if self._pack_fd < 0 or self._pack_size + len(data) > PACK_MAX_BYTES:
+            self._open_pack(content_hash)
+        offset = self._pack_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._pack_fd, view):]
+        except OSError as exc:
+            os.ftruncate(self._pack_fd, offset)  # no partial blob is left behind
+            os.lseek(self._pack_fd, offset, os.SEEK_SET)
+            if exc.errno not in _FULL_ERRNOS:
+                raise
+            raise StoreFullError(
+                exc.errno, f"the store cannot take this file's data ({len(data):,} bytes): "
+                f"{os.strerror(exc.errno)} while writing {self._pack_rel} under {self.root} (the disk is full or a "
+                "file-size limit was reached); nothing of it was stored: free space, then run the same "
+                "command again") from None
+        self._pack_size = offset + len(data)
+        self._unsynced = True
+        rel = f"{self._pack_rel}@{offset}+{len(data)}/{content_hash}{ext}"
+        if len(self._packed) >= 100_000:  # bounded: a repeat past this is stored twice, nothing worse
+            self._packed.clear()
+        self._packed[(content_hash, ext)] = rel
+        return rel
+
+    def _open_pack(self, content_hash: str) -> None:
+        """A new pack, named after its first blob (a counter added when that name is taken): the
+        same writes in the same order give the same addresses."""
+        self._close_pack()
+        folder = self.blob_dir / "packs"
+        if folder not in self._dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(folder)
+        for n in range(1 << 20):
+            rel = f"blobs/packs/{content_hash[:32]}{f'-{n}' if n else ''}.pack"
+            try:
+                self._pack_fd = os.open(self.root / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                        | getattr(os, "O_BINARY", 0), 0o666)
+                break
+            except FileExistsError:
+                continue
+        self._pack_rel, self._pack_size, self._unsynced = rel, 0, True
+
+    def _close_pack(self) -> None:
+        if self._pack_fd >= 0:
+            os.close(self._pack_fd)
+            self._pack_fd = -1
+
+    def sync_blobs(self) -> None:
+        """fsync what was appended to the pack (and the packs folder, which names it) since the last
+        call: done before every commit, so that a committed row never names bytes still in flight."""
+        if not self._unsynced:
+            return
+        if self._pack_fd >= 0:
+            os.fsync(self._pack_fd)
+        folder = self.blob_dir / "packs"
+        if folder.is_dir() and hasattr(os, "O_DIRECTORY"):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced = False
+
+    FRESH_MAX_BYTES = 64 << 20  # bytes of just-written blobs kept for reading back in this process
+
+    def _remember(self, rel: str, data: bytes) -> None:
+        if rel in self._fresh:
+            self._fresh.move_to_end(rel)
+            return
+        self._fresh[rel] = data
+        self._fresh_bytes += len(data)
+        while self._fresh_bytes > self.FRESH_MAX_BYTES:
+            self._fresh_bytes -= len(self._fresh.popitem(last=False)[1])
+
     def blob_path(self, rel: str) -> Path:
-        return self.root / rel
+        """The file of a blob that is a file of its own; a packed blob has none (``read_blob``)."""
+        path, _offset, length = blob_location(self.root, rel)
+        if length is not None:
+            raise ValueError(f"blob {rel} is a range of the pack {path}, not a file of its own: read it "
+                             "with Store.read_blob")
+        return path
 
     def read_blob(self, rel: str, item_id: str | None = None) -> bytes:
-        """A blob's bytes, checked against its hash (``BlobIntegrityError`` naming the item if not)."""
+        """A blob's bytes, checked against its hash (``BlobIntegrityError`` naming the item if not).
+        A blob this process wrote lately with ``keep`` comes from memory, once: those are the bytes
+        its name was hashed from."""
+        data = self._fresh.pop(rel, None)
+        if data is not None:
+            self._fresh_bytes -= len(data)
+            return data
         return read_verified(self.root, rel, item_id)
 
     def verify(self, forget: bool = False, progress: Any = None) -> VerifyReport:
@@ -457,6 +661,14 @@ class Store:
         referenced = {r[0] for r in rows}
         report.orphans = sorted(p.relative_to(self.root).as_posix() for p in self.blob_files()
                                 if p.relative_to(self.root).as_posix() not in referenced)
+        ends, used = self._pack_use(referenced)
+        for pack in self.pack_files():
+            rel = pack.relative_to(self.root).as_posix()
+            if rel not in ends:
+                report.orphans.append(rel)
+            else:
+                report.dead_bytes += max(0, pack.stat().st_size - used[rel])
+        report.orphans.sort()
         if forget and report.damaged:
             if not self.write:
                 raise ValueError(f"{self.root}: open the store for writing to forget damaged items")
@@ -497,6 +709,7 @@ class Store:
         came from, and errors. A source read again because its bytes changed *replaces* the items its
         earlier version gave (same ``unit_id``). Returns (new item ids added, rows of changed sources replaced)."""
         con = self.con
+        self.sync_blobs()  # the blobs these rows name are on disk before the rows commit
         if self._units is None:
             self._units = {r[0] for r in con.execute(
                 "SELECT unit_id FROM sources WHERE unit_id IS NOT NULL UNION "

@@ -45,6 +45,7 @@ def build_phantom_vqa(store_dir: Path, folder: Path, phantom_dir: Path) -> list[
     from ..encode.image import window_to_uint8
     from ..encode.loaders import load_array
     from ..store import Store
+    from ..store.catalog import read_verified
 
     manifest_path = Path(phantom_dir) / "manifest.json"
     if not manifest_path.is_file():
@@ -64,7 +65,8 @@ def build_phantom_vqa(store_dir: Path, folder: Path, phantom_dir: Path) -> list[
         stem = row["stem"]
         if stem not in truth:
             continue
-        Image.fromarray(window_to_uint8(load_array(store_dir / row["blob"]))).save(folder / "images" / f"{stem}.png")
+        pixels = load_array(Path(row["blob"]), read_verified(store_dir, row["blob"], row["item_id"]))
+        Image.fromarray(window_to_uint8(pixels)).save(folder / "images" / f"{stem}.png")
         questions += phantom_questions(*truth[stem], f"{stem}.png")
     return questions
 

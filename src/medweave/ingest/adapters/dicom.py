@@ -523,7 +523,11 @@ def image_item(result: DeidResult, blob: bytes, shared: _Context) -> Item:
         "instance_number": _int(fast_get(ds, "InstanceNumber")),
     }
     modality = Modality.VOLUME if stack else Modality.IMAGE
-    return _item(shared, modality, blob, ".dcm", fields, meta)
+    item = _item(shared, modality, blob, ".dcm", fields, meta)
+    # a slice ``finish`` may stack into a series volume (``_SLICE_WHERE``): its bytes are kept at hand
+    item.read_back = (modality == Modality.IMAGE and frames == 1 and fields["position"] is not None
+                      and item.fields.get("series_id") is not None and meta.get("orientation") is not None)
+    return item
 
 
 def _channel_name(channel: Dataset, index: int) -> str:
@@ -635,9 +639,10 @@ _SLICE_WHERE = """
 adapter = ? AND modality = 'image' AND frames = 1 AND series_id IS NOT NULL AND position IS NOT NULL
 AND json_extract_string(meta, '$.orientation') IS NOT NULL
 """
+# Newest series first: the slices this run just wrote are still in the store's memory (``read_blob``).
 _GROUPS_SQL = f"""
 SELECT series_id, rows, cols, json_extract_string(meta, '$.orientation') AS orientation FROM items
-WHERE {_SLICE_WHERE} GROUP BY ALL HAVING count(*) >= 2 ORDER BY ALL
+WHERE {_SLICE_WHERE} GROUP BY ALL HAVING count(*) >= 2 ORDER BY max(rowid) DESC, series_id, rows, cols, orientation
 """
 # The slices of some series: plain columns, and the meta as text, parsed once per row in Python
 # (ten json_extract calls per row cost more than the rest of stacking a small slice).
