@@ -194,6 +194,30 @@ def test_image_fields_pixels_and_deidentified_blob(tmp_path):
     assert np.array_equal(ds.pixel_array, original.pixel_array)
 
 
+def test_series_volumes_from_slices_in_memory_equal_those_read_back(tmp_path, monkeypatch):
+    """Slices of a series just written are stacked from memory (no read back): the volumes are
+    byte-equal to those stacked from the store (memory for none), with the same item ids."""
+    import medweave.store.catalog as catalog
+
+    for k, pid in enumerate(("MRN1", "MRN2", "MRN3")):
+        write_series(tmp_path / "in" / pid, n=4 + k, name=f"Doe^P{k}", pid=pid, seed=k)
+    reads = []
+    real = catalog.read_verified
+    monkeypatch.setattr(catalog, "read_verified", lambda root, rel, *a, **k: reads.append(rel) or real(root, rel, *a, **k))
+    volumes = {}
+    for cap in (Store.FRESH_MAX_BYTES, 0):
+        reads.clear()
+        with open_store(tmp_path / f"store-{cap}") as store:
+            store.FRESH_MAX_BYTES = cap
+            report = ingest([tmp_path / "in"], store, progress=False)
+            rows = store.items("modality = 'volume'")
+            volumes[cap] = sorted(zip(rows["item_id"], rows["content_hash"]))
+            slices = set(store.items("modality = 'image'")["blob"])
+            assert report.ok and report.n_derived == 3 and not store._fresh  # each kept slice taken once
+        assert (len(slices & set(reads)) == 0) == bool(cap), (cap, len(reads))
+    assert volumes[Store.FRESH_MAX_BYTES] == volumes[0] and len(volumes[0]) == 3
+
+
 def test_series_becomes_one_volume_ordered_by_position_and_reingest_adds_nothing(tmp_path):
     zs = write_series(tmp_path / "series", n=5)
     with open_store(tmp_path / "store") as store:

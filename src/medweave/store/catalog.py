@@ -602,7 +602,7 @@ class Store:
                 os.close(fd)
         self._unsynced = False
 
-    FRESH_MAX_BYTES = 64 << 20  # bytes of just-written blobs kept for reading back in this process
+    FRESH_MAX_BYTES = 32 << 20  # bytes of just-written blobs kept for reading back in this process
 
     def _remember(self, rel: str, data: bytes) -> None:
         if rel in self._fresh:
