@@ -157,9 +157,21 @@ class Adapter:
         """The units of a file or a claimed folder. Default: the file is one unit."""
         yield Unit(path)
 
+    # True: the runner reads this adapter's units itself, in the writing process, through
+    # ``read_slices``, and stores a unit of several slices slice by slice in one transaction (memory
+    # holds a slice, not the unit); False: ``read`` gives the unit's items, held whole until committed.
+    streams: bool = False
+
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
         """Yield the items of one unit; raise ``IngestError`` (or any exception) for bad input."""
         raise NotImplementedError
+
+    def read_slices(self, unit: Unit, ctx: IngestContext) -> Iterator[list[Item]]:
+        """(``streams`` adapters) The unit's items as lists, in order: every error of a bad unit should
+        be raised before the first list (later ones roll the unit back), every raw patient key be in
+        ``ctx.seen_ids`` once the first is taken, and an item that links (``link_ref``) come after the
+        item it links to. Default: ``read``'s items as one slice."""
+        yield list(self.read(unit, ctx))
 
     def finish(self, ctx: IngestContext) -> Iterator[tuple[Unit, list[Item]]]:
         """Called once after all units: derived items built from what is stored (e.g. volumes

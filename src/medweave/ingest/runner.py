@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -320,10 +321,25 @@ class _Batch:
     def add_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, items: list[Item],
                  known: Iterable[str] = ()) -> None:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        rows = []
-        ids_by_ref: dict[str, str] = {}
         source_path = self.deid.display_path(unit.path, unit.root, tuple(known))
         unit_id = self.deid.unit_id(unit.source_id)
+        rows = self.item_rows(adapter, items, source_path, unit_id, now, {}, self.patients, self.studies)
+        self.items.extend(rows)
+        self.sources.append(self.source_row(adapter, fingerprint, unit_id, source_path, len(rows), now))
+
+    def source_row(self, adapter: Adapter, fingerprint: str, unit_id: str, source_path: str, n_items: int,
+                   now: dt.datetime) -> dict[str, Any]:
+        return {"source_id": fingerprint, "unit_id": unit_id, "source_path": source_path,
+                "raw_sha256": fingerprint, "adapter": adapter.name, "adapter_version": adapter.version,
+                "n_items": n_items, "run_id": self.run_id, "done_at": now}
+
+    def item_rows(self, adapter: Adapter, items: list[Item], source_path: str, unit_id: str, now: dt.datetime,
+                  ids_by_ref: dict[str, str], patients: dict[str, dict[str, Any]],
+                  studies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The catalog rows of a unit's items (their blobs written), its patients and studies merged
+        into ``patients`` / ``studies``; ``ids_by_ref`` collects the unit's refs (links resolve
+        against it: a streamed unit's links must follow their refs)."""
+        rows = []
         for it in items:
             Modality(it.modality)  # validates
             chash = it.content_hash()
@@ -358,10 +374,10 @@ class _Batch:
                 "_link_ref": it.link_ref,
             }
             rows.append(row)
-            p = self.patients.setdefault(it.patient_id, {"namespace": None})
+            p = patients.setdefault(it.patient_id, {"namespace": None})
             p.update({k: v for k, v in it.patient_attrs.items() if v is not None})
             if it.study_id:
-                s = self.studies.setdefault(it.study_id, {"patient_id": it.patient_id})
+                s = studies.setdefault(it.study_id, {"patient_id": it.patient_id})
                 s.update({k: v for k, v in it.study_attrs.items() if v is not None})
         for row in rows:
             ref = row.pop("_link_ref")
@@ -369,13 +385,48 @@ class _Batch:
                 if ref not in ids_by_ref:
                     raise IngestError(f"item links to {ref!r}, which this source does not contain")
                 row["linked_item"] = ids_by_ref[ref]
-        self.items.extend(rows)
-        self.sources.append({
-            "source_id": fingerprint, "unit_id": unit_id, "source_path": source_path,
-            "raw_sha256": fingerprint,
-            "adapter": adapter.name, "adapter_version": adapter.version, "n_items": len(rows),
-            "run_id": self.run_id, "done_at": now,
-        })
+        return rows
+
+    def stream_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, slices, report: "IngestReport",
+                    known: Iterable[str]) -> tuple[int, set[str]]:
+        """Store a unit given as slices of items (``Adapter.read_slices``, the first pass done: every
+        raw patient key in ``known``): one slice joins the batch like any unit; more are inserted
+        slice by slice in a transaction of their own (``Store.unit_writer``), after the batch waiting
+        is committed, so memory holds a slice or two, never the whole unit. (items, patient ids)."""
+        first = next(slices, [])
+        second = next(slices, None)
+        if second is None:
+            self.add_unit(adapter, unit, fingerprint, first, known)
+            return len(first), {it.patient_id for it in first}
+        try:
+            self.flush(report)
+        except Exception as exc:  # the batch's commit, not this unit: it ends the run as a flush does
+            raise _BatchFailed() from exc
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        source_path = self.deid.display_path(unit.path, unit.root, tuple(known))
+        unit_id = self.deid.unit_id(unit.source_id)
+        writer = self.store.unit_writer(unit_id)
+        pending = [second, first]
+        del first, second
+        n, pids, ids_by_ref = 0, set(), {}
+        try:
+            while True:
+                items = pending.pop() if pending else next(slices, None)
+                if items is None:
+                    break
+                patients: dict[str, dict[str, Any]] = {}
+                studies: dict[str, dict[str, Any]] = {}
+                rows = self.item_rows(adapter, items, source_path, unit_id, now, ids_by_ref, patients, studies)
+                writer.add(rows, patients, studies)
+                n += len(rows)
+                pids.update(it.patient_id for it in items)
+                del rows, items
+            added, replaced = writer.commit(self.source_row(adapter, fingerprint, unit_id, source_path, n, now))
+        finally:
+            writer.rollback()  # (nothing once committed)
+        report.n_items_added += added
+        report.n_items_replaced += replaced
+        return n, pids
 
     def add_error(self, path: str, unit_id: str | None, adapter: str, reason: str, kind: str) -> None:
         self.errors.append({"run_id": self.run_id, "source_path": path, "unit_id": unit_id, "adapter": adapter,
@@ -447,6 +498,24 @@ def _read_unit(adapter: Adapter, unit: Unit, ctx: IngestContext) -> _Read:
         return None, _describe(exc), ctx.warnings, ctx.seen_ids
 
 
+def _stream(adapter: Adapter, unit: Unit, fp: str, ctx: IngestContext, batch: _Batch, report: IngestReport):
+    """Read and store a streamed unit here, in the writer: (items, patient ids, error or None,
+    warnings, raw patient keys). Its first pass (``read_slices`` up to its first slice) finds every
+    error of a bad unit before anything is stored; an error later rolls the unit's transaction back."""
+    ctx.warnings, ctx.seen_ids = [], set()
+    try:  # (the keys are all in ctx.seen_ids once the first slice is taken)
+        n, pids = batch.stream_unit(adapter, unit, fp, adapter.read_slices(unit, ctx), report, ctx.seen_ids)
+        return n, pids, None, ctx.warnings, ctx.seen_ids
+    except _BatchFailed as exc:
+        raise exc.__cause__ from None
+    except Exception as exc:  # a bad unit never stops the batch
+        return 0, set(), _describe(exc), ctx.warnings, ctx.seen_ids
+
+
+class _BatchFailed(Exception):
+    """The commit of the batch waiting before a streamed unit failed (not the unit's fault)."""
+
+
 def _read_in_worker(adapter_name: str, unit: Unit) -> _Read:
     return _read_unit(_WORKER["adapters"][adapter_name], unit, _WORKER["ctx"])
 
@@ -486,7 +555,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
             elif fp in known:
                 yield adapter, unit, fp, None
             else:
-                yield adapter, unit, fp, _read_unit(adapter, unit, ctx)
+                yield adapter, unit, fp, STREAMED if _streams(adapter) else _read_unit(adapter, unit, ctx)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -495,6 +564,13 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
                              initargs=setup) as pool:
         yield from _windowed(work, known, fingerprint, lambda a, u: pool.submit(_read_in_worker, a.name, u),
                              4 * workers)
+
+
+STREAMED = "streamed"  # a unit the writer reads itself, slice by slice (``Adapter.read_slices``)
+
+
+def _streams(adapter: Adapter) -> bool:
+    return bool(getattr(adapter, "streams", False))
 
 
 def _windowed(work, known: set[str], fingerprint, submit, limit: int):
@@ -507,14 +583,16 @@ def _windowed(work, known: set[str], fingerprint, submit, limit: int):
     def drain(limit: int):
         while len(window) > limit:
             adapter, unit, fp, fut, err = window.popleft()
-            if fut is not None:
+            if fut is STREAMED:
+                yield adapter, unit, fp, STREAMED
+            elif fut is not None:
                 yield adapter, unit, fp, fut.result()
             else:
                 yield adapter, unit, fp, (None, err, [], set()) if err else None
 
     for adapter, unit in work:
         fp, err = fingerprint(adapter, unit)
-        fut = None if err or fp in known else submit(adapter, unit)
+        fut = None if err or fp in known else STREAMED if _streams(adapter) else submit(adapter, unit)
         window.append((adapter, unit, fp, fut, err))
         yield from drain(limit)
     yield from drain(0)
@@ -570,19 +648,24 @@ def ingest(
                 report.n_already += 1
                 report.count(adapter.name, "already_stored")
             else:
-                items, err, warnings, seen = read
+                if read is STREAMED:
+                    n_items, pids, err, warnings, seen = _stream(adapter, unit, fp, ctx, batch, report)
+                else:
+                    items, err, warnings, seen = read
+                    n_items, pids = 0, set()
+                    if err is None:
+                        try:
+                            batch.add_unit(adapter, unit, fp, items, seen)
+                            n_items, pids = len(items), {it.patient_id for it in items}
+                        except Exception as exc:  # a bad unit never stops the batch
+                            err = _describe(exc)
                 report.warnings.extend(f"{unit.path}: {w}" for w in warnings)
-                if err is None:
-                    try:
-                        batch.add_unit(adapter, unit, fp, items, seen)
-                    except Exception as exc:  # a bad unit never stops the batch
-                        err = _describe(exc)
                 if err is None:
                     known.add(fp)
                     report.n_ok += 1
                     report.count(adapter.name, "ingested")
-                    report.count(adapter.name, "items", len(items))
-                    patients.setdefault(adapter.name, set()).update(it.patient_id for it in items)
+                    report.count(adapter.name, "items", n_items)
+                    patients.setdefault(adapter.name, set()).update(pids)
                 else:
                     _record(report, batch, ctx, adapter.name, unit, err, seen)
             advance()

@@ -708,47 +708,14 @@ class Store:
         """Commit one batch in a single transaction: its patients, studies, items, the sources they
         came from, and errors. A source read again because its bytes changed *replaces* the items its
         earlier version gave (same ``unit_id``). Returns (new item ids added, rows of changed sources replaced)."""
+        self._load_units()
         con = self.con
         self.sync_blobs()  # the blobs these rows name are on disk before the rows commit
-        if self._units is None:
-            self._units = {r[0] for r in con.execute(
-                "SELECT unit_id FROM sources WHERE unit_id IS NOT NULL UNION "
-                "SELECT DISTINCT unit_id FROM items WHERE unit_id IS NOT NULL").fetchall()}
         con.execute("BEGIN TRANSACTION")
         try:
-            old_ids: set[str] = set()
-            # Only units already in the catalog can have rows to replace: new ones skip the two scans.
-            units = [src["unit_id"] for src in sources if src["unit_id"] in self._units]
-            if units:
-                old_ids = {r[0] for r in con.execute(
-                    "SELECT item_id FROM items WHERE unit_id IN (SELECT unnest(?))", [units]).fetchall()}
-                if old_ids:
-                    con.execute("DELETE FROM items WHERE unit_id IN (SELECT unnest(?))", [units])
-                con.execute("DELETE FROM sources WHERE unit_id IN (SELECT unnest(?))", [units])
-            if patients:
-                self._upsert_patients(patients)
-            if studies:
-                self._upsert_studies(studies)
-            inserted = 0
-            if items:
-                table, cols = _columns(items)
-                con.register("_batch_items", table)
-                inserted = con.execute(
-                    f"INSERT OR IGNORE INTO items ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _batch_items"
-                ).fetchone()[0]
-                con.unregister("_batch_items")
-            if sources:
-                table, cols = _columns(sources)
-                con.register("_batch_sources", table)
-                con.execute(f"INSERT OR REPLACE INTO sources ({', '.join(cols)}) SELECT * FROM _batch_sources")
-                con.unregister("_batch_sources")
-            if errors:
-                con.executemany(
-                    "INSERT INTO errors (run_id, source_path, adapter, reason, logged_at, unit_id, kind) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"], e.get("unit_id"),
-                      e.get("kind", "failed")] for e in errors],
-                )
+            old_ids = self._drop_replaced([src["unit_id"] for src in sources])
+            inserted = self._insert_rows(items, patients, studies)
+            self._insert_sources(sources, errors)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -757,6 +724,65 @@ class Store:
         self._units.update(it["unit_id"] for it in items if it.get("unit_id"))
         kept = len(old_ids & {it["item_id"] for it in items})
         return inserted - kept, len(old_ids)
+
+    def unit_writer(self, unit_id: str) -> "UnitWriter":
+        """A transaction for one unit too large to hold whole: its rows are inserted slice by slice
+        (``UnitWriter.add``) and committed with its source row at the end (``UnitWriter.commit``), so
+        the unit is still all-or-nothing. See ``UnitWriter``."""
+        return UnitWriter(self, unit_id)
+
+    def _load_units(self) -> None:
+        if self._units is None:
+            self._units = {r[0] for r in self.con.execute(
+                "SELECT unit_id FROM sources WHERE unit_id IS NOT NULL UNION "
+                "SELECT DISTINCT unit_id FROM items WHERE unit_id IS NOT NULL").fetchall()}
+
+    def _drop_replaced(self, unit_ids: list[str]) -> set[str]:
+        """Inside a transaction: remove the rows (and source rows) of units read again; their item ids."""
+        con = self.con
+        old_ids: set[str] = set()
+        # Only units already in the catalog can have rows to replace: new ones skip the two scans.
+        units = [u for u in unit_ids if u in self._units]
+        if units:
+            old_ids = {r[0] for r in con.execute(
+                "SELECT item_id FROM items WHERE unit_id IN (SELECT unnest(?))", [units]).fetchall()}
+            if old_ids:
+                con.execute("DELETE FROM items WHERE unit_id IN (SELECT unnest(?))", [units])
+            con.execute("DELETE FROM sources WHERE unit_id IN (SELECT unnest(?))", [units])
+        return old_ids
+
+    def _insert_rows(self, items: list[dict[str, Any]], patients: dict[str, dict[str, Any]],
+                     studies: dict[str, dict[str, Any]]) -> int:
+        """Inside a transaction: patients and studies merged in, items inserted; the items inserted."""
+        con = self.con
+        if patients:
+            self._upsert_patients(patients)
+        if studies:
+            self._upsert_studies(studies)
+        inserted = 0
+        if items:
+            table, cols = _columns(items)
+            con.register("_batch_items", table)
+            inserted = con.execute(
+                f"INSERT OR IGNORE INTO items ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _batch_items"
+            ).fetchone()[0]
+            con.unregister("_batch_items")
+        return inserted
+
+    def _insert_sources(self, sources: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        con = self.con
+        if sources:
+            table, cols = _columns(sources)
+            con.register("_batch_sources", table)
+            con.execute(f"INSERT OR REPLACE INTO sources ({', '.join(cols)}) SELECT * FROM _batch_sources")
+            con.unregister("_batch_sources")
+        if errors:
+            con.executemany(
+                "INSERT INTO errors (run_id, source_path, adapter, reason, logged_at, unit_id, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [[e["run_id"], e["source_path"], e["adapter"], e["reason"], e["at"], e.get("unit_id"),
+                  e.get("kind", "failed")] for e in errors],
+            )
 
     def _upsert_patients(self, patients: dict[str, dict[str, Any]]) -> None:
         """Insert new patients and merge the attributes of known ones, in two set-based statements."""
@@ -899,3 +925,52 @@ class Store:
         for reason, g in df[df["kind"] == "skipped"].groupby("reason", sort=True):
             skipped[reason] = int(g["key"].nunique())
         return errors, [{"reason": r, "files": n} for r, n in sorted(skipped.items(), key=lambda kv: -kv[1])]
+
+
+class UnitWriter:
+    """One unit's rows stored slice by slice inside one transaction (``Store.unit_writer``): what
+    ``commit_batch`` does for a batch of units, for a unit too large to hold whole (a table of
+    millions of rows). The rows of an earlier version of the unit are removed when it opens; ``add``
+    inserts a slice (its patients and studies merged as a batch merges them, a later value over an
+    earlier one); ``commit`` adds the source row and commits; ``rollback`` (or an error in ``add``
+    or ``commit``) leaves the catalog as it was: none of the unit's rows, its earlier version kept."""
+
+    def __init__(self, store: Store, unit_id: str):
+        self.store, self.unit_id = store, unit_id
+        store._load_units()
+        store.con.execute("BEGIN TRANSACTION")
+        self.open = True
+        try:
+            self.old_ids = store._drop_replaced([unit_id])
+        except BaseException:
+            self.rollback()
+            raise
+        self.inserted, self.kept = 0, set()
+
+    def add(self, items: list[dict[str, Any]], patients: dict[str, dict[str, Any]],
+            studies: dict[str, dict[str, Any]]) -> None:
+        try:
+            self.inserted += self.store._insert_rows(items, patients, studies)
+        except BaseException:
+            self.rollback()
+            raise
+        if self.old_ids:
+            self.kept |= self.old_ids & {it["item_id"] for it in items}
+
+    def commit(self, source: dict[str, Any]) -> tuple[int, int]:
+        """Add the unit's source row and commit: (new item ids added, rows of its earlier version replaced)."""
+        try:
+            self.store._insert_sources([source], [])
+            self.store.sync_blobs()  # the blobs these rows name are on disk before the rows commit
+            self.store.con.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self.open = False
+        self.store._units.add(self.unit_id)
+        return self.inserted - len(self.kept), len(self.old_ids)
+
+    def rollback(self) -> None:
+        if self.open:
+            self.open = False
+            self.store.con.execute("ROLLBACK")

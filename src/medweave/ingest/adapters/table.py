@@ -42,12 +42,15 @@ synthetic calendar is invented.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import datetime as dt
 import gzip
 import hashlib
 import io
+import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -262,10 +265,12 @@ class RawTable:
     """A table as read: its header and its rows of text cells (None for empty), in plain Python.
     No data frame per column: a table of 100,000 columns costs as much as its cells, not its columns."""
 
-    def __init__(self, name: str, header: list[str], rows: list[list[str | None]]):
+    def __init__(self, name: str, header: list[str], rows: list[list[str | None]],
+                 samples: dict[str, list[str]] | None = None):
         self.name, self.header, self.rows = name, header, rows
         self.index = {c: j for j, c in enumerate(header)}
         self._columns: dict[str, list[str | None]] = {}
+        self.samples = samples  # a slice of a table: each column's sample from the whole table's first rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -282,6 +287,8 @@ class RawTable:
 
     def sample(self, name: str, n: int = SAMPLE) -> list[str]:
         """Up to ``n`` non-empty values of a column (from the first rows), stripped."""
+        if self.samples is not None:
+            return self.samples[name][:n]
         j, out = self.index[name], []
         for r in self.rows:
             v = r[j]
@@ -296,51 +303,116 @@ class RawTable:
         return pd.DataFrame({c: pd.Series(self.column(c), dtype=object) for c in dict.fromkeys(names)},
                             index=pd.RangeIndex(len(self.rows)))
 
-    def add_column(self, name: str, values: list[str | None]) -> None:
-        self.index[name] = len(self.header)
-        self.header.append(name)
-        for r, v in zip(self.rows, values):
-            r.append(v)
+
+class TableFile:
+    """A CSV/TSV (optionally gzipped) read as a stream of records, never whole: ``records()`` reads
+    the file from its start each time, yielding the header (stripped names) and then each row as text
+    cells (None for empty), padded to the header's width. UTF-8 is expected; a file that is not UTF-8
+    is read as Latin-1 throughout (``latin1()``, after a warning naming the first bad byte): what
+    decoding the whole file first gave.
+
+    Errors are the ones reading the whole file gave, in the same order: a file that cannot be read to
+    its end, then a row wider than the header or a CSV error (``IngestError`` naming the line)."""
+
+    PROBE_CHUNK = 1 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sep = "\t" if ".tsv" in path.name.lower() else ","
+        self.encoding = "utf-8-sig"
+
+    def _binary(self):
+        return (gzip.open if self.path.name.lower().endswith(".gz") else open)(self.path, "rb")
+
+    def _unreadable(self, exc: BaseException) -> IngestError:
+        return IngestError(f"{self.path.name} is not a readable table: {quoted(exc)}")
+
+    def records(self) -> Iterator[list[str | None]]:
+        name = self.path.name
+        try:
+            fh = io.TextIOWrapper(self._binary(), encoding=self.encoding, newline="")
+        except (OSError, EOFError) as exc:
+            raise self._unreadable(exc) from None
+        with fh:
+            reader = csv.reader(fh, delimiter=self.sep)
+            try:
+                header = next(reader, None)
+                if not header or not any(h.strip() for h in header):
+                    raise IngestError(f"{name} is empty: expected a header row of column names")
+                header = [str(c).strip() for c in header]
+                yield header
+                width = len(header)
+                for n, row in enumerate(reader, 2):
+                    if not row:
+                        continue
+                    if len(row) > width:
+                        raise IngestError(f"{name} is not a readable table: line {n} has {len(row)} fields, "
+                                          f"the header {width}")
+                    cells = [v if v != "" else None for v in row]
+                    if len(cells) < width:
+                        cells += [None] * (width - len(cells))
+                    yield cells
+            except csv.Error as exc:
+                raise IngestError(f"{name} is not a readable table: {quoted(exc)}") from None
+            except (OSError, EOFError) as exc:
+                raise self._unreadable(exc) from None
+
+    def probe(self) -> int | None:
+        """Read the bytes to the end: a read error raises (as reading the whole file did first);
+        returns where UTF-8 decoding fails (the position ``bytes.decode("utf-8-sig")`` names), else None."""
+        dec = codecs.getincrementaldecoder("utf-8-sig")()
+        bad, offset, bom = None, 0, False
+        try:
+            with self._binary() as fh:
+                while chunk := fh.read(self.PROBE_CHUNK):
+                    if offset == 0:
+                        bom = chunk.startswith(codecs.BOM_UTF8)
+                    if bad is None:
+                        pending = len(dec.getstate()[0])
+                        try:
+                            dec.decode(chunk)
+                        except UnicodeDecodeError as exc:
+                            bad = exc.start if offset == 0 else offset - pending + exc.start - (3 if bom else 0)
+                    offset += len(chunk)
+        except (OSError, EOFError) as exc:
+            raise self._unreadable(exc) from None
+        if bad is None:
+            pending = len(dec.getstate()[0])
+            try:
+                dec.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start - (3 if bom else 0)
+        return bad
+
+    def read(self, consume, warn=None):
+        """``consume(self.records())`` with the encoding settled: when reading as UTF-8 fails (a byte
+        that is not UTF-8, or an error that reading the file whole would have met later), the file
+        is probed to its end and read again as Latin-1 when it is not UTF-8."""
+        try:
+            return consume(self.records())
+        except (UnicodeDecodeError, IngestError) as exc:
+            if self.encoding != "utf-8-sig":
+                raise
+            bad = self.probe()
+            if bad is None:
+                if isinstance(exc, UnicodeDecodeError):  # (not reached: the probe finds what decoding did)
+                    raise self._unreadable(exc) from None
+                raise
+        self.encoding = "latin-1"
+        if warn:
+            warn(f"not UTF-8 (byte {bad}): read as Latin-1")
+        return consume(self.records())
 
 
 def read_table(path: Path, warn=None) -> RawTable:
-    """Read a CSV/TSV (optionally gzipped) as text cells, empty cells as None. UTF-8 is expected;
+    """Read a CSV/TSV (optionally gzipped) whole as text cells, empty cells as None (a joined lookup
+    table; a table to ingest is streamed, see ``CsvAdapter.read_slices``). UTF-8 is expected;
     other bytes are read as Latin-1 (with a warning through ``warn``)."""
-    sep = "\t" if ".tsv" in path.name.lower() else ","
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise IngestError(f"{path.name} is not a readable table: {quoted(exc)}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        text = data.decode("latin-1")
-        if warn:
-            warn(f"not UTF-8 (byte {exc.start}): read as Latin-1")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise IngestError(f"{path.name} is empty: expected a header row of column names")
-        header = [str(c).strip() for c in header]
-        width, rows = len(header), []
-        for n, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) > width:
-                raise IngestError(f"{path.name} is not a readable table: line {n} has {len(row)} fields, "
-                                  f"the header {width}")
-            cells = [v if v != "" else None for v in row]
-            if len(cells) < width:
-                cells += [None] * (width - len(cells))
-            rows.append(cells)
-    except csv.Error as exc:
-        raise IngestError(f"{path.name} is not a readable table: {quoted(exc)}") from None
+    records = TableFile(path).read(list, warn)
+    header = records[0]
     if len(set(header)) != len(header):
         raise IngestError(f"{path.name} has duplicate column names: expected each column once")
-    return RawTable(table_name(path), header, rows)
+    return RawTable(table_name(path), header, records[1:])
 
 
 def check_columns(columns: list[str], spec: TableSpec, path: Path) -> None:
@@ -371,35 +443,92 @@ def guess_patient_column(columns: list[str], path: Path) -> str:
     )
 
 
-def apply_joins(table: RawTable, spec: TableSpec, path: Path, cache: dict[str, Any]) -> RawTable:
-    """Add columns from other tables of the same folder (a left join keeping the row order)."""
-    for j in spec.join:
-        other_path = path.parent / j["file"]
-        key = str(other_path.resolve())
-        if key not in cache:
-            if not other_path.is_file():
-                raise IngestError(f"{path.name}: join table {j['file']} not found beside it")
-            cache[key] = read_table(other_path)
-        other = cache[key]
-        on, cols = j["on"], list(j["columns"])
-        for col in [on, *cols]:
-            if col not in other.index:
-                raise IngestError(f"{path.name}: join column {col!r} is missing from {j['file']}; "
-                                  f"columns present: {_listing(other.columns)}")
-        if on not in table.index:
-            raise IngestError(f"{path.name}: join key {on!r} is missing; columns present: {_listing(table.columns)}")
-        clash = [c for c in cols if c in table.index]
-        if clash:
-            raise IngestError(f"{path.name}: join columns {clash} already exist in the table")
-        keys = other.column(on)
-        if len(set(keys)) != len(keys):
-            raise IngestError(f"{path.name}: join key {on!r} is not unique in {j['file']}: expected one row per key")
-        lookup = {k: i for i, k in enumerate(keys)}
-        at = [lookup.get(k) for k in table.column(on)]
-        for col in cols:
-            values = other.column(col)
-            table.add_column(col, [values[i] if i is not None else None for i in at])
-    return table
+class _Joiner:
+    """The mapping's joins (columns from other tables of the same folder, a left join keeping the row
+    order), applied row by row: each joined table is read whole once per run (a lookup table) and
+    its key looked up per row. Joins apply in order: a later one may join on an earlier one's column."""
+
+    def __init__(self, header: list[str], spec: TableSpec, path: Path, cache: dict[str, Any]):
+        self.header = list(header)
+        index = {c: j for j, c in enumerate(self.header)}
+        self.steps: list[tuple[int, dict, list[list[str | None]]]] = []
+        for j in spec.join:
+            other_path = path.parent / j["file"]
+            key = str(other_path.resolve())
+            if key not in cache:
+                if not other_path.is_file():
+                    raise IngestError(f"{path.name}: join table {j['file']} not found beside it")
+                cache[key] = read_table(other_path)
+            other = cache[key]
+            on, cols = j["on"], list(j["columns"])
+            for col in [on, *cols]:
+                if col not in other.index:
+                    raise IngestError(f"{path.name}: join column {col!r} is missing from {j['file']}; "
+                                      f"columns present: {_listing(other.columns)}")
+            if on not in index:
+                raise IngestError(f"{path.name}: join key {on!r} is missing; columns present: {_listing(self.header)}")
+            clash = [c for c in cols if c in index]
+            if clash:
+                raise IngestError(f"{path.name}: join columns {clash} already exist in the table")
+            keys = other.column(on)
+            if len(set(keys)) != len(keys):
+                raise IngestError(f"{path.name}: join key {on!r} is not unique in {j['file']}: expected one row per key")
+            self.steps.append((index[on], {k: i for i, k in enumerate(keys)}, [other.column(c) for c in cols]))
+            for col in cols:
+                index[col] = len(self.header)
+                self.header.append(col)
+
+    def extend(self, row: list[str | None]) -> list[str | None]:
+        for on, lookup, values in self.steps:
+            at = lookup.get(row[on])
+            row += [v[at] if at is not None else None for v in values]
+        return row
+
+
+class _ColumnStats:
+    """What deciding a column needs from the whole table: its first ``SAMPLE`` values (stripped) and
+    whether every value is a number (``as_numbers``: then all integral or not)."""
+
+    __slots__ = ("sample", "numeric", "present", "integral")
+
+    def __init__(self) -> None:
+        self.sample: list[str] = []
+        self.numeric, self.present, self.integral = True, False, True
+
+    def add(self, v: str) -> None:
+        if len(self.sample) < SAMPLE:
+            self.sample.append(v.strip())
+        if self.numeric:
+            x = _number(v)
+            if x is None:
+                self.numeric = False
+            else:
+                self.present = True
+                if self.integral and not (x == int(x) and abs(x) < 2**53):
+                    self.integral = False
+
+
+@dataclass
+class TableScan:
+    """The first pass over a table to ingest (``CsvAdapter.read_slices``): its columns (joined ones
+    included), row count, each column's statistics and its raw patient keys (distinct)."""
+
+    header: list[str]
+    rows: int
+    stats: dict[str, _ColumnStats]
+    patients: set[str]
+
+    def samples(self) -> dict[str, list[str]]:
+        return {c: st.sample for c, st in self.stats.items()}
+
+    def numbers(self, col: str, values: list[str | None]) -> list[Any] | None:
+        """``as_numbers`` of the whole column, applied to a slice of it."""
+        st = self.stats[col]
+        if not (st.numeric and st.present):
+            return None
+        if st.integral:
+            return [None if v is None else int(float(v)) for v in values]
+        return [None if v is None else float(v) for v in values]
 
 
 # --- column conversions --------------------------------------------------------------------------
@@ -409,12 +538,15 @@ DATE_EXPECTED = ("ISO 8601, like 2020-01-31 or 2020-01-31 13:45:00, or one layou
                  "dd-mm-yyyy, dd/mm/yyyy, dd.mm.yyyy, yyyymmdd or 3 Mar 2012")
 
 
-def parse_dates(values: pd.Series, column: str, date_format: str | None) -> pd.Series:
+def parse_dates(values: pd.Series, column: str, date_format: str | None, sample: list[str] | None = None,
+                offset: int = 0) -> pd.Series:
     """Parse a text column as datetimes: with ``date_format``, else in the layout its values share
     (``date_layout``), else as ISO 8601. A value that does not parse raises IngestError with its row
-    number and the expected format (never the value itself: a date may identify)."""
-    present = [str(v).strip() for v in values.dropna()]
-    layout = None if date_format else date_layout(present[:SAMPLE])
+    number and the expected format (never the value itself: a date may identify). For a slice of a
+    table: ``sample`` is the whole column's first values (the layout), ``offset`` the rows before it."""
+    if sample is None:
+        sample = [str(v).strip() for v in values.dropna().iloc[:SAMPLE]]
+    layout = None if date_format else date_layout(sample[:SAMPLE])
     text = values.astype(object).where(values.notna(), None)
     text = text.map(lambda v: v.strip() if isinstance(v, str) else v)
     if date_format:
@@ -426,7 +558,7 @@ def parse_dates(values: pd.Series, column: str, date_format: str | None) -> pd.S
     parsed = parsed.dt.tz_convert(None)  # aware values in UTC, naive ones as written
     bad = values.notna() & parsed.isna()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+        row = offset + int(np.flatnonzero(bad.to_numpy())[0]) + 1
         expected = date_format or (layout.name if layout else DATE_EXPECTED)
         raise IngestError(f"column {column!r}, row {row}: not a date; expected {expected} "
                           f"(set date_format in the mapping for another layout)")
@@ -453,19 +585,29 @@ _NUMBER_RE = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$")
 _LEADING_ZERO_RE = re.compile(r"^\s*[+-]?0\d")
 
 
+def _number(v: str) -> float | None:
+    """A cell as a finite number, else None (text, a code with leading zeros, 1e999)."""
+    if not _NUMBER_RE.match(v) or _LEADING_ZERO_RE.match(v):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
 def as_numbers(values: list[str | None]) -> list[Any] | None:
-    """The column as numbers (ints where integral) when every present value is numeric, else None.
-    Codes written with leading zeros (``00006494300``) stay text."""
+    """The column as numbers (ints where integral) when every present value is a finite number, else
+    None. Codes written with leading zeros (``00006494300``) stay text, so does a column holding
+    ``1e999`` (it overflowed ``int`` before: the unit failed)."""
     out: list[Any] = []
     present = False
     for v in values:
         if v is None:
             out.append(None)
             continue
-        if not _NUMBER_RE.match(v) or _LEADING_ZERO_RE.match(v):
+        x = _number(v)
+        if x is None:
             return None
         present = True
-        out.append(float(v))
+        out.append(x)
     if not present:
         return None
     finite = [x for x in out if x is not None]
@@ -495,11 +637,15 @@ class ColumnPlan:
 class _Table:
     """A table being turned into items: the raw cells plus the de-identified columns computed from them."""
 
-    def __init__(self, raw: RawTable, spec: TableSpec, path: Path, ctx: IngestContext):
+    def __init__(self, raw: RawTable, spec: TableSpec, path: Path, ctx: IngestContext,
+                 scan: TableScan | None = None, offset: int = 0, plans: dict[str, "ColumnPlan"] | None = None):
+        """``raw`` is the whole table, or (with ``scan``, the whole table's first pass) the slice of it
+        that starts after ``offset`` rows; ``plans``: the columns' actions decided for the first slice."""
         self.raw, self.spec, self.path, self.ctx = raw, spec, path, ctx
+        self.scan, self.offset = scan, offset
         self.name = raw.name
         self.n = len(raw)
-        self.plans = self._plan_columns()
+        self.plans = plans if plans is not None else self._plan_columns()
         roles = [c for c in spec.role_columns() if c in raw.index]
         dated = [c for c, p in self.plans.items() if p.action == "shift"]
         self.df = raw.frame(roles + dated)
@@ -512,11 +658,15 @@ class _Table:
         self.shift = pd.to_timedelta(self.pid.map(shift_of))
         self.known = self._known_identifiers()
         self._scrubbed: dict[tuple[str, tuple[str, ...]], str] = {}
-        self.dates = {c: parse_dates(self.df[c], c, spec.date_format) + self.shift for c in spec.date_columns()}
+        sample = raw.samples.get if raw.samples is not None else (lambda c: None)
+        self.dates = {c: parse_dates(self.df[c], c, spec.date_format, sample(c), offset) + self.shift
+                      for c in spec.date_columns()}
         for c in dated:
             if c not in self.dates:
-                self.dates[c] = parse_dates(self.df[c], c, spec.date_format if c in spec.dates else None) + self.shift
-        self._report_dropped()
+                self.dates[c] = parse_dates(self.df[c], c, spec.date_format if c in spec.dates else None, sample(c),
+                                            offset) + self.shift
+        if plans is None:
+            self._report_dropped()
 
     def _plan_columns(self) -> dict[str, ColumnPlan]:
         """The action for every column outside the mapping's roles: declared in ``columns`` (or the
@@ -568,7 +718,7 @@ class _Table:
         raw = self.df[self.spec.patient].astype("string").str.strip()
         empty = raw.isna() | (raw == "")
         if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0]) + 1
+            row = self.offset + int(np.flatnonzero(empty.to_numpy())[0]) + 1
             raise IngestError(f"{self.path.name}: row {row} has no patient id in column {self.spec.patient!r}")
         return raw.astype(object)
 
@@ -617,7 +767,7 @@ class _Table:
         if action == "pseudonymise" and not self.ctx.deid.keep_phi:
             return [None if v is None else "H" + self.ctx.deid.keyed("cell", f"{col}\x1f{v.strip()}")[:16]
                     for v in values]
-        nums = as_numbers(values)
+        nums = self.scan.numbers(col, values) if self.scan is not None else as_numbers(values)
         if nums is not None:
             return nums
         if action == "keep":
@@ -714,7 +864,7 @@ class _Table:
                 fields=fields,
                 labels=row_labels,
                 meta=meta,
-                source_key=f"row {i + 1}",
+                source_key=f"row {self.offset + i + 1}",
                 patient_attrs={"namespace": ctx.namespace, "sex": sexes[i]},
                 study_attrs={"date": study_dates[i].date() if study_dates[i] else None,
                              "description": descriptions[i]} if studies[i] else {},
@@ -761,20 +911,97 @@ class CsvAdapter(Adapter):
         mapping = load_mapping(mapping_path, ctx.state.setdefault("csv_mappings", {}))
         return mapping_section(mapping, path), mapping_path
 
+    streams = True  # the runner stores a table slice by slice (``read_slices``), in one transaction
+
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
+        """Every item of the table (the slices of ``read_slices`` one after the other)."""
+        slices = self.read_slices(unit, ctx)
+        first = next(slices, [])  # the first pass and its errors happen here, not when iterated
+        return itertools.chain(first, itertools.chain.from_iterable(slices))
+
+    def read_slices(self, unit: Unit, ctx: IngestContext, rows: int | None = None) -> Iterator[list[Item]]:
+        """The table's items, ``rows`` rows (default ``SLICE_ROWS``) at a time: memory holds one
+        slice, never the whole table. A first pass over the file checks it (every error of a bad table
+        is raised before the first slice, as reading it whole did) and gathers what deciding a column
+        needs from the whole table (``TableScan``); every raw patient key is in ``ctx.seen_ids``
+        before the first slice. The items are those of reading the table whole: same rows, same
+        values, same ids."""
         if "error" in unit.extra:
             raise IngestError(unit.extra["error"])
         path = unit.path
-        where = f"mapping for {path.name}"
-        spec = TableSpec.from_dict(unit.extra.get("mapping", {}), where)
-        table = read_table(path, ctx.warn)
-        table = apply_joins(table, spec, path, ctx.state.setdefault("csv_tables", {}))
+        spec = TableSpec.from_dict(unit.extra.get("mapping", {}), f"mapping for {path.name}")
+        tf = TableFile(path)
+        cache = ctx.state.setdefault("csv_tables", {})
+        scan, joiner = tf.read(lambda records: _scan(records, spec, path, cache), ctx.warn)
+        ctx.seen_ids.update(scan.patients)
+        scan.patients = set()
+        if not scan.rows:
+            return
+        step = max(1, rows or SLICE_ROWS)
+        samples, plans, offset, name = scan.samples(), None, 0, table_name(path)
+        records = tf.records()
+        next(records)  # the header
+        while True:
+            chunk = [joiner.extend(r) for r in itertools.islice(records, step)]
+            if not chunk:
+                return
+            table = _Table(RawTable(name, list(scan.header), chunk, samples), spec, path, ctx, scan, offset, plans)
+            plans = table.plans
+            yield list(table.items())
+            offset += len(chunk)
+            del chunk, table
+
+
+SLICE_ROWS = 10_000  # table rows turned into items and stored at a time (about 7 KB of memory a row)
+
+
+def _scan(records: Iterator[list[str | None]], spec: TableSpec, path: Path,
+          cache: dict[str, Any]) -> tuple[TableScan, _Joiner]:
+    """The first pass over a table: its rows checked as reading it whole checked them, and the
+    errors raised in that order (a bad row, duplicate column names, the joins, the patient column, the
+    mapping's columns, an empty patient id); each column's ``_ColumnStats``; the raw patient keys."""
+    header = next(records)
+    deferred: IngestError | None = None
+    joiner = None
+    try:
+        joiner = _Joiner(header, spec, path, cache)
         if not spec.patient:
-            spec.patient = guess_patient_column(table.columns, path)
-        check_columns(table.columns, spec, path)
-        if not len(table):
-            return iter(())
-        return _Table(table, spec, path, ctx).items()
+            spec.patient = guess_patient_column(joiner.header, path)
+        check_columns(joiner.header, spec, path)
+    except IngestError as exc:  # raised after the rows are checked, as before
+        deferred = exc
+    n, empty_row, patients = 0, None, set()
+    stats: dict[str, _ColumnStats] = {}
+    if deferred is None:
+        columns = list(dict.fromkeys(joiner.header))
+        at = [joiner.header.index(c) for c in columns]  # (a repeated name: its first column; refused below)
+        col_stats = [_ColumnStats() for _ in columns]
+        stats = dict(zip(columns, col_stats))
+        pidx = joiner.header.index(spec.patient)
+        tracked = list(zip(at, col_stats))
+    for row in records:
+        n += 1
+        if deferred is not None:
+            continue
+        row = joiner.extend(row)
+        for j, st in tracked:
+            v = row[j]
+            if v is not None:
+                st.add(v)
+        raw = row[pidx]
+        raw = raw.strip() if raw is not None else ""
+        if not raw:
+            if empty_row is None:
+                empty_row = n
+        else:
+            patients.add(raw)
+    if len(set(header)) != len(header):
+        raise IngestError(f"{path.name} has duplicate column names: expected each column once")
+    if deferred is not None:
+        raise deferred
+    if empty_row is not None:
+        raise IngestError(f"{path.name}: row {empty_row} has no patient id in column {spec.patient!r}")
+    return TableScan(joiner.header, n, stats, patients), joiner
 
 
 def _pydatetime(v: Any) -> Any:
