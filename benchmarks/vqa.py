@@ -127,9 +127,9 @@ def spoken(run, cache, n: int, show: bool = False) -> None:
             seconds.append(time.perf_counter() - t0)
     read = [read_question(h, [c["question"] for c in run.model.cases]) for h in heard]
     right = {name: np.array([exact_match(p.answer, q.answer) for p, q in zip(preds, qs)]) for name, preds in (
-        ("typed", run.model.predict(run.img[idx], run.qe[idx])),
-        ("heard", run.model.predict(run.img[idx], embed_questions(heard, cache))),
-        ("read", run.model.predict(run.img[idx], embed_questions(read, cache))))}
+        ("typed", run.model.predict(run.img[idx], run.qe[idx], questions=[q.question for q in qs])),
+        ("heard", run.model.predict(run.img[idx], embed_questions(heard, cache), questions=heard)),
+        ("read", run.model.predict(run.img[idx], embed_questions(read, cache), questions=read)))}
     table = Table(title=f"spoken questions: {len(qs)} held-out questions of the {run.split} split, espeak-ng "
                         f"(en-us, -s 150 -g 3: about 70 ms between words) -> Whisper tiny.en (beam 5), "
                         f"{statistics.median(seconds):.2f} s median transcription")
@@ -234,7 +234,7 @@ def decoder_report(run, cache, seed: int) -> list[str]:
     many held-out answers the decoder wrote, and the blank-picture probe with the gate open)."""
     model = run.model
     gate = model.meta.get("decoder_gate", {})
-    preds = model.predict(run.img, run.qe)
+    preds = model.predict(run.img, run.qe, questions=[q.question for q in run.held.questions])
     console.print(f"  decoder gate (inner {run.split} split of the training side, {gate.get('inner_train')} fit / "
                   f"{gate.get('inner_held')} validation questions, {gate.get('seconds', 0):.0f} s): margin "
                   f"{gate.get('margin')}, novel answers only {gate.get('novel_only')}; inner right with the gate "
@@ -243,6 +243,13 @@ def decoder_report(run, cache, seed: int) -> list[str]:
                               for g in gate.get("grid", [])), highlight=False)
     texts, _ = model.decode(run.img, run.qe)
     used = [i for i, p in enumerate(preds) if p.decoded]
+    from medweave.vqa.decoder import yes_no_form
+
+    form = [yes_no_form(q.question) for q in run.held.questions]
+    console.print(f"  seed {seed}: held-out questions yes/no in form (the decoder never answers them): {sum(form)} "
+                  f"({sum(f and q.closed for f, q in zip(form, run.held.questions))} closed, "
+                  f"{sum(f and not q.closed for f, q in zip(form, run.held.questions))} open); decoded answers to "
+                  f"closed questions: {sum(run.held.questions[i].closed for i in used)}", highlight=False)
     console.print(f"  seed {seed}: the decoder wrote {len(used)} held-out answers; "
                   + "; ".join(f"{run.held.questions[i].question!r} -> {preds[i].answer!r} "
                               f"(ref {run.held.questions[i].answer!r})" for i in used[:20]), highlight=False,

@@ -1,13 +1,15 @@
 """The answer decoder (``VqaConfig.decoder``, ``medweave.vqa.decoder``): it writes answers that no
 training question had, its gate is chosen on the training side only, it is saved and loaded with the
-model, and a bad option is a clear error."""
+model, it never answers a question that is yes/no in form, and a bad option is a clear error."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from medweave.vqa.decoder import gate_answers, yes_no_form
 from medweave.vqa.model import Answerer, VqaConfig
 from medweave.vqa.pipeline import CACHE_NAME, answer_set, train_vqa
 from medweave.vqa.data import load_vqa
@@ -79,13 +81,71 @@ def test_decoder_writes_an_answer_no_training_question_had(decoder_model):
     assert sum(t == "right head" for t in texts) >= len(opens) // 2, texts
     # through the gate (opened wide here: the inner split of this tiny set may keep it closed)
     plain = model.predict(img[opens], qe[opens], decoder=False)
-    gated = model.gated(plain, img[opens], qe[opens], margin=-1.0, novel_only=True)
+    texts_open = [held.questions[i].question for i in opens]
+    gated = model.gated(plain, img[opens], qe[opens], margin=-1.0, novel_only=True, questions=texts_open)
     assert all(p.answer in model.vocab and not p.decoded for p in plain)  # the classifier cannot say it
     assert any(p.answer == "right head" and p.decoded for p in gated)
     # closed questions are never answered by the decoder
     closed = [i for i, q in enumerate(held.questions) if q.closed]
-    got = model.gated(model.predict(img[closed], qe[closed], decoder=False), img[closed], qe[closed], -1.0, False)
+    texts_closed = [held.questions[i].question for i in closed]
+    plain_closed = model.predict(img[closed], qe[closed], decoder=False)
+    got = model.gated(plain_closed, img[closed], qe[closed], -1.0, False, questions=texts_closed)
     assert not any(p.decoded for p in got)
+    # ... not even where the closed head takes the yes/no question as open and the classifier's answer is
+    # a word (the failure this rule fixes: "Are structures ... located in this image?" -> "pons"): the
+    # question's form alone keeps the decoder out
+    taken_open = [replace(p, p_closed=0.0, closed=False, answer="opacity", prob=0.0) for p in plain_closed]
+    got = model.gated(taken_open, img[closed], qe[closed], -1.0, False, questions=texts_closed)
+    assert not any(p.decoded for p in got)
+    # the same rows asked in an open form are the decoder's again
+    got = model.gated(taken_open, img[closed], qe[closed], -1.0, False,
+                      questions=["Where is the opacity?"] * len(closed))
+    assert all(p.decoded for p in got)
+
+
+@pytest.mark.parametrize("question, yes_no", [
+    ("Are structures associated with the midbrain located in this image?", True),
+    ("Is there an infarct?", True),
+    ("does the patient have a pneumothorax", True),
+    ("Can you see the kidneys in this image?", True),
+    ("Is/Are there calcifications?", True),
+    ("Besides the mass in the temporal horn, are there other enhancements in the image?", True),
+    ("Any abnormal findings in the lower lung fields?", True),
+    ("Is this an MRI or a CT?", False),
+    ("Is this a pneumonia vs. pleural effusion?", False),
+    ("Where is the lesion?", False),
+    ("What is/are the hypodense mass near/in the liver?", False),
+    ("Which organ is abnormal, the liver or the spleen?", False),
+    ("In the left lung, what is seen?", False),
+    ("", False),
+])
+def test_yes_no_form(question, yes_no):
+    assert yes_no_form(question) is yes_no
+
+
+def test_gate_never_replaces_a_yes_no_answer():
+    # three rows the closed head takes as open, the decoder far more confident than the classifier
+    answers, probs, p_closed = ["pons", "yes", "pons"], np.array([0.1, 0.1, 0.1]), np.array([0.2, 0.2, 0.2])
+    decoded, p_dec = ["midbrain", "midbrain", "midbrain"], np.array([0.9, 0.9, 0.9])
+    use = gate_answers(answers, probs, p_closed, decoded, p_dec, 0.0, False, {"pons"},
+                       np.array([True, False, False]))
+    assert use.tolist() == [False, False, True]  # yes/no in form; classifier said yes; an open question
+    with pytest.raises(ValueError, match="yes_no has shape"):
+        gate_answers(answers, probs, p_closed, decoded, p_dec, 0.0, False, {"pons"}, np.array([True]))
+
+
+def test_predict_with_an_open_gate_needs_the_question_texts(decoder_model, tmp_path):
+    data, out, model = decoder_model
+    opened = Answerer.load(out)
+    opened.cfg = replace(opened.cfg, decoder_margin=-1.0)
+    held = load_vqa(data / "held.json", data / "images")
+    with open_cache(out / CACHE_NAME) as cache:
+        img, qe = embed_set(held, cache, opened.image_encoders())
+    with pytest.raises(ValueError, match="needs the question texts"):
+        opened.predict(img, qe)
+    assert len(opened.predict(img, qe, decoder=False)) == len(held.questions)
+    with pytest.raises(ValueError, match="question texts"):
+        opened.predict(img, qe, questions=["Where is it?"])
 
 
 def test_gate_is_chosen_on_the_training_side_and_saved(decoder_model):
@@ -110,13 +170,13 @@ def test_save_load_round_trip_gives_identical_answers(decoder_model, tmp_path):
     assert model.decode(img, qe)[0] == loaded.decode(img, qe)[0]
     np.testing.assert_allclose(model.decode(img, qe)[1], loaded.decode(img, qe)[1])
     # the same model with its gate forced open: identical too after a save and load
-    from dataclasses import replace
-
     model.cfg = replace(model.cfg, decoder_margin=-1.0)
     model.save(tmp_path / "open")
     again = Answerer.load(tmp_path / "open")
-    assert [p.answer for p in model.predict(img, qe)] == [p.answer for p in again.predict(img, qe)]
-    assert any(p.decoded for p in again.predict(img, qe))
+    texts = [q.question for q in held.questions]
+    assert ([p.answer for p in model.predict(img, qe, questions=texts)]
+            == [p.answer for p in again.predict(img, qe, questions=texts)])
+    assert any(p.decoded for p in again.predict(img, qe, questions=texts))
 
 
 def test_bad_decoder_option_is_a_clear_error(tmp_path, decoder_model):
@@ -148,8 +208,6 @@ def test_cli_rejects_a_bad_decoder_option(tmp_path):
 
 
 def test_ask_answers_through_the_open_gate(decoder_model, tmp_path):
-    from dataclasses import replace
-
     from medweave.vqa.pipeline import ask
 
     data, out, model = decoder_model

@@ -106,7 +106,7 @@ def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> d
     out = {}
     for name, emb in variants.items():
         idx = keep if name == "other_same_organ" else list(range(len(img)))
-        preds = model.predict(emb[idx], qe[idx]) if idx else []
+        preds = model.predict(emb[idx], qe[idx], questions=[vqa.questions[i].question for i in idx]) if idx else []
         out[name] = _short(score([vqa.questions[i] for i in idx], [p.answer for p in preds], n_boot=n_boot))
     return out
 
@@ -136,7 +136,8 @@ def paired_probes(model: Answerer, vqa: VqaSet, cache) -> dict:
     img, _ = embed_set(VqaSet([Question("", n) for n in names], vqa.images_dir), cache, model.image_encoders())
     row = {n: i for i, n in enumerate(names)}
     qe = embed_questions([q.question for q in probe.questions], cache)
-    preds = model.predict(img[[row[q.image] for q in probe.questions]], qe)
+    preds = model.predict(img[[row[q.image] for q in probe.questions]], qe,
+                          questions=[q.question for q in probe.questions])
     right = np.array([normalize_answer(p.answer) == q.answer for p, q in zip(preds, probe.questions)])
     both = right[0::2] & right[1::2]
     kinds = np.array([p[1] for p in pairs])

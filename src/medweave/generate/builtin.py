@@ -208,7 +208,7 @@ class BuiltinBackend(Backend):
                     ctx, rows, _ = self.model.context_features(img[None], q[None])
                     used = {"context_source": "model memory",
                             "context_ids": [str(self.model.cases[i].get("qid", i)) for i in rows[0] if i >= 0]}
-            pred = self.model.predict(img[None], q[None], ctx)[0]
+            pred = self.model.predict(img[None], q[None], ctx, questions=[question])[0]
         return {"answer": pred.answer, "probability": float(pred.prob),
                 "type": "closed" if pred.closed else "open", "p_closed": float(pred.p_closed),
                 "memory_weight": float(pred.from_memory), "question": question, **(used or {}),

@@ -38,7 +38,7 @@ class VqaAnswerer:
         if image is None:
             raise VQAUnavailable("this VQA model answers questions about a picture: send an image")
         pred = self.model.predict(embed_image_arrays([image], None, self.model.image_encoders()),
-                                  embed_questions([question]))[0]
+                                  embed_questions([question]), questions=[question])[0]
         return {"answer": pred.answer, "confidence": float(pred.prob),
                 "type": "closed" if pred.closed else "open"}
 

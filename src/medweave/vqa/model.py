@@ -22,8 +22,8 @@ with an answer-type head and a same-picture memory of training questions.
   question's paraphrases are held out with it), so training sees what a held-out question sees.
 - Answer decoder (``decoder`` = H > 0; off by default: ``medweave.vqa.decoder``): a word-level GRU over
   the training answers' words writes an open answer, so it can give answers no training question had.
-  It replaces the classifier's answer only where a gate lets it (the question taken as open, the
-  decoder's sequence probability above the classifier's by ``decoder_margin``, and with
+  It replaces the classifier's answer only where a gate lets it (the question taken as open and not
+  yes/no in form, the classifier's answer not yes/no, the decoder's sequence probability above the classifier's by ``decoder_margin``, and with
   ``decoder_novel_only`` not a training answer); the gate is chosen on an inner split of the training
   side (``pipeline.choose_decoder_gate``) and stays closed (``decoder_margin`` None) unless it wins there.
 """
@@ -344,10 +344,11 @@ class Answerer:
         return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
 
     def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
-                decoder: bool = True) -> list[Prediction]:
+                decoder: bool = True, questions: Sequence[str] | None = None) -> list[Prediction]:
         """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``).
         With an answer decoder whose gate is open (``cfg.decoder_margin`` set) its answer replaces the
-        classifier's where the gate lets it (``decoder.gate_answers``); ``decoder=False``: never."""
+        classifier's where the gate lets it (``decoder.gate_answers``: never for a question that is yes/no
+        in form, so such a model needs the rows' question texts, ``questions``); ``decoder=False``: never."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
         mem, lam = self.memory_probs(img_emb, q_emb)
@@ -356,7 +357,11 @@ class Answerer:
         preds = [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
                             float(lam[i])) for i, b in enumerate(best)]
         if decoder and self.decoder_words and self.cfg.decoder_margin is not None:
-            preds = self.gated(preds, img_emb, q_emb, self.cfg.decoder_margin, self.cfg.decoder_novel_only)
+            if questions is None:
+                raise ValueError("this model's answer decoder never answers a yes/no question, so it needs the "
+                                 "question texts: predict(..., questions=[...]) (or decoder=False)")
+            preds = self.gated(preds, img_emb, q_emb, self.cfg.decoder_margin, self.cfg.decoder_novel_only,
+                               questions=questions)
         return preds
 
     def decode(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -375,16 +380,21 @@ class Answerer:
             return decode(self._decoder[0], self.decoder_words, x)
 
     def gated(self, preds: list[Prediction], img_emb: np.ndarray, q_emb: np.ndarray, margin: float,
-              novel_only: bool, decoded: tuple[list[str], np.ndarray] | None = None) -> list[Prediction]:
+              novel_only: bool, decoded: tuple[list[str], np.ndarray] | None = None, *,
+              questions: Sequence[str]) -> list[Prediction]:
         """The classifier's predictions with the decoder's answer where the gate (``margin``,
-        ``novel_only``: ``decoder.gate_answers``) lets it through (``decoded``: given, else decoded here)."""
+        ``novel_only``: ``decoder.gate_answers``) lets it through (``decoded``: given, else decoded here);
+        ``questions``: the rows' question texts (a question yes/no in form keeps the classifier's answer)."""
         from dataclasses import replace as _replace
 
-        from .decoder import gate_answers
+        from .decoder import gate_answers, yes_no_form
 
+        if len(questions) != len(preds):
+            raise ValueError(f"{len(preds)} predictions but {len(questions)} question texts")
         texts, p_dec = decoded if decoded is not None else self.decode(img_emb, q_emb)
         use = gate_answers([p.answer for p in preds], np.array([p.prob for p in preds]),
-                           np.array([p.p_closed for p in preds]), texts, p_dec, margin, novel_only, set(self.vocab))
+                           np.array([p.p_closed for p in preds]), texts, p_dec, margin, novel_only, set(self.vocab),
+                           np.array([yes_no_form(q) for q in questions], dtype=bool))
         return [_replace(p, answer=texts[i], prob=float(p_dec[i]), decoded=True) if use[i] else p
                 for i, p in enumerate(preds)]
 

@@ -66,6 +66,7 @@ def choose_decoder_gate(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaCo
     held = [vqa.questions[i] for i in he]
     himg = embed_set(vqa.subset(he), cache, inner.image_encoders())[0] if inner.encoder_state else img[he]
     plain = inner.predict(himg, qe[he], decoder=False)
+    texts = [q.question for q in held]
     decoded = inner.decode(himg, qe[he])
 
     def right(preds) -> int:
@@ -75,7 +76,7 @@ def choose_decoder_gate(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaCo
     grid = []
     for novel in (True, False):
         for m in GATE_MARGINS:
-            preds = inner.gated(plain, himg, qe[he], m, novel, decoded)
+            preds = inner.gated(plain, himg, qe[he], m, novel, decoded, questions=texts)
             grid.append({"margin": m, "novel_only": novel, "right": right(preds),
                          "decoded": int(sum(p.decoded for p in preds))})
     best = max(grid, key=lambda g: (g["right"], g["novel_only"], g["margin"]))
@@ -159,7 +160,7 @@ def answer_set(model: Answerer, vqa: VqaSet, cache) -> list[Prediction]:
     if not vqa.questions:
         return []
     img, qe = embed_set(vqa, cache, model.image_encoders())
-    return model.predict(img, qe)
+    return model.predict(img, qe, questions=[q.question for q in vqa.questions])
 
 
 @dataclass
@@ -176,7 +177,7 @@ class SplitRun:
     train: VqaSet | None = None  # the training side
 
     def predictions(self) -> list[Prediction]:
-        return self.model.predict(self.img, self.qe)
+        return self.model.predict(self.img, self.qe, questions=[q.question for q in self.held.questions])
 
 
 def fit_split(data: str | Path | VqaSet, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
@@ -206,7 +207,7 @@ def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 
     if model.cfg.context:
         context, rows, scores = model.context_features(img, qe)
         out["context"] = [{**model.cases[i], "score": float(sc)} for i, sc in zip(rows[0], scores[0]) if i >= 0]
-    pred = model.predict(img, qe, context)[0]
+    pred = model.predict(img, qe, context, questions=[question])[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
             "memory_weight": pred.from_memory, "similar_cases": model.similar_cases(img, qe, k), **out}
