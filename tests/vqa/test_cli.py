@@ -96,3 +96,17 @@ def test_memory_needs_the_same_picture(tiny_model, tiny_set):
     assert model.predict(real, qe)[0].from_memory > 0.3
     assert model.predict(blank, qe)[0].from_memory == 0.0
     assert not model.same_image(blank).any() and model.same_image(real).sum() == 2
+
+
+def test_train_defaults_are_the_model_defaults():
+    """`medweave vqa train` without options trains the default configuration (VqaConfig), not another one."""
+    import inspect
+
+    from medweave.vqa.cli import train
+    from medweave.vqa.model import VqaConfig
+
+    defaults = {name: p.default.default for name, p in inspect.signature(train).parameters.items()}
+    cfg = VqaConfig()
+    for name in ("seeds", "epochs", "views", "finetune_blocks", "finetune_epochs", "context", "decoder",
+                 "decoder_epochs"):
+        assert defaults[name] == getattr(cfg, name), name

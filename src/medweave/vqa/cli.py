@@ -56,7 +56,8 @@ def train(
                               help="VQA-RAD layout: a folder with one question JSON and images/, or the JSON."),
     out_dir: Path = typer.Option(..., "--out", help="Model folder to write (weights.safetensors + config.json)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Picture folder (default: images/ beside the JSON)."),
-    seeds: int = typer.Option(3, "--seeds", help="Ensemble members."),
+    seeds: int = typer.Option(4, "--seeds", help="Ensemble members (member k reads picture view "
+                              "k mod --views)."),
     epochs: int = typer.Option(60, "--epochs"),
     views: int = typer.Option(2, "--views", help="Picture views: 2 (224 and 320 pixels) or 1 (224 only, a third "
                               "of the encoding time: large sets such as PathVQA)."),
@@ -70,9 +71,11 @@ def train(
     context: int = typer.Option(0, "--context", help="Retrieved context: the answers of the K training cases "
                                 "closest in picture and question are an input of the answerer (leave-self-out "
                                 "in training; saved in the model). 0: none."),
-    decoder: int = typer.Option(0, "--decoder", help="Answer decoder of H hidden units: writes open answers word "
-                                "by word (also answers no training question had), let through by a gate chosen "
-                                "on an inner split of the training side; saved in the model. 0: none."),
+    decoder: int = typer.Option(0, "--decoder", help="Answer decoder of H hidden units: writes open "
+                                "answers word by word (also answers no training question had; never a yes/no "
+                                "question), let through by a gate chosen on an inner split of the training side; "
+                                "saved in the model. 0: none."),
+    decoder_epochs: int = typer.Option(40, "--decoder-epochs", help="Epochs of --decoder."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -81,7 +84,7 @@ def train(
 
     try:
         cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs,
-                        context=context, decoder=decoder)
+                        context=context, decoder=decoder, decoder_epochs=decoder_epochs)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))
