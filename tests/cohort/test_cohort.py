@@ -94,6 +94,12 @@ def test_parquet_round_trip(store, tmp_path):
     assert back.table["text_items"].tolist() == c.table["text_items"].tolist()
     np.testing.assert_array_equal(back.mask(), c.mask())
     assert back.meta["seed"] == 0
+    # every column back in its place, id lists as plain lists (an absent modality's list empty)
+    assert list(back.table.columns) == list(c.table.columns)
+    for m in c.modalities:
+        col = back.table[f"{m}_items"]
+        assert all(type(v) is list for v in col) and col.tolist() == [list(v) for v in c.table[f"{m}_items"]]
+    assert any(not v for m in c.modalities for v in back.table[f"{m}_items"])
 
 
 def test_unknown_names_are_errors_that_list_the_allowed(store, tmp_path):
