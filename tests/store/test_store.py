@@ -141,6 +141,44 @@ def test_sweep_removes_blobs_without_rows_and_partial_files(tmp_path, text_files
     assert unreferenced_bytes(tmp_path / "s") == 0
 
 
+def test_a_full_pack_is_closed_and_the_next_blob_starts_a_new_one(tmp_path, text_files, monkeypatch):
+    """Packs of at most PACK_MAX_BYTES: a run writing more spreads its blobs over several packs, each
+    read back whole, and a second run never appends to the packs of the first."""
+    import medweave.store.catalog as catalog
+
+    monkeypatch.setattr(catalog, "PACK_MAX_BYTES", 64)
+    text_files(tmp_path / "in", 12)
+    with Store(tmp_path / "s", write=True) as st:
+        assert ingest([tmp_path / "in"], st, progress=False).ok
+        rels = list(st.items()["blob"])
+        packs = {blob_location(st.root, r)[0] for r in rels}
+        per_pack = {p: sum(blob_location(st.root, r)[0] == p for r in rels) for p in packs}
+        assert len(packs) >= 3 and all(p.stat().st_size <= 64 or n == 1 for p, n in per_pack.items())
+        assert st.verify().ok and not st.verify().orphans
+    sizes = {p: p.stat().st_size for p in packs}
+    (tmp_path / "in2").mkdir()
+    for i in range(3):
+        (tmp_path / "in2" / f"pt9{i}_new.txt").write_text(f"A new report {i}: no effusion.\n")
+    with Store(tmp_path / "s", write=True) as st:
+        assert ingest([tmp_path / "in2"], st, progress=False).ok
+        assert all(st.read_blob(r) for r in st.items()["blob"]) and len(st.items()) == 15
+    assert {p: p.stat().st_size for p in packs} == sizes
+    assert unreferenced_bytes(tmp_path / "s") == 0
+    # The same content again from another file, giving the same item: its row is there already, so
+    # the copy appended in this session is named by no row (here the only blob of its pack: an
+    # orphan, deleted by the next sweep).
+    (tmp_path / "in3").mkdir()
+    copy = tmp_path / "in3" / "pt0000_r00000.txt"
+    copy.write_bytes((tmp_path / "in" / "pt0000_r00000.txt").read_bytes())
+    with Store(tmp_path / "s", write=True) as st:
+        report = ingest([tmp_path / "in3"], st, progress=False)
+        assert report.ok and report.n_items_added == 0 and len(st.items()) == 15
+        assert len(st.verify().orphans) == 1
+    assert unreferenced_bytes(tmp_path / "s") == copy.stat().st_size
+    Store(tmp_path / "s", write=True).close()
+    assert unreferenced_bytes(tmp_path / "s") == 0
+
+
 def test_blobs_of_the_older_two_level_layout_are_read_verified_and_swept(tmp_path, text_files):
     """Stores written before blobs/ab/<hash> held blobs/ab/cd/<hash>: their rows name those paths."""
     text_files(tmp_path / "in", 4)

@@ -264,6 +264,11 @@ def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: 
     return data
 
 
+def _datasync(fd: int) -> None:
+    """The file's data and size on disk (``fdatasync`` where there is one: no timestamps)."""
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
 class StoreFullError(OSError):
     """The store's disk is full, or a file-size limit was reached, while writing a blob."""
 
@@ -374,7 +379,8 @@ class Store:
         self._pack_fd = -1
         self._pack_rel = ""
         self._pack_size = 0
-        self._unsynced = False  # bytes appended (or a pack created) since the last fsync
+        self._unsynced = False  # bytes appended to the open pack since its last fsync
+        self._dir_unsynced = False  # a pack created since the packs folder's last fsync
         self._packed: dict[tuple[str, str], str] = {}  # (hash, ext) -> address, blobs packed since the last sweep
         # Bytes of blobs this process wrote (named by their hash as they were written), newest last and
         # bounded: a series is stacked from the slices just written without reading them back.
@@ -579,28 +585,34 @@ class Store:
                 break
             except FileExistsError:
                 continue
-        self._pack_rel, self._pack_size, self._unsynced = rel, 0, True
+        self._pack_rel, self._pack_size, self._unsynced, self._dir_unsynced = rel, 0, False, True
 
     def _close_pack(self) -> None:
+        """Close the pack being written. A pack closed because it is full may hold blobs of rows
+        not committed yet: what was appended since the last fsync is synced first."""
         if self._pack_fd >= 0:
+            if self._unsynced:
+                _datasync(self._pack_fd)
             os.close(self._pack_fd)
             self._pack_fd = -1
+            self._unsynced = False
 
     def sync_blobs(self) -> None:
-        """fsync what was appended to the pack (and the packs folder, which names it) since the last
-        call: done before every commit, so that a committed row never names bytes still in flight."""
-        if not self._unsynced:
-            return
-        if self._pack_fd >= 0:
-            os.fsync(self._pack_fd)
-        folder = self.blob_dir / "packs"
-        if folder.is_dir() and hasattr(os, "O_DIRECTORY"):
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._unsynced = False
+        """Sync what was appended to the open pack since the last call (its data and size:
+        ``fdatasync``), and the packs folder when a pack was created: done before every commit, so
+        that a committed row never names bytes still in flight."""
+        if self._unsynced and self._pack_fd >= 0:
+            _datasync(self._pack_fd)
+            self._unsynced = False
+        if self._dir_unsynced:
+            folder = self.blob_dir / "packs"
+            if hasattr(os, "O_DIRECTORY"):
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._dir_unsynced = False
 
     FRESH_MAX_BYTES = 32 << 20  # bytes of just-written blobs kept for reading back in this process
 
