@@ -68,3 +68,16 @@ def test_path_part_known_keys_ascii_shortcut_and_unicode():
     assert not path_part_identifies("scan.dcm", ("ph0042",))
     assert path_part_identifies("\u017fmith_ct.dcm", ("smith",))  # long s: equal under re.IGNORECASE
     assert path_part_identifies("smith_ct.dcm", ("\u017fmith",))
+
+
+def test_scrub_memo_is_bounded_by_characters(tmp_path):
+    """The scrub memo keeps repeated cells, and is emptied before it holds more than
+    ``SCRUB_MEMO_CHARS`` characters (reports never repeat: memoised by count alone they added tens
+    of MB); what it returns is the same either way."""
+    d = Deidentifier(b"k" * 32)
+    d.SCRUB_MEMO_CHARS = 2000
+    texts = [f"Seen by Dr John Smith on 2020-01-{1 + i % 28:02d}, report number {i}." * 3 for i in range(60)]
+    out = [d.scrub(t) for t in texts]
+    assert out == [scrub_text(t, ()) for t in texts]
+    assert sum(len(k[0]) + len(v) for k, v in d._scrubbed.items()) <= 2000
+    assert d.scrub(texts[-1]) is d.scrub(texts[-1])  # the last one is still kept

@@ -168,11 +168,27 @@ class Deidentifier:
         return self._memo(self._uids, original,
                           lambda: "2.25." + str(int.from_bytes(self._mac("uid", original)[:16], "big"))[:38])
 
+    SCRUB_MEMO_CHARS = 4 << 20  # characters of texts and their scrubbed forms kept in the scrub memo
+
     def scrub(self, text: str, known: tuple[str, ...] | list[str] = ()) -> str:
+        """``scrub_text``, memoised (table cells repeat from row to row). The memo is bounded by the
+        characters it holds as well as by entries: 65,536 reports of a few hundred characters each
+        were tens of MB that no report reuses (a peak that grew with the reports up to that many)."""
         if self.keep_phi:
             return text
         known = tuple(known)
-        return self._memo(self._scrubbed, (text, known), lambda: scrub_text(text, known))
+        key = (text, known)
+        value = self._scrubbed.get(key)
+        if value is None:
+            value = scrub_text(text, known)
+            size = len(text) + len(value)
+            held = self.__dict__.get("_scrubbed_chars", 0)
+            if len(self._scrubbed) >= self.MEMO_MAX or held + size > self.SCRUB_MEMO_CHARS:
+                self._scrubbed.clear()
+                held = 0
+            self._scrubbed[key] = value
+            self._scrubbed_chars = held + size
+        return value
 
     def keyed(self, kind: str, text: str) -> str:
         """A keyed fingerprint (hex) of ``text``: equal inputs give equal outputs for this store only."""
