@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from medweave.ingest import ingest
+from medweave.ingest import runner as runner_mod
 from medweave.ingest.adapters import table as table_mod
 from medweave.store.catalog import Store
 
@@ -43,8 +44,9 @@ def write_tables(folder, n=50, value_last="2.5", code_last="A1", extra_rows=""):
     return folder
 
 
-def ingest_into(root, folder, slice_rows, monkeypatch):
+def ingest_into(root, folder, slice_rows, monkeypatch, stream_min_bytes=0):
     monkeypatch.setattr(table_mod, "SLICE_ROWS", slice_rows)
+    monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", stream_min_bytes)  # 0: every table streams
     root.mkdir(parents=True, exist_ok=True)
     (root / "secret.key").write_text(SECRET)
     with Store(root, write=True) as st:
@@ -79,6 +81,22 @@ def test_a_table_in_slices_gives_the_store_reading_it_whole_gives(tmp_path, monk
     assert '"value":0.0' in first and '"code":"100"' in first and '"big":"3"' in first
     assert set(items["source_key"]) == {f"row {i}" for i in range(1, 51)}
     assert items["time"].notna().all()  # dd/mm/yyyy found from the first rows, applied to every slice
+
+
+def test_a_small_table_is_read_like_any_unit_and_gives_the_same_store(tmp_path, monkeypatch):
+    """Below STREAM_MIN_BYTES a table is read by the readers (processes, Ray tasks) like any unit, so
+    many small tables parse in parallel; above it the writer streams it. The store is the same."""
+    folder = write_tables(tmp_path / "data")
+    adapter = table_mod.CsvAdapter()
+    unit = table_mod.Unit(folder / "visits.csv")
+    monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", 1 << 20)
+    assert not runner_mod._streams(adapter, unit)  # a few kB
+    monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", unit.path.stat().st_size)
+    assert runner_mod._streams(adapter, unit)
+    streamed = ingest_into(tmp_path / "streamed", folder, 7, monkeypatch, stream_min_bytes=0)
+    read = ingest_into(tmp_path / "read", folder, 7, monkeypatch, stream_min_bytes=1 << 30)
+    assert streamed.errors == read.errors == [] and streamed.n_items_added == read.n_items_added == 50
+    assert catalog(tmp_path / "streamed") == catalog(tmp_path / "read")
 
 
 def test_a_bad_row_in_a_later_slice_stores_nothing_of_the_table(tmp_path, monkeypatch):

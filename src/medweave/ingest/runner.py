@@ -555,7 +555,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
             elif fp in known:
                 yield adapter, unit, fp, None
             else:
-                yield adapter, unit, fp, STREAMED if _streams(adapter) else _read_unit(adapter, unit, ctx)
+                yield adapter, unit, fp, STREAMED if _streams(adapter, unit) else _read_unit(adapter, unit, ctx)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -569,8 +569,21 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
 STREAMED = "streamed"  # a unit the writer reads itself, slice by slice (``Adapter.read_slices``)
 
 
-def _streams(adapter: Adapter) -> bool:
-    return bool(getattr(adapter, "streams", False))
+STREAM_MIN_BYTES = 1 << 20  # a streaming adapter's unit this large on disk (gzip: an eighth) is read in the writer
+
+
+def _streams(adapter: Adapter, unit: Unit) -> bool:
+    """Whether the writer reads ``unit`` itself, slice by slice: only a unit of a streaming adapter
+    (``Adapter.streams``) that is large enough for its items to matter in memory. A smaller one (a
+    table of about one slice) is read like any unit, by reader processes or Ray tasks, so many small
+    tables still parse in parallel; either way its items and the store are the same."""
+    if not getattr(adapter, "streams", False):
+        return False
+    try:
+        size = unit.path.stat().st_size
+    except OSError:
+        return True  # the writer reads it and reports what is wrong with it
+    return size * (8 if unit.path.name.lower().endswith(".gz") else 1) >= STREAM_MIN_BYTES
 
 
 def _windowed(work, known: set[str], fingerprint, submit, limit: int):
@@ -592,7 +605,7 @@ def _windowed(work, known: set[str], fingerprint, submit, limit: int):
 
     for adapter, unit in work:
         fp, err = fingerprint(adapter, unit)
-        fut = None if err or fp in known else STREAMED if _streams(adapter) else submit(adapter, unit)
+        fut = None if err or fp in known else STREAMED if _streams(adapter, unit) else submit(adapter, unit)
         window.append((adapter, unit, fp, fut, err))
         yield from drain(limit)
     yield from drain(0)
