@@ -89,7 +89,7 @@ def test_a_small_table_is_read_like_any_unit_and_gives_the_same_store(tmp_path, 
     folder = write_tables(tmp_path / "data")
     adapter = table_mod.CsvAdapter()
     unit = table_mod.Unit(folder / "visits.csv")
-    monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", 1 << 18)
     assert not runner_mod._streams(adapter, unit)  # a few kB
     monkeypatch.setattr(runner_mod, "STREAM_MIN_BYTES", unit.path.stat().st_size)
     assert runner_mod._streams(adapter, unit)

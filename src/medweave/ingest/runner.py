@@ -569,7 +569,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
 STREAMED = "streamed"  # a unit the writer reads itself, slice by slice (``Adapter.read_slices``)
 
 
-STREAM_MIN_BYTES = 1 << 20  # a streaming adapter's unit this large on disk (gzip: an eighth) is read in the writer
+STREAM_MIN_BYTES = 1 << 18  # a streaming adapter's unit this large on disk (gzip: an eighth) is read in the writer
 
 
 def _streams(adapter: Adapter, unit: Unit) -> bool:
