@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medweave.encode.loaders import load_array
 from medweave.ingest import ingest
 from medweave.store.catalog import Store
 
@@ -62,6 +63,9 @@ def test_volumes_keep_voxels_and_affine_and_lose_header_text(volumes, store):
         meta = json.loads(row.meta)
         assert row.modality == "volume" and stored.shape == original.shape
         assert np.array_equal(np.asanyarray(stored.dataobj), np.asanyarray(original.dataobj)), name
+        # the encoders' loader reads the same voxels from the blob's bytes (NIfTI-1, NIfTI-2, MGH)
+        loaded = load_array(Path(row.blob), store.read_blob(row.blob))
+        assert np.array_equal(loaded, np.asarray(original.get_fdata(), dtype=np.float32)), name
         assert np.allclose(stored.affine, original.affine) and np.allclose(meta["affine"], original.affine)
         assert meta["shape"] == list(original.shape) and meta["dtype"] == str(original.get_data_dtype())
         assert (row.cols, row.rows, row.frames) == original.shape[:3]

@@ -3,7 +3,6 @@ a (channels x samples) signal with its rate."""
 
 from __future__ import annotations
 
-import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +40,10 @@ def load_array(path: Path, data: bytes | None = None) -> np.ndarray:
     if suffix == ".dcm":
         return _dicom_pixels(data if data is not None else path.read_bytes())
     if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
-        import nibabel as nib
+        from ..ingest.adapters.nifti import image_from_bytes
 
-        if data is None:
-            return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-        if suffix in (".mgh", ".mgz"):
-            kind = nib.MGHImage
-        else:  # a NIfTI-2 header is 540 bytes long, a NIfTI-1 header 348 (either byte order)
-            kind = nib.Nifti2Image if 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")) \
-                else nib.Nifti1Image
-        return np.asarray(kind.from_bytes(raw).get_fdata(), dtype=np.float32)
+        return np.asarray(image_from_bytes(data if data is not None else path.read_bytes()).get_fdata(),
+                          dtype=np.float32)
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if data is not None else path) as im:

@@ -58,6 +58,16 @@ def _kind(data: bytes) -> str | None:
 _IMAGE_CLASSES = {"nifti1": nib.Nifti1Image, "nifti2": nib.Nifti2Image, "mgh": nib.MGHImage}
 
 
+def image_from_bytes(data: bytes):
+    """A stored volume blob (NIfTI-1/2 or MGH, gzipped or not: checked when it was ingested) as a
+    nibabel image, recognised as ``parse`` recognises it (``_kind``): a packed blob has no file."""
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    kind = _kind(raw)
+    if kind is None:
+        raise ValueError("not a NIfTI or MGH volume (no 'n+1' at byte 344, 'n+2' at byte 4 or MGH header)")
+    return _IMAGE_CLASSES[kind].from_bytes(raw)
+
+
 # A gzipped volume is expanded only as far as its header says it reaches: a stream that goes on past
 # that (zeros compress a thousandfold) is refused instead of filling memory.
 GZIP_HEAD_BYTES = 2**20  # expanded first; a stream that ends within it is taken whole
