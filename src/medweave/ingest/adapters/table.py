@@ -914,35 +914,42 @@ class CsvAdapter(Adapter):
     streams = True  # the runner stores a table slice by slice (``read_slices``), in one transaction
 
     def read(self, unit: Unit, ctx: IngestContext) -> Iterator[Item]:
-        """Every item of the table (the slices of ``read_slices`` one after the other)."""
-        slices = self.read_slices(unit, ctx)
+        """Every item of the table (the slices of ``read_slices`` one after the other). The file is
+        parsed once and its records held (``whole``): the runner streams large tables instead."""
+        slices = self.read_slices(unit, ctx, whole=True)
         first = next(slices, [])  # the first pass and its errors happen here, not when iterated
         return itertools.chain(first, itertools.chain.from_iterable(slices))
 
-    def read_slices(self, unit: Unit, ctx: IngestContext, rows: int | None = None) -> Iterator[list[Item]]:
+    def read_slices(self, unit: Unit, ctx: IngestContext, rows: int | None = None,
+                    whole: bool = False) -> Iterator[list[Item]]:
         """The table's items, ``rows`` rows (default ``SLICE_ROWS``) at a time: memory holds one
         slice, never the whole table. A first pass over the file checks it (every error of a bad table
         is raised before the first slice, as reading it whole did) and gathers what deciding a column
         needs from the whole table (``TableScan``); every raw patient key is in ``ctx.seen_ids``
         before the first slice. The items are those of reading the table whole: same rows, same
-        values, same ids."""
+        values, same ids. With ``whole`` the file is parsed once into a list of records that both
+        passes read (a small table: no second parse of the file)."""
         if "error" in unit.extra:
             raise IngestError(unit.extra["error"])
         path = unit.path
         spec = TableSpec.from_dict(unit.extra.get("mapping", {}), f"mapping for {path.name}")
         tf = TableFile(path)
         cache = ctx.state.setdefault("csv_tables", {})
-        scan, joiner = tf.read(lambda records: _scan(records, spec, path, cache), ctx.warn)
+        held = tf.read(list, ctx.warn) if whole else None  # header + rows, decoded once
+        scan, joiner = (_scan(iter(held), spec, path, cache) if held is not None
+                        else tf.read(lambda records: _scan(records, spec, path, cache), ctx.warn))
         ctx.seen_ids.update(scan.patients)
         scan.patients = set()
         if not scan.rows:
             return
         step = max(1, rows or SLICE_ROWS)
         samples, plans, offset, name = scan.samples(), None, 0, table_name(path)
-        records = tf.records()
+        records = iter(held) if held is not None else tf.records()
         next(records)  # the header
         while True:
-            chunk = [joiner.extend(r) for r in itertools.islice(records, step)]
+            rows_in = itertools.islice(records, step)
+            # (held records were extended by the scan already: ``_Joiner.extend`` works in place)
+            chunk = list(rows_in) if held is not None else [joiner.extend(r) for r in rows_in]
             if not chunk:
                 return
             table = _Table(RawTable(name, list(scan.header), chunk, samples), spec, path, ctx, scan, offset, plans)
