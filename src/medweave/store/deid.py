@@ -117,6 +117,7 @@ class Deidentifier:
         self._uids: dict[str, str] = {}
         self._offsets: dict[str, int] = {}
         self._scrubbed: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._scrubbed_chars = 0  # characters held in ``_scrubbed`` (keys' texts and values)
 
     def __getstate__(self):  # (sent to reader processes and Ray tasks: the HMAC state does not pickle)
         return {"secret": self.secret, "keep_phi": self.keep_phi}
@@ -182,12 +183,11 @@ class Deidentifier:
         if value is None:
             value = scrub_text(text, known)
             size = len(text) + len(value)
-            held = self.__dict__.get("_scrubbed_chars", 0)
-            if len(self._scrubbed) >= self.MEMO_MAX or held + size > self.SCRUB_MEMO_CHARS:
+            if len(self._scrubbed) >= self.MEMO_MAX or self._scrubbed_chars + size > self.SCRUB_MEMO_CHARS:
                 self._scrubbed.clear()
-                held = 0
+                self._scrubbed_chars = 0
             self._scrubbed[key] = value
-            self._scrubbed_chars = held + size
+            self._scrubbed_chars += size
         return value
 
     def keyed(self, kind: str, text: str) -> str:
