@@ -280,6 +280,40 @@ def store_verify(
         raise typer.Exit(1)
 
 
+@store_app.command("compact", epilog="Example: medweave store compact --store ./store")
+def store_compact(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    min_dead: float = typer.Option(0.25, "--min-dead", help="Rewrite a pack when more than this share of its "
+                                   "bytes belongs to no item (0 to 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Free the dead bytes of blob packs (blobs of replaced or forgotten items): the live blobs of
+    each pack above --min-dead are copied into a new pack, the items are pointed at it in one
+    transaction, then the old pack is deleted. Safe to interrupt; refuses while another process has
+    the store open."""
+    from .store import Store
+    from .store.catalog import StoreLockedError
+
+    if not (store / Store.CATALOG).exists():
+        _fail(f"{store}: no medweave store here (expected {Store.CATALOG})")
+    try:
+        with Store(store, write=True) as st:
+            rep = st.compact(min_dead=min_dead)
+    except (StoreLockedError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps({"packs": rep.packs, "rewritten": rep.rewritten, "skipped": rep.skipped,
+                                   "blobs_moved": rep.blobs_moved, "rows_updated": rep.rows_updated,
+                                   "bytes_before": rep.bytes_before, "bytes_after": rep.bytes_after,
+                                   "reclaimed": rep.reclaimed}))
+        return
+    out.print(f"{len(rep.rewritten)} of {rep.packs} pack(s) rewritten: {rep.blobs_moved:,} blobs moved, "
+              f"{rep.rows_updated:,} items updated, {rep.reclaimed:,} bytes freed "
+              f"({rep.bytes_before:,} -> {rep.bytes_after:,})", highlight=False)
+    for sk in rep.skipped:
+        out.print(f"  SKIPPED {sk['pack']}: {sk['reason']}", highlight=False, markup=False, soft_wrap=True)
+
+
 @cohort_app.command("build", epilog=(
     "Example: medweave cohort build --store ./store --out cohort.parquet --case study "
     "--target abnormal --covariate age --covariate sex --split-from source"))

@@ -22,8 +22,9 @@ files, bytes at the end of a pack), and the next writer deletes those (``sweep``
 row references is deleted, a pack is cut back to the end of the last range a row references). So no
 row ever points at a missing or partial blob. A pack is only appended to by the one process writing
 the store, and never after that process closes it; the ranges of rows replaced later (a changed
-source) stay in their pack as dead bytes until no row references the pack at all (``verify`` counts
-them: ``VerifyReport.dead_bytes``).
+source) stay in their pack as dead bytes (``verify`` counts them: ``VerifyReport.dead_bytes``) until
+no row references the pack at all, or ``compact`` copies the pack's live blobs into a new pack, points
+the rows at it in one transaction and deletes the old pack.
 
 Integrity: a blob's name is the SHA-256 of its bytes. ``read_verified`` (used by every reader of a
 blob: ``Store.read_blob``, the encoders' loaders, the server) hashes what it reads and raises
@@ -276,6 +277,28 @@ class StoreFullError(OSError):
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+class StoreLockedError(duckdb.IOException):
+    """Another process holds the store's catalog (DuckDB's lock on ``catalog.duckdb``): one writer at
+    a time, and no writer while another process reads."""
+
+
+@dataclass
+class CompactReport:
+    """What ``Store.compact`` did: the packs it rewrote and what that freed."""
+
+    packs: int = 0  # packs in the store before
+    rewritten: list[str] = field(default_factory=list)  # packs whose live blobs were copied out, then deleted
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # pack, reason (a damaged blob: left as it is)
+    blobs_moved: int = 0  # live ranges copied into the new pack(s)
+    rows_updated: int = 0  # item rows that now name a range of a new pack
+    bytes_before: int = 0  # size of the rewritten packs
+    bytes_after: int = 0  # what their live blobs take in the new pack(s)
+
+    @property
+    def reclaimed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
 @dataclass
 class VerifyReport:
     """What ``Store.verify`` found: counts, and one entry per problem."""
@@ -386,7 +409,15 @@ class Store:
         # bounded: a series is stacked from the slices just written without reading them back.
         self._fresh: OrderedDict[str, bytes] = OrderedDict()
         self._fresh_bytes = 0
-        self.con = connect_duckdb(self.root / self.CATALOG, read_only=not write)
+        try:
+            self.con = connect_duckdb(self.root / self.CATALOG, read_only=not write)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            raise StoreLockedError(
+                f"{self.root}: another process has the store open, so it cannot be opened "
+                f"{'for writing' if write else 'to read'} (DuckDB's lock on {self.CATALOG}); wait for that "
+                f"process to finish, then run this again. DuckDB says: {exc}") from None
         if write:
             self.con.execute(SCHEMA)
             for sql in MIGRATIONS:
@@ -703,6 +734,103 @@ class Store:
                 self.con.execute("ROLLBACK")
                 raise
             self.sweep()
+        return report
+
+    def compact(self, min_dead: float = 0.25, on_step: Any = None) -> CompactReport:
+        """Rewrite the packs whose dead share (bytes no row references / pack size) is above
+        ``min_dead``: their live blobs are copied (each read through ``read_verified``: hash checked)
+        into new packs, which are ``fdatasync``'d with the packs folder; then every row naming a range
+        of those packs is pointed at its new range in one transaction (checked: no row names an old
+        pack after it); then the old packs are deleted. Needs the store open for writing (the catalog's
+        lock: no other writer, no other reader). A crash at any point loses nothing: before the commit
+        the rows still name the old packs, which are still whole (the new packs have no row, and the
+        next open for writing deletes them, ``sweep``); after it they name the new packs, synced before
+        it (an old pack left behind has no row and is deleted the same way). A pack holding a damaged
+        blob is left as it is (``skipped``: run ``verify --forget-damaged``). ``on_step(step, pack)``
+        is called after each blob copied (``"copied"``), after the sync (``"synced"``), inside the
+        transaction before its commit (``"updated"``), after it (``"committed"``) and after each old
+        pack deleted (``"removed"``)."""
+        if not self.write:
+            raise ValueError(f"{self.root}: open the store for writing to compact it")
+        if not 0 <= min_dead < 1:
+            raise ValueError(f"min_dead must be in [0, 1), got {min_dead!r}")
+        step = on_step or (lambda *_: None)
+        self.sweep()  # unreferenced packs and tails gone, no pack open, no address remembered
+        referenced = [r[0] for r in self.con.execute(
+            "SELECT DISTINCT blob FROM items WHERE blob LIKE 'blobs/packs/%'").fetchall()]
+        ranges: dict[str, dict[int, str]] = {}  # pack -> offset -> one address of that range
+        for rel in referenced:
+            m = _PACKED_RE.fullmatch(rel)
+            if m is not None:
+                ranges.setdefault(m.group(1), {}).setdefault(int(m.group(2)), rel)
+        _, used = self._pack_use(referenced)
+        report = CompactReport()
+        candidates = []
+        for pack in sorted(self.pack_files()):
+            report.packs += 1
+            rel = pack.relative_to(self.root).as_posix()
+            size = pack.stat().st_size
+            if size and rel in used and (size - used[rel]) / size > min_dead:
+                candidates.append((rel, size))
+        remap: dict[str, str] = {}  # old address -> new address
+        moved: list[tuple[str, int]] = []
+        for pack, size in candidates:
+            mine: dict[str, str] = {}
+            try:
+                for offset in sorted(ranges[pack]):
+                    rel = ranges[pack][offset]
+                    name = Path(rel).name
+                    data = read_verified(self.root, rel)
+                    mine[rel] = self._pack_blob(data, name[:64], name[64:])
+                    step("copied", pack)
+            except BlobIntegrityError as exc:
+                report.skipped.append({"pack": pack, "reason": str(exc)})
+                continue  # what was copied of it stays unreferenced in the new pack (dead bytes)
+            remap.update(mine)
+            moved.append((pack, size))
+        if not remap:
+            return report
+        self.sync_blobs()  # the new packs' bytes, sizes and names on disk before any row names them
+        self._close_pack()
+        step("synced", None)
+        # all addresses that name a moved range (the same range may be named by several addresses)
+        full = {}
+        moved_packs = {p for p, _ in moved}
+        for rel in referenced:
+            m = _PACKED_RE.fullmatch(rel)
+            if m is not None and m.group(1) in moved_packs:
+                full[rel] = remap[ranges[m.group(1)][int(m.group(2))]]
+        import pyarrow as pa
+
+        con = self.con
+        con.register("_compact_remap", pa.table({"old": list(full), "new": list(full.values())}))
+        con.execute("BEGIN TRANSACTION")
+        try:
+            report.rows_updated = con.execute(
+                "UPDATE items SET blob = m.new FROM _compact_remap m WHERE items.blob = m.old").fetchone()[0]
+            left = con.execute(
+                "SELECT count(*) FROM items WHERE regexp_extract(blob, '^(blobs/packs/[^@]+)@', 1) IN "
+                "(SELECT unnest(?))", [sorted(moved_packs)]).fetchone()[0]
+            if left:
+                raise RuntimeError(f"{self.root}: {left} row(s) still name a pack being compacted; nothing changed")
+            step("updated", None)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_compact_remap")
+        step("committed", None)
+        for pack, size in moved:
+            (self.root / pack).unlink(missing_ok=True)
+            report.rewritten.append(pack)
+            report.bytes_before += size
+            step("removed", pack)
+        self._dir_unsynced = True
+        self.sync_blobs()  # the deletions
+        new_ranges = {blob_location(self.root, v) for v in remap.values()}  # (pack, offset, length), once each
+        report.bytes_after = sum(length for _, _, length in new_ranges)
+        report.blobs_moved = len(remap)
         return report
 
     # --- writing ---------------------------------------------------------------------------------
