@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from medweave.ingest import ingest
@@ -290,15 +291,53 @@ def test_catalog_and_embedding_cache_connections_have_a_memory_limit(tmp_path):
     from medweave.encode import EmbeddingCache
 
     def limit_bytes(con) -> float:
-        value, unit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
+        value, unit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].split()
         return float(value) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
 
     with Store(tmp_path / "s", write=True) as st:
         assert 0.9e9 <= limit_bytes(st.con) <= 1.0e9
     with Store(tmp_path / "s") as st:  # read-only too
         assert 0.9e9 <= limit_bytes(st.con) <= 1.0e9
-    cache = EmbeddingCache(tmp_path / "emb.duckdb")
+    cache = EmbeddingCache(tmp_path / "emb.duckdb")  # its own, smaller limit (see the next test)
     try:
-        assert 0.9e9 <= limit_bytes(cache.con) <= 1.0e9
+        assert limit_bytes(cache.con) == 32 * 2**20
+    finally:
+        cache.close()
+    # a cache written before it lost its primary key keeps the catalog's limit: its key index needs it
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("CREATE TABLE embeddings (content_hash VARCHAR, encoder VARCHAR, version VARCHAR, dim INTEGER, "
+                "vec BLOB, PRIMARY KEY (content_hash, encoder, version))")
+    con.close()
+    old = EmbeddingCache(tmp_path / "old.duckdb")
+    try:
+        assert 0.9e9 <= limit_bytes(old.con) <= 1.0e9
+        old.put({"h": np.ones(4, np.float32)}, "e", "1")
+        old.put({"h": np.zeros(4, np.float32)}, "e", "1")  # already there: kept, as before
+        assert old.count() == 1 and old.get(["h"], "e", "1")["h"].tolist() == [1, 1, 1, 1]
+    finally:
+        old.close()
+
+
+def test_embedding_cache_memory_stays_under_its_limit_when_the_cache_is_larger(tmp_path):
+    """A cache of 60 MB of vectors, written and read back in chunks as encoding does: DuckDB's memory
+    (its buffer pool, duckdb_memory()) stays under the cache's 32 MB limit instead of following the
+    file, every vector comes back, and a vector put twice is stored once."""
+    from medweave.encode import EmbeddingCache
+
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path / "emb.duckdb")
+    hashes = [f"{i:064x}" for i in range(12_000)]
+    try:
+        for s in range(0, len(hashes), 1000):
+            assert cache.get(hashes[s:s + 1000], "img", "1") == {}
+            cache.put({h: rng.standard_normal(1280).astype(np.float32) for h in hashes[s:s + 1000]}, "img", "1")
+        cache.put({hashes[0]: np.zeros(1280, np.float32)}, "img", "1")
+        assert cache.count("img") == len(hashes)
+        got = {}
+        for s in range(0, len(hashes), 1000):
+            got.update(cache.get(hashes[s:s + 1000], "img", "1"))
+            used = cache.con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
+            assert used <= 32 * 2**20, used
+        assert sorted(got) == hashes and not np.all(got[hashes[0]] == 0)
     finally:
         cache.close()
