@@ -115,26 +115,25 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
         from ..config import EngineConfig
 
         cfg.engine = EngineConfig(kind=engine.kind, address=engine.address, num_cpus=engine.num_cpus)
-    # The inputs are written once to a temporary folder beside the store and read a batch at a time
-    # (the folder is removed on leaving; the open arrays keep reading their files until they go).
     try:
+        if split is None:
+            split = "all" if data else ("test" if (cohort.table["split"] == "test").any() else "valid")
+        if not data and split in ("valid", "all") and (config.get("training") or {}).get("cv_folds"):
+            raise EvaluateError(f"split {split!r}: this model was trained on train + valid (cross-validated early "
+                                "stopping, train.cv_folds); evaluate it on a test split or on new data with --data")
+        if split != "all" and not (cohort.table["split"] == split).any():
+            raise EvaluateError(f"split {split!r} has no cases; splits present: "
+                                f"{', '.join(sorted(cohort.table['split'].unique()))}, or 'all'")
+        # Only the split's cases are encoded. The inputs are written once to a temporary folder beside
+        # the store and read a batch at a time (the folder is removed on leaving; the open arrays keep
+        # reading their files until they go).
         with arrays_folder(Path(st.root)) as arrays_dir:
             ds, _, info = checkpoint_dataset(config, cfg, cohort, st, cache, progress, arrays_dir=arrays_dir,
-                                            model_dir=model_dir)
+                                            model_dir=model_dir, split=None if split == "all" else split)
     finally:
         cache.close()
         st.close()
-    if split is None:
-        split = "all" if data else ("test" if (cohort.table["split"] == "test").any() else "valid")
-    if not data and split in ("valid", "all") and (config.get("training") or {}).get("cv_folds"):
-        raise EvaluateError(f"split {split!r}: this model was trained on train + valid (cross-validated early "
-                            "stopping, train.cv_folds); evaluate it on a test split or on new data with --data")
     if split != "all":
-        idx = np.flatnonzero(cohort.table["split"].to_numpy() == split)
-        if not len(idx):
-            raise EvaluateError(f"split {split!r} has no cases; splits present: "
-                                f"{', '.join(sorted(cohort.table['split'].unique()))}, or 'all'")
-        ds = ds.subset(idx)
         cohort = cohort.split(split)
     ds, applied = apply_missing(cohort, ds, specs_missing)
     return {

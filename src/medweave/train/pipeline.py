@@ -371,14 +371,17 @@ def checkpoint_encoders(model_dir: str | Path | None, config: dict[str, Any]) ->
 
 def checkpoint_dataset(config: dict[str, Any], cfg: ExperimentConfig, cohort: Cohort, store: Store,
                        cache: EmbeddingCache, progress: bool = True, arrays_dir: str | Path | None = None,
-                       model_dir: str | Path | None = None):
+                       model_dir: str | Path | None = None, split: str | None = None):
     """Model-ready arrays for ``cohort`` the way a saved model saw its training data: its own fitted
     tabular featuriser, its heads' classes and its fine-tuned encoder if it has one (read from
-    ``model_dir``; ``arrays_dir``: on disk, see ``build_dataset``).
+    ``model_dir``; ``arrays_dir``: on disk, see ``build_dataset``). ``split``: only that split's
+    cases are encoded (the heads are still read from the whole cohort; each case's row is its own).
     Returns (dataset, featuriser, encode info)."""
     featurizer = TabularFeaturizer.from_dict(config["tabular"]) if config.get("tabular") else None
     classes = {h["name"]: h["classes"] for h in config["architecture"]["heads"] if h.get("classes")}
     specs = head_specs(cfg, cohort, classes)
+    if split is not None:
+        cohort = cohort.split(split)
     ds, _, info = build_dataset(cfg, cohort, store, cache, featurizer=featurizer, specs=specs, progress=progress,
                                 arrays_dir=arrays_dir, encoders=checkpoint_encoders(model_dir, config))
     return ds, featurizer, info
