@@ -63,8 +63,13 @@ def load_signal(path: Path, row: Mapping[str, Any], raw: bytes | None = None) ->
     return Signal(data=data, rate=float(row.get("sampling_rate") or 0.0))
 
 
+# The columns of an item row that ``load_item`` (and the encoding around it) reads.
+LOAD_COLUMNS = ("item_id", "content_hash", "modality", "blob", "text", "sampling_rate")
+
+
 def load_item(store_root: Path, row: Mapping[str, Any]) -> Any:
-    """What an encoder of the item's modality takes. ``row`` is a row of the items table.
+    """What an encoder of the item's modality takes. ``row`` is a row of the items table (at least
+    its ``LOAD_COLUMNS``).
 
     A blob is checked against its hash as it is read: a damaged one raises ``BlobIntegrityError``
     naming the item (never decoded into wrong pixels, samples or words)."""
