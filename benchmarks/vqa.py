@@ -390,6 +390,8 @@ def main() -> int:
                     "decoder of H hidden units (VqaConfig.decoder; its gate chosen on an inner split of the training "
                     "side) and print the answerer with and without it, from the same fit")
     ap.add_argument("--decoder-epochs", type=int, help="the decoder's epochs (VqaConfig.decoder_epochs)")
+    ap.add_argument("--raw-question", action="store_true", help="the answerer reads the question embedding raw, "
+                    "as before VqaConfig.question_scale (the default standardises it on the training rows)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -415,6 +417,7 @@ def main() -> int:
         return 0
     try:
         cfg = VqaConfig(finetune_blocks=args.finetune_blocks, decoder=args.decoder,
+                        question_scale=not args.raw_question,
                         **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views),
                                              ("finetune_epochs", args.finetune_epochs),
                                              ("finetune_augmentations", args.finetune_augmentations),

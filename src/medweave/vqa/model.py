@@ -1,7 +1,8 @@
 """The answerer: an ensemble of small fusion networks over frozen picture and question embeddings,
 with an answer-type head and a same-picture memory of training questions.
 
-- Fusion: picture (one 1280-d view, standardised) and question (384-d) each projected to ``hidden``
+- Fusion: picture (one 1280-d view) and question (384-d), each standardised on the training rows
+  (``question_scale``; a model saved before it reads its questions raw), each projected to ``hidden``
   units; the answer head reads [picture, question, picture * question] and classifies over the
   training answer vocabulary (normalised answers). The picture embedding holds ``views`` views side by
   side (224 and 320 pixels); ensemble member k reads view k % views, and the ensemble averages them.
@@ -76,6 +77,7 @@ class VqaConfig:
     decoder_epochs: int = 40
     decoder_margin: float | None = None  # the gate chosen on an inner split (None: the decoder never answers)
     decoder_novel_only: bool = True      # the gate lets through only answers that are not training answers
+    question_scale: bool = True  # standardise the question embedding on the training rows, as the picture
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
@@ -187,6 +189,8 @@ class Answerer:
     encoder_state: dict = field(default_factory=dict)  # the fine-tuned tail of the 224 view ({}: frozen)
     decoder_words: list[str] = field(default_factory=list)  # the answer decoder's words ([]: no decoder)
     decoder_state: dict = field(default_factory=dict)
+    q_mean: np.ndarray | None = None  # with cfg.question_scale: the question standardisation (None: read raw)
+    q_std: np.ndarray | None = None
     _nets: list = field(default_factory=list, repr=False)
     _encoders: list = field(default_factory=list, repr=False)
     _decoder: list = field(default_factory=list, repr=False)
@@ -241,12 +245,19 @@ class Answerer:
             raise ValueError(f"picture embeddings of width {img_emb.shape[1]} do not split into {cfg.views} views")
         mean, std = img_emb.mean(0), img_emb.std(0) + 1e-3
         xi = ((np.concatenate([img_emb, f_img]) - mean) / std).astype(np.float32)
+        q_mean = q_std = None
+        if cfg.question_scale:
+            # e5 vectors are L2-normalised (per-dimension sd about 0.02) while a standardised picture
+            # dimension has sd 1: read raw, the question starts drowned (the plain MLP's fault, 9dc096b)
+            q_mean, q_std = q_emb.mean(0).astype(np.float32), (q_emb.std(0) + 1e-3).astype(np.float32)
         xq = np.concatenate([q_emb, f_q]).astype(np.float32)
+        if q_mean is not None:
+            xq = ((xq - q_mean) / q_std).astype(np.float32)
         weight = np.concatenate([np.ones(len(answers)), np.full(len(f_ans), cfg.fact_weight)])
         n = len(answers)
         model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
-                    {"n_train": n, "n_fact_questions": len(f_ans)})
+                    {"n_train": n, "n_fact_questions": len(f_ans)}, q_mean=q_mean, q_std=q_std)
         ctx = None
         if cfg.context:
             # leave-self-out (and leave-group-out) retrieval: no row's context holds the row itself
@@ -282,13 +293,18 @@ class Answerer:
                 self._nets.append(net)
         return self._nets
 
+    def _question_input(self, q_emb: np.ndarray) -> np.ndarray:
+        """The question embedding as the networks read it (standardised with ``cfg.question_scale``)."""
+        q = np.atleast_2d(q_emb).astype(np.float32)
+        return q if self.q_mean is None else ((q - self.q_mean) / self.q_std).astype(np.float32)
+
     def question_type_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
                             context: np.ndarray | None = None) -> np.ndarray:
         """(n, qtypes): the ensemble's mean question-type probabilities (columns in ``qtypes`` order)."""
         import torch
 
         xi = torch.from_numpy(((np.atleast_2d(img_emb) - self.img_mean) / self.img_std).astype(np.float32))
-        xq = torch.from_numpy(np.atleast_2d(q_emb).astype(np.float32))
+        xq = torch.from_numpy(self._question_input(q_emb))
         xc = None
         if self.cfg.context:
             if context is None:
@@ -310,7 +326,7 @@ class Answerer:
         import torch
 
         xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
-        xq = torch.from_numpy(q_emb.astype(np.float32))
+        xq = torch.from_numpy(self._question_input(q_emb))
         xc = None
         if self.cfg.context:
             if context is None:
@@ -468,6 +484,8 @@ class Answerer:
             tensors.update({f"member{m}.{k}": v.numpy() for k, v in state.items()})
         tensors.update({f"encoder.{k}": np.asarray(v) for k, v in self.encoder_state.items()})
         tensors.update({f"decoder.{k}": v.numpy() for k, v in self.decoder_state.items()})
+        if self.q_mean is not None:
+            tensors.update({"q_mean": self.q_mean, "q_std": self.q_std})
         write_with(out / "weights.safetensors",
                    lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp)))
         config = {"format": FINETUNED_FORMAT if self.encoder_state else MODEL_FORMAT, "config": asdict(self.cfg), "vocab": self.vocab, "qtypes": self.qtypes,
@@ -505,7 +523,11 @@ class Answerer:
         unknown = sorted(set(config["config"]) - known)
         if unknown:
             raise ValueError(f"{cfg_path}: unknown config keys {unknown}; allowed: {sorted(known)}")
-        cfg = VqaConfig(**config["config"])
+        # a model saved before question_scale existed read its questions raw
+        cfg = VqaConfig(**{"question_scale": False, **config["config"]})
+        if cfg.question_scale != ("q_mean" in t and "q_std" in t):
+            raise ValueError(f"{model_dir}: config question_scale is {cfg.question_scale} but the weights "
+                             f"{'lack' if cfg.question_scale else 'hold'} q_mean/q_std; train the model again")
         members = [{k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith(f"member{m}.")}
                    for m in range(cfg.seeds)]
         decoder_state = {k.split(".", 1)[1]: torch.from_numpy(v) for k, v in t.items() if k.startswith("decoder.")}
@@ -517,7 +539,8 @@ class Answerer:
                    t["qtype_masks"].astype(bool), t["img_mean"], t["img_std"], members,
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"],
                    {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")},
-                   list(config.get("decoder_words") or []), decoder_state)
+                   list(config.get("decoder_words") or []), decoder_state,
+                   t.get("q_mean"), t.get("q_std"))
 
 
 SAME_TEXT_COS = 0.999  # question embeddings this close are the same text (e5 gives 1.0 for equal strings)
