@@ -3,12 +3,18 @@
 ``vectors``: SYNTHETIC 384-d embeddings (stated: not real ones): a Gaussian mixture of 4,096 random
 unit directions, each vector its cluster's direction plus isotropic noise of the same norm
 (cosine to its centre about 0.7), L2-normalised, written in chunks to a memory-mapped file; 1,000
-queries drawn the same way (not in the index). Clustered data is kind to an IVF index; ``--data
-FILE.npy`` repeats real embeddings (rows of the file) with noise instead, to check on your own. Exact search (``IndexFlatIP``, all vectors) gives the
-true top 10 and is the baseline for latency; the approximate index is medweave's own
-(``medweave.retrieve.vectors.VectorIndex``, IVF), built, saved, re-opened memory-mapped and queried
-one query at a time. Printed: build time, peak memory, index size, and per ``nprobe`` recall@10
-against exact search with p50/p99 latency per query. Aim: recall@10 >= 0.95 at p50 <= 2 ms.
+queries drawn the same way (not in the index). Clustered data is kind to an IVF index; ``--clusters
+N`` draws fewer (wider) clusters, and ``--data FILE.npy`` repeats real embeddings (rows of the file)
+with noise instead, to check on your own. Exact search (FAISS brute force, all vectors) gives the
+true top 10, and an in-memory ``IndexFlatIP`` over 200,000 of the rows, scaled linearly, is the
+baseline for latency; the approximate index is medweave's own
+(``medweave.retrieve.vectors.VectorIndex``, IVF), built first (so that the peak RSS printed is the
+build's), saved, re-opened memory-mapped and queried one query at a time on one thread. Printed:
+build time split into k-means and adding, peak memory, index size, the load average, and per
+``nprobe`` recall@10 against exact search with p50/p99 latency per query. Aim: recall@10 >= 0.95 at
+p50 <= 2 ms. ``--build-only`` stops after saving the index (kept, with the data); ``--index DIR``
+queries a kept one (the same ``--seed``, ``--clusters``, ``--data`` and ``--noise`` give the same
+queries): a run split over two sittings.
 
 ``pipeline``: phantom cohorts of N and 10 x N patients (``medweave.demo.phantom``) through each stage
 in its own process (peak RSS of that process alone): cohort build, encode, training data loading,
@@ -67,29 +73,33 @@ def _peak_mb() -> float:
 def synthetic(n: int, seed: int, centres: np.ndarray, out: np.ndarray | None = None, chunk: int = 50_000,
               noise: float = 1.0):
     """n vectors of the mixture (see the module docstring), written into ``out`` chunk by chunk:
-    a random centre plus isotropic noise of norm about ``noise``."""
+    a random centre plus isotropic noise of norm about ``noise`` (float32 throughout)."""
     rng = np.random.default_rng(seed)
     dim = centres.shape[1]
+    scale = np.float32(noise / np.sqrt(dim))
     out = np.empty((n, dim), dtype=np.float32) if out is None else out
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        c = centres[rng.integers(0, len(centres), m)]
-        x = c + noise * rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)
-        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = centres[rng.integers(0, len(centres), m)]
+        x += scale * rng.standard_normal((m, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[start:start + m] = x
     return out
 
 
 def exact_topk(data: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000):
-    """True top k by inner product, over the memory-mapped data in chunks (bounded memory)."""
+    """True top k by inner product (FAISS brute force, ``faiss.knn``), over the memory-mapped data in
+    chunks of ``chunk`` rows (bounded memory), merged."""
+    import faiss
+
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, len(data), chunk):
-        sims = queries @ np.asarray(data[start:start + chunk]).T
-        top = np.argpartition(-sims, k, axis=1)[:, :k]
-        s = np.take_along_axis(sims, top, axis=1)
+        s, top = faiss.knn(queries, np.ascontiguousarray(data[start:start + chunk]), k,
+                           metric=faiss.METRIC_INNER_PRODUCT)
         cand_s = np.concatenate([best_s, s], axis=1)
         cand_i = np.concatenate([best_i, top + start], axis=1)
-        order = np.argsort(-cand_s, axis=1)[:, :k]
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(cand_s, order, axis=1), np.take_along_axis(cand_i, order, axis=1)
     return best_s, best_i
 
@@ -109,57 +119,76 @@ def _latencies(fn, queries: np.ndarray) -> np.ndarray:
     return out * 1000
 
 
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def bench_vectors(args) -> None:
     import faiss
 
     from medweave.retrieve.vectors import VectorIndex
 
-    work = Path(tempfile.mkdtemp(prefix="medweave-scale-", dir=args.tmp))
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     if args.data:  # real embeddings, each repeated with noise
         centres = np.load(args.data).astype(np.float32)
         centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
         what = f"{len(centres):,} real embeddings from {args.data} repeated with noise of norm {args.noise}"
     else:
-        centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+        centres = rng.standard_normal((args.clusters, DIM)).astype(np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        what = f"synthetic: Gaussian mixture of {CLUSTERS} clusters, noise of norm {args.noise}"
+        what = f"synthetic: Gaussian mixture of {args.clusters} clusters, noise of norm {args.noise}"
     dim = centres.shape[1]
-    t0 = time.perf_counter()
-    data = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(args.n, dim))
-    synthetic(args.n, args.seed + 1, centres, data, noise=args.noise)
-    data.flush()
-    gen_s = time.perf_counter() - t0
+    if args.index:  # query an index built and saved by an earlier run (--build-only --keep)
+        work = Path(args.index)
+        data = np.load(work / "vectors.npy", mmap_mode="r")
+        gen_s, fresh = None, False
+    else:
+        work = Path(tempfile.mkdtemp(prefix="medweave-scale-", dir=args.tmp))
+        t0 = time.perf_counter()
+        data = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(args.n, dim))
+        synthetic(args.n, args.seed + 1, centres, data, noise=args.noise)
+        data.flush()
+        gen_s, fresh = time.perf_counter() - t0, True
+    n = len(data)
     queries = synthetic(args.queries, args.seed + 2, centres, noise=args.noise)
-    print(f"data: {args.n:,} x {dim} vectors ({what}), "
-          f"{data.nbytes / 2**30:.2f} GiB memory-mapped, generated in {gen_s:.1f} s; {args.queries} queries; "
-          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"data: {n:,} x {dim} vectors ({what}), {data.nbytes / 2**30:.2f} GiB memory-mapped"
+          + (f", generated in {gen_s:.1f} s" if gen_s is not None else f", from {work}")
+          + f"; {args.queries} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {_load()}", flush=True)
 
+    if fresh:  # built first, so that the process peak RSS printed here is the build's
+        rss0 = _rss_mb()
+        built = VectorIndex.build(data, kind="ivf", nlist=args.nlist, seed=args.seed)
+        build_peak = _peak_mb()
+        m = built.meta
+        t0 = time.perf_counter()
+        built.save(work / "index")
+        save_s = time.perf_counter() - t0
+        del built
+        size_mb = (work / "index" / "index.faiss").stat().st_size / 2**20
+        print(f"IVF build: {m['build_seconds']:.1f} s = k-means on {m['train_size']:,} ({m['train_seconds']:.1f} s, "
+              f"10 iterations, nlist {m['nlist']}) + add {n:,} ({m['add_seconds']:.1f} s); save {save_s:.1f} s; "
+              f"process peak RSS {build_peak:.0f} MB (before build {rss0:.0f} MB; the memory-mapped data counts "
+              f"where paged in); index file {size_mb:.0f} MB; load average {_load()}", flush=True)
+        if args.build_only:
+            print(f"kept in {work}: query it with --index {work} (same --seed/--clusters/--data/--noise)")
+            return
+
+    index = VectorIndex.open(work / "index")  # memory-mapped
+    nlist = index.meta["nlist"]
     t0 = time.perf_counter()
     _, truth = exact_topk(data, queries, K)
     truth_s = time.perf_counter() - t0
-    print(f"exact top {K} for {args.queries} queries (chunked matrix products): {truth_s:.1f} s", flush=True)
-
-    rss0 = _rss_mb()
-    t0 = time.perf_counter()
-    built = VectorIndex.build(data, kind="ivf", nlist=args.nlist, seed=args.seed)
-    build_s = time.perf_counter() - t0
-    build_peak = _peak_mb()
-    built.save(work / "index")
-    nlist, train_size = built.meta["nlist"], built.meta["train_size"]
-    size_mb = (work / "index" / "index.faiss").stat().st_size / 2**20
-    del built
-    index = VectorIndex.open(work / "index")  # memory-mapped
-    print(f"IVF build (train on {train_size:,} + add {args.n:,}): {build_s:.1f} s, nlist {nlist}; "
-          f"process peak RSS {build_peak:.0f} MB (before build {rss0:.0f} MB; the memory-mapped data counts "
-          f"where paged in); index file {size_mb:.0f} MB", flush=True)
+    print(f"exact top {K} for {args.queries} queries (faiss.knn over chunks of 100,000 rows, "
+          f"{faiss.omp_get_max_threads()} threads): {truth_s:.1f} s", flush=True)
 
     # the baseline: exact search, one query at a time, over an in-memory flat index of a slice scaled up
-    flat_n = min(args.n, 200_000)
+    flat_n = min(n, 200_000)
     flat = faiss.IndexFlatIP(dim)
     flat.add(np.ascontiguousarray(data[:flat_n]))
-    lat_flat = _latencies(lambda q: flat.search(q, K), queries[:100]) * (args.n / flat_n)
+    lat_flat = _latencies(lambda q: flat.search(q, K), queries[:100]) * (n / flat_n)
     del flat
     rows = [("exact (IndexFlatIP)", "-", 1.0, np.percentile(lat_flat, 50), np.percentile(lat_flat, 99))]
     for nprobe in args.nprobe:
@@ -174,9 +203,10 @@ def bench_vectors(args) -> None:
     for name, nprobe, recall, p50, p99 in rows:
         print(f"| {name} | {nprobe} | {recall:.3f} | {p50:.2f} | {p99:.2f} |")
     print()
-    print(f"exact latency: {flat_n:,} rows measured, scaled linearly to {args.n:,}; "
-          f"RSS after opening the index memory-mapped and querying: {rss_q:.0f} MB; process peak {_peak_mb():.0f} MB")
-    if not args.keep:
+    print(f"exact latency: {flat_n:,} rows measured, scaled linearly to {n:,}; "
+          f"RSS after opening the index memory-mapped and querying: {rss_q:.0f} MB; process peak {_peak_mb():.0f} MB; "
+          f"load average {_load()}")
+    if not args.keep and not args.index:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
@@ -498,6 +528,13 @@ def main() -> None:
     v.add_argument("--data", default=None, help="an .npy of real embeddings (rows) to repeat with noise instead of "
                    "the synthetic mixture")
     v.add_argument("--noise", type=float, default=1.0, help="norm of the noise added to each centre / real row")
+    v.add_argument("--clusters", type=int, default=CLUSTERS, help=f"synthetic mixture: clusters (default {CLUSTERS}; "
+                   "fewer clusters with the same noise is a harder case for IVF)")
+    v.add_argument("--threads", type=int, default=None, help="FAISS threads for building and exact search "
+                   "(default: FAISS's own, the cores; queries are timed on one thread)")
+    v.add_argument("--build-only", action="store_true", help="generate, build and save, then stop (implies --keep): "
+                   "a 1M run split over two sittings")
+    v.add_argument("--index", default=None, help="a folder kept by --build-only: query its index and data")
     v.add_argument("--tmp", default=None, help="folder for the data and index files (default: system temp)")
     v.add_argument("--keep", action="store_true", help="keep the data and index files")
     p = sub.add_parser("pipeline", help="peak RSS and time per stage at N and 10 x N phantom patients")

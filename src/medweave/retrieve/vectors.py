@@ -81,9 +81,12 @@ class VectorIndex:
             index.cp.seed = seed
             index.cp.niter = 10
             index.train(unit_rows(vectors[sample]))
-            meta.update(nlist=nlist, nprobe=nprobe, train_size=int(len(sample)))
+            meta.update(nlist=nlist, nprobe=nprobe, train_size=int(len(sample)),
+                        train_seconds=round(time.perf_counter() - t0, 3))
+        t_add = time.perf_counter()
         for start in range(0, n, chunk):
             index.add(unit_rows(vectors[start:start + chunk]))
+        meta["add_seconds"] = round(time.perf_counter() - t_add, 3)
         meta["build_seconds"] = round(time.perf_counter() - t0, 3)
         return cls(index, kind, meta)
 
