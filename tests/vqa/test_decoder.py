@@ -217,3 +217,28 @@ def test_ask_answers_through_the_open_gate(decoder_model, tmp_path):
     q = next(q for q in held.questions if not q.closed)
     res = ask(Answerer.load(tmp_path / "open"), held.image_path(q.image), q.question)
     assert res["answer"] == "right head" and res["type"] == "open"
+
+
+def test_the_decoder_reads_the_question_standardised_on_its_training_rows():
+    """As the answerer's networks do (``question_scale``): the decoder keeps its open training rows'
+    question mean and sd as buffers and standardises the question part of every input row with them."""
+    import torch
+
+    from medweave.vqa.decoder import build_decoder, fit_decoder
+
+    rng = np.random.default_rng(0)
+    q_dim, pic = 16, 8
+    q = rng.normal(0.01, 0.02, (40, q_dim)).astype(np.float32)  # e5-like: per-dimension sd about 0.02
+    x = np.concatenate([rng.normal(size=(40, pic)).astype(np.float32), q], 1)
+    words, state = fit_decoder(x, ["left lung", "right lung"] * 20, hidden=8, epochs=1, q_dim=q_dim)
+    np.testing.assert_allclose(state["q_mean"].numpy(), q.mean(0), atol=1e-6)
+    np.testing.assert_allclose(state["q_std"].numpy(), q.std(0) + 1e-3, atol=1e-6)
+    net = build_decoder(len(words), x.shape[1], 8, q_dim)
+    net.load_state_dict(state)
+    seen = {}
+    net.cond.register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0]))
+    net.eval()
+    with torch.inference_mode():
+        net.condition(torch.from_numpy(x))
+    read = seen["inp"][:, pic:].numpy()
+    assert np.abs(read.mean(0)).max() < 1e-4 and np.allclose(read.std(0), 1.0, atol=0.1)
