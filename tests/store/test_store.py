@@ -142,6 +142,44 @@ def test_sweep_removes_blobs_without_rows_and_partial_files(tmp_path, text_files
     assert unreferenced_bytes(tmp_path / "s") == 0
 
 
+def test_the_sweep_looks_files_up_a_chunk_at_a_time_and_adds_up_packs_in_the_catalog(tmp_path, text_files,
+                                                                                      monkeypatch):
+    """The sweep holds no set of every address: files on disk are looked up SWEEP_CHUNK at a time,
+    and the packs' ends and used bytes come from DuckDB. Files of a store whose every blob is a file
+    are kept or deleted the same across chunks; a range named by two rows counts once."""
+    import medweave.store.catalog as catalog
+
+    monkeypatch.setattr(catalog, "SWEEP_CHUNK", 3)
+    monkeypatch.setattr(catalog, "PACK_MAX_BLOB", 0)  # every blob a file of its own
+    text_files(tmp_path / "in", 8)
+    with Store(tmp_path / "s", write=True) as st:
+        assert ingest([tmp_path / "in"], st, progress=False).ok
+        kept = blob_files(tmp_path / "s")
+        assert len(kept) == 8 and not list(st.pack_files())
+        for i in range(5):  # orphans in several folders, spread over the chunks
+            data = f"a blob without a row {i}".encode()
+            st.put_blob(data, sha256_bytes(data), ".bin")
+        assert len(blob_files(tmp_path / "s")) == 13
+        assert st.sweep() == 5 and blob_files(tmp_path / "s") == kept
+        monkeypatch.setattr(catalog, "PACK_MAX_BLOB", 1 << 20)
+        a, b = b"first packed blob", b"second packed blob, longer"
+        rel_a, rel_b = st.put_blob(a, sha256_bytes(a), ".bin"), st.put_blob(b, sha256_bytes(b), ".bin")
+        tail = st.put_blob(b"never named", "ef" * 32, ".bin")
+        st.sync_blobs()
+        item_ids = st.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 3").fetchall()
+        for (iid,), rel in zip(item_ids, [rel_a, rel_b, rel_b]):  # rel_b named by two rows
+            st.con.execute("UPDATE items SET blob = ? WHERE item_id = ?", [rel, iid])
+        pack = blob_location(st.root, rel_a)[0].relative_to(st.root).as_posix()
+        assert blob_location(st.root, tail)[0] == st.root / pack
+        ends, used = st._pack_use()
+        assert ends == {pack: len(a) + len(b)} and used == {pack: len(a) + len(b)}
+        assert st._pack_use(used=False) == (ends, {})
+        assert st.sweep() == 4  # the three files no row names now, and the pack's never-named tail
+        assert (st.root / pack).stat().st_size == len(a) + len(b)
+        assert st.read_blob(rel_a) == a and st.read_blob(rel_b) == b
+        assert not st.verify().orphans  # (the rows repointed here fail its hash check, rightly)
+
+
 def test_a_full_pack_is_closed_and_the_next_blob_starts_a_new_one(tmp_path, text_files, monkeypatch):
     """Packs of at most PACK_MAX_BYTES: a run writing more spreads its blobs over several packs, each
     read back whole, and a second run never appends to the packs of the first."""
