@@ -909,7 +909,8 @@ def _syntax_encoding(ts: str) -> tuple[bool, bool] | None:
 
 def _encoding_matches(ds: Dataset) -> bool:
     implicit, little = read_encoding(ds)
-    ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) else None
+    meta = getattr(ds, "file_meta", None)
+    ts = fast_get(meta, "TransferSyntaxUID") if meta else None  # (``meta.get`` decoded a UID object)
     if ts is None:
         return True
     return (implicit, little) == _syntax_encoding(str(ts))
