@@ -260,30 +260,58 @@ def _tag(keyword: str) -> BaseTag:
     return interned_tag(int(tag))
 
 
+_FAST_MEMO: dict[tuple, object] = {}  # (tag, VR, raw bytes, little endian) -> decoded value
+_FAST_MEMO_MAX = 16384  # entries (values of up to _FAST_MEMO_VALUE bytes): bounded memory
+_FAST_MEMO_VALUE = 256
+_NOT_FAST = object()  # memoised: this raw value goes through pydicom
+
+
 def fast_get(ds: Dataset, keyword: str, default=None):
     """``ds.get(keyword)`` without pydicom's value conversion where the raw bytes are plain ASCII
     text or a small integer: text comes back as ``str`` (a list of ``str`` when multi-valued),
     numbers as ``int``. Anything else (sequences, other character sets, binary data) goes through
-    pydicom. Much faster for the few dozen attributes ingest reads from every file."""
+    pydicom. Much faster for the few dozen attributes ingest reads from every file. Decoded short
+    values are memoised by their tag, VR, bytes and byte order (the slices of a series repeat most
+    of them; the decoding is a function of those four alone)."""
     tag = _tag(keyword)
     elem = ds._dict.get(tag)
     if elem is None:
         return default
     if isinstance(elem, RawDataElement) and isinstance(elem.value, (bytes, bytearray)):
-        vr, value = _vr(elem), elem.value
-        if vr in _FAST_TEXT_VRS and value.isascii():
-            text = value.decode("ascii").rstrip("\x00 ")
-            if vr in ("LT", "ST", "UT"):
-                return text
-            parts = [v.strip(" \x00") for v in text.split("\\")] if text else [""]
-            return parts[0] if len(parts) == 1 else parts
-        code = _FAST_INT.get(vr)
-        if code and len(value) == struct.calcsize(code):
-            return struct.unpack(("<" if elem.is_little_endian is not False else ">") + code, value)[0]
+        value = elem.value
+        if type(value) is bytes and len(value) <= _FAST_MEMO_VALUE:
+            key = (tag, elem.VR, value, elem.is_little_endian)
+            hit = _FAST_MEMO.get(key)
+            if hit is None:
+                hit = _fast_decode(elem)
+                if len(_FAST_MEMO) >= _FAST_MEMO_MAX:
+                    _FAST_MEMO.clear()
+                _FAST_MEMO[key] = tuple(hit) if type(hit) is list else hit
+            elif type(hit) is tuple:
+                return list(hit)  # (a fresh list each time, as before: callers may change it)
+        else:
+            hit = _fast_decode(elem)
+        if hit is not _NOT_FAST:
+            return hit
     try:
         return ds[tag].value
     except Exception:
         return default
+
+
+def _fast_decode(elem: RawDataElement):
+    """The value of a raw element decoded without pydicom (``fast_get``), or ``_NOT_FAST``."""
+    vr, value = _vr(elem), elem.value
+    if vr in _FAST_TEXT_VRS and value.isascii():
+        text = value.decode("ascii").rstrip("\x00 ")
+        if vr in ("LT", "ST", "UT"):
+            return text
+        parts = [v.strip(" \x00") for v in text.split("\\")] if text else [""]
+        return parts[0] if len(parts) == 1 else parts
+    code = _FAST_INT.get(vr)
+    if code and len(value) == struct.calcsize(code):
+        return struct.unpack(("<" if elem.is_little_endian is not False else ">") + code, value)[0]
+    return _NOT_FAST
 
 
 # --- small value parsers ---------------------------------------------------------------------------
