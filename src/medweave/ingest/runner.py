@@ -632,7 +632,7 @@ def ingest(
     still alone writes and commits, in the same order: the store ends the same.
     """
     report = IngestReport()
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, Path) else Path(p) for p in paths]
     if fmt:
         ADAPTERS.get(fmt)  # an unknown name raises, listing the allowed formats
     adapters = _adapter_instances(report.warnings)

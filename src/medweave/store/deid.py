@@ -227,11 +227,14 @@ class Deidentifier:
                      known: tuple[str, ...] | list[str] | set[str] = ()) -> str:
         """The path stored for a source: relative to the ``root`` the user gave (starting with the
         root's own name), each part scrubbed by ``path_part``. With ``keep_phi``: the path as given."""
-        path = Path(path)
+        if not isinstance(path, Path):
+            path = Path(path)
         if self.keep_phi:
             return str(path)
         parts: tuple[str, ...]
-        if root is None or Path(root) == path:
+        # (``root is path``: a file named on the command line is its own root; comparing paths
+        # costs more than the rest of this)
+        if root is None or root is path or Path(root) == path:
             parts = (path.name,)
         else:
             root = Path(root)
