@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,12 +266,18 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) so a file of many units is read once. A file
-    of up to ``HOLD_MAX_BYTES`` is read whole and its bytes held for its adapter (``source_bytes``):
-    hashed while read, parsed from the same bytes, read from disk once."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+def _file_sha256(path: Path) -> str | None:
+    """sha256 of a file (None: not a regular file, or none there: a folder unit), memoised by (path,
+    size, mtime) so a file of many units is read once. A file of up to ``HOLD_MAX_BYTES`` is read whole
+    and its bytes held for its adapter (``source_bytes``): hashed while read, parsed from the same
+    bytes, read from disk once."""
+    try:
+        st = os.stat(path)  # (one stat: ``Path.is_file`` before it was a second)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -294,14 +301,20 @@ def _fingerprint(adapter: Adapter, unit: Unit, ctx: IngestContext) -> str:
     namespace and no options add nothing, so stores written before they counted keep their fingerprints."""
     h = hashlib.sha256()
     h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
-    if unit.path.is_file():
-        h.update(_file_sha256(unit.path).encode())
-    h.update(canonical_json(unit.extra).encode())
+    digest = _file_sha256(unit.path)
+    if digest is not None:
+        h.update(digest.encode())
+    extra = unit.extra
+    h.update(b"{}" if type(extra) is dict and not extra else canonical_json(extra).encode())
     names = adapter.option_names
     options = {k: str(v) for k, v in ctx.options.items() if names is None or k in names}
     if options or ctx.namespace != "default":
         h.update(canonical_json({"namespace": ctx.namespace, "options": options}).encode())
     return ctx.deid.keyed("source", h.hexdigest())
+
+
+_ITEM_FIELD_NAMES = frozenset(ITEM_FIELDS)
+_NO_FIELDS = dict.fromkeys(ITEM_FIELDS)  # every item column, None until an item sets it
 
 
 class _Batch:
@@ -349,7 +362,7 @@ class _Batch:
             rel = None
             if it.blob is not None:
                 rel = self.store.put_blob(it.blob, chash, it.blob_ext, keep=it.read_back)
-            unknown = set(it.fields) - set(ITEM_FIELDS)
+            unknown = it.fields.keys() - _ITEM_FIELD_NAMES
             if unknown:
                 raise IngestError(f"adapter {adapter.name} set unknown item fields {sorted(unknown)}")
             row = {
@@ -360,7 +373,7 @@ class _Batch:
                 "content_hash": chash,
                 "blob": rel,
                 "bytes": len(it.blob) if it.blob is not None else None,
-                **{k: None for k in ITEM_FIELDS},
+                **_NO_FIELDS,
                 **it.fields,
                 "labels": canonical_json(it.labels) if it.labels else None,
                 "meta": canonical_json(it.meta) if it.meta else None,

@@ -817,7 +817,12 @@ def _rescaled(data: bytes, member: _Slice | None = None) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return array
     if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.int32) * int(slope) + int(intercept)
+        out = array.astype(np.int32)  # (in place from here: the same int32 arithmetic, one array)
+        if slope != 1.0:
+            out *= int(slope)
+        if intercept != 0.0:
+            out += int(intercept)
+        return out
     return array * slope + intercept
 
 
