@@ -814,6 +814,7 @@ def _markers() -> tuple[DataElement, ...]:
 
 
 _MARKERS = _markers()
+_MARKER_IDS = frozenset(id(m) for m in _MARKERS)
 _KEEP, _DROP = object(), object()  # memoised outcomes of an element (else (VR, new raw value))
 _MEMO_VALUE_MAX = 1024  # bytes: longer values are de-identified every time (not worth hashing)
 _MEMO_MAX = 4096  # outcomes per context
@@ -953,13 +954,17 @@ def _meta_bytes(meta: FileMetaDataset) -> bytes:
     return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(group)) + group
 
 
+_HEADER_STRUCTS = {(implicit, little, long): struct.Struct(("<" if little else ">") + (
+    "HHI" if implicit else "HH2sHI" if long else "HH2sH"))
+    for implicit in (False, True) for little in (False, True) for long in (False, True)}
+
+
 def _header(tag: int, vr: str, length: int, implicit: bool, little: bool) -> bytes:
-    order = "<" if little else ">"
     if implicit:
-        return struct.pack(order + "HHI", tag >> 16, tag & 0xFFFF, length)
+        return _HEADER_STRUCTS[True, little, False].pack(tag >> 16, tag & 0xFFFF, length)
     if vr in _LONG_HEADER_VRS:
-        return struct.pack(order + "HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
-    return struct.pack(order + "HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
+        return _HEADER_STRUCTS[False, little, True].pack(tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+    return _HEADER_STRUCTS[False, little, False].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
 @lru_cache(maxsize=256)
@@ -994,15 +999,24 @@ def write_patched(result: DeidResult, data: bytes, spans: dict[int, tuple[int, i
     encodings = ds._character_set
     pieces = [_meta_bytes(ds.file_meta)]
     view = memoryview(data)
-    markers = {id(m) for m in _MARKERS}
+    markers = _MARKER_IDS
     changed = {int(t) for t in result.changed}  # plain ints: BaseTag compares in Python
     elements = ds._dict
+    run_start = run_end = -1  # untouched elements next to each other in ``data``: copied as one range
     for key in sorted(elements, key=int):
         tag = int(key)
-        if tag in spans and tag not in changed:
-            start, end = spans[tag]
-            pieces.append(view[start:end])
+        span = spans.get(tag)
+        if span is not None and tag not in changed:
+            if span[0] == run_end:
+                run_end = span[1]
+            else:
+                if run_end >= 0:
+                    pieces.append(view[run_start:run_end])
+                run_start, run_end = span
             continue
+        if run_end >= 0:
+            pieces.append(view[run_start:run_end])
+            run_start = run_end = -1
         elem = elements[key]
         if isinstance(elem, RawDataElement) and elem.VR and len(elem.value or b"") < 0xFFFF:
             pieces.append(_header(tag, elem.VR, len(elem.value), implicit, little) + elem.value)
@@ -1014,6 +1028,8 @@ def write_patched(result: DeidResult, data: bytes, spans: dict[int, tuple[int, i
             pieces.append(_MARKER_BYTES[marker])
             continue
         pieces.append(_encoded(ds[key], implicit, little, encodings))
+    if run_end >= 0:
+        pieces.append(view[run_start:run_end])
     return b"".join(pieces)
 
 
