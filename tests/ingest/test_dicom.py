@@ -335,3 +335,30 @@ def test_object_without_pixels_is_reported_with_its_class(tmp_path):
         report = ingest([src], store, progress=False)
     assert report.n_failed == 1
     assert report.errors[0][1] == "DICOM RT Plan Storage: no pixel data, waveform or report text to ingest"
+
+
+def test_pixel_statistics_skip_no_work_that_changes_them():
+    """Pixel statistics read the stored values without the unused-bit shifts when the pixels are in
+    the stored range, and sum integers in integers: every case gives what the plain computation
+    (shift, then a float64 sum) gives, including pixels with high bits set past Bits Stored."""
+    import numpy as np
+
+    from medweave.ingest.adapters.dicom import _exact_sum, _unused_bits
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.integers(0, 4096, 4096).astype("<u2"), 16, 12),
+        (rng.integers(-2048, 2048, 4096).astype("<i2"), 16, 12),
+        (rng.integers(0, 65536, 4096).astype("<u2"), 16, 12),  # high bits set: masked
+        (rng.integers(-32768, 32768, 4096).astype("<i2"), 16, 12),  # sign bits wrong: extended
+        (rng.integers(0, 256, 4096).astype("u1"), 8, 8),
+        (rng.integers(-2**31, 2**31 - 1, 4096).astype("<i4"), 32, 32),
+        (rng.integers(0, 2**31, 4096).astype(">u4"), 32, 24),
+    ]
+    for array, allocated, stored in cases:
+        shift = allocated - stored
+        plain = (array << shift) >> shift if shift else array
+        ours = _unused_bits(array, allocated, stored)
+        assert np.array_equal(ours, plain) and ours.dtype == plain.dtype
+        lo, hi = float(plain.min()), float(plain.max())
+        assert _exact_sum(ours, lo, hi) == float(plain.sum(dtype=np.float64))

@@ -128,3 +128,49 @@ def test_remembered_outcomes_give_the_bytes_a_fresh_deidentifier_gives():
             for mrn, name, _ in files:
                 assert mrn.encode() not in got and name.split("^")[0].encode() not in got
     assert shared.__dict__.get("_dicom_memos"), "nothing was remembered: the test tests nothing"
+
+
+def test_new_dataset_is_the_data_set_pydicom_builds():
+    """``new_dataset`` copies a fresh data set's state instead of running pydicom's constructor: the
+    fast path is taken with this pydicom, and what it builds equals pydicom's own, container by
+    container, none shared between two data sets."""
+    from pydicom.dataset import FileMetaDataset
+
+    from medweave.store.deid_dicom import _FRESH_STATE, new_dataset
+
+    assert all(state is not None for state in _FRESH_STATE.values())  # pydicom's state is as expected
+    for cls in (Dataset, FileMetaDataset):
+        ours, theirs = new_dataset(cls, {}), cls({})
+        assert type(ours) is cls and ours.__dict__ == theirs.__dict__
+        other = new_dataset(cls)
+        for name in ("_dict", "_private_blocks", "_pixel_id", "_pixel_array_opts"):
+            assert getattr(ours, name) is not getattr(other, name)
+    ds = new_dataset(Dataset, {})
+    ds.PatientName = "Doe^Jane"
+    assert ds.PatientName == "Doe^Jane" and "PatientName" not in new_dataset(Dataset)
+
+
+def test_fast_get_memo_hands_out_fresh_lists_and_follows_the_bytes():
+    """Decoded values are memoised by tag, VR and bytes: a changed value reads as changed, and a
+    multi-valued one comes back as a new list each time (changing it changes nothing remembered)."""
+    from pydicom.dataelem import RawDataElement
+
+    from medweave.store.deid_dicom import _tag, fast_get
+
+    def raw(keyword, vr, value):
+        tag = _tag(keyword)
+        return tag, RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+    ds = Dataset()
+    tag, elem = raw("ImageType", "CS", b"ORIGINAL\\PRIMARY\\AXIAL ")
+    ds._dict[tag] = elem
+    first = fast_get(ds, "ImageType")
+    assert first == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    first.append("CHANGED")
+    assert fast_get(ds, "ImageType") == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    tag, elem = raw("ImageType", "CS", b"DERIVED\\SECONDARY")
+    ds._dict[tag] = elem
+    assert fast_get(ds, "ImageType") == ["DERIVED", "SECONDARY"]
+    tag, elem = raw("Rows", "US", b"\x80\x00")
+    ds._dict[tag] = elem
+    assert fast_get(ds, "Rows") == 128 == fast_get(ds, "Rows")
