@@ -391,9 +391,18 @@ def _age(ds: Dataset) -> float | None:
 
 def _name_parts(value: object) -> list[str]:
     """Components of a person name (split at ^ and =) and their words."""
-    parts = [p.strip() for p in re.split(r"[\^=]", str(value or "")) if p.strip()]
+    return list(_name_parts_of(str(value or "")))
+
+
+_NAME_SEPARATORS = re.compile(r"[\^=]")
+
+
+@lru_cache(maxsize=4096)
+def _name_parts_of(text: str) -> tuple[str, ...]:
+    """``_name_parts`` of a text, memoised (the slices of a series name the same people)."""
+    parts = [p.strip() for p in _NAME_SEPARATORS.split(text) if p.strip()]
     words = [w for p in parts for w in p.split() if w != p]
-    return parts + words
+    return tuple(parts + words)
 
 
 def _values(value: object) -> list:
@@ -416,6 +425,12 @@ def known_identifiers(ds: Dataset) -> tuple[str, ...]:
 
 
 def _tokens(values) -> tuple[str, ...]:
+    return _sorted_tokens(tuple(values))
+
+
+@lru_cache(maxsize=1024)
+def _sorted_tokens(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The distinct values of 3+ characters, longest first (memoised: a series repeats them)."""
     return tuple(sorted({t for t in values if len(t) >= 3}, key=lambda t: (-len(t), t)))
 
 
@@ -590,8 +605,9 @@ class _Cleaner:
         memo = self.memo
         for tag, elem in list(elements.items()):
             key = None
-            if (memo is not None and type(elem) is RawDataElement and not tag >> 16 & 1 and tag != PIXEL_DATA
-                    and type(elem.value) is bytes and len(elem.value) <= _MEMO_VALUE_MAX):
+            if (memo is not None and type(elem) is RawDataElement and not tag >> 16 & 1
+                    and type(elem.value) is bytes and len(elem.value) <= _MEMO_VALUE_MAX
+                    and int(tag) != PIXEL_DATA):  # (int: BaseTag compares in Python)
                 key = (tag, elem.VR, elem.value)
                 done = memo.get(key)
                 if done is not None:
