@@ -118,10 +118,37 @@ def _adapter_instances(warnings: list[str]) -> dict[str, Adapter]:
     return out
 
 
+def _read_whole(path: Path, size: int) -> bytes:
+    """The whole content of a file, read with os-level calls (a buffered file object cost as much as
+    the read of a small file): ``size`` bytes asked first, then on to the end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        chunks = [os.read(fd, size + 1)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
+
+
+def _read_head(path: Path) -> bytes:
+    """The first ``HEAD_BYTES`` of a file (fewer when it is shorter), read with os-level calls."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        head = os.read(fd, HEAD_BYTES)
+        while len(head) < HEAD_BYTES:
+            more = os.read(fd, HEAD_BYTES - len(head))
+            if not more:
+                break
+            head += more
+        return head
+    finally:
+        os.close(fd)
+
+
 def _sniff(path: Path, adapters: dict[str, Adapter]) -> tuple[Adapter | None, bytes]:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
+        head = _read_head(path)
     except OSError:
         return None, b""
     best, score = None, 0.0
@@ -280,12 +307,12 @@ def _file_sha256(path: Path) -> str | None:
     key = (os.fspath(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
         h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            if st.st_size <= HOLD_MAX_BYTES:
-                data = fh.read()
-                h.update(data)
-                hold_source_bytes(path, data)
-            else:
+        if st.st_size <= HOLD_MAX_BYTES:
+            data = _read_whole(path, st.st_size)
+            h.update(data)
+            hold_source_bytes(path, data)
+        else:
+            with open(path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         if len(_FILE_HASHES) > 4096:
