@@ -215,9 +215,10 @@ def blob_location(root: str | Path, rel: str) -> tuple[Path, int, int | None]:
     """Where blob ``rel`` of store ``root`` lies: (file, offset, length), length None for a blob that
     is a whole file. The one place that knows both blob layouts (a file, a range of a pack)."""
     m = _PACKED_RE.fullmatch(rel)
+    root = root if isinstance(root, Path) else Path(root)  # (a Path made again per blob cost more than the match)
     if m is None:
-        return Path(root) / rel, 0, None
-    return Path(root) / m.group(1), int(m.group(2)), int(m.group(3))
+        return root / rel, 0, None
+    return root / m.group(1), int(m.group(2)), int(m.group(3))
 
 
 def _read_location(path: Path, offset: int, length: int | None) -> bytes:
@@ -237,6 +238,9 @@ def _read_location(path: Path, offset: int, length: int | None) -> bytes:
         os.close(fd)
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: str = "") -> bytes:
     """The bytes of blob ``rel`` under store ``root`` (a file, or a range of a pack), checked against
     the SHA-256 in its name.
@@ -245,7 +249,7 @@ def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: 
     or its bytes no longer match: a damaged blob is never silently decoded into wrong pixels or text.
     """
     path, offset, length = blob_location(root, rel)
-    expected = Path(rel).name[:64]
+    expected = rel.rstrip("/").rsplit("/", 1)[-1][:64]  # (the name: Path(rel).name, without a Path)
     try:
         data = _read_location(path, offset, length)
     except FileNotFoundError:
@@ -257,7 +261,7 @@ def read_verified(root: str | Path, rel: str, item_id: str | None = None, what: 
             f"{_describe(rel, item_id, what)} is cut short: its pack {path.name} holds {len(data):,} of its "
             f"{length:,} bytes; run `medweave store verify --store {root} --forget-damaged`, then ingest its "
             f"source again", rel, item_id)
-    if len(expected) == 64 and all(c in "0123456789abcdef" for c in expected):
+    if _SHA256_HEX.fullmatch(expected):
         got = sha256_bytes(data)
         if got != expected:
             raise BlobIntegrityError(
