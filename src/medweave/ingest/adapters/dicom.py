@@ -211,9 +211,20 @@ def encode_dataset(ds: Dataset) -> bytes:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    """``np.save`` of ``array`` into bytes (deterministic, no pickle)."""
+    """``np.save`` of ``array`` into bytes (deterministic, no pickle). A numeric array whose header
+    fits format 1.0 (the version ``np.save`` picks then) is written as that header and its data
+    joined in one copy; ``np.save`` into a buffer copied a series volume three times."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.kind in "biufc" and not array.dtype.hasobject:
+        head = io.BytesIO()
+        try:
+            np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(array))
+        except ValueError:  # a header too long for 1.0: np.save's own choice of version
+            pass
+        else:
+            return b"".join((head.getvalue(), memoryview(array).cast("B")))
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
 
 
