@@ -66,6 +66,8 @@ def test_presence_mask_targets_and_covariates(store):
     assert all(len(v) == 0 for v in absent["text_items"])
     assert set(c.table["disease"].unique()) <= {0, 1}
     assert set(c.table["sex"]) == {"F", "M"}
+    # an item column as covariate: the chunks read it (they read only the columns a case row needs)
+    assert sorted(c.table["age"]) == sorted(40 + p % 30 for p in range(120))  # patient ids are pseudonyms
 
 
 def test_study_cases_and_splits_grouped_by_patient(store):
