@@ -58,6 +58,7 @@ from medweave.train.pipeline import (FINETUNE_MODALITY, apply_missing, build_dat
 REPO = Path(__file__).resolve().parents[1]
 MNAR_TRAIN = {1: 0.5, 0: 0.0}
 MNAR_FLIP = {0: 0.5, 1: 0.0}
+TRAIN_DEFAULTS: dict = {}  # TrainConfig fields every model of the run gets (--no-cv-ensemble)
 
 
 def resplit_holdout(cohort: Cohort, valid_share: float = 0.15, seed: int = 0) -> Cohort:
@@ -139,8 +140,8 @@ def train_model(kind: str, train_ds: Dataset, seed: int, hidden: int = 64, selec
                            seed=seed, **kw)
 
     target = next(iter(train_ds.targets))
-    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=0.05, patience=10, seed=seed,
-                      balance_patients=balance_patients, **(train_kw or {}))
+    cfg = TrainConfig(**{"epochs": 80, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "patience": 10,
+                         "seed": seed, "balance_patients": balance_patients, **TRAIN_DEFAULTS, **(train_kw or {})})
     if kind == "stacked":  # each part on its own, the combiner on their held-out logits
         model = make()
         if select == "cv":
@@ -229,6 +230,7 @@ def fusion_table(title: str, cohort: Cohort, ds: Dataset, target: str, seeds: in
     out = {}
     print(f"\n{title}: AUROC on the test split (seed 0 [95% CI over patients]; mean ± sd over {seeds} seed(s))")
     print(f"  model selection: {'patient-grouped 5-fold CV over train+valid' if select == 'cv' else 'valid split'}"
+          f"{'' if select != 'cv' else '; model kept: ' + ('the one fitted on all' if TRAIN_DEFAULTS.get('cv_ensemble') is False else 'mean of it and the 5 fold models')}"
           f"{'; patient-balanced loss' if balance_patients else ''}"
           f"{'; tabular inputs also through a linear path' if linear else '; no linear paths'}")
     if any(k != "clean" for k in keys):
@@ -313,6 +315,7 @@ def outer_cv_table(title: str, ds: Dataset, target: str, folds: int, seeds: int,
     print(f"\n{title}: pooled out-of-fold AUROC, {folds} outer folds by patient (stratified), all {len(ds)} "
           f"cases of {len(set(map(str, groups)))} patients; seed 0 [95% CI over patients] (mean ± sd over "
           f"{seeds} seed(s)); every choice (epochs, temperature) made inside the training folds"
+          f"; model kept: {'the one fitted on all' if TRAIN_DEFAULTS.get('cv_ensemble') is False else 'mean of it and the 5 fold models'}"
           f"{'; patient-balanced loss' if balance_patients else ''}")
     preds: dict[str, list[np.ndarray]] = {}
     out: dict = {}
@@ -428,6 +431,9 @@ def main() -> int:
     ap.add_argument("--balance-patients", action="store_true", help="each patient weighs the same in the loss")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed tables")
     ap.add_argument("--no-linear", action="store_true", help="fusers without linear paths (model.linear = [])")
+    ap.add_argument("--no-cv-ensemble", action="store_true",
+                    help="with --select cv: keep the model trained on all cases alone, not the mean of it and the "
+                         "fold models (train.cv_ensemble = false; the figures before the ensemble)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"table rows, of: {', '.join(ROWS)}")
     ap.add_argument("--finetune-blocks", type=int, default=0,
                     help="NIH: also the table with the image encoder's last N blocks fine-tuned on the train split")
@@ -444,6 +450,8 @@ def main() -> int:
     if [k for k in row_keys if k not in ROWS]:
         ap.error(f"--rows: {[k for k in row_keys if k not in ROWS][0]!r} is not known; allowed: {', '.join(ROWS)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.no_cv_ensemble:
+        TRAIN_DEFAULTS["cv_ensemble"] = False
     import torch
 
     torch.set_num_threads(1)  # small models: one thread is faster than several on a shared CPU

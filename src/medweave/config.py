@@ -129,6 +129,10 @@ class TrainSection(_Strict):
     # count that minimises the mean held-out loss), then one model on all of them for that many
     # epochs, calibrated on the out-of-fold predictions. 0: stop on the valid split.
     cv_folds: int = Field(0, ge=0, le=20)
+    # With cv_folds > 1: the model kept is the mean of the k fold models (each at the chosen epoch) and
+    # the model trained on all cases (fuse.models.EnsembleFusion), not that last model alone. False:
+    # the last model alone (models trained before this option).
+    cv_ensemble: bool = True
 
 
 class EncodeSection(_Strict):

@@ -160,6 +160,46 @@ def test_cross_validated_stopping_trains_the_final_model_for_the_chosen_epochs()
     np.testing.assert_array_equal(p, predict_logits(again["model"], ds.subset(np.arange(400, 500)))["y"].reshape(-1))
 
 
+def test_cv_ensemble_is_the_fold_models_and_the_final_one(tmp_path):
+    """``train.cv_ensemble``: ``fit_cv`` keeps the k fold models (each the fit that gave its fold's held-out
+    logits) and the model trained on all cases, and predicts with their mean logits (and steps); off, the
+    last one alone. The ensemble saves and reloads to the same predictions."""
+    from medweave.fuse import EnsembleFusion, ensemble_members
+    from medweave.train import fit_cv, group_folds
+
+    ds = toy(n=300, seed=2)
+    ds.groups = np.array([f"p{i // 3}" for i in range(300)])
+    make = lambda: build_model("sequential", {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16, seed=0,  # noqa: E731
+                               order=["a", "b"])
+    res = fit_cv(make, ds, list(ds.groups), TrainConfig(epochs=8, patience=3, seed=0), folds=3, progress=False)
+    model = res["model"]
+    assert isinstance(model, EnsembleFusion) and res["cv_members"] == 4 == ensemble_members(model)
+    fold = group_folds(list(ds.groups), 3, 0)
+    for f in range(3):  # member f is the model that scored fold f out of fold
+        va = np.flatnonzero(fold == f)
+        np.testing.assert_allclose(predict_logits(model.members[f], ds.subset(va))["y"], res["oof_logits"]["y"][va],
+                                   rtol=0, atol=1e-6)
+    x, mask, _ = ds.tensors(np.arange(40))
+    mask[::2, 1] = False  # per-sample skipping holds in every member
+    with torch.no_grad():
+        out, outs = model(x, mask), [m(x, mask) for m in model.members]
+    for key in ("logits", "steps"):
+        torch.testing.assert_close(out[key]["y"], torch.stack([o[key]["y"] for o in outs]).mean(dim=0))
+    assert torch.equal(out["step_present"], outs[0]["step_present"]) and out["order"] == ["a", "b"]
+    single = fit_cv(make, ds, list(ds.groups), TrainConfig(epochs=8, patience=3, seed=0, cv_ensemble=False), folds=3,
+                    progress=False)
+    assert not isinstance(single["model"], EnsembleFusion) and single["cv_members"] == 1
+    np.testing.assert_array_equal(predict_logits(single["model"], ds)["y"], predict_logits(model.members[-1], ds)["y"])
+    arch = {"kind": "sequential", "dims": {"a": 5, "b": 7}, "heads": [vars(HeadSpec("y"))],
+            "kwargs": {"hidden": 16, "order": ["a", "b"]}, "members": ensemble_members(model)}
+    save_checkpoint(tmp_path / "ens", model, {"architecture": arch})
+    loaded, _ = load_checkpoint(tmp_path / "ens")
+    assert isinstance(loaded, EnsembleFusion) and len(loaded.members) == 4
+    np.testing.assert_array_equal(predict_logits(loaded, ds)["y"], predict_logits(model, ds)["y"])
+    with pytest.raises(ValueError, match="different kinds"):
+        EnsembleFusion([make(), build_model("concat", {"a": 5, "b": 7}, [HeadSpec("y")], hidden=16)])
+
+
 def test_linear_path_reads_a_modality_only_where_it_is_present():
     ds = toy(n=50)
     for kind in ("sequential", "concat", "attention"):
@@ -307,6 +347,7 @@ def test_a_stacked_experiment_trains_saves_and_reloads(tmp_path):
     assert 1 <= res.fit["epochs_run"] <= 8 and "disease" in res.temperatures
     model, saved = load_checkpoint(tmp_path / "model")
     assert saved["architecture"]["kind"] == "stacked"
+    assert saved["architecture"]["members"] == 4  # each part: its 3 fold models and the one on all cases
     for name, weight in res.fit["stack_weights"].items():
         j = model.modalities.index(name)
         assert float(model.stack_weight[j, 0].detach()) == pytest.approx(weight["disease"])

@@ -15,6 +15,9 @@ after each step) and ``step_present`` ((B, M) bool: whether step s updated the s
 * ``StackedFusion`` — one model per modality and a per-head weighted sum of their logits, the weights
   fitted on the parts' out-of-fold logits (``train.fit_stacked``): a fuser that can learn to ignore a
   modality that does not generalise.
+* ``EnsembleFusion`` — members of one architecture, their logits (and per-step predictions) averaged:
+  what ``train.fit_cv`` returns (the cross-validation's fold models at the chosen epoch and the model
+  trained on all cases), so that the prediction does not rest on one fit stopped after a few epochs.
 
 Nothing here mixes samples: no batch normalisation, so a sample's output never depends on the rest of
 its batch.
@@ -269,8 +272,10 @@ class StackedFusion(FusionModel):
 
     kind = "stacked"
 
+    members_inside = True  # ``build_model(..., members=n)``: each part is an ensemble of n, not the whole
+
     def __init__(self, dims, heads, hidden: int = 128, dropout: float = 0.1, adapters=None,
-                 linear: Sequence[str] | None = None):
+                 linear: Sequence[str] | None = None, members: int = 1):
         nn.Module.__init__(self)
         self.modalities = list(dims)
         self.dims = dict(dims)
@@ -281,9 +286,12 @@ class StackedFusion(FusionModel):
             for m in linear:
                 if m not in dims:
                     raise ValueError(f"linear path for {m!r}: not a model modality; modalities: {', '.join(dims)}")
+        def part(m, d):
+            return ConcatFusion({m: d}, heads, hidden, dropout, {m: adapters[m]} if m in adapters else None,
+                                linear=None if linear is None else [x for x in linear if x == m])
+
         self.parts = nn.ModuleDict({
-            m: ConcatFusion({m: d}, heads, hidden, dropout, {m: adapters[m]} if m in adapters else None,
-                            linear=None if linear is None else [x for x in linear if x == m])
+            m: part(m, d) if members <= 1 else EnsembleFusion([part(m, d) for _ in range(members)])
             for m, d in dims.items()})
         self.linear = None
         self.heads = nn.ModuleDict()  # the parts hold the heads
@@ -310,6 +318,57 @@ class StackedFusion(FusionModel):
     def forward(self, inputs, mask, order=None):
         parts = self.part_logits(inputs, mask)
         return {"logits": self.combine(parts, mask), "parts": parts}
+
+
+class EnsembleFusion(nn.Module):
+    """Several fitted models of one architecture behind the fusion-model interface: ``logits`` (and a
+    sequential model's ``steps``) are the members' mean logits; ``step_present`` and ``order`` are the
+    first member's (every member reads the same mask and order).
+
+    Why (``train.fit_cv``): with cross-validated early stopping on a few hundred cases the chosen epoch
+    is often 2-4, and one fit stopped there is a noisy draw (on NIH the spread of one picture model's
+    logits on new patients varied 30-fold between fits). The fold models are fitted anyway; averaging
+    them with the model trained on all cases lowers that variance, and each case's out-of-fold logit
+    (calibration, stacking) is then the prediction of one member, not of a model that is not kept."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("EnsembleFusion: no members")
+        first = members[0]
+        kinds = {getattr(m, "kind", "") for m in members}
+        if len(kinds) != 1:
+            raise ValueError(f"EnsembleFusion: members of different kinds {sorted(kinds)}")
+        self.members = nn.ModuleList(members)
+        self.kind = first.kind
+        self.modalities = list(first.modalities)
+        self.dims = dict(first.dims)
+        self.hidden = first.hidden
+        self.head_specs = list(first.head_specs)
+        if hasattr(first, "order"):
+            self.order = list(first.order)
+
+    def forward(self, inputs, mask, order=None):
+        outs = [m(inputs, mask, order=order) for m in self.members]
+        res = {k: v for k, v in outs[0].items() if k not in ("logits", "steps", "parts")}
+        for key in ("logits", "steps"):
+            if key in outs[0]:
+                res[key] = {h: torch.stack([o[key][h] for o in outs]).mean(dim=0) for h in outs[0][key]}
+        return res
+
+
+def ensemble_members(model: nn.Module) -> int:
+    """How many members ``build_model(..., members=)`` must give to rebuild ``model`` (1: a plain model)."""
+    if isinstance(model, EnsembleFusion):
+        return len(model.members)
+    parts = getattr(model, "parts", None)
+    if isinstance(parts, nn.ModuleDict):
+        sizes = {ensemble_members(p) for p in parts.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"stacked model with parts of different ensemble sizes {sorted(sizes)}")
+        return sizes.pop()
+    return 1
 
 
 FUSERS: Registry[type[FusionModel]] = Registry("fusion model", "medweave.fusers")

@@ -24,7 +24,7 @@ from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
 from ..encode.arrays import write_disk_array
 from ..encode.base import DEFAULT_ENCODERS
-from ..fuse import HeadSpec
+from ..fuse import HeadSpec, ensemble_members
 from ..ingest import ingest
 from ..store import Store
 from .trainer import (Dataset, TrainConfig, build_model, fit, fit_cv, fit_stacked, fit_temperature, predict_logits,
@@ -311,7 +311,8 @@ def _train(cfg: ExperimentConfig, model_dir: Path, store_dir: Path, progress: bo
         "experiment": cfg.model_dump(mode="json"),
         "config_source": config_source,
         "architecture": {"kind": cfg.model.kind, "dims": dims,
-                         "heads": [vars(s) for s in specs], "kwargs": cfg.model.kwargs()},
+                         "heads": [vars(s) for s in specs], "kwargs": cfg.model.kwargs(),
+                         "members": ensemble_members(model)},
         "encoders": {m: d for m, d in enc_info["encoders"].items()},
         "default_encoders": DEFAULT_ENCODERS,
         "tabular": featurizer.to_dict() if featurizer else None,

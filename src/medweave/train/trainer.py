@@ -17,7 +17,7 @@ import torch
 
 from ..config import TrainSection as TrainConfig  # one definition: the config section
 from ..encode.arrays import take_rows
-from ..fuse import FUSERS, FusionModel, HeadSpec, head_loss, modality_dropout
+from ..fuse import FUSERS, EnsembleFusion, FusionModel, HeadSpec, head_loss, modality_dropout
 from ..progress import progress_bar
 
 
@@ -79,12 +79,18 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def build_model(kind: str, dims: Mapping[str, int], heads: Sequence[HeadSpec], seed: int = 0,
-                **kwargs) -> FusionModel:
-    """A fusion model by registry name; its initial weights depend on ``seed`` only."""
+                members: int = 1, **kwargs) -> FusionModel:
+    """A fusion model by registry name; its initial weights depend on ``seed`` only. ``members > 1``:
+    an ``EnsembleFusion`` of that many (a stacked model: each of its parts an ensemble), the shape a
+    model from ``fit_cv`` with ``cv_ensemble`` has, for loading its weights."""
     cls = FUSERS.get(kind)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(dims, heads, **kwargs)
+        if members <= 1:
+            return cls(dims, heads, **kwargs)
+        if getattr(cls, "members_inside", False):
+            return cls(dims, heads, members=members, **kwargs)
+        return EnsembleFusion([cls(dims, heads, **kwargs) for _ in range(members)])
 
 
 def presence_weights(ds: Dataset, specs: Sequence[HeadSpec]) -> dict[str, torch.Tensor]:
@@ -251,11 +257,14 @@ def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, 
     held-out loss averaged over the folds (a fold that stopped early keeps its last loss for the
     later epochs): a curve over all training patients instead of one noisy holdout of a few dozen.
     The final model (``make_model()``, same seed) is then trained on *all* of ``train`` for that
-    many epochs. Returns ``fit``'s summary plus ``model`` (the final one), ``cv_epochs``, the mean
-    curve and the out-of-fold logits at the chosen epoch (for calibration: every training case
-    scored by a model that did not see it)."""
+    many epochs. With ``cfg.cv_ensemble`` the model returned is an ``EnsembleFusion`` of the k fold
+    models at the chosen epoch (each refitted on its folds for that many epochs, or for as many as it
+    ran if it stopped before: training is seeded, so it is the model that gave that fold's held-out
+    logits) and the final one; else the final one alone. Returns ``fit``'s summary (of the final
+    fit) plus ``model``, ``cv_epochs``, ``cv_members``, the mean curve and the out-of-fold logits at
+    the chosen epoch (for calibration: every training case scored by a model that did not see it)."""
     fold = group_folds(groups, folds, cfg.seed)
-    curves, logits_by_fold = [], []
+    curves, logits_by_fold, fold_rows = [], [], []
     with progress_bar(f"cross-validate ({folds} folds)", total=folds, unit="folds", enabled=progress) as advance:
         for f in range(folds):
             tr, va = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -268,6 +277,7 @@ def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, 
                       on_epoch=lambda m: per_epoch.append(predict_logits(m, valid)), keep_best=False)
             curves.append([h["valid_loss"] for h in res["history"]])
             logits_by_fold.append((va, per_epoch))
+            fold_rows.append(tr)
             advance()
     if not curves:
         raise ValueError(f"cross-validation needs at least 2 groups; got {len(set(map(str, groups)))}")
@@ -278,10 +288,22 @@ def fit_cv(make_model, train: Dataset, groups: Sequence[str], cfg: TrainConfig, 
     for va, per_epoch in logits_by_fold:
         for k, v in per_epoch[min(best, len(per_epoch) - 1)].items():
             oof.setdefault(k, np.full((len(train),) + v.shape[1:], np.nan, np.float32))[va] = v
+    def run_for(epochs: int) -> TrainConfig:
+        return TrainConfig(**{**cfg.model_dump(), "epochs": epochs, "patience": epochs + 1})
+
     final = make_model()
-    result = fit(final, train, None, TrainConfig(**{**cfg.model_dump(), "epochs": best + 1, "patience": best + 2}),
-                 progress=progress, keep_best=False)
-    result.update({"model": final, "cv_folds": folds, "cv_epochs": best + 1, "cv_curve": [float(v) for v in mean],
+    result = fit(final, train, None, run_for(best + 1), progress=progress, keep_best=False)
+    model: FusionModel = final
+    if cfg.cv_ensemble:
+        members = []
+        for tr, (_, per_epoch) in zip(fold_rows, logits_by_fold):
+            member = make_model()
+            fit(member, train.subset(tr), None, run_for(min(best, len(per_epoch) - 1) + 1), progress=False,
+                keep_best=False)
+            members.append(member)
+        model = EnsembleFusion(members + [final]).eval()
+    result.update({"model": model, "cv_folds": folds, "cv_epochs": best + 1, "cv_curve": [float(v) for v in mean],
+                   "cv_members": len(model.members) if cfg.cv_ensemble else 1,
                    "best_valid_loss": float(mean[best]), "oof_logits": oof})
     return result
 
@@ -333,7 +355,8 @@ def fit_stacked(model: FusionModel, train: Dataset, cfg: TrainConfig, groups: Se
 
     With ``folds > 1`` (``groups``: the patient of each case) every part is trained by ``fit_cv`` on the
     cases where its modality is present (its own epoch count from a patient-grouped CV, then trained on
-    all of them), and its out-of-fold logits are what the combiner learns from. Without folds the parts
+    all of them; with ``cfg.cv_ensemble`` the part becomes the ensemble of its fold models and that
+    model), and its out-of-fold logits are what the combiner learns from. Without folds the parts
     are early-stopped on ``valid`` and the combiner is fitted on their ``valid`` logits. The combiner
     (a weight per part and head, a bias per head output) minimises the heads' loss (patient-balanced with
     ``cfg.balance_patients``) plus ``penalty * sum(w**2) / n``, by L-BFGS: a ridge logistic regression on
@@ -368,7 +391,10 @@ def fit_stacked(model: FusionModel, train: Dataset, cfg: TrainConfig, groups: Se
                 fresh.load_state_dict(init)
                 return fresh
             res = fit_cv(make, part_train, list(groups[rows]), cfg, folds=folds, progress=progress)
-            part.load_state_dict(res["model"].state_dict())
+            if isinstance(res["model"], EnsembleFusion):
+                model.parts[m] = res["model"]  # the part becomes the ensemble of its CV fits
+            else:
+                part.load_state_dict(res["model"].state_dict())
             for k, v in res["oof_logits"].items():
                 full[k][rows] = v.reshape(len(rows), -1)
             info[m] = {"cv_epochs": res["cv_epochs"], "cases": int(len(rows))}
@@ -542,7 +568,7 @@ def load_checkpoint(model_dir: str | Path) -> tuple[FusionModel, dict[str, Any]]
     heads = [HeadSpec(**h) for h in arch["heads"]]
     kwargs = dict(arch.get("kwargs", {}))
     kwargs.setdefault("linear", [])  # saved before linear paths existed: a model without them
-    model = build_model(arch["kind"], arch["dims"], heads, **kwargs)
+    model = build_model(arch["kind"], arch["dims"], heads, members=int(arch.get("members", 1)), **kwargs)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     return model, config
