@@ -827,7 +827,7 @@ def _rescaled(data: bytes, member: _Slice | None = None) -> np.ndarray:
     intercept = intercept or 0.0
     if slope == 1.0 and intercept == 0.0:
         return array
-    if slope.is_integer() and intercept.is_integer() and np.issubdtype(array.dtype, np.integer):
+    if slope.is_integer() and intercept.is_integer() and array.dtype.kind in "iu":
         out = array.astype(np.int32)  # (in place from here: the same int32 arithmetic, one array)
         if slope != 1.0:
             out *= int(slope)
@@ -843,11 +843,11 @@ def stack_volume(read_blob, members: list[_Slice]) -> np.ndarray:
     for i, member in enumerate(members):
         plane = _rescaled(read_blob(member.blob), member)
         if volume is None:
-            integral = np.issubdtype(plane.dtype, np.integer)
+            integral = plane.dtype.kind in "iu"
             volume = np.empty((len(members), *plane.shape), dtype=np.int32 if integral else np.float32)
         if plane.shape != volume.shape[1:]:
             raise IngestError(f"slice {i} has shape {plane.shape}, expected {volume.shape[1:]}")
-        if volume.dtype == np.int32 and not np.issubdtype(plane.dtype, np.integer):
+        if volume.dtype == np.int32 and plane.dtype.kind not in "iu":
             volume = volume.astype(np.float32)
         volume[i] = plane
     if volume.dtype == np.int32 and volume.size and volume.min() >= -32768 and volume.max() <= 32767:
