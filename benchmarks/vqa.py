@@ -297,6 +297,11 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
             elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
                 answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False)]
+                if cfg.picture_prior:  # the same fit without the picture prior (it acts at answer time only)
+                    from dataclasses import replace
+
+                    bare = replace(run.model, cfg=replace(run.model.cfg, picture_prior=0.0), _nets=run.model._nets)
+                    answers["answerer-no-prior"] = [p.answer for p in bare.predict(run.img, run.qe, decoder=False)]
                 if cfg.decoder:
                     answers["answerer+decoder"] = decoder_report(run, cache, seed)
             if context and not only_baselines:
@@ -392,6 +397,10 @@ def main() -> int:
     ap.add_argument("--decoder-epochs", type=int, help="the decoder's epochs (VqaConfig.decoder_epochs)")
     ap.add_argument("--raw-question", action="store_true", help="the answerer reads the question embedding raw, "
                     "as before VqaConfig.question_scale (the default standardises it on the training rows)")
+    ap.add_argument("--picture-prior", type=float, help="the answerer's picture prior (VqaConfig.picture_prior; 0: "
+                    "off); with it the seed table also prints the same fit without it (answerer-no-prior)")
+    ap.add_argument("--picture-prior-temperature", type=float,
+                    help="VqaConfig.picture_prior_temperature")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -421,7 +430,9 @@ def main() -> int:
                         **{k: v for k, v in (("epochs", args.epochs), ("seeds", args.members), ("views", args.views),
                                              ("finetune_epochs", args.finetune_epochs),
                                              ("finetune_augmentations", args.finetune_augmentations),
-                                             ("decoder_epochs", args.decoder_epochs))
+                                             ("decoder_epochs", args.decoder_epochs),
+                                             ("picture_prior", args.picture_prior),
+                                             ("picture_prior_temperature", args.picture_prior_temperature))
                            if v is not None})
     except ValueError as exc:
         raise SystemExit(f"benchmarks/vqa.py: {exc}") from None
@@ -453,7 +464,7 @@ def main() -> int:
                           f"{len({q.question.strip() for q in full_set.questions})} distinct questions: "
                           f"{time.perf_counter() - t0:.0f} s (0 when all cached)", highlight=False)
             data = full_set
-        if (len(seeds) > 1 or args.context or args.only_baselines or args.only_seeds) and not (args.only_spoken or args.only_latency):
+        if (len(seeds) > 1 or args.context or args.only_baselines or args.only_seeds or cfg.picture_prior) and not (args.only_spoken or args.only_latency):
             runs = seed_table(data, seeds, cache, splits, cfg, not args.no_baselines, args.context,
                               args.context_only, args.only_baselines, parse_tune(args.mlp_tune))
             if args.only_seeds or args.only_baselines:
@@ -478,6 +489,12 @@ def main() -> int:
         for split, run in runs.items():
             console.rule(f"probes on the {split} split's held-out questions")
             print_probes(run_probes(run.model, run.held, cache, n_boot=200))
+            if cfg.picture_prior:
+                from dataclasses import replace
+
+                console.rule(f"the same probes without the picture prior ({split} split)")
+                bare = replace(run.model, cfg=replace(run.model.cfg, picture_prior=0.0), _nets=run.model._nets)
+                print_probes(run_probes(bare, run.held, cache, n_boot=200))
         print_latency(runs[splits[0]])
         try:
             if args.spoken:

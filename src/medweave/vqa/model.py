@@ -13,6 +13,15 @@ with an answer-type head and a same-picture memory of training questions.
   (embedding cosine >= ``same_image_cos``) and a training question about it is close
   (cosine >= ``question_cos``), their answers are blended in. A blank or unseen picture matches no
   training picture, so the memory never answers from the question text alone.
+- Picture prior (``picture_prior`` = beta > 0): the answers that training questions about the asked
+  picture itself had (``same_image``) are boosted after the memory's blend, each by
+  1 + beta * exp((cosine - 1) / ``picture_prior_temperature``) for the closest such question, then the
+  probabilities renormalised. Unlike the memory, which needs a near-identical question (cosine >= 0.9)
+  and blends its answers in whatever the networks say, the prior only reorders the networks' own
+  candidates, so a free-form question ("Which organ is abnormally large?") can still take the answer its
+  templated twin about the same picture had ("What is the enlarged organ?": "Spleen"). A blank, noisy or unseen picture matches no
+  training picture, so it changes nothing there. Chosen on inner splits of the training side
+  (``benchmarks/vqa_prior.py``).
 - Retrieved context (``context`` = k > 0; off by default, the MMed-RAG idea): the k training cases
   closest in picture and question (``neighbours``, the search behind ``similar_cases`` and the agents'
   ``similar_questions`` tool) give an extra input, their answers' distribution weighted by similarity
@@ -78,12 +87,18 @@ class VqaConfig:
     decoder_margin: float | None = None  # the gate chosen on an inner split (None: the decoder never answers)
     decoder_novel_only: bool = True      # the gate lets through only answers that are not training answers
     question_scale: bool = True  # standardise the question embedding on the training rows, as the picture
+    picture_prior: float = 2.0   # > 0: answers given about the asked picture itself in training are boosted
+    picture_prior_temperature: float = 0.1  # how the boost falls with the question's distance (module notes)
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
             raise ValueError(f"views is {self.views}; allowed values: 1 (224 pixels) or 2 (224 and 320 pixels)")
         if self.context < 0:
             raise ValueError(f"context is {self.context}; allowed values: 0 (no retrieved context) or k >= 1")
+        if self.picture_prior < 0 or self.picture_prior_temperature <= 0:
+            raise ValueError(f"picture_prior is {self.picture_prior}, picture_prior_temperature "
+                             f"{self.picture_prior_temperature}; allowed values: picture_prior >= 0 (0: off), "
+                             "picture_prior_temperature > 0")
         if self.decoder < 0 or self.decoder_epochs < 1:
             raise ValueError(f"decoder is {self.decoder}, decoder_epochs {self.decoder_epochs}; allowed values: "
                              "decoder 0 (no answer decoder) or hidden units >= 1, decoder_epochs >= 1")
@@ -359,6 +374,20 @@ class Answerer:
         dist = np.where(mass > 0, dist / np.maximum(mass, 1e-12), 0.0)
         return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
 
+    def picture_prior_scores(self, img_emb: np.ndarray, q_emb: np.ndarray) -> np.ndarray:
+        """(n, vocab) in [0, 1]: per answer, how close a training question *about the asked picture
+        itself* (``same_image``) that had this answer is to the asked one: the largest
+        exp((cosine - 1) / ``picture_prior_temperature``) over those rows (0: no such row). A blank,
+        noisy or unseen picture matches no training picture, so every score is 0 there."""
+        img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
+        same = self.same_image(img_emb)
+        cos = np.minimum(q_emb @ self.mem_q.T, 1.0)
+        k = np.where(same, np.exp((cos - 1.0) / self.cfg.picture_prior_temperature), 0.0)
+        out = np.zeros((len(img_emb), len(self.vocab)))
+        rows = np.flatnonzero(same.any(0))  # only the memory rows of asked pictures
+        np.maximum.at(out.T, self.mem_answer[rows], k[:, rows].T)
+        return out
+
     def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
                 decoder: bool = True, questions: Sequence[str] | None = None) -> list[Prediction]:
         """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``).
@@ -369,6 +398,9 @@ class Answerer:
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
         mem, lam = self.memory_probs(img_emb, q_emb)
         probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
+        if self.cfg.picture_prior:
+            probs = probs * (1.0 + self.cfg.picture_prior * self.picture_prior_scores(img_emb, q_emb))
+            probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
         best = probs.argmax(1)
         preds = [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
                             float(lam[i])) for i, b in enumerate(best)]
@@ -524,7 +556,8 @@ class Answerer:
         if unknown:
             raise ValueError(f"{cfg_path}: unknown config keys {unknown}; allowed: {sorted(known)}")
         # a model saved before question_scale existed read its questions raw
-        cfg = VqaConfig(**{"question_scale": False, **config["config"]})
+        # (and without the picture prior)
+        cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, **config["config"]})
         if cfg.question_scale != ("q_mean" in t and "q_std" in t):
             raise ValueError(f"{model_dir}: config question_scale is {cfg.question_scale} but the weights "
                              f"{'lack' if cfg.question_scale else 'hold'} q_mean/q_std; train the model again")
