@@ -241,6 +241,24 @@ def test_series_becomes_one_volume_ordered_by_position_and_reingest_adds_nothing
     assert again.n_skipped == 5 and again.n_items_added == 0 and total == 6
 
 
+def test_unit_ids_do_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    """The same folder ingested from two working folders (into two stores of one key) gives the same
+    unit ids, the derived series volume's (``dicom-series:<uid>``, a name, not a file) included."""
+    write_series(tmp_path / "series", n=3)
+    found = []
+    for n, cwd in enumerate([tmp_path / "here", tmp_path / "there" / "deeper"]):
+        cwd.mkdir(parents=True)
+        monkeypatch.chdir(cwd)
+        with open_store(tmp_path / f"store{n}") as store:
+            report = ingest([tmp_path / "series"], store, progress=False)
+            assert (report.n_ok, report.n_derived) == (3, 1)
+            found.append(store.con.execute(
+                "SELECT modality, unit_id, item_id FROM items ORDER BY modality, unit_id").fetchall())
+            found.append(store.con.execute("SELECT unit_id FROM sources ORDER BY unit_id").fetchall())
+    assert [m for m, _u, _i in found[0]] == ["image"] * 3 + ["volume"]
+    assert found[0] == found[2] and found[1] == found[3]
+
+
 def test_ecg_waveform_becomes_a_signal(tmp_path):
     import pydicom.data
 

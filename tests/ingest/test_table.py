@@ -164,6 +164,25 @@ def test_changed_mapping_reingests_and_same_input_adds_nothing(tmp_path, store):
     assert ingest([folder], store, progress=False).n_items_added == 3
 
 
+def test_a_moved_mapping_file_with_the_same_content_is_not_read_again(tmp_path, store):
+    """A table's fingerprint holds its mapping's content, not the mapping file's path: the same
+    mapping given from another place (a moved file, a fresh work folder) finds the table stored.
+    A change of that content still reads it again."""
+    folder = copy_tables(tmp_path, "visits.csv")
+    first = tmp_path / "a" / "tables.toml"
+    first.parent.mkdir()
+    shutil.copy(TABLES / "visits.mapping.toml", first)
+    assert ingest([folder], store, options={"mapping": str(first)}, progress=False).n_items_added == 3
+    moved = tmp_path / "b" / "elsewhere" / "mapping.toml"
+    moved.parent.mkdir(parents=True)
+    first.rename(moved)
+    again = ingest([folder], store, options={"mapping": str(moved)}, progress=False)
+    assert (again.n_ok, again.n_already, again.n_items_replaced) == (0, 1, 0)
+    moved.write_text(moved.read_text().replace('label = "outcome"', 'label = "smoker"'))
+    changed = ingest([folder], store, options={"mapping": str(moved)}, progress=False)
+    assert (changed.n_ok, changed.n_already, changed.n_items_replaced) == (1, 0, 3)
+
+
 def test_builtin_mappings_exist():
     assert builtin_mapping("mimic-iii-demo").is_file() and builtin_mapping("eicu-demo").is_file()
     with pytest.raises(Exception, match="eicu-demo"):

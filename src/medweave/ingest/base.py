@@ -78,11 +78,17 @@ class Unit:
     key: str = ""  # distinguishes several units of one file (rarely needed)
     extra: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None  # the path given to ``ingest`` that this unit was found under (set by the runner)
+    # True: ``path`` is a name, not a file (a derived unit such as ``dicom-series:<uid>``): its
+    # ``source_id`` is the name as it is, never resolved against the working folder.
+    virtual: bool = False
 
     @property
     def source_id(self) -> str:
         """The unit's absolute, resolved path (and key), resolved once per unit (the runner asks for
-        it twice; ``Path.resolve`` looks at every component of the path)."""
+        it twice; ``Path.resolve`` looks at every component of the path). A ``virtual`` unit's is its
+        name (and key) as given, the same from any working folder."""
+        if self.virtual:
+            return os.fspath(self.path) + (f"#{self.key}" if self.key else "")
         cached = self.__dict__.get("_source_id")
         if cached is not None and cached[0] == (self.path, self.key):
             return cached[1]

@@ -328,7 +328,7 @@ def _fingerprint(adapter: Adapter, unit: Unit, ctx: IngestContext) -> str:
     namespace and no options add nothing, so stores written before they counted keep their fingerprints."""
     h = hashlib.sha256()
     h.update(f"{adapter.name}\x1f{adapter.version}\x1f{unit.source_id}\x1f".encode())
-    digest = _file_sha256(unit.path)
+    digest = None if unit.virtual else _file_sha256(unit.path)
     if digest is not None:
         h.update(digest.encode())
     extra = unit.extra

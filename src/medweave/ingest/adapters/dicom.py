@@ -952,4 +952,4 @@ class DicomAdapter(Adapter):
             except Exception as exc:  # the runner has no error channel here: log and go on
                 log.warning("series %s not stacked: %s: %s", members[0].series_id, type(exc).__name__, exc)
                 continue
-            yield Unit(Path(f"dicom-series:{members[0].series_id}")), [volume_item(members, volume)]
+            yield Unit(Path(f"dicom-series:{members[0].series_id}"), virtual=True), [volume_item(members, volume)]

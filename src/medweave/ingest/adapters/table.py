@@ -888,13 +888,19 @@ class CsvAdapter(Adapter):
         return path.name == FOLDER_MAPPING or path.name.endswith(SIDECAR_SUFFIX)
 
     def units(self, path: Path, ctx: IngestContext) -> Iterator[Unit]:
-        """One unit per table, carrying its resolved mapping section (and the hashes of the mapping
-        and joined tables, so a change to them re-ingests). Problems surface later, in ``read``."""
+        """One unit per table, carrying its resolved mapping section (and the hashes of the joined
+        tables, so a change to them re-ingests). Problems surface later, in ``read``.
+
+        The extras are the unit's fingerprint (with the table's bytes): they hold the mapping's
+        content for this table (its section over the defaults, which is all of the file that reading
+        the table uses), never the mapping file's path, so that the same mapping given from another
+        place (a moved file, a fresh work folder) finds the table already stored. (Stores written
+        before this change had the path in it: they read each table once more, then not again.)"""
         try:
-            section, mapping_path = self._section(path, ctx)
+            section, _mapping_path = self._section(path, ctx)
             if section.get("skip") is True:
                 return
-            extra: dict[str, Any] = {"mapping": section, "mapping_file": str(mapping_path or "")}
+            extra: dict[str, Any] = {"mapping": section}
             joins = section.get("join") or []
             for j in [joins] if isinstance(joins, dict) else joins:
                 other = path.parent / str(j.get("file", "")) if isinstance(j, dict) else None
