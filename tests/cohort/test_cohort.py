@@ -162,3 +162,36 @@ def test_patient_chunks_give_the_cohort_one_pass_gives(store, case_level):
         assert list(part.columns) == list(whole.columns)
         assert part.astype(str).equals(whole.astype(str)), f"chunks of {size} patients differ"
         assert list(part.dtypes) == list(whole.dtypes)
+
+
+@pytest.mark.parametrize("split_from,case_level", [("hash", "patient"), ("hash", "study"), ("source", "patient")])
+def test_only_split_is_the_split_of_the_whole_cohort(store, split_from, case_level):
+    """``only_split`` builds the rows ``.split(name)`` of the whole cohort gives (hash splits read only
+    that split's patients; source splits filter the whole cohort), the same values in the same order."""
+    kw = dict(case_level=case_level, targets=["disease"], covariates=["age", "sex"], seed=3, split_from=split_from,
+              chunk_patients=7)
+    whole = build_cohort(store, **kw)
+    for name in ("train", "valid", "test"):
+        want = whole.split(name).table
+        got = build_cohort(store, only_split=name, **kw)
+        assert got.meta["only_split"] == name and got.modalities == whole.modalities
+        assert list(got.table.columns) == list(want.columns)
+        assert got.table.astype(str).equals(want.astype(str)), f"{split_from} {case_level} {name}"
+    assert len(build_cohort(store, only_split="test", **kw).table) == (0 if split_from == "source" else
+                                                                       len(whole.split("test")))
+    with pytest.raises(CohortError, match="unknown split 'dev'.*train, valid, test"):
+        build_cohort(store, only_split="dev")
+
+
+def test_a_split_without_patients_is_a_table_with_the_columns(store):
+    whole = build_cohort(store, targets=["disease"], covariates=["age", "sex"], split_from="source")
+    empty = build_cohort(store, targets=["disease"], covariates=["age", "sex"], split_from="hash",
+                         fractions=(1.0, 0.0, 0.0), only_split="test")
+    assert len(empty) == 0 and list(empty.table.columns) == list(whole.table.columns)
+
+
+def test_integral_spelling():
+    from medweave.cohort import integral_spelling
+
+    assert [integral_spelling(x) for x in ("2.0", "2", "-3.0", "2.5", "a", "nan", "inf", "")] == \
+        ["2", "2", "-3", "2.5", "a", "nan", "inf", ""]

@@ -48,3 +48,16 @@ def test_no_codes_wanted_gives_the_covariates_alone(mimic):
     st, cohort = mimic
     frame = tabular_frame(cohort, st, covariates=[], max_codes=0, chunk_cases=7)
     assert frame.shape == (len(cohort), 0)
+
+
+def test_a_category_read_as_integer_or_float_is_one_category():
+    """A column of whole numbers with a missing value is floats ("2.0"), one without is integers ("2"):
+    a cohort of one split can hold as integers what the whole cohort held as floats. The categories
+    fitted on one spelling take the other; strings and unknown values are matched as written."""
+    fitted = TabularFeaturizer().fit(pd.DataFrame({"grade": pd.Series(["a", "b", 2.0, None, "a", "b"], dtype=object)}))
+    assert fitted.categorical["grade"] == ["2.0", "a", "b"]
+    x_int, present = fitted.transform(pd.DataFrame({"grade": pd.Series([2, 3, 2], dtype="int64")}))
+    x_obj, _ = fitted.transform(pd.DataFrame({"grade": pd.Series([2.0, 3.0, "a"], dtype=object)}))
+    assert present.all()
+    assert x_int.tolist() == [[1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert x_obj.tolist() == [[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]]

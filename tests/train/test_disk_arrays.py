@@ -59,3 +59,22 @@ def test_disk_and_memory_arrays_train_the_same_model(phantom, kind, cv):
     assert res["cases"] == len(test) > 0
     assert res["metrics"] == ref
     assert not list(root.glob(".store-arrays-*"))
+
+
+def test_multiclass_targets_take_either_spelling_of_a_whole_number():
+    """Classes saved as "1.0" (the whole cohort's column held floats) read a split's integer 1, and
+    classes saved as "1" read 1.0; a class not there as either spelling is -1."""
+    import pandas as pd
+
+    from medweave.cohort import Cohort
+    from medweave.fuse import HeadSpec
+    from medweave.train.pipeline import targets_for
+
+    cfg = parse_config({"name": "t", "data": {"paths": ["x"], "store": "s"}, "cohort": {"targets": ["grade"]},
+                        "model": {"kind": "sequential", "modalities": ["table"]},
+                        "heads": [{"name": "grade", "target": "grade", "kind": "multiclass"}]}, "test")
+    for values in ([1, 2, 0, None], [1.0, 2.0, 0.0, None]):
+        c = Cohort(pd.DataFrame({"case_id": list("abcd"), "grade": pd.Series(values, dtype=object)}), [], ["grade"])
+        for classes in (["1.0", "2.0"], ["1", "2"]):
+            got = targets_for(cfg, c, [HeadSpec("grade", "multiclass", 2, classes)])["grade"]
+            assert got.tolist() == [0, 1, -1, -1], (values, classes)

@@ -126,6 +126,19 @@ class Cohort:
         return cls(df, info["modalities"], info["targets"], info.get("covariates", []), info["meta"])
 
 
+def integral_spelling(text: str) -> str:
+    """A class or category (as text) with an integral number written as an integer: "2.0" -> "2" ("2",
+    "2.5" and "a" stay). One value reads "2" from an integer column and "2.0" from a float column (one
+    that also holds a missing value), and a cohort built for one split (``only_split``) can hold as
+    integers a column that the whole cohort holds as floats; a value that matches no class as written
+    is looked up again by this spelling (``targets_for``, ``TabularFeaturizer.transform``)."""
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return text
+    return str(int(x)) if x.is_integer() else text
+
+
 def _hash_unit(seed: int, key: str) -> float:
     h = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
@@ -174,8 +187,15 @@ def build_cohort(
     split_from: str = "hash",
     require_target: bool = False,
     chunk_patients: int = 2000,
+    only_split: str | None = None,
 ) -> Cohort:
     """Turn the store into a cohort. See the module docstring for the layout and the split rules.
+
+    ``only_split``: only that split's cases (the rows ``build_cohort(...).split(name)`` would give).
+    With hash splits each patient's split is known from its id alone, so only that split's patients are
+    read: scoring a model's test split reads 15% of the store's patients, not all of them. With
+    ``split_from="source"`` the whole cohort is built and then filtered (a patient's split depends on
+    all of its items' source splits).
 
     Targets and covariates are looked up by name, in order: an item column (``label``, ``age``,
     ``view_position``...), a key of the items' ``labels`` JSON, a patient column (``sex``) or a key of the
@@ -185,6 +205,8 @@ def build_cohort(
         raise CohortError(f"case level {case_level!r} is not known; allowed values: patient, study")
     if split_from not in ("hash", "source"):
         raise CohortError(f"split_from {split_from!r} is not known; allowed values: hash, source")
+    if only_split is not None and only_split not in SPLITS:
+        raise CohortError(f"unknown split {only_split!r}; allowed values: {', '.join(SPLITS)}")
     all_modalities = [m.value for m in Modality]
     con = store.con
     select = ("SELECT item_id, patient_id, study_id, modality, labels, split, * EXCLUDE "
@@ -219,9 +241,16 @@ def build_cohort(
     wanted = base + [n for n in dict.fromkeys([*targets, *covariates]) if n in item_columns and n not in base]
     select = f"SELECT {', '.join(_quote(c) for c in wanted)} FROM items"
     patient_ids = [r[0] for r in con.execute("SELECT DISTINCT patient_id FROM items ORDER BY patient_id").fetchall()]
+    if only_split is not None and split_from == "hash":  # a patient's split is a hash of its id
+        in_split = assign_splits(patient_ids, fractions, seed)
+        patient_ids = [p for p in patient_ids if in_split[p] == only_split]
+        del in_split
     # The cases are kept as columns (a list of values each), not as a dict per case: at 30,000 phantom
-    # patients the dicts were about 25 MB of peak beside the values themselves.
-    columns: dict[str, list[Any]] = {}
+    # patients the dicts were about 25 MB of peak beside the values themselves. The names are set up
+    # front, in a case row's order, so that a split without patients is a table with its columns.
+    columns: dict[str, list[Any]] = {name: [] for name in dict.fromkeys(
+        ["case_id", "patient_id", "source_split", *[f"{m}_{s}" for m in mods for s in ("items", "present")],
+         *targets, *covariates])}
     for first in range(0, len(patient_ids), max(1, chunk_patients)):
         chunk = patient_ids[first:first + max(1, chunk_patients)]
         items = con.execute(select + " WHERE patient_id IN (SELECT unnest(?)) ORDER BY item_id", [chunk]).df()
@@ -249,6 +278,8 @@ def build_cohort(
         mapping = assign_splits(sorted(table["patient_id"].unique()), fractions, seed)
         table["split"] = table["patient_id"].map(mapping)
     table = table.drop(columns=["source_split"])
+    if only_split is not None:
+        table = table[table["split"] == only_split].reset_index(drop=True)
     meta = {
         "store": str(store.root),
         "case_level": case_level,
@@ -260,6 +291,8 @@ def build_cohort(
         "medweave_version": __version__,
         "missingness": [],
     }
+    if only_split is not None:
+        meta["only_split"] = only_split
     return Cohort(table, mods, list(targets), list(covariates), meta)
 
 

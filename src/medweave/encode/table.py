@@ -158,8 +158,19 @@ class TabularFeaturizer:
             v = frame[col].astype("string") if col in frame else pd.Series([pd.NA] * len(frame), dtype="string")
             miss = v.isna().to_numpy()
             any_value |= ~miss
-            for c in cats:
-                cols.append((v == c).fillna(False).to_numpy(dtype=np.float64))
+            hot = [(v == c).fillna(False).to_numpy(dtype=bool) for c in cats]
+            unmatched = ~miss & ~np.logical_or.reduce(hot, axis=0) if hot else np.zeros(len(frame), dtype=bool)
+            if unmatched.any():  # "2" and "2.0" are one category (see cohort.integral_spelling)
+                from ..cohort import integral_spelling
+
+                spelt: dict[str, int] = {}
+                for j, c in enumerate(cats):
+                    spelt.setdefault(integral_spelling(c), j)
+                for r in np.flatnonzero(unmatched):
+                    j = spelt.get(integral_spelling(str(v.iloc[r])))
+                    if j is not None:
+                        hot[j][r] = True
+            cols += [h.astype(np.float64) for h in hot]
             cols.append(miss.astype(np.float64))
         x = np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(frame), 0), np.float32)
         return x, any_value

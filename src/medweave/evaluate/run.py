@@ -105,25 +105,44 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str] | None = None, sto
     what the embedding cache does not hold) and batch prediction run on it (default: the saved
     config's engine for encoding, prediction here)."""
     from ..train import load_checkpoint
-    from ..train.pipeline import apply_missing, arrays_folder, checkpoint_dataset, prepare_eval_data
+    from ..train.pipeline import apply_missing, arrays_folder, checkpoint_dataset, make_cohort, prepare_eval_data
 
     model_dir = Path(model_dir)
     model, config = load_checkpoint(model_dir)
     specs_missing = [parse_missing(m) for m in missing]
-    cfg, st, cohort, cache = prepare_eval_data(model_dir, config, data, Path(store) if store else None, progress)
+    if split is None and data:
+        split = "all"
+
+    def cv_check(name: str) -> None:
+        if not data and name in ("valid", "all") and (config.get("training") or {}).get("cv_folds"):
+            raise EvaluateError(f"split {name!r}: this model was trained on train + valid (cross-validated early "
+                                "stopping, train.cv_folds); evaluate it on a test split or on new data with --data")
+
+    if split is not None:
+        cv_check(split)
+    # Only the split scored is built (hash splits read only its patients: see build_cohort's only_split);
+    # the heads' classes come from the checkpoint. A head without recorded classes needs the train split:
+    # then the whole cohort is built, as before.
+    whole = split == "all" or any(h.get("kind") == "multiclass" and not h.get("classes")
+                                  for h in config["architecture"]["heads"])
+    first = None if whole else (split or "test")
+    cfg, st, cohort, cache = prepare_eval_data(model_dir, config, data, Path(store) if store else None, progress,
+                                               only_split=first)
     if engine is not None:
         from ..config import EngineConfig
 
         cfg.engine = EngineConfig(kind=engine.kind, address=engine.address, num_cpus=engine.num_cpus)
     try:
         if split is None:
-            split = "all" if data else ("test" if (cohort.table["split"] == "test").any() else "valid")
-        if not data and split in ("valid", "all") and (config.get("training") or {}).get("cv_folds"):
-            raise EvaluateError(f"split {split!r}: this model was trained on train + valid (cross-validated early "
-                                "stopping, train.cv_folds); evaluate it on a test split or on new data with --data")
+            split = "test" if (cohort.table["split"] == "test").any() else "valid"
+            if split == "valid":
+                cv_check(split)
+                if not whole:
+                    cohort = make_cohort(cfg, st, only_split="valid")
         if split != "all" and not (cohort.table["split"] == split).any():
+            present = cohort.table["split"] if whole else make_cohort(cfg, st).table["split"]
             raise EvaluateError(f"split {split!r} has no cases; splits present: "
-                                f"{', '.join(sorted(cohort.table['split'].unique()))}, or 'all'")
+                                f"{', '.join(sorted(present.unique()))}, or 'all'")
         # Only the split's cases are encoded. The inputs are written once to a temporary folder beside
         # the store and read a batch at a time (the folder is removed on leaving; the open arrays keep
         # reading their files until they go).

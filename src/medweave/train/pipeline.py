@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..cohort import Cohort, build_cohort, simulate_missing
+from ..cohort import Cohort, build_cohort, integral_spelling, simulate_missing
 from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
 from ..encode.arrays import write_disk_array
@@ -56,10 +56,12 @@ def ingest_data(cfg: ExperimentConfig, store_dir: Path, paths: Sequence[str] | N
                             + "; ".join(f"{p}: {r}" for p, r in report.errors[:5]))
 
 
-def make_cohort(cfg: ExperimentConfig, store: Store) -> Cohort:
+def make_cohort(cfg: ExperimentConfig, store: Store, only_split: str | None = None) -> Cohort:
+    """The config's cohort of ``store`` (``only_split``: only that split's cases, see ``build_cohort``)."""
     c = cfg.cohort
     return build_cohort(store, case_level=c.case, modalities=c.modalities, targets=c.targets,
-                        covariates=c.covariates, fractions=c.fractions, seed=c.seed, split_from=c.split_from)
+                        covariates=c.covariates, fractions=c.fractions, seed=c.seed, split_from=c.split_from,
+                        only_split=only_split)
 
 
 def apply_missing(cohort: Cohort, ds: Dataset, specs) -> tuple[Dataset, list[dict]]:
@@ -105,7 +107,11 @@ def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) ->
         col = cohort.table[h.target]
         if spec.kind == "multiclass":
             index = {c: i for i, c in enumerate(spec.classes)}
-            out[h.name] = np.array([index.get(str(v), -1) if v is not None else -1 for v in col], dtype=np.float32)
+            spelt: dict[str, int] = {}  # "2.0" and "2" are one class (see cohort.integral_spelling)
+            for i, c in enumerate(spec.classes):
+                spelt.setdefault(integral_spelling(c), i)
+            out[h.name] = np.array([-1 if v is None else index.get(str(v), spelt.get(integral_spelling(str(v)), -1))
+                                    for v in col], dtype=np.float32)
         else:
             out[h.name] = np.array([np.nan if v is None else float(v) for v in col], dtype=np.float32)
     return out
@@ -336,8 +342,10 @@ def experiment_from_checkpoint(config: dict[str, Any]) -> ExperimentConfig:
 
 
 def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] | None, store_dir: Path | None,
-                      progress: bool = True) -> tuple[ExperimentConfig, Store, Cohort, EmbeddingCache]:
-    """Open (and, for new data, ingest into) the store to evaluate on; returns an open store."""
+                      progress: bool = True, only_split: str | None = None
+                      ) -> tuple[ExperimentConfig, Store, Cohort, EmbeddingCache]:
+    """Open (and, for new data, ingest into) the store to evaluate on; returns an open store.
+    ``only_split``: the cohort holds only that split's cases (see ``build_cohort``)."""
     cfg = experiment_from_checkpoint(config)
     if data_paths:
         store_dir = store_dir or model_dir / "eval-store"
@@ -345,7 +353,7 @@ def prepare_eval_data(model_dir: Path, config: dict, data_paths: Sequence[str] |
     else:
         store_dir = Path(config["cohort"]["store"])
     store = Store(store_dir)
-    cohort = make_cohort(cfg, store)
+    cohort = make_cohort(cfg, store, only_split=only_split)
     cache = EmbeddingCache(store_dir.parent / (store_dir.name + "-embeddings.duckdb"))
     return cfg, store, cohort, cache
 
