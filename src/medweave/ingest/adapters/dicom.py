@@ -440,6 +440,19 @@ def _unused_bits(array: np.ndarray, allocated: int, stored: int | None) -> np.nd
     return (array << shift) >> shift
 
 
+def _corrected_range(array: np.ndarray, allocated: int, stored: int | None) -> tuple[np.ndarray, Any, Any]:
+    """``_unused_bits(array, ...)`` with its minimum and maximum, for a non-empty array: the range
+    that tells whether the shifts change anything is the range the statistics report when they do
+    not, so it is computed once (two passes over the pixels, not four)."""
+    lo, hi = array.min(), array.max()
+    bounds = _stored_range(allocated, stored, array.dtype.kind == "i")
+    if bounds is None or (bounds[0] <= lo and hi <= bounds[1]):
+        return array, lo, hi
+    shift = allocated - stored
+    array = (array << shift) >> shift
+    return array, array.min(), array.max()
+
+
 def _exact_sum(array: np.ndarray, lo: float, hi: float) -> float:
     """``float(array.sum(dtype=float64))``, exactly: integer pixels are summed in integers when every
     partial sum is an integer below 2**53 (then the float64 sum is exact too, and equal), which is
@@ -455,11 +468,12 @@ def _exact_sum(array: np.ndarray, lo: float, hi: float) -> float:
 
 def _pixel_stats(ds: Dataset) -> dict[str, float]:
     """Min, max and mean of the decoded pixel data, frame by frame (bounded memory)."""
-    flat = native_pixels(ds)
+    flat = native_pixels(ds, correct=False)
     if flat is not None:
         if flat.size == 0:
             raise IngestError("pixel data is empty; expected at least one pixel")
-        lo, hi = float(flat.min()), float(flat.max())
+        flat, lo, hi = _corrected_range(flat, flat.dtype.itemsize * 8, _int(fast_get(ds, "BitsStored")))
+        lo, hi = float(lo), float(hi)
         return {"min": lo, "max": hi, "mean": round(_exact_sum(flat, lo, hi) / flat.size, 6)}
     lo, hi, total, count = np.inf, -np.inf, 0.0, 0
     try:
