@@ -3,6 +3,7 @@ killed process."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -379,3 +380,26 @@ def test_embedding_cache_memory_stays_under_its_limit_when_the_cache_is_larger(t
         assert sorted(got) == hashes and not np.all(got[hashes[0]] == 0)
     finally:
         cache.close()
+
+
+def test_release_buffers_hands_back_a_scan_s_blocks_and_keeps_the_limit(tmp_path):
+    """A lookup scans every row group of the columns it reads and DuckDB keeps those blocks; after
+    ``release_buffers`` its memory (duckdb_memory()) is back near nothing, the limit is the one the
+    connection had, and the next lookup reads the same rows from the file."""
+    from medweave.store.catalog import connect_duckdb, release_buffers
+
+    con = duckdb.connect(str(tmp_path / "c.duckdb"))
+    con.execute("CREATE TABLE items AS SELECT md5(i::VARCHAR) AS item_id, repeat(md5(i::VARCHAR), 8) AS blob "
+                "FROM range(200000) t(i)")
+    con.close()
+    con = connect_duckdb(tmp_path / "c.duckdb", read_only=True)
+    used = lambda: con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]  # noqa: E731
+    lookup = "SELECT item_id, blob FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id"
+    ids = [hashlib.md5(str(i).encode()).hexdigest() for i in (5, 77, 199_999)]
+    before = con.execute(lookup, [ids]).fetchall()
+    assert used() > 4 * 2**20  # the blocks of both columns, all row groups (5.5 MB)
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    release_buffers(con)
+    assert used() < 2**20 and con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == limit
+    assert con.execute(lookup, [ids]).fetchall() == before and len(before) == 3
+    con.close()

@@ -245,6 +245,7 @@ def build_cohort(
         in_split = assign_splits(patient_ids, fractions, seed)
         patient_ids = [p for p in patient_ids if in_split[p] == only_split]
         del in_split
+    store.release_buffers()  # the name checks and the patient list scanned the whole items table
     # The cases are kept as columns (a list of values each), not as a dict per case: at 30,000 phantom
     # patients the dicts were about 25 MB of peak beside the values themselves. The names are set up
     # front, in a case row's order, so that a split without patients is a table with its columns.
@@ -258,6 +259,7 @@ def build_cohort(
             for name, value in row.items():
                 columns.setdefault(name, []).append(value)
         del items
+        store.release_buffers()  # each chunk's lookup scans every row group of the columns it reads
     # by case id (study-level case ids need not follow patient order); case ids are unique
     case_ids = columns.get("case_id", [])
     order = sorted(range(len(case_ids)), key=case_ids.__getitem__)

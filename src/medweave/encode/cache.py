@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..store.catalog import DUCKDB_MEMORY_LIMIT
+from ..store.catalog import DUCKDB_MEMORY_LIMIT, release_buffers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -41,13 +41,15 @@ class EmbeddingCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), config={"memory_limit": CACHE_MEMORY_LIMIT})
+        self._limit = CACHE_MEMORY_LIMIT
+        self.con = duckdb.connect(str(self.path), config={"memory_limit": self._limit})
         self.con.execute(_SCHEMA)
         keyed = self.con.execute(
             "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'embeddings' "
             "AND constraint_type = 'PRIMARY KEY'").fetchall()[0][0]
         if keyed:  # a cache written before: its key index must fit in DuckDB's memory
-            self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'").fetchall()
+            self._limit = DUCKDB_MEMORY_LIMIT
+            self.con.execute(f"SET memory_limit = '{self._limit}'").fetchall()
 
     def close(self) -> None:
         self.con.close()
@@ -61,6 +63,7 @@ class EmbeddingCache:
             "AND content_hash IN (SELECT unnest(?))",
             [encoder, version, hashes],
         ).fetchall()
+        release_buffers(self.con, self._limit)  # the scan read every row group of the key column
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
     def put(self, vectors: dict[str, np.ndarray], encoder: str, version: str) -> None:

@@ -140,6 +140,7 @@ def encode_cohort(cohort, store, encoders: "Mapping[str, str | Encoder] | None" 
                 rows = store.con.execute(
                     f"SELECT {', '.join(LOAD_COLUMNS)} FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
                     [all_ids]).df().to_dict("records")
+                store.release_buffers()  # the lookup scanned every row group of those columns
                 hash_of = {r["item_id"]: r["content_hash"] for r in rows}
                 vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
                 for i, ids in enumerate(chunk_ids):

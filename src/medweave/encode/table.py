@@ -47,6 +47,7 @@ def tabular_frame(cohort, store, covariates: Sequence[str] | None = None, max_co
         rows = store.con.execute(
             "SELECT rowid, item_id, code, value_num, value_text, meta FROM items WHERE modality = 'table' "
             "AND item_id IN (SELECT unnest(?))", [list(item_case)]).fetchall()
+        store.release_buffers()  # the lookup scans every row group of the columns it reads
         out = []
         for rowid, iid, code, vnum, vtext, meta in rows:
             case = item_case[iid]

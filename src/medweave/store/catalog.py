@@ -66,6 +66,20 @@ def connect_duckdb(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBP
     return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
 
 
+def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY_LIMIT) -> None:
+    """Hand back the blocks DuckDB's buffer pool keeps after a query (``limit``: the connection's
+    memory limit, restored). A lookup such as ``item_id IN (...)`` scans every row group of the
+    columns it reads, and those blocks stay cached up to the limit: reading a 30,000-patient catalog
+    chunk by chunk held 20-25 MB of them, and the embedding cache as much, growing with the files.
+    Lowering the limit to nothing makes DuckDB evict every block no query holds (it then says it
+    could not reach zero); the next query reads the blocks it needs from the file again."""
+    try:
+        con.execute("SET memory_limit = '0B'")
+    except duckdb.OutOfMemoryException:  # what is still pinned stays; everything else went
+        pass
+    con.execute(f"SET memory_limit = '{limit}'")
+
+
 class Modality(str, Enum):
     """What an item is. The cohort builder makes one presence-mask column per modality."""
 
@@ -453,6 +467,11 @@ class Store:
     @property
     def blob_dir(self) -> Path:
         return self.root / "blobs"
+
+    def release_buffers(self) -> None:
+        """Evict the catalog's cached DuckDB blocks (see ``release_buffers``); for a read-only store
+        between chunks of a long read (cohort build, encoding, tabular features)."""
+        release_buffers(self.con)
 
     def close(self) -> None:
         self._close_pack()
