@@ -31,9 +31,10 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def progress_bar(description: str, total: int | None, unit: str = "files", enabled: bool = True) -> Iterator:
-    """Yield an ``advance(n=1)`` function driving a bar with counts, rate, elapsed and ETA."""
+    """Yield an ``advance(n=1, total=None)`` function driving a bar with counts, rate, elapsed and
+    ETA; ``total`` given sets the bar's total (work found as it goes: the total grows)."""
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, total=None: None
         return
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -46,4 +47,11 @@ def progress_bar(description: str, total: int | None, unit: str = "files", enabl
         transient=False,
     ) as prog:
         task = prog.add_task(description, total=total, unit=unit)
-        yield lambda n=1: prog.advance(task, n)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                prog.update(task, total=total)
+            if n:
+                prog.advance(task, n)
+
+        yield advance

@@ -264,3 +264,47 @@ def test_a_fingerprinted_file_is_parsed_from_the_bytes_that_were_hashed(tmp_path
     held = source_bytes(path)
     assert hashlib.sha256(held).hexdigest() == digest and held.startswith(b"first")
     assert source_bytes(path).startswith(b"second")  # handed over once: memory holds one file at most
+
+
+def test_units_are_planned_and_checked_in_chunks_with_the_store_of_one_plan(tmp_path, monkeypatch):
+    """Ingest walks the folders a chunk at a time and asks the catalog which of a chunk's units are
+    stored in one query of that chunk's unit ids: no list of every unit, no set of every fingerprint.
+    Chunks of 4 give the store (items, ids, hashes, units, sources, errors) and the report that one
+    chunk gives; a second run finds every unit stored, again a chunk at a time."""
+    from medweave.ingest import runner
+
+    data = tmp_path / "data"
+    for sub in ("a", "b"):
+        (data / sub).mkdir(parents=True)
+        for k in range(9):
+            (data / sub / f"note{k}.txt").write_text(f"FINDINGS: finding {sub}{k}. IMPRESSION: none.\n")
+    (data / "a" / "README.md").write_text("# not data\n")
+    (data / "b" / "empty.bin").write_bytes(b"")
+
+    def contents(root: Path):
+        with Store(root) as st:
+            return [st.con.execute(sql).fetchall() for sql in (
+                "SELECT item_id, patient_id, content_hash, unit_id, source_path, source_key, text FROM items "
+                "ORDER BY item_id",
+                "SELECT source_id, unit_id, source_path, n_items FROM sources ORDER BY source_id",
+                "SELECT source_path, unit_id, reason, kind FROM errors ORDER BY source_path")]
+
+    reports, asked = [], []
+    for name, chunk in (("one", 10_000), ("chunks", 4)):
+        monkeypatch.setattr(runner, "PLAN_CHUNK", chunk)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "secret.key").write_text("ab" * 32)
+        with Store(tmp_path / name, write=True) as st:
+            real = st.stored_sources
+            monkeypatch.setattr(st, "stored_sources", lambda ids, real=real: asked.append((name, len(ids))) or real(ids))
+            reports.append(ingest([data], st, progress=False, workers=1).to_dict())
+            again = ingest([data], st, progress=False, workers=1)
+        assert (again.n_ok, again.n_already, again.n_items_added) == (0, 18, 0)
+    one, chunks = reports
+    assert contents(tmp_path / "one") == contents(tmp_path / "chunks")
+    assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in chunks.items() if k != "run_id"}
+    assert (one["ingested"], one["skipped"], one["items_added"], one["patients"]["text"]["patients"]) == (18, 2, 18, 9)
+    # 20 files in walk order (a/README.md, a/note0-8, b/empty.bin, b/note0-8): one query for the one
+    # chunk; five for chunks of 4 entries, of 3, 4, 3, 4, 4 units (the skipped files are no units)
+    assert [n for who, n in asked if who == "one"] == [18, 18]
+    assert [n for who, n in asked if who == "chunks"] == [3, 4, 3, 4, 4] * 2

@@ -27,7 +27,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..engine import LOCAL, Engine
 from ..progress import progress_bar
@@ -200,24 +200,24 @@ class _Outcome:
     adapter: str = NONE_ADAPTER
 
 
-def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext,
-         forced: Adapter | None = None) -> tuple[list[tuple[Adapter, Unit]], list[_Outcome]]:
-    """Turn paths into (adapter, unit) pairs, and outcomes for the files that became no unit.
+def walk(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext,
+         forced: Adapter | None = None) -> Iterator["tuple[Adapter, Unit] | _Outcome"]:
+    """The (adapter, unit) pairs of ``paths``, and an outcome for each file that became no unit, one
+    at a time in walk order (folders sorted by name): nothing of the walk is held but the folders
+    being walked and the names of the one being listed, so planning costs no memory per file.
 
     A file found while walking a folder that no adapter reads is skipped as not a data file; one the
     user named explicitly fails. Folder links are followed once: a link leading back to a folder
     already walked (a loop) is not entered again.
     """
-    work: list[tuple[Adapter, Unit]] = []
-    outcomes: list[_Outcome] = []
-    walked: set[str] = set()
+    walked: set[str] = set()  # folders resolved (one entry a folder, not a file)
 
     def is_companion(p: Path) -> bool:
         return any(getattr(a, "is_companion", lambda _p: False)(p) for a in adapters.values())
 
     store_root = ctx.store.root.resolve()
 
-    def visit(p: Path, root: Path, explicit: bool) -> None:
+    def visit(p: Path, root: Path, explicit: bool):
         if not explicit and p.name.startswith("."):
             return
         # A plain file (not a link) needs no resolving (it cannot be the store's folder nor a
@@ -226,7 +226,7 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
         try:
             real = None if plain_file else p.resolve()
         except (OSError, RuntimeError):  # a link that loops on itself
-            outcomes.append(_Outcome(p, root, "skip", "a link that cannot be resolved (it loops)"))
+            yield _Outcome(p, root, "skip", "a link that cannot be resolved (it loops)")
             return
         if real == store_root:  # never ingest the store into itself
             return
@@ -242,19 +242,19 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
             walked.add(str(real))
             for a in ([forced] if forced else adapters.values()):
                 if a.claims_dir(p):
-                    add_units(a, p, root)
+                    yield from add_units(a, p, root)
                     return
-            try:
-                children = sorted(p.iterdir())
+            try:  # names, not paths: a folder of 30,000 files holds 30,000 short strings while walked
+                names = sorted(os.listdir(p))  # (the order of sorted ``Path`` children: by name)
             except OSError as exc:
-                outcomes.append(_Outcome(p, root, "error", f"folder cannot be listed ({exc.strerror})"))
+                yield _Outcome(p, root, "error", f"folder cannot be listed ({exc.strerror})")
                 return
-            for child in children:
-                visit(child, root, False)
+            for name in names:
+                yield from visit(p / name, root, False)
             return
         if not plain_file and not p.is_file():
             what = "a broken link" if p.is_symlink() and not p.exists() else "not a regular file"
-            outcomes.append(_Outcome(p, root, "error" if explicit else "skip", what))
+            yield _Outcome(p, root, "error" if explicit else "skip", what)
             return
         if not explicit and is_companion(p):
             return
@@ -264,30 +264,50 @@ def plan(paths: Iterable[Path], adapters: dict[str, Adapter], ctx: IngestContext
             if explicit:
                 reason = (f"unknown file format: {reason} (formats: {', '.join(sorted(adapters))}; "
                           "use --format NAME)")
-            outcomes.append(_Outcome(p, root, "error" if explicit else "skip", reason))
+            yield _Outcome(p, root, "error" if explicit else "skip", reason)
             return
-        add_units(adapter, p, root)
+        yield from add_units(adapter, p, root)
 
-    def add_units(adapter: Adapter, p: Path, root: Path) -> None:
+    def add_units(adapter: Adapter, p: Path, root: Path):
         try:
             units = list(adapter.units(p, ctx))
         except NotADataFile as exc:
-            outcomes.append(_Outcome(p, root, "skip", str(exc), adapter.name))
+            yield _Outcome(p, root, "skip", str(exc), adapter.name)
             return
         except Exception as exc:  # a source whose parts cannot even be listed is one error line
-            outcomes.append(_Outcome(p, root, "error", _describe(exc), adapter.name))
+            yield _Outcome(p, root, "error", _describe(exc), adapter.name)
             return
         for u in units:
             u.root = root
-            work.append((adapter, u))
+            yield adapter, u
 
     for path in paths:
         path = Path(path)
         if not path.exists() and not path.is_symlink():
-            outcomes.append(_Outcome(path, path, "error", "no such file or folder"))
+            yield _Outcome(path, path, "error", "no such file or folder")
             continue
-        visit(path, path, True)
-    return work, outcomes
+        yield from visit(path, path, True)
+
+
+PLAN_CHUNK = 1024  # entries of the walk (units and files that became none) planned at a time
+
+
+def _chunks(entries: Iterator, ctx: IngestContext, report: IngestReport):
+    """``walk``'s entries ``PLAN_CHUNK`` at a time, as (units, outcomes): the walk runs only while a
+    chunk is taken, and what it warns of (a folder link not followed) goes to the report, not to the
+    unit being read then."""
+    while True:
+        saved, ctx.warnings = ctx.warnings, []
+        try:
+            chunk = list(itertools.islice(entries, PLAN_CHUNK))
+        finally:
+            report.warnings.extend(ctx.warnings)
+            ctx.warnings = saved
+        if not chunk:
+            return
+        units = [e for e in chunk if not isinstance(e, _Outcome)]
+        yield units, [e for e in chunk if isinstance(e, _Outcome)]
+        del chunk, units
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -428,16 +448,16 @@ class _Batch:
         return rows
 
     def stream_unit(self, adapter: Adapter, unit: Unit, fingerprint: str, slices, report: "IngestReport",
-                    known: Iterable[str]) -> tuple[int, set[str]]:
+                    known: Iterable[str]) -> int:
         """Store a unit given as slices of items (``Adapter.read_slices``, the first pass done: every
         raw patient key in ``known``): one slice joins the batch like any unit; more are inserted
         slice by slice in a transaction of their own (``Store.unit_writer``), after the batch waiting
-        is committed, so memory holds a slice or two, never the whole unit. (items, patient ids)."""
+        is committed, so memory holds a slice or two, never the whole unit. Returns its items."""
         first = next(slices, [])
         second = next(slices, None)
         if second is None:
             self.add_unit(adapter, unit, fingerprint, first, known)
-            return len(first), {it.patient_id for it in first}
+            return len(first)
         try:
             self.flush(report)
         except Exception as exc:  # the batch's commit, not this unit: it ends the run as a flush does
@@ -448,7 +468,7 @@ class _Batch:
         writer = self.store.unit_writer(unit_id)
         pending = [second, first]
         del first, second
-        n, pids, ids_by_ref = 0, set(), {}
+        n, ids_by_ref = 0, {}
         try:
             while True:
                 items = pending.pop() if pending else next(slices, None)
@@ -459,14 +479,13 @@ class _Batch:
                 rows = self.item_rows(adapter, items, source_path, unit_id, now, ids_by_ref, patients, studies)
                 writer.add(rows, patients, studies)
                 n += len(rows)
-                pids.update(it.patient_id for it in items)
                 del rows, items
             added, replaced = writer.commit(self.source_row(adapter, fingerprint, unit_id, source_path, n, now))
         finally:
             writer.rollback()  # (nothing once committed)
         report.n_items_added += added
         report.n_items_replaced += replaced
-        return n, pids
+        return n
 
     def add_error(self, path: str, unit_id: str | None, adapter: str, reason: str, kind: str) -> None:
         self.errors.append({"run_id": self.run_id, "source_path": path, "unit_id": unit_id, "adapter": adapter,
@@ -539,17 +558,17 @@ def _read_unit(adapter: Adapter, unit: Unit, ctx: IngestContext) -> _Read:
 
 
 def _stream(adapter: Adapter, unit: Unit, fp: str, ctx: IngestContext, batch: _Batch, report: IngestReport):
-    """Read and store a streamed unit here, in the writer: (items, patient ids, error or None,
-    warnings, raw patient keys). Its first pass (``read_slices`` up to its first slice) finds every
+    """Read and store a streamed unit here, in the writer: (items, error or None, warnings, raw
+    patient keys). Its first pass (``read_slices`` up to its first slice) finds every
     error of a bad unit before anything is stored; an error later rolls the unit's transaction back."""
     ctx.warnings, ctx.seen_ids = [], set()
     try:  # (the keys are all in ctx.seen_ids once the first slice is taken)
-        n, pids = batch.stream_unit(adapter, unit, fp, adapter.read_slices(unit, ctx), report, ctx.seen_ids)
-        return n, pids, None, ctx.warnings, ctx.seen_ids
+        n = batch.stream_unit(adapter, unit, fp, adapter.read_slices(unit, ctx), report, ctx.seen_ids)
+        return n, None, ctx.warnings, ctx.seen_ids
     except _BatchFailed as exc:
         raise exc.__cause__ from None
     except Exception as exc:  # a bad unit never stops the batch
-        return 0, set(), _describe(exc), ctx.warnings, ctx.seen_ids
+        return 0, _describe(exc), ctx.warnings, ctx.seen_ids
 
 
 class _BatchFailed(Exception):
@@ -569,13 +588,15 @@ def _read_in_ray_task(setup: tuple, adapter_name: str, unit: Unit) -> _Read:
     return _read_in_worker(adapter_name, unit)
 
 
-def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int,
-              engine: Engine = LOCAL):
+def _read_all(work: Iterable[tuple[Adapter, Unit]], ctx: IngestContext, known: set[str], workers: int,
+              engine: Engine = LOCAL, small: bool = False):
     """Yield (adapter, unit, fingerprint, read) in the order of ``work``; ``read`` is None for a unit
-    already stored, else (items, error, warnings, raw patient keys) as ``_read_unit`` gives it.
+    already stored (its fingerprint in ``known`` when it is reached), else (items, error, warnings,
+    raw patient keys) as ``_read_unit`` gives it.
 
-    Units are read here, by ``workers`` reader processes, or (``engine`` Ray) by Ray tasks; in each
-    case at most a bounded window of read units waits for the writer, in order."""
+    Units are read here (``small``: too few units for reader processes to pay), by ``workers``
+    reader processes, or (``engine`` Ray) by Ray tasks; in each case at most a bounded window of read
+    units waits for the writer, in order, and ``work`` is taken as it comes (it may be a generator)."""
     def fingerprint(adapter, unit):
         try:
             return _fingerprint(adapter, unit, ctx), None
@@ -587,7 +608,7 @@ def _read_all(work: list[tuple[Adapter, Unit]], ctx: IngestContext, known: set[s
         tasks = engine.tasks(_read_in_ray_task, setup)
         yield from _windowed(work, known, fingerprint, lambda a, u: tasks.submit(a.name, u), 4 * engine.cpus())
         return
-    if workers < 2 or len(work) < PARALLEL_MIN_UNITS:
+    if workers < 2 or small:
         for adapter, unit in work:
             fp, err = fingerprint(adapter, unit)
             if err:
@@ -683,33 +704,50 @@ def ingest(
     ctx = IngestContext(store=store, deid=deid, namespace=namespace, options=options or {}, forced=bool(fmt))
     report.run_id = store.start_run(_stored_args(args, paths, deid))
     batch = _Batch(store, report.run_id, deid)
-    ctx.warnings = []
-    work, outcomes = plan(paths, adapters, ctx, forced)
-    report.warnings.extend(ctx.warnings)
-    for o in outcomes:
-        unit = Unit(o.path, root=o.root)
-        desc = o.reason if isinstance(o.reason, tuple) else (o.kind, o.reason, None)
-        _record(report, batch, ctx, o.adapter, unit, desc, ())
-    known = store.known_sources()
     workers = default_workers() if workers is None else workers
     used: dict[str, Adapter] = {}
-    patients: dict[str, set[str]] = {}
-    with progress_bar("ingest", total=len(work), unit="files", enabled=progress) as advance:
-        for adapter, unit, fp, read in _read_all(work, ctx, known, workers, engine):
+    known: set[str] = set()  # the fingerprints stored of the chunk's units (refilled per chunk)
+    planned = [0]  # units planned so far (the progress bar's total grows with the walk)
+    chunks = _chunks(walk(paths, adapters, ctx, forced), ctx, report)
+    queue = [next(chunks, ([], []))]
+    # (fewer entries than a chunk: the walk is over and the run is known, maybe too small for readers)
+    small = len(queue[0][0]) + len(queue[0][1]) < PLAN_CHUNK and len(queue[0][0]) < PARALLEL_MIN_UNITS
+
+    def work() -> Iterator[tuple[Adapter, Unit]]:
+        """The units, chunk by chunk: each chunk's outcomes recorded, then which of its units are
+        stored already asked of the catalog in one query (by unit id: no file is read for it), then
+        its units handed on; nothing of a chunk is kept once the next is planned."""
+        while queue:
+            units, outcomes = queue.pop()
+            for o in outcomes:
+                unit = Unit(o.path, root=o.root)
+                desc = o.reason if isinstance(o.reason, tuple) else (o.kind, o.reason, None)
+                _record(report, batch, ctx, o.adapter, unit, desc, ())
+            known.clear()
+            known.update(store.stored_sources([deid.unit_id(u.source_id) for _a, u in units]))
+            known.update(src["source_id"] for src in batch.sources)  # (a unit named twice: not read twice)
+            planned[0] += len(units)
+            advance(0, total=planned[0])
+            yield from units
+            del units, outcomes
+            queue.extend(itertools.islice(chunks, 1))
+
+    with progress_bar("ingest", total=None, unit="files", enabled=progress) as advance:
+        for adapter, unit, fp, read in _read_all(work(), ctx, known, workers, engine, small):
             used[adapter.name] = adapter
             if read is None:
                 report.n_already += 1
                 report.count(adapter.name, "already_stored")
             else:
                 if read is STREAMED:
-                    n_items, pids, err, warnings, seen = _stream(adapter, unit, fp, ctx, batch, report)
+                    n_items, err, warnings, seen = _stream(adapter, unit, fp, ctx, batch, report)
                 else:
                     items, err, warnings, seen = read
-                    n_items, pids = 0, set()
+                    n_items = 0
                     if err is None:
                         try:
                             batch.add_unit(adapter, unit, fp, items, seen)
-                            n_items, pids = len(items), {it.patient_id for it in items}
+                            n_items = len(items)
                         except Exception as exc:  # a bad unit never stops the batch
                             err = _describe(exc)
                 report.warnings.extend(f"{unit.path}: {w}" for w in warnings)
@@ -718,7 +756,6 @@ def ingest(
                     report.n_ok += 1
                     report.count(adapter.name, "ingested")
                     report.count(adapter.name, "items", n_items)
-                    patients.setdefault(adapter.name, set()).update(pids)
                 else:
                     _record(report, batch, ctx, adapter.name, unit, err, seen)
             advance()
@@ -739,9 +776,11 @@ def ingest(
             if batch.due():
                 batch.flush(report)
         batch.flush(report)
-    for name, pids in patients.items():
-        adapter = adapters[name]
-        report.patients[name] = {"patients": len(pids), "rule": adapter.patient_rule(ctx.options)}
+    # Patients counted by the catalog, not held here (a set of every patient id grew with the data):
+    # the distinct patients of the items this run stored, per adapter that ingested a unit.
+    counts = store.patients_of_run(report.run_id)
+    for name in sorted(n for n, c in report.per_adapter.items() if c["ingested"] and n in adapters):
+        report.patients[name] = {"patients": counts.get(name, 0), "rule": adapters[name].patient_rule(ctx.options)}
     if report.n_items_replaced:
         store.sweep()  # blobs of replaced rows that no row references any more
     store.finish_run(report.run_id, report.n_units, report.n_already, report.n_failed, report.n_items_added,
