@@ -36,8 +36,22 @@ def test_probe_blank_image_is_worse(tiny_model, tiny_set):
     res = json.loads(medweave("vqa", "probe", "--model", str(tiny_model), "--questions", str(tiny_set / "train.json"),
                               "--bootstrap", "20", "--json").stdout)
     abl = res["ablation"]
-    assert set(abl) == {"real", "blank", "noise", "other_same_organ"}
+    assert set(abl) == {"real", "blank", "noise", "other_same_organ", "question_only", "blank_beyond_question_only"}
     assert abl["blank"]["overall_acc"]["value"] < abl["real"]["overall_acc"]["value"]
+    # beside the blank picture, the question-only guess on the same questions: the baseline itself,
+    # computed here from the training file, and below the real picture (each text is asked of every picture)
+    from medweave.evaluate.answers import exact_match
+    from medweave.vqa.baselines import question_only
+
+    vqa = load_vqa(tiny_set / "train.json")
+    qe = embed_questions([q.question for q in vqa.questions])
+    guess = question_only(qe, [q.answer for q in vqa.questions], qe)
+    assert abl["question_only"]["overall_acc"]["value"] == pytest.approx(
+        np.mean([exact_match(g, q.answer) for g, q in zip(guess, vqa.questions)]))
+    assert abl["question_only"]["overall_acc"]["value"] < abl["real"]["overall_acc"]["value"] - 0.3
+    gain = abl["blank_beyond_question_only"]
+    assert gain["overall_acc"]["n"] == len(vqa.questions) and gain["open_acc"]["n"] == N_IMAGES
+    assert gain["overall_acc"]["value"] <= abl["blank"]["overall_acc"]["value"]
     paired = res["paired"]
     assert paired["random_pair_acc"] == 0.25 and paired["by_kind"]["organ"]["pairs"] == N_IMAGES
     assert 0.0 <= paired["by_kind"]["all"]["pair_acc"] <= 1.0

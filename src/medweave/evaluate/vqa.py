@@ -4,7 +4,13 @@
 Probes: does the answerer read the picture?
 
 - Image ablation: the same questions answered with a blank picture, with noise, and with another
-  patient's picture of the same organ; each scored like the real picture.
+  patient's picture of the same organ; each scored like the real picture. Beside them, on the same
+  questions, the question-only guess (``baselines.question_only`` over the model's training questions:
+  no picture at all). A blank picture need not score zero: on a split that mirrors the VQA-RAD test a
+  held-out question often has a twin about the same picture in training, so its text alone gives the
+  answer away; what shows that the answerer reads the picture is the real picture far above the
+  question-only guess, and the blank picture not above it (``blank_beyond_question_only``: the share of
+  questions the blank picture gets right and the question-only guess does not).
 - Paired probes (in the spirit of ProbMed): for each picture, what is known of it (``facts.py``: its
   organ, and its modality and plane where a training or evaluated question's answer states them) is
   asked as a true question (answer yes) and as a hallucinated one (answer no), in wording that
@@ -22,6 +28,7 @@ from pathlib import Path
 from ..vqa.data import Question, VqaSet, load_vqa
 from ..vqa.facts import hallucinated, picture_facts, probe_question, question_records
 from ..vqa.features import embed_image_arrays, embed_image_files, embed_questions, open_cache
+from ..vqa.baselines import question_only
 from ..vqa.model import Answerer
 from ..vqa.normalize import normalize_answer
 from ..vqa.pipeline import CACHE_NAME, DEFAULT_SPLIT, SplitRun, answer_set, embed_set, fit_split
@@ -57,7 +64,7 @@ def validate(data: str | Path, split: str = DEFAULT_SPLIT, cfg=None, cache_path:
     with open_cache(cache_path) as cache:
         run = fit_split(data, split, cfg, cache, frac, seed)
     return split_scores(run, n_boot)
-ABLATIONS = ("real", "blank", "noise", "other_same_organ")
+ABLATIONS = ("real", "blank", "noise", "other_same_organ", "question_only", "blank_beyond_question_only")
 
 
 def blank_image() -> np.ndarray:
@@ -103,12 +110,29 @@ def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> d
         "noise": noise[[row[q.image] for q in vqa.questions]],
         "other_same_organ": pics[[row[swap.get(q.image, q.image)] for q in vqa.questions]],
     }
-    out = {}
+    out, answers = {}, {}
     for name, emb in variants.items():
         idx = keep if name == "other_same_organ" else list(range(len(img)))
         preds = model.predict(emb[idx], qe[idx], questions=[vqa.questions[i].question for i in idx]) if idx else []
-        out[name] = _short(score([vqa.questions[i] for i in idx], [p.answer for p in preds], n_boot=n_boot))
+        answers[name] = [p.answer for p in preds]
+        out[name] = _short(score([vqa.questions[i] for i in idx], answers[name], n_boot=n_boot))
+    # no picture at all: the most common answer of the 5 training questions closest in wording
+    answers["question_only"] = question_only(model.mem_q, [model.vocab[a] for a in model.mem_answer], qe)
+    out["question_only"] = _short(score(vqa.questions, answers["question_only"], n_boot=n_boot))
+    out["blank_beyond_question_only"] = beyond(vqa.questions, answers["blank"], answers["question_only"], n_boot)
     return out
+
+
+def beyond(questions: list[Question], probed: list[str], guess: list[str], n_boot: int = 1000) -> dict:
+    """overall / closed / open share of ``questions`` that ``probed`` answers right and the question-only
+    ``guess`` does not (exact match after normalisation), with bootstrap intervals like every score."""
+    from .answers import exact_match, mean_with_ci
+
+    gain = np.array([exact_match(p, q.answer) and not exact_match(g, q.answer)
+                     for p, g, q in zip(probed, guess, questions)], dtype=bool)
+    closed = np.array([q.closed for q in questions], dtype=bool)
+    return {"overall_acc": mean_with_ci(gain, n_boot), "closed_acc": mean_with_ci(gain[closed], n_boot),
+            "open_acc": mean_with_ci(gain[~closed], n_boot)}
 
 
 def known_facts(model: Answerer, vqa: VqaSet) -> dict[str, dict[str, str]]:

@@ -200,7 +200,9 @@ def probe(
 
 def print_probes(res: dict) -> None:
     """The ablation and paired-probe tables."""
-    t = Table(title="image ablation (exact match)")
+    t = Table(title="image ablation (exact match)", caption="question_only: no picture, the commonest answer of "
+              "the 5 training questions closest in wording, on the same questions; blank_beyond_question_only: "
+              "the share right with a blank picture and wrong by the question-only guess")
     for c in ("picture", "overall_acc", "closed_acc", "open_acc"):
         t.add_column(c)
     for name, v in res["ablation"].items():
