@@ -124,3 +124,29 @@ def test_train_defaults_are_the_model_defaults():
     for name in ("seeds", "epochs", "views", "finetune_blocks", "finetune_epochs", "context", "decoder",
                  "decoder_epochs"):
         assert defaults[name] == getattr(cfg, name), name
+
+
+def test_answer_path_shortcuts_change_nothing(tiny_model, tiny_set):
+    """Picture cosines taken once per distinct training picture equal the direct product, the similar
+    cases are the plain search's, and answering one question leaves torch's and BLAS's threads as found."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from medweave.vqa.model import _l2, neighbours
+    from medweave.vqa.pipeline import ask
+
+    model = Answerer.load(tiny_model)
+    img = embed_image_files([tiny_set / f"images/img{i:02d}.png" for i in range(N_IMAGES)])
+    qe = embed_questions(["Which side is the opacity on?"] * N_IMAGES)
+    assert len(model._pictures) == 0
+    assert np.allclose(model.picture_cos(img), _l2(img) @ model.mem_img.T, atol=1e-6)
+    assert model._pictures[0].shape[1] == N_IMAGES  # 24 memory rows, 12 distinct pictures
+    idx, score = neighbours(img, qe, model.mem_img, model.mem_q, 3)
+    for i in range(N_IMAGES):
+        hits = model.similar_cases(img[i:i + 1], qe[i:i + 1], 3)
+        assert [h["score"] for h in hits] == pytest.approx(list(score[i]), abs=1e-6)
+        assert [h["image"] for h in hits] == [model.cases[j]["image"] for j in idx[i]]
+    blas = lambda: [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]  # noqa: E731
+    before = (torch.get_num_threads(), blas())
+    res = ask(model, tiny_set / "images/img01.png", "Which side is the opacity on?")
+    assert res["answer"] == "right" and (torch.get_num_threads(), blas()) == before

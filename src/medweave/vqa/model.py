@@ -209,6 +209,7 @@ class Answerer:
     _nets: list = field(default_factory=list, repr=False)
     _encoders: list = field(default_factory=list, repr=False)
     _decoder: list = field(default_factory=list, repr=False)
+    _pictures: list = field(default_factory=list, repr=False)  # [distinct memory pictures, row -> picture]
 
     def image_encoders(self) -> list:
         """The picture views this model reads, in order: registered names, or the fine-tuned encoder
@@ -359,29 +360,43 @@ class Answerer:
         probs = probs * weight * (p_type @ self.qtype_masks)
         return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12), p_closed
 
+    def picture_cos(self, img_emb: np.ndarray) -> np.ndarray:
+        """(n, memory) cosine of each asked picture to each training row's picture, computed once per
+        distinct training picture (a picture is asked about by ~8 training questions) and spread."""
+        if not self._pictures:
+            distinct, rows = np.unique(self.mem_img, axis=0, return_inverse=True)
+            self._pictures.extend([np.ascontiguousarray(distinct.T), rows.reshape(-1)])
+        distinct_t, rows = self._pictures
+        return (_l2(img_emb) @ distinct_t)[:, rows]
+
     def same_image(self, img_emb: np.ndarray) -> np.ndarray:
         """(n, memory) boolean: which training rows show the asked picture itself."""
-        return (_l2(img_emb) @ self.mem_img.T) >= self.cfg.same_image_cos
+        return self.picture_cos(img_emb) >= self.cfg.same_image_cos
 
-    def memory_probs(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(answer distribution from same-picture close questions, blend weight per question)."""
-        sim_q = q_emb @ self.mem_q.T
-        w = self.same_image(img_emb) * (sim_q >= self.cfg.question_cos) * np.exp(
-            (sim_q - 1.0) / self.cfg.memory_temperature)
+    def memory_probs(self, img_emb: np.ndarray, q_emb: np.ndarray, same: np.ndarray | None = None,
+                     sim_q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(answer distribution from same-picture close questions, blend weight per question);
+        ``same`` / ``sim_q``: ``same_image`` and the question cosines to the memory, when already known."""
+        same = self.same_image(img_emb) if same is None else same
+        sim_q = q_emb @ self.mem_q.T if sim_q is None else sim_q
+        w = same * (sim_q >= self.cfg.question_cos) * np.exp((sim_q - 1.0) / self.cfg.memory_temperature)
         dist = np.zeros((len(q_emb), len(self.vocab)))
-        np.add.at(dist.T, self.mem_answer, w.T)
+        rows = np.flatnonzero(same.any(0))  # only the memory rows of asked pictures weigh anything
+        np.add.at(dist.T, self.mem_answer[rows], w[:, rows].T)
         mass = dist.sum(1, keepdims=True)
         dist = np.where(mass > 0, dist / np.maximum(mass, 1e-12), 0.0)
         return dist, self.cfg.memory_weight * (1.0 - np.exp(-mass[:, 0] / 0.5))
 
-    def picture_prior_scores(self, img_emb: np.ndarray, q_emb: np.ndarray) -> np.ndarray:
+    def picture_prior_scores(self, img_emb: np.ndarray, q_emb: np.ndarray, same: np.ndarray | None = None,
+                             sim_q: np.ndarray | None = None) -> np.ndarray:
         """(n, vocab) in [0, 1]: per answer, how close a training question *about the asked picture
         itself* (``same_image``) that had this answer is to the asked one: the largest
         exp((cosine - 1) / ``picture_prior_temperature``) over those rows (0: no such row). A blank,
-        noisy or unseen picture matches no training picture, so every score is 0 there."""
+        noisy or unseen picture matches no training picture, so every score is 0 there (``same`` /
+        ``sim_q``: as in ``memory_probs``)."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
-        same = self.same_image(img_emb)
-        cos = np.minimum(q_emb @ self.mem_q.T, 1.0)
+        same = self.same_image(img_emb) if same is None else same
+        cos = np.minimum(q_emb @ self.mem_q.T if sim_q is None else sim_q, 1.0)
         k = np.where(same, np.exp((cos - 1.0) / self.cfg.picture_prior_temperature), 0.0)
         out = np.zeros((len(img_emb), len(self.vocab)))
         rows = np.flatnonzero(same.any(0))  # only the memory rows of asked pictures
@@ -396,10 +411,11 @@ class Answerer:
         in form, so such a model needs the rows' question texts, ``questions``); ``decoder=False``: never."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
-        mem, lam = self.memory_probs(img_emb, q_emb)
+        same, sim_q = self.same_image(img_emb), q_emb @ self.mem_q.T  # shared by the memory and the prior
+        mem, lam = self.memory_probs(img_emb, q_emb, same, sim_q)
         probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
         if self.cfg.picture_prior:
-            probs = probs * (1.0 + self.cfg.picture_prior * self.picture_prior_scores(img_emb, q_emb))
+            probs = probs * (1.0 + self.cfg.picture_prior * self.picture_prior_scores(img_emb, q_emb, same, sim_q))
             probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
         best = probs.argmax(1)
         preds = [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
@@ -451,7 +467,7 @@ class Answerer:
         """The k training cases closest in picture and question (mean of the two cosines), with their
         answers (``neighbours``; ``exclude``: memory rows never returned)."""
         idx, score = neighbours(img_emb, q_emb, self.mem_img, self.mem_q, k,
-                                None if exclude is None else np.atleast_2d(exclude))
+                                None if exclude is None else np.atleast_2d(exclude), self.picture_cos(img_emb))
         return [{**self.cases[i], "score": float(sc)} for i, sc in zip(idx[0], score[0]) if i >= 0]
 
     def asked_rows(self, img_emb: np.ndarray, q_emb: np.ndarray) -> np.ndarray:
@@ -580,13 +596,16 @@ SAME_TEXT_COS = 0.999  # question embeddings this close are the same text (e5 gi
 
 
 def neighbours(img_emb: np.ndarray, q_emb: np.ndarray, mem_img: np.ndarray, mem_q: np.ndarray, k: int,
-               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude: np.ndarray | None = None, img_cos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows (n, k), scores (n, k)) of the k memory rows closest to each asked (picture, question):
     score = mean of the picture cosine (``img_emb`` L2-normalised here, ``mem_img`` already) and the
     question cosine. A row ``exclude`` (n, memory) marks is never a candidate: when fewer than k are
     left, the missing places hold row -1 and score -inf. The one search behind ``similar_cases``, the
-    answerer's retrieved context, the agents' ``similar_questions`` and the harness's ``context``."""
-    score = (_l2(img_emb) @ np.atleast_2d(mem_img).T + np.atleast_2d(q_emb) @ np.atleast_2d(mem_q).T) / 2
+    answerer's retrieved context, the agents' ``similar_questions`` and the harness's ``context``.
+    ``img_cos``: the picture cosines (n, memory), when already known (``Answerer.picture_cos``)."""
+    if img_cos is None:
+        img_cos = _l2(img_emb) @ np.atleast_2d(mem_img).T
+    score = (img_cos + np.atleast_2d(q_emb) @ np.atleast_2d(mem_q).T) / 2
     if exclude is not None:
         score = np.where(exclude, -np.inf, score)
     k = min(k, score.shape[1])

@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import VqaSet, load_vqa
 from .facts import fact_questions, picture_facts, question_records
+from ..encode.text import one_thread
 from .features import IMAGE_ENCODERS, embed_image_files, embed_questions, open_cache
 from .model import Answerer, Prediction, VqaConfig
 from .splits import DEFAULT_SPLIT, make_split
@@ -200,6 +201,11 @@ def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 
     """Answer one question about one picture file: answer, probability, type assumed, similar cases."""
     if not str(question).strip():
         raise ValueError("the question is empty")
+    with one_thread():  # one question's products are small: more threads only wait for each other
+        return _ask(model, image, question, cache, k)
+
+
+def _ask(model: Answerer, image: str | Path, question: str, cache, k: int) -> dict:
     img = embed_image_files([image], cache, model.image_encoders())
     qe = embed_questions([question])  # a one-off question: not worth a cache write
     out = {}
