@@ -139,6 +139,21 @@ def integral_spelling(text: str) -> str:
     return str(int(x)) if x.is_integer() else text
 
 
+def class_lookup(classes: list[str]):
+    """``find(value) -> index or None`` over ``classes``: the class as written, else the one of the
+    same integral spelling ("2.0" finds "2" and "2" finds "2.0"; see ``integral_spelling``)."""
+    exact = {c: i for i, c in enumerate(classes)}
+    spelt: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        spelt.setdefault(integral_spelling(c), i)
+
+    def find(value: str) -> int | None:
+        i = exact.get(value)
+        return spelt.get(integral_spelling(value)) if i is None else i
+
+    return find
+
+
 def _hash_unit(seed: int, key: str) -> float:
     h = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64

@@ -162,13 +162,11 @@ class TabularFeaturizer:
             hot = [(v == c).fillna(False).to_numpy(dtype=bool) for c in cats]
             unmatched = ~miss & ~np.logical_or.reduce(hot, axis=0) if hot else np.zeros(len(frame), dtype=bool)
             if unmatched.any():  # "2" and "2.0" are one category (see cohort.integral_spelling)
-                from ..cohort import integral_spelling
+                from ..cohort import class_lookup
 
-                spelt: dict[str, int] = {}
-                for j, c in enumerate(cats):
-                    spelt.setdefault(integral_spelling(c), j)
+                find = class_lookup(list(cats))
                 for r in np.flatnonzero(unmatched):
-                    j = spelt.get(integral_spelling(str(v.iloc[r])))
+                    j = find(str(v.iloc[r]))
                     if j is not None:
                         hot[j][r] = True
             cols += [h.astype(np.float64) for h in hot]

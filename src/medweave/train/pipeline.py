@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..cohort import Cohort, build_cohort, integral_spelling, simulate_missing
+from ..cohort import Cohort, build_cohort, class_lookup, simulate_missing
 from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
 from ..encode.arrays import write_disk_array
@@ -106,12 +106,9 @@ def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) ->
     for h, spec in zip(cfg.heads, specs):
         col = cohort.table[h.target]
         if spec.kind == "multiclass":
-            index = {c: i for i, c in enumerate(spec.classes)}
-            spelt: dict[str, int] = {}  # "2.0" and "2" are one class (see cohort.integral_spelling)
-            for i, c in enumerate(spec.classes):
-                spelt.setdefault(integral_spelling(c), i)
-            out[h.name] = np.array([-1 if v is None else index.get(str(v), spelt.get(integral_spelling(str(v)), -1))
-                                    for v in col], dtype=np.float32)
+            find = class_lookup(spec.classes)  # "2.0" and "2" are one class (see cohort.integral_spelling)
+            out[h.name] = np.array([-1 if v is None or (i := find(str(v))) is None else i for v in col],
+                                   dtype=np.float32)
         else:
             out[h.name] = np.array([np.nan if v is None else float(v) for v in col], dtype=np.float32)
     return out
