@@ -893,10 +893,6 @@ class Store:
         return report
 
     # --- writing ---------------------------------------------------------------------------------
-    def known_sources(self) -> set[str]:
-        """Every source fingerprint stored (the whole table: ingest asks ``stored_sources`` per chunk)."""
-        return {r[0] for r in self.con.execute("SELECT source_id FROM sources").fetchall()}
-
     def stored_sources(self, unit_ids: list[str]) -> set[str]:
         """The source fingerprints stored for these units (one query; what ingest checks a chunk of
         units against, instead of holding every fingerprint of the store)."""
