@@ -426,16 +426,20 @@ def _stored_range(allocated: int, stored: int | None, signed: bool) -> tuple[int
     return (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
 
 
-def _unused_bits(array: np.ndarray, allocated: int, stored: int | None) -> np.ndarray:
+def _unused_bits(array: np.ndarray, allocated: int, stored: int | None, lo: Any = None, hi: Any = None) -> np.ndarray:
     """Ignore the bits above Bits Stored, as pydicom does for native data (a shift left, then right:
     sign extension for signed pixels, masking for unsigned ones). Pixels already within the stored
     range (the usual case: the unused bits are zero, or copies of the sign) are returned as they are:
-    the shifts would change nothing, and two passes over the array are saved."""
+    the shifts would change nothing, and two passes over the array are saved (``lo`` / ``hi``: the
+    array's minimum and maximum, when already known)."""
     bounds = _stored_range(allocated, stored, array.dtype.kind == "i")
     if bounds is None:
         return array
-    if array.size and bounds[0] <= array.min() and array.max() <= bounds[1]:
-        return array
+    if array.size:
+        if lo is None:
+            lo, hi = array.min(), array.max()
+        if bounds[0] <= lo and hi <= bounds[1]:
+            return array
     shift = allocated - stored
     return (array << shift) >> shift
 
@@ -445,12 +449,8 @@ def _corrected_range(array: np.ndarray, allocated: int, stored: int | None) -> t
     that tells whether the shifts change anything is the range the statistics report when they do
     not, so it is computed once (two passes over the pixels, not four)."""
     lo, hi = array.min(), array.max()
-    bounds = _stored_range(allocated, stored, array.dtype.kind == "i")
-    if bounds is None or (bounds[0] <= lo and hi <= bounds[1]):
-        return array, lo, hi
-    shift = allocated - stored
-    array = (array << shift) >> shift
-    return array, array.min(), array.max()
+    fixed = _unused_bits(array, allocated, stored, lo, hi)
+    return (array, lo, hi) if fixed is array else (fixed, fixed.min(), fixed.max())
 
 
 def _exact_sum(array: np.ndarray, lo: float, hi: float) -> float:
