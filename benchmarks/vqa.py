@@ -297,6 +297,9 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
             elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
                 answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False)]
+                # the same answers with the picture gate switched off: equal unless it abstains on a real picture
+                answers["answerer-no-gate"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False,
+                                                                                   gate=False)]
                 if cfg.picture_prior:  # the same fit without the picture prior (it acts at answer time only)
                     from dataclasses import replace
 
@@ -489,6 +492,8 @@ def main() -> int:
         for split, run in runs.items():
             console.rule(f"probes on the {split} split's held-out questions")
             print_probes(run_probes(run.model, run.held, cache, n_boot=200))
+            console.rule(f"the same probes with the picture gate switched off ({split} split)")
+            print_probes(run_probes(run.model, run.held, cache, n_boot=200, gate=False))
             if cfg.picture_prior:
                 from dataclasses import replace
 

@@ -46,3 +46,8 @@ def test_endpoint_equals_builtin_on_vqa_rad(tmp_path, tiny_vqa_model, endpoint):
     if not (shared_data_dir() / "vqa-rad" / "trainset.json").is_file():
         pytest.skip(f"shared VQA-RAD data absent ({shared_data_dir()})")
     _same(tmp_path, load_task("vqa-rad-testlike"), tiny_vqa_model, endpoint, limit=12)
+    # the tiny model learnt from blob squares: its picture gate abstains on every VQA-RAD picture, and
+    # an abstention is no answer (extracted "", scored wrong), the same in-process and over HTTP
+    for run in ("builtin", "http"):
+        recs = load_run(tmp_path / run)["records"]
+        assert all(r["output"].startswith("[abstained]") and r["extracted"] == "" and not r["error"] for r in recs)

@@ -9,6 +9,10 @@
 - ``option``: the letter of a multiple-choice option: a standalone letter ("B", "(B)", "B.", "answer is
   B"), else the option whose text the answer names; "" when none.
 - ``number``: the first number in the text ("about 3 cm" -> "3"); "" when none.
+
+A reply that opens with ``ABSTAINED`` ("[abstained] the picture holds no readable content: ...", the
+VQA answerer's picture gate: ``medweave.vqa.gate``) is no answer: the harness extracts "" from it
+(``is_abstention``) before any extractor could read the "no" of its reason as an answer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ _PREFIX = re.compile(r"^\s*(?:(?:the\s+)?(?:final\s+|short\s+)?answer(?:\s+is)?\
                      re.IGNORECASE)
 _LETTER = re.compile(r"(?:^|[\s(\[])([A-J])(?:$|[\s).\]:,])")
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+
+
+def is_abstention(text: str) -> bool:
+    from ..vqa.gate import ABSTAINED
+
+    return str(text).lstrip().startswith(ABSTAINED)
 
 
 def extract_raw(text: str, sample: Any = None) -> str:

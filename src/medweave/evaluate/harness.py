@@ -28,7 +28,7 @@ import numpy as np
 from ..generate import Backend, BackendError, GenParams, ImageData, Message
 from ..generate.messages import canonical, request_key
 from .cache import ResponseCache
-from .extract import EXTRACTORS
+from .extract import EXTRACTORS, is_abstention
 from .sample_metrics import METRICS
 from .samples import Sample, TaskError
 from .stats import mean_ci
@@ -232,7 +232,8 @@ def sample_record(task: Task, req: Request, out: Outcome | None) -> dict[str, An
     scored = Sample(s.id, s.question, reference, s.image, s.image_name, s.options, s.meta, s.error)
     error = s.error or (out.error if out is not None else "not asked")
     text = out.generation.get("text", "") if out is not None and out.ok else ""
-    extracted = EXTRACTORS.get(task.extract)(text, scored) if not error else ""
+    # an abstention ("[abstained] ...": the VQA answerer's picture gate) is no answer, whatever it says
+    extracted = EXTRACTORS.get(task.extract)(text, scored) if not error and not is_abstention(text) else ""
     scores = {m: (METRICS.get(m).score(extracted, scored) if not error else 0.0)
               if METRICS.get(m).applies(scored) else None for m in task.metrics}
     gen = out.generation if out is not None and out.ok else {}

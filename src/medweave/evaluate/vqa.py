@@ -15,6 +15,11 @@ Probes: does the answerer read the picture?
   organ, and its modality and plane where a training or evaluated question's answer states them) is
   asked as a true question (answer yes) and as a hallucinated one (answer no), in wording that
   training never uses. A pair counts only when both answers are right; random guessing gets 25%.
+
+The picture gate (``vqa.gate``) withholds the answer about a picture with no readable content; a
+withheld answer counts as wrong, and each ablation row says how many were withheld (``abstained``).
+So with the gate a blank or noise picture scores about zero, and the real row's ``abstained`` is the
+gate's false-abstention rate on the held-out pictures.
 """
 
 from __future__ import annotations
@@ -47,13 +52,22 @@ def evaluate_vqa(model_dir: str | Path, questions: str | Path, images: str | Pat
     res = score(vqa.questions, [p.answer for p in preds], n_boot=n_boot)
     res["questions"] = len(vqa.questions)
     res["source"] = vqa.source
+    res["abstained"] = abstentions(preds)
+    res["picture_gate"] = model.gate_status()
     return res
+
+
+def abstentions(preds) -> dict:
+    """How many answers the picture gate withheld (``vqa.gate``; each is scored as wrong)."""
+    n = int(sum(p.abstained for p in preds))
+    return {"n": n, "of": len(preds), "share": n / len(preds) if preds else 0.0}
 
 
 def split_scores(run: SplitRun, n_boot: int = 1000) -> dict:
     """Every score of a model trained on one side of a validation split, on its held-out side."""
-    res = score(run.held.questions, [p.answer for p in run.predictions()], n_boot=n_boot)
-    res.update({"split": run.split, "train_questions": run.train_questions,
+    preds = run.predictions()
+    res = score(run.held.questions, [p.answer for p in preds], n_boot=n_boot)
+    res.update({"split": run.split, "train_questions": run.train_questions, "abstained": abstentions(preds),
                 "held_out_questions": len(run.held.questions), "fit_seconds": run.fit_seconds})
     return res
 
@@ -94,8 +108,10 @@ def _short(res: dict) -> dict:
     return {k: res[k] for k in ("overall_acc", "closed_acc", "open_acc")}
 
 
-def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> dict:
-    """Scores with the real picture, a blank one, noise and another same-organ picture."""
+def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000, gate: bool = True) -> dict:
+    """Scores with the real picture, a blank one, noise and another same-organ picture, each with the
+    share of answers the picture gate withheld (``abstained``: on the real pictures, its false
+    abstentions); ``gate=False``: every question answered, the gate switched off."""
     encs = model.image_encoders()
     img, qe = embed_set(vqa, cache, encs)
     names = vqa.image_names()
@@ -113,9 +129,11 @@ def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> d
     out, answers = {}, {}
     for name, emb in variants.items():
         idx = keep if name == "other_same_organ" else list(range(len(img)))
-        preds = model.predict(emb[idx], qe[idx], questions=[vqa.questions[i].question for i in idx]) if idx else []
+        preds = model.predict(emb[idx], qe[idx], questions=[vqa.questions[i].question for i in idx],
+                              gate=gate) if idx else []
         answers[name] = [p.answer for p in preds]
-        out[name] = _short(score([vqa.questions[i] for i in idx], answers[name], n_boot=n_boot))
+        out[name] = {**_short(score([vqa.questions[i] for i in idx], answers[name], n_boot=n_boot)),
+                     "abstained": abstentions(preds)}
     # no picture at all: the most common answer of the 5 training questions closest in wording
     answers["question_only"] = question_only(model.mem_q, [model.vocab[a] for a in model.mem_answer], qe)
     out["question_only"] = _short(score(vqa.questions, answers["question_only"], n_boot=n_boot))
@@ -173,6 +191,7 @@ def paired_probes(model: Answerer, vqa: VqaSet, cache) -> dict:
     return {"by_kind": out, "random_pair_acc": RANDOM_PAIR_ACC}
 
 
-def run_probes(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000) -> dict:
-    """Both probe families on one question set."""
-    return {"ablation": image_ablation(model, vqa, cache, n_boot), "paired": paired_probes(model, vqa, cache)}
+def run_probes(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000, gate: bool = True) -> dict:
+    """Both probe families on one question set (``gate``: see ``image_ablation``)."""
+    return {"ablation": image_ablation(model, vqa, cache, n_boot, gate), "paired": paired_probes(model, vqa, cache),
+            "picture_gate": model.gate_status() if gate else "switched off for these probes"}

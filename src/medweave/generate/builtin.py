@@ -209,10 +209,14 @@ class BuiltinBackend(Backend):
                     used = {"context_source": "model memory",
                             "context_ids": [str(self.model.cases[i].get("qid", i)) for i in rows[0] if i >= 0]}
             pred = self.model.predict(img[None], q[None], ctx, questions=[question])[0]
+        from ..vqa.pipeline import gate_fields
+
+        # an abstention's answer is "" (scored wrong); its reason is a field of its own, never the
+        # answer text, where an extractor would read the "no" of "no readable content" as an answer
         return {"answer": pred.answer, "probability": float(pred.prob),
                 "type": "closed" if pred.closed else "open", "p_closed": float(pred.p_closed),
                 "memory_weight": float(pred.from_memory), "question": question, **(used or {}),
-                "_img": img, "_q": q}
+                **gate_fields(self.model, pred), "_img": img, "_q": q}
 
     def similar_cases(self, img: np.ndarray, q: np.ndarray, k: int = 3) -> list[dict]:
         return self.model.similar_cases(img[None], q[None], k)
@@ -226,9 +230,14 @@ class BuiltinBackend(Backend):
         entries, text = split_context(users[-1].text)
         question = question_from_prompt(text)
         out = self.answer(conversation_image(messages), question, entries)
-        return Generation(text=out["answer"], prompt_tokens=len(question.split()),
-                          completion_tokens=len(out["answer"].split()),
-                          logprobs=[{"token": out["answer"], "logprob": math.log(max(out["probability"], 1e-12))}],
+        text = out["answer"]
+        if out["abstained"]:  # a reply's text is never empty: the marker and the reason (vqa.gate.chat_text)
+            from ..vqa.gate import chat_text
+
+            text = chat_text(out["reason"])
+        return Generation(text=text, prompt_tokens=len(question.split()),
+                          completion_tokens=len(text.split()),
+                          logprobs=[{"token": text, "logprob": math.log(max(out["probability"], 1e-12))}],
                           finish_reason="stop", extra={k: v for k, v in out.items() if not k.startswith("_")})
 
     @property

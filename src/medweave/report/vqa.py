@@ -40,7 +40,8 @@ class VqaAnswerer:
         pred = self.model.predict(embed_image_arrays([image], None, self.model.image_encoders()),
                                   embed_questions([question]), questions=[question])[0]
         return {"answer": pred.answer, "confidence": float(pred.prob),
-                "type": "closed" if pred.closed else "open"}
+                "type": "closed" if pred.closed else "open", "abstained": pred.abstained,
+                **({"reason": pred.reason} if pred.abstained else {})}
 
 
 def load_answerer(model_dir: str | Path) -> Answerer:

@@ -195,7 +195,8 @@ def answer_question(st: ServerState, image, question: str) -> dict[str, Any]:
     except BackendError as exc:
         raise ServeError(415 if "decoded" in str(exc) else 400, str(exc)) from None
     return {"answer": out["answer"], "confidence": out["probability"], "type": out["type"],
-            "model": st.answerer.name}
+            "model": st.answerer.name, "abstained": out["abstained"],
+            **({"reason": out["reason"]} if out["abstained"] else {}), "picture_gate": out["picture_gate"]}
 
 
 def case_row(ctx, i: int) -> dict[str, Any]:

@@ -116,6 +116,9 @@ def evaluate(
         _dump(res)
     else:
         print_scores(res, f"{res['questions']} questions from {res['source']}")
+        a = res["abstained"]
+        out.print(f"abstained (picture gate; counted wrong): {a['n']} of {a['of']}; {res['picture_gate']}",
+                  highlight=False)
 
 
 @vqa_app.command("ask", epilog=(
@@ -160,8 +163,12 @@ def ask(
     if transcript is not None:
         out.print(f"heard: {transcript}" + (f"  (read as: {question})" if question != transcript else ""),
                   highlight=False)
-    out.print(f"answer: {res['answer']}  (probability {res['probability']:.2f}; assumed {res['type']}, "
-              f"P(closed) {res['p_closed']:.2f})", highlight=False)
+    if res["abstained"]:
+        out.print(f"no answer: {res['reason']}", highlight=False)
+    else:
+        out.print(f"answer: {res['answer']}  (probability {res['probability']:.2f}; assumed {res['type']}, "
+                  f"P(closed) {res['p_closed']:.2f})", highlight=False)
+    out.print(f"picture gate: {res['picture_gate']}", highlight=False)
     out.print("similar training cases:")
     for c in res["similar_cases"]:
         out.print(f"  {c['score']:.2f}  {c['image']} ({c['organ']}): {c['question']} -> {c['answer']}",
@@ -203,11 +210,15 @@ def print_probes(res: dict) -> None:
     t = Table(title="image ablation (exact match)", caption="question_only: no picture, the commonest answer of "
               "the 5 training questions closest in wording, on the same questions; blank_beyond_question_only: "
               "the share right with a blank picture and wrong by the question-only guess")
-    for c in ("picture", "overall_acc", "closed_acc", "open_acc"):
+    for c in ("picture", "overall_acc", "closed_acc", "open_acc", "abstained"):
         t.add_column(c)
     for name, v in res["ablation"].items():
-        t.add_row(name, *(_fmt(v[s]) for s in ("overall_acc", "closed_acc", "open_acc")))
+        gate = v.get("abstained")
+        t.add_row(name, *(_fmt(v[s]) for s in ("overall_acc", "closed_acc", "open_acc")),
+                  f"{gate['share']:.3f} ({gate['n']} of {gate['of']})" if gate else "-")
     out.print(t)
+    if res.get("picture_gate"):
+        out.print(f"picture gate: {res['picture_gate']} (an abstention counts as wrong)", highlight=False)
     t = Table(title=f"paired probes (random guessing: {res['paired']['random_pair_acc']:.0%} of pairs)")
     for c in ("fact", "pairs", "pair_acc", "true_acc (yes)", "false_acc (no)"):
         t.add_column(c)

@@ -36,6 +36,11 @@ with an answer-type head and a same-picture memory of training questions.
   yes/no in form, the classifier's answer not yes/no, the decoder's sequence probability above the classifier's by ``decoder_margin``, and with
   ``decoder_novel_only`` not a training answer); the gate is chosen on an inner split of the training
   side (``pipeline.choose_decoder_gate``) and stays closed (``decoder_margin`` None) unless it wins there.
+- Picture gate (``vqa.gate``; ``picture_gate``, calibrated in ``fit`` on the training pictures alone and
+  saved in ``config.json``): a picture whose nearest training picture is less alike than the gate's
+  threshold (blank, constant, noise, or unlike every training picture) gets no answer but an abstention
+  with its reason (``Prediction.abstained``, answer ""), which every score counts as wrong. A model saved
+  before the gate answers as it did (gate off, said by ``gate_status``).
 """
 
 from __future__ import annotations
@@ -182,6 +187,9 @@ class Prediction:
     p_closed: float
     from_memory: float = 0.0
     decoded: bool = False  # written by the answer decoder (vqa.decoder), not picked among training answers
+    abstained: bool = False  # the picture gate (vqa.gate) found no readable content: no answer ("")
+    reason: str = ""         # why it abstained
+    nearest_picture_cos: float = float("nan")  # cosine to the nearest training picture (the gate's signal)
 
 
 @dataclass
@@ -206,6 +214,7 @@ class Answerer:
     decoder_state: dict = field(default_factory=dict)
     q_mean: np.ndarray | None = None  # with cfg.question_scale: the question standardisation (None: read raw)
     q_std: np.ndarray | None = None
+    picture_gate: dict = field(default_factory=dict)  # vqa.gate calibration ({}: gate off, a model saved before it)
     _nets: list = field(default_factory=list, repr=False)
     _encoders: list = field(default_factory=list, repr=False)
     _decoder: list = field(default_factory=list, repr=False)
@@ -274,6 +283,7 @@ class Answerer:
         model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
                     {"n_train": n, "n_fact_questions": len(f_ans)}, q_mean=q_mean, q_std=q_std)
+        model.picture_gate = calibrate_gate(model.mem_img)  # the training pictures alone (vqa.gate)
         ctx = None
         if cfg.context:
             # leave-self-out (and leave-group-out) retrieval: no row's context holds the row itself
@@ -404,14 +414,17 @@ class Answerer:
         return out
 
     def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
-                decoder: bool = True, questions: Sequence[str] | None = None) -> list[Prediction]:
+                decoder: bool = True, questions: Sequence[str] | None = None, gate: bool = True) -> list[Prediction]:
         """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``).
         With an answer decoder whose gate is open (``cfg.decoder_margin`` set) its answer replaces the
         classifier's where the gate lets it (``decoder.gate_answers``: never for a question that is yes/no
-        in form, so such a model needs the rows' question texts, ``questions``); ``decoder=False``: never."""
+        in form, so such a model needs the rows' question texts, ``questions``); ``decoder=False``: never.
+        The picture gate (``vqa.gate``) then turns the answer about an unreadable picture into an
+        abstention (``Prediction.abstained``, answer ""); ``gate=False``: every row answered (probes)."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
-        same, sim_q = self.same_image(img_emb), q_emb @ self.mem_q.T  # shared by the memory and the prior
+        pic_cos = self.picture_cos(img_emb)  # shared by the gate, the memory and the prior
+        same, sim_q = pic_cos >= self.cfg.same_image_cos, q_emb @ self.mem_q.T
         mem, lam = self.memory_probs(img_emb, q_emb, same, sim_q)
         probs = (1 - lam[:, None]) * probs + lam[:, None] * mem
         if self.cfg.picture_prior:
@@ -426,7 +439,28 @@ class Answerer:
                                  "question texts: predict(..., questions=[...]) (or decoder=False)")
             preds = self.gated(preds, img_emb, q_emb, self.cfg.decoder_margin, self.cfg.decoder_novel_only,
                                questions=questions)
-        return preds
+        nearest = pic_cos.max(1) if pic_cos.shape[1] else np.full(len(preds), np.nan)
+        for i, p in enumerate(preds):
+            p.nearest_picture_cos = float(nearest[i])
+        return self.gate_predictions(preds, nearest) if gate else preds
+
+    def gate_predictions(self, preds: list[Prediction], nearest: np.ndarray) -> list[Prediction]:
+        """``preds`` with an abstention (answer "", probability 0, the reason) wherever the picture gate
+        (``vqa.gate``: ``picture_gate``; nothing without one) finds the picture unreadable."""
+        from dataclasses import replace as _replace
+
+        from .gate import reason, unreadable
+
+        off = unreadable(nearest, self.picture_gate)
+        return [_replace(p, answer="", prob=0.0, decoded=False, abstained=True,
+                         reason=reason(float(nearest[i]), self.picture_gate)) if off[i] else p
+                for i, p in enumerate(preds)]
+
+    def gate_status(self) -> str:
+        """The picture gate's state for an answer's metadata (``vqa.gate.status``)."""
+        from .gate import status
+
+        return status(self.picture_gate)
 
     def decode(self, img_emb: np.ndarray, q_emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """(the answer decoder's answer per row, its sequence probability); an error without a decoder."""
@@ -541,6 +575,7 @@ class Answerer:
                                      for e in self.image_encoders()],
                   "cases": self.cases, "meta": self.meta,
                   **({"decoder_words": self.decoder_words} if self.decoder_words else {}),
+                  **({"picture_gate": self.picture_gate} if self.picture_gate else {}),
                   "weights_sha256": file_sha256(out / "weights.safetensors")}
         write_text(out / "config.json", json.dumps(config, indent=1, default=str))
         return out
@@ -589,7 +624,25 @@ class Answerer:
                    t["mem_img"], t["mem_q"], t["mem_answer"].astype(np.int64), config["cases"], config["meta"],
                    {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("encoder.")},
                    list(config.get("decoder_words") or []), decoder_state,
-                   t.get("q_mean"), t.get("q_std"))
+                   t.get("q_mean"), t.get("q_std"), _checked_gate(config.get("picture_gate"), cfg_path))
+
+
+def calibrate_gate(mem_img: np.ndarray) -> dict:
+    from .gate import calibrate
+
+    return calibrate(mem_img)
+
+
+def _checked_gate(gate, cfg_path: Path) -> dict:
+    """The saved picture-gate calibration ({} when absent: a model saved before the gate)."""
+    from .gate import GATE_VERSION
+
+    if not gate:
+        return {}
+    if not isinstance(gate, dict) or gate.get("version") != GATE_VERSION or "threshold" not in gate:
+        raise ValueError(f"{cfg_path}: field picture_gate is {gate!r}; expected version {GATE_VERSION} with a "
+                         "threshold (train the model again)")
+    return dict(gate)
 
 
 SAME_TEXT_COS = 0.999  # question embeddings this close are the same text (e5 gives 1.0 for equal strings)

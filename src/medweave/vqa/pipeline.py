@@ -216,4 +216,13 @@ def _ask(model: Answerer, image: str | Path, question: str, cache, k: int) -> di
     pred = model.predict(img, qe, context, questions=[question])[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
-            "memory_weight": pred.from_memory, "similar_cases": model.similar_cases(img, qe, k), **out}
+            "memory_weight": pred.from_memory, **gate_fields(model, pred),
+            "similar_cases": model.similar_cases(img, qe, k), **out}
+
+
+def gate_fields(model: Answerer, pred: Prediction) -> dict:
+    """What an answer says of the picture gate (``vqa.gate``): whether it abstained and why, the
+    picture's cosine to its nearest training picture, and the gate's state (off for a model saved
+    before it)."""
+    return {"abstained": pred.abstained, **({"reason": pred.reason} if pred.abstained else {}),
+            "nearest_picture_cos": pred.nearest_picture_cos, "picture_gate": model.gate_status()}
