@@ -296,7 +296,8 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 run = split_sides(data, split, seed, cache, cfg.views)
             elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
-                answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False)]
+                answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False,
+                                                                           picture_stats=run.stats)]
                 # the same answers with the picture gate switched off: equal unless it abstains on a real picture
                 answers["answerer-no-gate"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False,
                                                                                    gate=False)]
@@ -462,7 +463,7 @@ def main() -> int:
 
             full_set = data if not isinstance(data, Path) else load_vqa(data)
             t0 = time.perf_counter()
-            embed_set(full_set, cache, IMAGE_ENCODERS[:cfg.views])
+            embed_set(full_set, cache, IMAGE_ENCODERS[:cfg.views], with_stats=True)
             console.print(f"embeddings of {len(full_set.image_names())} pictures ({cfg.views} view(s)) and "
                           f"{len({q.question.strip() for q in full_set.questions})} distinct questions: "
                           f"{time.perf_counter() - t0:.0f} s (0 when all cached)", highlight=False)

@@ -58,35 +58,43 @@ def probe_pictures() -> dict[str, list[np.ndarray]]:
     }
 
 
-def gate_rows(name: str, train: np.ndarray, held: np.ndarray, probes: dict[str, np.ndarray],
-              other: dict[str, np.ndarray]) -> list[list[str]]:
-    """One table row for the held-out real pictures and one per probe kind, of a gate calibrated on ``train``."""
-    gate = calibrate(_l2(train))
-    t = _l2(train).T
+def gate_rows(name: str, train: tuple, held: tuple, probes: dict[str, tuple],
+              other: dict[str, tuple]) -> list[list[str]]:
+    """One table row for the held-out real pictures and one per probe kind, of a gate calibrated on
+    ``train``; each argument is (embeddings, pixel statistics). Abstentions by the embedding signal
+    alone and with the pixel statistics."""
+    gate = calibrate(_l2(train[0]), train[1])
+    t = _l2(train[0]).T
     rows = []
 
-    def row(label, emb):
+    def row(label, emb, st):
         near = (_l2(emb) @ t).max(1)
-        off = unreadable(near, gate)
+        alone, both = unreadable(near, gate), unreadable(near, gate, st)
         rows.append([name if not rows else "", f"{gate['threshold']:.3f}" if not rows else "", label, str(len(emb)),
-                     f"{off.mean():.3f} ({int(off.sum())})", f"{near.min():.3f} / {np.median(near):.3f} / {near.max():.3f}"])
+                     f"{alone.mean():.3f} ({int(alone.sum())})", f"{both.mean():.3f} ({int(both.sum())})",
+                     f"{near.min():.3f} / {np.median(near):.3f} / {near.max():.3f}",
+                     f"{st[:, 0].min():.1f} / {st[:, 1].min():.3f}"])
 
-    if len(held):
-        row("held-out real pictures (false abstentions)", held)
+    if len(held[0]):
+        row("held-out real pictures (false abstentions)", *held)
     else:
         rows.append([name, f"{gate['threshold']:.3f}", "held-out real pictures: all are training pictures "
-                     "(nearest cosine 1.000)", "0", "0.000 (0)", "-"])
-    for label, emb in {**probes, **other}.items():
-        row(label, emb)
+                     "(nearest cosine 1.000)", "0", "0.000 (0)", "0.000 (0)", "-", "-"])
+    for label, (emb, st) in {**probes, **other}.items():
+        row(label, emb, st)
+    px = gate["pixel"]
     console.print(f"{name}: {gate['pictures']} training pictures; pair median {gate['pair_median']:.3f}, "
                   f"nearest other min {gate['loo_min']:.3f} / median {gate['loo_median']:.3f} -> floor "
-                  f"{gate['loo_floor']:.3f}; threshold {gate['threshold']:.3f}", highlight=False)
+                  f"{gate['loo_floor']:.3f}; threshold {gate['threshold']:.3f}; pixel sd min {px['sd_min']:.1f} -> "
+                  f"{px['sd_threshold']:.1f}, neighbour correlation min {px['corr_min']:.3f} -> "
+                  f"{px['corr_threshold']:.3f}", highlight=False)
     return rows
 
 
 def table(rows: list[list[str]]) -> None:
     t = Table(title="picture gate: share of pictures abstained on (calibrated on each split's training pictures)")
-    for c in ("split", "threshold", "pictures", "n", "abstained", "nearest training cosine min / median / max"):
+    for c in ("split", "threshold", "pictures", "n", "abstained: embedding alone", "abstained: + pixel statistics",
+              "nearest training cosine min / median / max", "pixel sd / neighbour correlation min"):
         t.add_column(c)
     for r in rows:
         t.add_row(*r)
@@ -97,7 +105,7 @@ def vqa_pictures(data: Path, cache, views: int) -> tuple[list[str], np.ndarray, 
     vqa = load_vqa(data)
     names = vqa.image_names()
     t0 = time.perf_counter()
-    emb = embed_image_files([vqa.image_path(n) for n in names], cache, IMAGE_ENCODERS[:views])
+    emb = embed_image_files([vqa.image_path(n) for n in names], cache, IMAGE_ENCODERS[:views], with_stats=True)
     console.print(f"{data.name}: {len(names)} pictures, {views} view(s), {time.perf_counter() - t0:.0f} s "
                   "(0 when cached)", highlight=False)
     return names, emb, vqa
@@ -122,7 +130,7 @@ def phantom_pictures(work: Path, cache) -> tuple[list[str], np.ndarray]:
     generate_phantom(work / "phantom", 300, seed=0)
     files = sorted((work / "phantom" / "data" / "images").glob("*.dcm"), key=lambda p: p.stem)[:MAX_PHANTOM_IMAGES]
     arrays = [window_to_uint8(pydicom.dcmread(f).pixel_array) for f in files]
-    return [f"{f.stem}.png" for f in files], embed_image_arrays(arrays, cache, IMAGE_ENCODERS)
+    return [f"{f.stem}.png" for f in files], embed_image_arrays(arrays, cache, IMAGE_ENCODERS, with_stats=True)
 
 
 def main() -> int:
@@ -145,33 +153,44 @@ def main() -> int:
             with open_cache(cache_dir / f"{name}.duckdb") as cache:
                 pics[name] = vqa_pictures(data, cache, 2 if name == "vqa-rad" else 1)
     with open_cache(cache_dir / "probes.duckdb") as cache:
-        probes = {v: {k: embed_image_arrays(a, cache, IMAGE_ENCODERS[:v]) for k, a in raw.items()} for v in (1, 2)}
+        probes = {v: {k: embed_image_arrays(a, cache, IMAGE_ENCODERS[:v], with_stats=True) for k, a in raw.items()}
+                  for v in (1, 2)}
     width = 1280  # the 224 view, the first block of columns
+
+    def rows_of(pair, idx, cols=None):
+        emb, st = pair
+        return (emb[idx] if cols is None else emb[idx][:, :cols]), st[idx]
+
     if "vqa-rad" in pics:
-        names, emb, vqa = pics["vqa-rad"]
+        names, both, vqa = pics["vqa-rad"]
         other = {}
         if "pathvqa" in pics:
             other = {"PathVQA pictures (224 view only)": pics["pathvqa"][1]}
         tr, he = split_pictures(vqa, names, "testlike", 0)
-        rows += gate_rows("VQA-RAD testlike seed 0", emb[tr], emb[he], probes[2], {})
+        rows += gate_rows("VQA-RAD testlike seed 0", rows_of(both, tr), rows_of(both, he), probes[2], {})
         for s in seeds:
             tr, he = split_pictures(vqa, names, "images", s)
-            rows += gate_rows(f"VQA-RAD images seed {s}", emb[tr], emb[he], probes[2], {})
+            rows += gate_rows(f"VQA-RAD images seed {s}", rows_of(both, tr), rows_of(both, he), probes[2], {})
         if other:
             tr, he = split_pictures(vqa, names, "images", seeds[0])
-            rows += gate_rows(f"VQA-RAD images seed {seeds[0]}, 224 view", emb[tr][:, :width], emb[he][:, :width],
-                              probes[1], other)
+            rows += gate_rows(f"VQA-RAD images seed {seeds[0]}, 224 view", rows_of(both, tr, width),
+                              rows_of(both, he, width), probes[1], other)
     if "pathvqa" in pics:
-        names, emb, vqa = pics["pathvqa"]
-        other = {"VQA-RAD pictures": pics["vqa-rad"][1][:, :width]} if "vqa-rad" in pics else {}
+        names, both, vqa = pics["pathvqa"]
+        other = {}
+        if "vqa-rad" in pics:
+            rad = pics["vqa-rad"][1]
+            other = {"VQA-RAD pictures": (rad[0][:, :width], rad[1])}
         for i, s in enumerate(seeds):
             tr, he = split_pictures(vqa, names, "images", s)
-            rows += gate_rows(f"PathVQA images seed {s}", emb[tr], emb[he], probes[1], other if i == 0 else {})
+            rows += gate_rows(f"PathVQA images seed {s}", rows_of(both, tr), rows_of(both, he), probes[1],
+                              other if i == 0 else {})
     if "phantom" in which:
         with open_cache(cache_dir / "phantom.duckdb") as cache:
-            names, emb = phantom_pictures(work, cache)
+            names, both = phantom_pictures(work, cache)
         tr, he = split_by_images(names, 0.25, seed=0)
-        rows += gate_rows("phantom demo (25% of pictures held out)", emb[tr], emb[he], probes[2], {})
+        rows += gate_rows("phantom demo (25% of pictures held out)", rows_of(both, tr), rows_of(both, he),
+                          probes[2], {})
     table(rows)
     return 0
 

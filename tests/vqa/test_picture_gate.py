@@ -44,6 +44,29 @@ def test_calibration_is_the_smaller_of_the_pair_median_and_the_leave_one_out_flo
     assert calibrate(tight[:1]) == {} and not unreadable(np.array([0.0]), {}).any()
 
 
+def test_pixel_statistics_catch_a_constant_and_a_noise_picture_the_embedding_alone_may_pass():
+    from medweave.vqa.gate import pixel_stats, reason
+
+    real = [picture(side, "CHEST", i) for i, side in enumerate(("left", "right") * 4)]
+    st = np.stack([pixel_stats(a) for a in real])
+    assert (st[:, 1] > 0.8).all() and (st[:, 0] > 20).all()
+    assert pixel_stats(np.full((50, 60), 77, np.uint8)).tolist() == [0.0, 0.0]
+    assert abs(pixel_stats(noise_image(0))[1]) < 0.05  # independent pixels do not correlate
+    assert pixel_stats(real[0] // 8)[0] == pytest.approx(st[0, 0], rel=0.05)  # a faint picture is windowed first
+    rng = np.random.default_rng(0)
+    emb = _l2(rng.normal(size=(1, 16)) + 0.05 * rng.normal(size=(8, 16)))
+    gate = calibrate(emb, st)
+    px = gate["pixel"]
+    assert px["sd_threshold"] == pytest.approx(0.5 * st[:, 0].min()) and px["corr_threshold"] == pytest.approx(0.5 * st[:, 1].min())
+    near = np.ones(3)  # as alike as a training picture by the embedding
+    probe = np.stack([pixel_stats(noise_image(1)), pixel_stats(np.zeros((40, 40), np.uint8)), st[3]])
+    assert unreadable(near, gate, probe).tolist() == [True, True, False]
+    assert not unreadable(near, gate).any()  # without the pixels, the embedding alone decides
+    assert "correlate" in reason(1.0, gate, probe[0]) and "intensity sd" in reason(1.0, gate, probe[1])
+    v1 = {k: v for k, v in gate.items() if k != "pixel"} | {"version": 1}  # a calibration saved before the pixels
+    assert not unreadable(near, v1, probe).any()
+
+
 def _png(arr, path):
     Image.fromarray(arr).save(path)
     return path
@@ -52,6 +75,7 @@ def _png(arr, path):
 def test_tiny_answerer_abstains_on_blank_and_noise_and_answers_real_pictures(tiny_model, tiny_set, tmp_path):
     model = Answerer.load(tiny_model)
     assert model.picture_gate["version"] == GATE_VERSION and model.gate_status().startswith("on:")
+    assert model.picture_gate["pixel"]["corr_threshold"] > 0.3  # calibrated on the training pictures' pixels
     question = "Which side is the opacity on?"
     with open_cache(tiny_model / CACHE_NAME) as cache:
         for name, arr in (("blank", blank_image()), ("grey", np.full((96, 96), 77, np.uint8)),

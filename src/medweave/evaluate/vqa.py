@@ -113,24 +113,27 @@ def image_ablation(model: Answerer, vqa: VqaSet, cache, n_boot: int = 1000, gate
     share of answers the picture gate withheld (``abstained``: on the real pictures, its false
     abstentions); ``gate=False``: every question answered, the gate switched off."""
     encs = model.image_encoders()
-    img, qe = embed_set(vqa, cache, encs)
+    img, qe, img_st = embed_set(vqa, cache, encs, with_stats=True)
     names = vqa.image_names()
     row = {n: i for i, n in enumerate(names)}
-    pics = embed_image_files([vqa.image_path(n) for n in names], cache, encs)
-    noise = embed_image_arrays([noise_image(i) for i in range(len(names))], cache, encs)
+    pics, pics_st = embed_image_files([vqa.image_path(n) for n in names], cache, encs, with_stats=True)
+    noise, noise_st = embed_image_arrays([noise_image(i) for i in range(len(names))], cache, encs, with_stats=True)
+    blank, blank_st = embed_image_arrays([blank_image()], cache, encs, with_stats=True)
     swap = other_same_organ(vqa)
     keep = [i for i, q in enumerate(vqa.questions) if q.image in swap]
-    variants = {
-        "real": img,
-        "blank": np.repeat(embed_image_arrays([blank_image()], cache, encs), len(img), axis=0),
-        "noise": noise[[row[q.image] for q in vqa.questions]],
-        "other_same_organ": pics[[row[swap.get(q.image, q.image)] for q in vqa.questions]],
+    at = [row[q.image] for q in vqa.questions]
+    other = [row[swap.get(q.image, q.image)] for q in vqa.questions]
+    variants = {  # (embeddings, pixel statistics) per question
+        "real": (img, img_st),
+        "blank": (np.repeat(blank, len(img), axis=0), np.repeat(blank_st, len(img), axis=0)),
+        "noise": (noise[at], noise_st[at]),
+        "other_same_organ": (pics[other], pics_st[other]),
     }
     out, answers = {}, {}
-    for name, emb in variants.items():
+    for name, (emb, st) in variants.items():
         idx = keep if name == "other_same_organ" else list(range(len(img)))
         preds = model.predict(emb[idx], qe[idx], questions=[vqa.questions[i].question for i in idx],
-                              gate=gate) if idx else []
+                              gate=gate, picture_stats=st[idx]) if idx else []
         answers[name] = [p.answer for p in preds]
         out[name] = {**_short(score([vqa.questions[i] for i in idx], answers[name], n_boot=n_boot)),
                      "abstained": abstentions(preds)}

@@ -121,6 +121,7 @@ class BuiltinBackend(Backend):
         self._fingerprint = _folder_fingerprint(self.model_dir, ("config.json", "weights.safetensors"))
         self._lock = threading.Lock()
         self._pictures: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._stats: OrderedDict[str, np.ndarray] = OrderedDict()
         self._questions: dict[str, np.ndarray] = {}
         self._preloaded = 0
         self.preload_note = self._preload()
@@ -175,6 +176,21 @@ class BuiltinBackend(Backend):
             self._pictures.popitem(last=False)
         return vec
 
+    def picture_stats(self, image: ImageData | np.ndarray) -> np.ndarray:
+        """(1, 2) pixel statistics of a picture (``vqa.gate.pixel_stats``), decoded as training decodes
+        files; kept in memory beside its embedding. Asked only for a picture that is not a training one."""
+        from ..vqa.features import array_hash
+        from ..vqa.gate import pixel_stats
+
+        key = image.sha256 if isinstance(image, ImageData) else "array:" + array_hash(np.asarray(image))
+        hit = self._stats.get(key)
+        if hit is None:
+            hit = pixel_stats(decode_picture(image) if isinstance(image, ImageData) else np.asarray(image))[None]
+            self._stats[key] = hit
+            while len(self._stats) > self.options.memory_pictures:
+                self._stats.popitem(last=False)
+        return hit
+
     def question_embedding(self, question: str) -> np.ndarray:
         from ..vqa.features import embed_questions, text_hash
 
@@ -199,6 +215,7 @@ class BuiltinBackend(Backend):
         with self._lock:
             img = self.picture_embedding(image)
             q = self.question_embedding(question)
+            stats = self.picture_stats(image) if self.model.needs_pixels(img[None]) else None
             ctx, used = None, None
             if self.model.cfg.context:
                 if context:
@@ -208,7 +225,7 @@ class BuiltinBackend(Backend):
                     ctx, rows, _ = self.model.context_features(img[None], q[None])
                     used = {"context_source": "model memory",
                             "context_ids": [str(self.model.cases[i].get("qid", i)) for i in rows[0] if i >= 0]}
-            pred = self.model.predict(img[None], q[None], ctx, questions=[question])[0]
+            pred = self.model.predict(img[None], q[None], ctx, questions=[question], picture_stats=stats)[0]
         from ..vqa.pipeline import gate_fields
 
         # an abstention's answer is "" (scored wrong); its reason is a field of its own, never the

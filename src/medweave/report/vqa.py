@@ -37,8 +37,8 @@ class VqaAnswerer:
 
         if image is None:
             raise VQAUnavailable("this VQA model answers questions about a picture: send an image")
-        pred = self.model.predict(embed_image_arrays([image], None, self.model.image_encoders()),
-                                  embed_questions([question]), questions=[question])[0]
+        emb, stats = embed_image_arrays([image], None, self.model.image_encoders(), with_stats=True)
+        pred = self.model.predict(emb, embed_questions([question]), questions=[question], picture_stats=stats)[0]
         return {"answer": pred.answer, "confidence": float(pred.prob),
                 "type": "closed" if pred.closed else "open", "abstained": pred.abstained,
                 **({"reason": pred.reason} if pred.abstained else {})}

@@ -60,19 +60,33 @@ def _encode_cached(keys: list[str], load, encoder_names: Sequence, cache: Embedd
     return np.concatenate([np.stack([have[k] for k in keys]) for have in found], axis=1).astype(np.float32)
 
 
+def _with_stats(keys: list[str], load, encoders: Sequence, cache, with_stats: bool):
+    """Embeddings, and with ``with_stats`` also the pixel statistics (``gate.pixel_stats``, cached beside
+    them: a picture is decoded once for both): (n, width) or ((n, width), (n, 2))."""
+    if not with_stats:
+        return _encode_cached(keys, load, encoders, cache)
+    from .gate import pixel_encoder
+
+    out = _encode_cached(keys, load, [*encoders, pixel_encoder()], cache)
+    return out[:, :-2], out[:, -2:]
+
+
 def embed_image_files(paths: Sequence[str | Path], cache: EmbeddingCache | None = None,
-                      encoders: Sequence | None = None) -> np.ndarray:
+                      encoders: Sequence | None = None, with_stats: bool = False):
     """(n, 2560) picture embeddings (two views) for image files, cached by file hash. ``encoders``: the
-    views a model reads (``Answerer.image_encoders()``; default ``IMAGE_ENCODERS``)."""
+    views a model reads (``Answerer.image_encoders()``; default ``IMAGE_ENCODERS``; ``[]``: none, with
+    ``with_stats`` the pixel statistics alone). ``with_stats``: (embeddings, pixel statistics)."""
     paths = [Path(p) for p in paths]
-    return _encode_cached([file_hash(p) for p in paths], lambda i: read_image(paths[i]),
-                          encoders or IMAGE_ENCODERS, cache)
+    return _with_stats([file_hash(p) for p in paths], lambda i: read_image(paths[i]),
+                       IMAGE_ENCODERS if encoders is None else encoders, cache, with_stats)
 
 
 def embed_image_arrays(arrays: Sequence[np.ndarray], cache: EmbeddingCache | None = None,
-                       encoders: Sequence | None = None) -> np.ndarray:
-    """(n, 2560) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash."""
-    return _encode_cached([array_hash(a) for a in arrays], lambda i: arrays[i], encoders or IMAGE_ENCODERS, cache)
+                       encoders: Sequence | None = None, with_stats: bool = False):
+    """(n, 2560) picture embeddings for in-memory arrays (probes: blank, noise), cached by array hash
+    (``encoders``, ``with_stats``: as in ``embed_image_files``)."""
+    return _with_stats([array_hash(a) for a in arrays], lambda i: arrays[i],
+                       IMAGE_ENCODERS if encoders is None else encoders, cache, with_stats)
 
 
 def embed_questions(texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:

@@ -239,7 +239,7 @@ class Answerer:
     def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
             cases: list[dict], cfg: VqaConfig | None = None,
             facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None,
-            groups: Sequence[int] | None = None) -> "Answerer":
+            groups: Sequence[int] | None = None, picture_stats: np.ndarray | None = None) -> "Answerer":
         """Train on per-question picture embeddings, question embeddings, answers and answer types
         (question types come from ``cases[i]["question_type"]``).
 
@@ -249,6 +249,9 @@ class Answerer:
 
         ``groups``: per training row, a group id (rows of one paraphrase group share one; -1: alone);
         with ``cfg.context`` a row's retrieved context never holds a row of its group (module notes).
+
+        ``picture_stats``: per training row, its picture's pixel statistics (``gate.pixel_stats``), which
+        the picture gate is calibrated on beside the embeddings (None: the embedding signal alone).
         """
         cfg = cfg or VqaConfig()
         if facts is None or not len(facts[2]):
@@ -283,7 +286,7 @@ class Answerer:
         model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
                     {"n_train": n, "n_fact_questions": len(f_ans)}, q_mean=q_mean, q_std=q_std)
-        model.picture_gate = calibrate_gate(model.mem_img)  # the training pictures alone (vqa.gate)
+        model.picture_gate = calibrate_gate(model.mem_img, picture_stats)  # the training pictures alone (vqa.gate)
         ctx = None
         if cfg.context:
             # leave-self-out (and leave-group-out) retrieval: no row's context holds the row itself
@@ -414,13 +417,16 @@ class Answerer:
         return out
 
     def predict(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
-                decoder: bool = True, questions: Sequence[str] | None = None, gate: bool = True) -> list[Prediction]:
+                decoder: bool = True, questions: Sequence[str] | None = None, gate: bool = True,
+                picture_stats: np.ndarray | None = None) -> list[Prediction]:
         """Answers for rows of picture and question embeddings (``context``: see ``classifier_probs``).
         With an answer decoder whose gate is open (``cfg.decoder_margin`` set) its answer replaces the
         classifier's where the gate lets it (``decoder.gate_answers``: never for a question that is yes/no
         in form, so such a model needs the rows' question texts, ``questions``); ``decoder=False``: never.
         The picture gate (``vqa.gate``) then turns the answer about an unreadable picture into an
-        abstention (``Prediction.abstained``, answer ""); ``gate=False``: every row answered (probes)."""
+        abstention (``Prediction.abstained``, answer ""); ``gate=False``: every row answered (probes).
+        ``picture_stats``: the rows' pixel statistics (``gate.pixel_stats``) where the pixels are at hand
+        (None: the gate reads the embedding alone)."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
         probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
         pic_cos = self.picture_cos(img_emb)  # shared by the gate, the memory and the prior
@@ -442,19 +448,27 @@ class Answerer:
         nearest = pic_cos.max(1) if pic_cos.shape[1] else np.full(len(preds), np.nan)
         for i, p in enumerate(preds):
             p.nearest_picture_cos = float(nearest[i])
-        return self.gate_predictions(preds, nearest) if gate else preds
+        return self.gate_predictions(preds, nearest, picture_stats) if gate else preds
 
-    def gate_predictions(self, preds: list[Prediction], nearest: np.ndarray) -> list[Prediction]:
+    def gate_predictions(self, preds: list[Prediction], nearest: np.ndarray,
+                         stats: np.ndarray | None = None) -> list[Prediction]:
         """``preds`` with an abstention (answer "", probability 0, the reason) wherever the picture gate
         (``vqa.gate``: ``picture_gate``; nothing without one) finds the picture unreadable."""
         from dataclasses import replace as _replace
 
         from .gate import reason, unreadable
 
-        off = unreadable(nearest, self.picture_gate)
+        stats = None if stats is None else np.atleast_2d(np.asarray(stats, dtype=np.float32))
+        off = unreadable(nearest, self.picture_gate, stats)
         return [_replace(p, answer="", prob=0.0, decoded=False, abstained=True,
-                         reason=reason(float(nearest[i]), self.picture_gate)) if off[i] else p
-                for i, p in enumerate(preds)]
+                         reason=reason(float(nearest[i]), self.picture_gate, None if stats is None else stats[i]))
+                if off[i] else p for i, p in enumerate(preds)]
+
+    def needs_pixels(self, img_emb: np.ndarray) -> bool:
+        """Whether the gate would read the picture's pixel statistics: a calibration holding them and a
+        picture that is not a training picture (a training picture passes them by construction)."""
+        return bool(self.picture_gate.get("pixel")) and bool(
+            (self.picture_cos(img_emb).max(1) < self.cfg.same_image_cos).any())
 
     def gate_status(self) -> str:
         """The picture gate's state for an answer's metadata (``vqa.gate.status``)."""
@@ -627,21 +641,21 @@ class Answerer:
                    t.get("q_mean"), t.get("q_std"), _checked_gate(config.get("picture_gate"), cfg_path))
 
 
-def calibrate_gate(mem_img: np.ndarray) -> dict:
+def calibrate_gate(mem_img: np.ndarray, stats: np.ndarray | None = None) -> dict:
     from .gate import calibrate
 
-    return calibrate(mem_img)
+    return calibrate(mem_img, stats)
 
 
 def _checked_gate(gate, cfg_path: Path) -> dict:
     """The saved picture-gate calibration ({} when absent: a model saved before the gate)."""
-    from .gate import GATE_VERSION
+    from .gate import VERSIONS
 
     if not gate:
         return {}
-    if not isinstance(gate, dict) or gate.get("version") != GATE_VERSION or "threshold" not in gate:
-        raise ValueError(f"{cfg_path}: field picture_gate is {gate!r}; expected version {GATE_VERSION} with a "
-                         "threshold (train the model again)")
+    if not isinstance(gate, dict) or gate.get("version") not in VERSIONS or "threshold" not in gate:
+        raise ValueError(f"{cfg_path}: field picture_gate is {gate!r}; expected a version of {list(VERSIONS)} "
+                         "with a threshold (train the model again)")
     return dict(gate)
 
 

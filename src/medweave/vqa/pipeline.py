@@ -19,14 +19,31 @@ from .splits import DEFAULT_SPLIT, make_split
 CACHE_NAME = "embeddings.duckdb"
 
 
-def embed_set(vqa: VqaSet, cache, encoders=None) -> tuple[np.ndarray, np.ndarray]:
+def embed_set(vqa: VqaSet, cache, encoders=None, with_stats: bool = False):
     """(per-question picture embeddings, question embeddings) for a VQA set; ``encoders``: the picture
-    views a model reads (``Answerer.image_encoders()``; default the frozen ones)."""
+    views a model reads (``Answerer.image_encoders()``; default the frozen ones). ``with_stats``: also
+    the per-question pixel statistics of the pictures (``gate.pixel_stats``; cached beside them)."""
     names = vqa.image_names()
-    pics = embed_image_files([vqa.image_path(n) for n in names], cache, encoders)
+    pics = embed_image_files([vqa.image_path(n) for n in names], cache, encoders, with_stats=with_stats)
+    pics, stats = pics if with_stats else (pics, None)
     row = {n: i for i, n in enumerate(names)}
-    img = pics[[row[q.image] for q in vqa.questions]] if vqa.questions else np.zeros((0, pics.shape[1]), np.float32)
-    return img, embed_questions([q.question for q in vqa.questions], cache)
+    rows = [row[q.image] for q in vqa.questions]
+    img = pics[rows] if vqa.questions else np.zeros((0, pics.shape[1]), np.float32)
+    qe = embed_questions([q.question for q in vqa.questions], cache)
+    if not with_stats:
+        return img, qe
+    return img, qe, stats[rows] if vqa.questions else np.zeros((0, 2), np.float32)
+
+
+def picture_stats_set(vqa: VqaSet, cache) -> np.ndarray:
+    """(questions, 2): each question's picture's pixel statistics (``gate.pixel_stats``), cached by
+    file hash (found there when ``embed_set(..., with_stats=True)`` ran first)."""
+    names = vqa.image_names()
+    if not vqa.questions:
+        return np.zeros((0, 2), np.float32)
+    stats = embed_image_files([vqa.image_path(n) for n in names], cache, [], with_stats=True)[1]
+    row = {n: i for i, n in enumerate(names)}
+    return stats[[row[q.image] for q in vqa.questions]]
 
 
 def _cases(vqa: VqaSet, with_qid: bool = False) -> list[dict]:
@@ -117,7 +134,7 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
              embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
              [q.question_type for q in generated])
     model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa, bool(cfg.context)), cfg,
-                         facts, context_groups(vqa) if cfg.context else None)
+                         facts, context_groups(vqa) if cfg.context else None, picture_stats_set(vqa, cache))
     if tuned is not None:
         model.encoder_state = tuned.state
         model.meta["finetune"] = tuned.info()
@@ -146,7 +163,7 @@ def train_vqa(data: str | Path, out_dir: str | Path, cfg: VqaConfig | None = Non
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or VqaConfig()
     with open_cache(out / CACHE_NAME) as cache:
-        img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
+        img, qe, _ = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views], with_stats=True)  # each picture decoded once
         t_embed = time.perf_counter() - t0
         model = fit_set(vqa, img, qe, cfg, cache)
     model.meta.update({"data": vqa.source, "images": len(vqa.image_names()), "embed_seconds": t_embed,
@@ -160,8 +177,8 @@ def answer_set(model: Answerer, vqa: VqaSet, cache) -> list[Prediction]:
     """The model's answers to every question of a set."""
     if not vqa.questions:
         return []
-    img, qe = embed_set(vqa, cache, model.image_encoders())
-    return model.predict(img, qe, questions=[q.question for q in vqa.questions])
+    img, qe, stats = embed_set(vqa, cache, model.image_encoders(), with_stats=True)
+    return model.predict(img, qe, questions=[q.question for q in vqa.questions], picture_stats=stats)
 
 
 @dataclass
@@ -176,9 +193,11 @@ class SplitRun:
     train_questions: int
     fit_seconds: float
     train: VqaSet | None = None  # the training side
+    stats: np.ndarray | None = None  # the held-out questions' pictures' pixel statistics (gate.pixel_stats)
 
     def predictions(self) -> list[Prediction]:
-        return self.model.predict(self.img, self.qe, questions=[q.question for q in self.held.questions])
+        return self.model.predict(self.img, self.qe, questions=[q.question for q in self.held.questions],
+                                  picture_stats=self.stats)
 
 
 def fit_split(data: str | Path | VqaSet, split: str = DEFAULT_SPLIT, cfg: VqaConfig | None = None, cache=None, frac: float = 0.15,
@@ -188,13 +207,14 @@ def fit_split(data: str | Path | VqaSet, split: str = DEFAULT_SPLIT, cfg: VqaCon
     vqa = data if isinstance(data, VqaSet) else load_vqa(data)
     cfg = cfg or VqaConfig()
     train_idx, held_idx = make_split(split, vqa.questions, frac, seed)
-    img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
+    img, qe, stats = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views], with_stats=True)
     t0 = time.perf_counter()
     model = fit_set(vqa.subset(train_idx), img[train_idx], qe[train_idx], cfg, cache)
     seconds = time.perf_counter() - t0
     held = vqa.subset(held_idx)
     held_img = embed_set(held, cache, model.image_encoders())[0] if model.encoder_state else img[held_idx]
-    return SplitRun(split, model, held, held_img, qe[held_idx], len(train_idx), seconds, vqa.subset(train_idx))
+    return SplitRun(split, model, held, held_img, qe[held_idx], len(train_idx), seconds, vqa.subset(train_idx),
+                    stats[held_idx])
 
 
 def ask(model: Answerer, image: str | Path, question: str, cache=None, k: int = 3) -> dict:
@@ -213,7 +233,9 @@ def _ask(model: Answerer, image: str | Path, question: str, cache, k: int) -> di
     if model.cfg.context:
         context, rows, scores = model.context_features(img, qe)
         out["context"] = [{**model.cases[i], "score": float(sc)} for i, sc in zip(rows[0], scores[0]) if i >= 0]
-    pred = model.predict(img, qe, context, questions=[question])[0]
+    # the pixel statistics only for a picture that is not a training picture (those pass them by construction)
+    stats = embed_image_files([image], cache, [], with_stats=True)[1] if model.needs_pixels(img) else None
+    pred = model.predict(img, qe, context, questions=[question], picture_stats=stats)[0]
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
             "memory_weight": pred.from_memory, **gate_fields(model, pred),
