@@ -142,3 +142,64 @@ def test_latin1_found_late_is_named_by_the_byte_reading_whole_names(tmp_path, mo
     with Store(tmp_path / "s") as st:
         last = st.items().query("source_key == 'row 201'")["meta"].iloc[0]
     assert json.loads(last)["values"]["note"] == "caf\u00e9"
+
+
+KILL_MID_TABLE = """
+import os, signal, sys
+from medweave.ingest import ingest
+from medweave.ingest import runner as runner_mod
+from medweave.ingest.adapters import table as table_mod
+from medweave.store import catalog
+root, folder, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+table_mod.SLICE_ROWS = 500
+runner_mod.STREAM_MIN_BYTES = 0
+catalog.CATALOG_ROW_GROUP_SIZE = 2048  # row groups of the open transaction written to the file early
+add, slices = catalog.UnitWriter.add, [0]
+
+
+def used_blocks(st):
+    return st.con.execute("SELECT used_blocks FROM pragma_database_size() WHERE database_name = 'catalog'").fetchone()[0]
+
+def add_then_die(self, *args):
+    add(self, *args)
+    slices[0] += 1
+    if slices[0] == kill_after:
+        print(used_blocks(self.store), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+catalog.UnitWriter.add = add_then_die
+with catalog.Store(root, write=True) as st:
+    print(used_blocks(st), flush=True)
+    ingest([folder], st, progress=False)
+"""
+
+
+def test_a_kill_mid_table_shows_nothing_of_it_and_keeps_what_was_stored(tmp_path, monkeypatch):
+    """A real SIGKILL while a large changed table goes in, after DuckDB has written row groups of the
+    open transaction to the catalog file: the next open shows the table's earlier version and nothing
+    of the new one, and ingesting again gives the store a run without the kill gives."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import medweave
+
+    folder = write_tables(tmp_path / "data", n=60)
+    assert ingest_into(tmp_path / "s", folder, 7, monkeypatch).n_items_added == 60
+    before = catalog(tmp_path / "s")
+    write_tables(folder, n=6000)  # changed: 6,000 rows, 12 slices of 500
+    src = str(Path(medweave.__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", KILL_MID_TABLE, str(tmp_path / "s"), str(folder), "9"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    opened, killed = map(int, proc.stdout.split())
+    assert killed > opened + 2  # 4,500 rows inserted: row groups of them already written to the file
+    assert catalog(tmp_path / "s") == before  # read-only: the earlier version, nothing of the new one
+    with Store(tmp_path / "s", write=True) as st:  # the open for writing (its sweep) keeps it so
+        assert st.verify().ok
+    assert catalog(tmp_path / "s") == before
+    again = ingest_into(tmp_path / "s", folder, 500, monkeypatch)
+    clean = ingest_into(tmp_path / "clean", folder, 500, monkeypatch)
+    assert again.errors == [] and again.n_items_replaced == 60 and clean.n_items_added == 6000
+    assert catalog(tmp_path / "s") == catalog(tmp_path / "clean")

@@ -42,6 +42,7 @@ import itertools
 import json
 import os
 import re
+import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -64,6 +65,68 @@ DUCKDB_MEMORY_LIMIT = "1GB"
 def connect_duckdb(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
     """A DuckDB connection to ``path`` with medweave's memory limit (``DUCKDB_MEMORY_LIMIT``)."""
     return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+
+
+# Rows of a row group in the catalog (DuckDB's default is 122,880). A transaction's inserted rows
+# wait in memory (DuckDB's transaction-local storage, about 0.5 KB an item row) until full row
+# groups of them are compressed and written to the file before the commit (DuckDB's "optimistic"
+# write, by ``write_buffer_row_group_count`` groups at a time, 5 by default; the commit still makes
+# them visible all at once, a rollback or a crash leaves the blocks unused). With the defaults, a
+# table unit of 110,000 rows (the phantom's labs at 30,000 patients) held all its rows in memory
+# until its one commit, 57 MB; with row groups of 16,384 written one at a time a transaction holds
+# about two of them, whatever the table's size. Scans read more, smaller row groups (zone maps per
+# group). A setting of the connection, not of the file: a catalog written with either size reads
+# with the other, and DuckDB keeps the groups a file already has.
+CATALOG_ROW_GROUP_SIZE = 16_384
+_CATALOG_NAME = "catalog"  # the name the catalog file is attached under
+_catalogs: dict[str, list] = {}  # resolved path -> [instance connection, read_only, open connections]
+_catalogs_lock = threading.Lock()
+
+
+def connect_catalog(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
+    """A connection to the catalog file ``path``: attached to an in-memory DuckDB instance with the
+    catalog's row-group size (``CATALOG_ROW_GROUP_SIZE``, an option of ``ATTACH`` only) and medweave's
+    memory limit, as the database every statement uses. Connections to the same file in one process
+    share one instance, as ``duckdb.connect`` shares its instances (DuckDB refuses a file attached
+    twice); as there, a second connection must ask for the same mode. Close it with
+    ``close_catalog``; the instance closes (and the file's lock is released) with the last one."""
+    key = os.path.realpath(path)
+    with _catalogs_lock:
+        shared = _catalogs.get(key)
+        if shared is not None and shared[1] != read_only:
+            raise duckdb.ConnectionException(
+                f"{path}: already open in this process {'read-only' if shared[1] else 'for writing'}; "
+                "a second connection must use the same mode")
+        if shared is None:
+            root = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT,
+                                                      "temp_directory": key + ".tmp",
+                                                      "write_buffer_row_group_count": 1})
+            quoted = key.replace("'", "''")
+            try:
+                root.execute(f"ATTACH '{quoted}' AS {_CATALOG_NAME} "
+                             f"({'READ_ONLY, ' if read_only else ''}ROW_GROUP_SIZE {int(CATALOG_ROW_GROUP_SIZE)})")
+            except BaseException:
+                root.close()
+                raise
+            shared = _catalogs[key] = [root, read_only, 0]
+        con = shared[0].cursor()
+        con.execute(f"USE {_CATALOG_NAME}")
+        shared[2] += 1
+        return con
+
+
+def close_catalog(path: str | Path, con: "duckdb.DuckDBPyConnection") -> None:
+    """Close a connection ``connect_catalog`` gave; the last one of a file closes its instance."""
+    con.close()
+    key = os.path.realpath(path)
+    with _catalogs_lock:
+        shared = _catalogs.get(key)
+        if shared is None:
+            return
+        shared[2] -= 1
+        if shared[2] <= 0:
+            del _catalogs[key]
+            shared[0].close()
 
 
 def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY_LIMIT) -> None:
@@ -452,7 +515,7 @@ class Store:
         self._fresh: OrderedDict[str, bytes] = OrderedDict()
         self._fresh_bytes = 0
         try:
-            self.con = connect_duckdb(self.root / self.CATALOG, read_only=not write)
+            self.con = connect_catalog(self.root / self.CATALOG, read_only=not write)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
@@ -460,6 +523,7 @@ class Store:
                 f"{self.root}: another process has the store open, so it cannot be opened "
                 f"{'for writing' if write else 'to read'} (DuckDB's lock on {self.CATALOG}); wait for that "
                 f"process to finish, then run this again. DuckDB says: {exc}") from None
+        self._open = True
         if write:
             self.con.execute(SCHEMA)
             for sql in MIGRATIONS:
@@ -479,7 +543,19 @@ class Store:
 
     def close(self) -> None:
         self._close_pack()
-        self.con.close()
+        if self._open:
+            self._open = False
+            close_catalog(self.root / self.CATALOG, self.con)
+
+    def __del__(self) -> None:
+        # A store dropped without ``close`` (``Store(d).stats()``) lets its catalog go, as a DuckDB
+        # connection dropped so closes: the instance shared by this process's connections to the file
+        # is closed with its last one (``close_catalog``), so the file can be opened in another mode.
+        if getattr(self, "_open", False):
+            try:
+                self.close()
+            except Exception:
+                pass
 
     def __enter__(self) -> "Store":
         return self

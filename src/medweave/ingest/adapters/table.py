@@ -965,7 +965,7 @@ class CsvAdapter(Adapter):
             del chunk, table
 
 
-SLICE_ROWS = 10_000  # table rows turned into items and stored at a time (about 7 KB of memory a row)
+SLICE_ROWS = 2_048  # table rows turned into items and stored at a time (about 7 KB of memory a row; was 10,000)
 
 
 def _scan(records: Iterator[list[str | None]], spec: TableSpec, path: Path,
