@@ -403,3 +403,40 @@ def test_release_buffers_hands_back_a_scan_s_blocks_and_keeps_the_limit(tmp_path
     assert used() < 2**20 and con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == limit
     assert con.execute(lookup, [ids]).fetchall() == before and len(before) == 3
     con.close()
+
+
+def test_a_writing_store_checkpoints_every_so_many_rows_and_hands_back_duckdb_s_memory(tmp_path, text_files,
+                                                                                      monkeypatch):
+    """Every ``CHECKPOINT_ROWS`` committed item rows the catalog is checkpointed (the write-ahead log
+    emptied into the file) and DuckDB's blocks handed back: rows committed since then, the index parts
+    and scanned blocks are no longer in memory. The catalog is the one a run without it gives."""
+    from medweave.store import catalog as catalog_mod
+
+    text_files(tmp_path / "in", 60, patients=12)
+    checks = []
+    commit = Store.commit_batch
+
+    def commit_and_look(self, *args, **kwargs):
+        out = commit(self, *args, **kwargs)
+        wal = self.root / "catalog.duckdb.wal"
+        used = self.con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+        checks.append((self._uncheckpointed, wal.exists() and wal.stat().st_size, used))
+        return out
+
+    monkeypatch.setattr(Store, "commit_batch", commit_and_look)
+    monkeypatch.setattr("medweave.ingest.runner._Batch.due", lambda self: len(self.sources) >= 10)
+    stores = {}
+    for name, every in (("often", 25), ("never", 10**9)):
+        monkeypatch.setattr(catalog_mod, "CHECKPOINT_ROWS", every)
+        checks.clear()
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "secret.key").write_text("ab" * 32)  # the same key: the same ids
+        with Store(tmp_path / name, write=True) as st:
+            assert ingest([tmp_path / "in"], st, progress=False, workers=1).n_items_added == 60
+            stores[name] = (st.items().drop(columns=["ingested_at", "run_id"]), list(checks))
+    after = stores["often"][1]
+    assert [c[0] for c in after] == [10, 20, 0, 10, 20, 0]  # 10 rows a batch: a checkpoint at 30 and 60
+    assert all(wal == 0 or wal is False for n, wal, _used in after if n == 0)  # the log emptied then
+    assert all(used < 2**20 for n, _wal, used in after if n == 0)
+    assert [c[0] for c in stores["never"][1]] == [10, 20, 30, 40, 50, 60]
+    assert stores["often"][0].equals(stores["never"][0])
