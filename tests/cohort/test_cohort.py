@@ -104,6 +104,30 @@ def test_parquet_round_trip(store, tmp_path):
     assert any(not v for m in c.modalities for v in back.table[f"{m}_items"])
 
 
+def test_item_ids_are_one_arrow_list_column_built_loaded_and_after_missingness(store, tmp_path):
+    """The item-id columns are Arrow list arrays (offsets and one buffer of characters), not a Python
+    list of str per case, when built, loaded and after simulated missingness; a case still reads as a
+    plain list, and ``item_id_lists`` gives a slice's lists as a table of Python lists does."""
+    import pandas as pd
+
+    from medweave.cohort import item_id_column, item_id_lists
+
+    c = build_cohort(store, targets=["disease"], covariates=["age"])
+    back = Cohort.load(c.save(tmp_path / "c.parquet"))
+    dropped = simulate_missing(c, "image", "mcar", rate=0.5, seed=0)
+    for cohort in (c, back, dropped):
+        for m in cohort.modalities:
+            col = cohort.table[f"{m}_items"]
+            assert isinstance(col.dtype, pd.ArrowDtype) and col.array.nbytes < 40 * max(1, sum(map(len, col)))
+            assert item_id_lists(col, 3, 9) == [list(v) for v in col.iloc[3:9]]
+            assert type(col.iloc[0]) is list
+    pd.testing.assert_frame_equal(back.table, c.table)
+    plain = pd.Series([list(v) for v in c.table["image_items"]], dtype=object)
+    assert item_id_lists(plain, 3, 9) == item_id_lists(c.table["image_items"], 3, 9)
+    assert list(item_id_column(plain)) == list(c.table["image_items"])
+    assert list(item_id_column([["a"], None, []])) == [["a"], [], []]
+
+
 def test_unknown_names_are_errors_that_list_the_allowed(store, tmp_path):
     with pytest.raises(CohortError, match=r"'diseasee'.*disease"):
         build_cohort(store, targets=["diseasee"])

@@ -30,6 +30,34 @@ from ..store.catalog import Modality, Store
 SPLITS = ("train", "valid", "test")
 _META_KEY = b"medweave.cohort"
 
+# A ``<modality>_items`` column is one Arrow list array (pandas ``ArrowDtype``): offsets and one
+# buffer of the ids' characters, about 32 bytes an item id. As a Python list of str per case it was
+# about 85 bytes an id and 60 a list, 35 MB at 30,000 phantom patients, held by every stage after
+# the cohort build. A case's value still reads as a plain list (``table[col].iloc[i]``, iteration).
+ITEM_IDS = pa.large_list(pa.large_string())
+
+
+def item_id_column(lists: "Iterable[list[str]] | pd.Series | pa.Array | pa.ChunkedArray"
+                   ) -> pd.arrays.ArrowExtensionArray:
+    """An item-id column of a cohort table from Python lists of ids, a column (Arrow or of lists) or
+    an Arrow list array (a missing list becomes an empty one)."""
+    if isinstance(lists, pd.Series) and isinstance(lists.dtype, pd.ArrowDtype):
+        lists = pa.array(lists.array)
+    arr = lists if isinstance(lists, (pa.Array, pa.ChunkedArray)) else pa.array(list(lists), type=ITEM_IDS)
+    if arr.type != ITEM_IDS:
+        arr = arr.cast(ITEM_IDS)
+    if arr.null_count:
+        arr = arr.fill_null(pa.scalar([], type=ITEM_IDS))
+    return pd.arrays.ArrowExtensionArray(arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr]))
+
+
+def item_id_lists(col: pd.Series, start: int = 0, stop: int | None = None) -> list[list[str]]:
+    """Rows ``start:stop`` of an item-id column as Python lists (made for that slice only)."""
+    part = col.iloc[start:stop]
+    if isinstance(part.dtype, pd.ArrowDtype):
+        return [[] if v is None else v for v in pa.array(part.array).to_pylist()]
+    return [[] if v is None else list(v) for v in part]
+
 
 class CohortError(ValueError):
     """A cohort request that cannot be satisfied; the message names the value and what is allowed."""
@@ -90,7 +118,13 @@ class Cohort:
         """Write the cohort as Parquet (atomically); its description lives in the file's metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(self.table, preserve_index=False)
+        # the item-id columns go in as Arrow arrays, outside pandas' metadata (which would name their
+        # dtype, one that pyarrow cannot turn back into pandas'; ``load`` makes them again)
+        lists = {f"{m}_items" for m in self.modalities} & set(self.table.columns)
+        table = pa.Table.from_pandas(self.table.drop(columns=sorted(lists)), preserve_index=False)
+        for i, name in enumerate(self.table.columns):
+            if name in lists:
+                table = table.add_column(i, name, pa.array(item_id_column(self.table[name])))
         info = {"modalities": self.modalities, "targets": self.targets, "covariates": self.covariates,
                 "meta": self.meta}
         schema_meta = dict(table.schema.metadata or {})
@@ -111,17 +145,13 @@ class Cohort:
         if raw is None:
             raise CohortError(f"{path}: a Parquet file, but not a medweave cohort (no {_META_KEY.decode()} metadata)")
         info = json.loads(raw)
-        # The item-id lists go straight from Arrow to Python lists, a column at a time: through
-        # pandas each case's list was first a NumPy object array (about 4x the memory of the lists,
-        # 150 MB more peak at 30,000 phantom patients), then copied.
+        # The item-id lists stay the Arrow arrays read (``ITEM_IDS``): through pandas each case's list
+        # was a NumPy object array (150 MB more peak at 30,000 phantom patients), as Python lists 35 MB.
         order = list(table.column_names)
         lists = [f"{m}_items" for m in info["modalities"] if f"{m}_items" in order]
         df = table.drop_columns(lists).to_pandas()
         for name in lists:
-            values = table.column(name).to_pylist()
-            table = table.drop_columns([name])
-            df[name] = pd.Series([[] if v is None else v for v in values], index=df.index, dtype=object)
-            del values
+            df[name] = pd.Series(item_id_column(table.column(name)), index=df.index)
         df = df[[c for c in order if c in df.columns]]
         return cls(df, info["modalities"], info["targets"], info.get("covariates", []), info["meta"])
 
@@ -264,22 +294,30 @@ def build_cohort(
     # The cases are kept as columns (a list of values each), not as a dict per case: at 30,000 phantom
     # patients the dicts were about 25 MB of peak beside the values themselves. The names are set up
     # front, in a case row's order, so that a split without patients is a table with its columns.
+    # Each chunk's item-id lists become Arrow arrays (``ITEM_IDS``) when the chunk is done.
     columns: dict[str, list[Any]] = {name: [] for name in dict.fromkeys(
         ["case_id", "patient_id", "source_split", *[f"{m}_{s}" for m in mods for s in ("items", "present")],
          *targets, *covariates])}
+    id_parts: dict[str, list[pa.Array]] = {f"{m}_items": [] for m in mods}
     for first in range(0, len(patient_ids), max(1, chunk_patients)):
         chunk = patient_ids[first:first + max(1, chunk_patients)]
         items = con.execute(select + " WHERE patient_id IN (SELECT unnest(?)) ORDER BY item_id", [chunk]).df()
-        for row in _chunk_records(store, items, chunk, case_level, mods, targets, covariates):
+        records = _chunk_records(store, items, chunk, case_level, mods, targets, covariates)
+        for row in records:
             for name, value in row.items():
-                columns.setdefault(name, []).append(value)
-        del items
+                if name not in id_parts:
+                    columns.setdefault(name, []).append(value)
+        for name, parts in id_parts.items():
+            parts.append(pa.array([row[name] for row in records], type=ITEM_IDS))
+        del items, records
         store.release_buffers()  # each chunk's lookup scans every row group of the columns it reads
     # by case id (study-level case ids need not follow patient order); case ids are unique
     case_ids = columns.get("case_id", [])
     order = sorted(range(len(case_ids)), key=case_ids.__getitem__)
-    table = pd.DataFrame({name: [values[i] for i in order] for name, values in columns.items()})
-    del columns, case_ids, order
+    at = pa.array(order, pa.int64())
+    table = pd.DataFrame({name: item_id_column(pa.chunked_array(id_parts[name], type=ITEM_IDS).take(at))
+                          if name in id_parts else [values[i] for i in order] for name, values in columns.items()})
+    del columns, id_parts, case_ids, order, at
     if require_target and targets:
         table = table.dropna(subset=list(targets)).reset_index(drop=True)
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .cohort import Cohort, CohortError
+from .cohort import Cohort, CohortError, item_id_column, item_id_lists
 
 MECHANISMS = ("mcar", "mar", "mnar")
 
@@ -73,7 +73,7 @@ def simulate_missing(
     rng = np.random.default_rng(seed)
     drop = eligible & (rng.random(len(t)) < p)
     t.loc[drop, f"{modality}_present"] = False
-    t[f"{modality}_items"] = [[] if d else list(v) for d, v in zip(drop, t[f"{modality}_items"])]
+    t[f"{modality}_items"] = item_id_column([] if d else v for d, v in zip(drop, item_id_lists(t[f"{modality}_items"])))
     meta = copy.deepcopy(cohort.meta)
     meta.setdefault("missingness", []).append({
         "modality": modality, "mechanism": mechanism, "rate": rate, "seed": seed, "column": column,

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from ..cohort.cohort import item_id_lists
 from ..engine import LOCAL, Engine
 from ..progress import progress_bar
 from .arrays import DiskArrayWriter, take_rows
@@ -130,7 +132,7 @@ def encode_cohort(cohort, store, encoders: "Mapping[str, str | Encoder] | None" 
         present = np.zeros(n, dtype=bool)
         ids_per_case = cohort.table[f"{m}_items"]
         for first in range(0, n, step):
-            chunk_ids = [list(ids) for ids in ids_per_case.iloc[first:first + step]]
+            chunk_ids = item_id_lists(ids_per_case, first, first + step)
             block = arr[first:first + step] if writer is None else np.full((len(chunk_ids), enc.dim), np.nan,
                                                                             dtype=np.float32)
             all_ids = sorted({i for ids in chunk_ids for i in ids})

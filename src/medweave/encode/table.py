@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..cohort.cohort import item_id_lists
+
 MAX_CATEGORIES = 20
 
 
@@ -41,7 +43,8 @@ def tabular_frame(cohort, store, covariates: Sequence[str] | None = None, max_co
 
     def chunk_records(first: int) -> list[tuple[int, int, int, str, Any]]:
         """(row position in the catalog, order within the row, case, code, value) of a chunk's items."""
-        item_case = {iid: first + i for i, ids in enumerate(ids_per_case.iloc[first:first + step]) for iid in ids}
+        item_case = {iid: first + i for i, ids in enumerate(item_id_lists(ids_per_case, first, first + step))
+                     for iid in ids}
         if not item_case:
             return []
         rows = store.con.execute(

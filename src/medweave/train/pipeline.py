@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..cohort import Cohort, build_cohort, class_lookup, simulate_missing
+from ..cohort import Cohort, build_cohort, class_lookup, item_id_column, simulate_missing
 from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
 from ..encode.arrays import write_disk_array
@@ -72,7 +72,7 @@ def apply_missing(cohort: Cohort, ds: Dataset, specs) -> tuple[Dataset, list[dic
     view = cohort.table.drop(columns=[c for c in cohort.table.columns if c.endswith(("_items", "_present"))])
     for j, m in enumerate(ds.modalities):
         view[f"{m}_present"] = ds.mask[:, j]
-        view[f"{m}_items"] = [[] for _ in range(len(view))]
+        view[f"{m}_items"] = item_id_column([] for _ in range(len(view)))
     c = Cohort(view, list(ds.modalities), list(cohort.targets), list(cohort.covariates), {"missingness": []})
     for s in specs:
         rates = {_key(k): v for k, v in s.class_rates.items()} if s.class_rates else None
