@@ -440,3 +440,44 @@ def test_a_writing_store_checkpoints_every_so_many_rows_and_hands_back_duckdb_s_
     assert all(used < 2**20 for n, _wal, used in after if n == 0)
     assert [c[0] for c in stores["never"][1]] == [10, 20, 30, 40, 50, 60]
     assert stores["often"][0].equals(stores["never"][0])
+
+
+def test_release_buffers_never_starves_another_connection_to_the_same_file(tmp_path):
+    """DuckDB gives every connection a process opens on one file one instance, and one memory limit:
+    while ``release_buffers`` had it at '0B', a query of another connection to the file failed
+    (OutOfMemoryException: a thread counting rows beside one looking vectors up hit it within seconds,
+    and once the restore itself failed and left the limit at 0). With a second connection open the
+    release is not done (the blocks stay, under the limit); once the file has one connection again
+    (the other closed, or garbage), it releases."""
+    import gc
+
+    from medweave.encode import EmbeddingCache
+    from medweave.store.catalog import release_buffers
+
+    path = tmp_path / "emb.duckdb"
+    rng = np.random.default_rng(0)
+    vecs = {f"{i:064x}": rng.standard_normal(64).astype(np.float32) for i in range(3000)}
+    a = EmbeddingCache(path)
+    a.put(vecs, "e", "1")
+    a.con.execute("CHECKPOINT")  # the rows in the file: every block can be evicted
+    b = EmbeddingCache(path)
+    used = lambda: a.con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]  # noqa: E731
+    a.con.execute("SELECT content_hash, vec FROM embeddings").fetchall()
+    before = used()
+    assert before > 2**20 and release_buffers(a.con, a._limit) is False and used() >= before
+    assert len(a.get(list(vecs)[:5], "e", "1")) == 5 and b.count() == 3000
+    b.close()
+    assert release_buffers(a.con, a._limit) is True and used() < 2**20
+    c = EmbeddingCache(path)
+    assert release_buffers(a.con, a._limit) is False
+    del c
+    gc.collect()  # a connection never closed stops counting once it is garbage
+    assert release_buffers(a.con, a._limit) is True and a.count() == 3000
+    a.close()
+    Store(tmp_path / "store", write=True).close()  # a catalog's cursors share one instance: the same rule
+    one = Store(tmp_path / "store")
+    two = Store(tmp_path / "store")
+    assert release_buffers(one.con) is False
+    two.close()
+    assert release_buffers(one.con) is True
+    one.close()

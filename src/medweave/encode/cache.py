@@ -18,11 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import duckdb
 import numpy as np
 import pandas as pd
 
-from ..store.catalog import DUCKDB_MEMORY_LIMIT, release_buffers
+from ..store.catalog import DUCKDB_MEMORY_LIMIT, close_duckdb, connect_duckdb, release_buffers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -42,7 +41,7 @@ class EmbeddingCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._limit = CACHE_MEMORY_LIMIT
-        self.con = duckdb.connect(str(self.path), config={"memory_limit": self._limit})
+        self.con = connect_duckdb(self.path, memory_limit=self._limit)
         self.con.execute(_SCHEMA)
         keyed = self.con.execute(
             "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'embeddings' "
@@ -52,7 +51,7 @@ class EmbeddingCache:
             self.con.execute(f"SET memory_limit = '{self._limit}'").fetchall()
 
     def close(self) -> None:
-        self.con.close()
+        close_duckdb(self.con)
 
     def get(self, hashes: Iterable[str], encoder: str, version: str) -> dict[str, np.ndarray]:
         hashes = list(dict.fromkeys(hashes))

@@ -44,6 +44,7 @@ import os
 import re
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
@@ -62,9 +63,46 @@ from .deid import Deidentifier, load_or_create_secret
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 
-def connect_duckdb(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
-    """A DuckDB connection to ``path`` with medweave's memory limit (``DUCKDB_MEMORY_LIMIT``)."""
-    return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+# DuckDB gives every connection a process opens on one file the same database instance, and so the
+# same memory limit: ``release_buffers`` lowers it to nothing for a moment, in which a query of any
+# other connection to that file fails (OutOfMemoryException), and the limit's restore itself could
+# fail and leave it at nothing (a catalog's cursors, ``connect_catalog``, share one instance too).
+# The connections ``connect_duckdb`` opens are therefore counted per file (their resolved path), as
+# ``connect_catalog`` counts a catalog's cursors, and the blocks are handed back only by a file's one
+# open connection; opening another of either kind waits while they are (the same lock).
+_OPEN_LOCK = threading.RLock()
+_OPEN: dict[str, int] = {}
+_OPENED: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[str, weakref.finalize]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _forget(key: str) -> None:
+    with _OPEN_LOCK:
+        _OPEN[key] -= 1
+        if not _OPEN[key]:
+            del _OPEN[key]
+
+
+def connect_duckdb(path: str | Path, read_only: bool = False,
+                   memory_limit: str = DUCKDB_MEMORY_LIMIT) -> "duckdb.DuckDBPyConnection":
+    """A DuckDB connection to ``path`` with a memory limit (medweave's, ``DUCKDB_MEMORY_LIMIT``, by
+    default), counted among the file's open connections until ``close_duckdb`` (or until it is
+    garbage)."""
+    key = str(Path(path).resolve())
+    with _OPEN_LOCK:
+        con = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": memory_limit})
+        _OPEN[key] = _OPEN.get(key, 0) + 1
+        _OPENED[con] = (key, weakref.finalize(con, _forget, key))
+    return con
+
+
+def close_duckdb(con: "duckdb.DuckDBPyConnection") -> None:
+    """Close a connection of ``connect_duckdb`` (it no longer counts among its file's)."""
+    with _OPEN_LOCK:
+        entry = _OPENED.pop(con, None)
+        if entry is not None:
+            entry[1]()  # _forget, once
+        con.close()
 
 
 # Rows of a row group in the catalog (DuckDB's default is 122,880). A transaction's inserted rows
@@ -80,7 +118,8 @@ def connect_duckdb(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBP
 CATALOG_ROW_GROUP_SIZE = 16_384
 _CATALOG_NAME = "catalog"  # the name the catalog file is attached under
 _catalogs: dict[str, list] = {}  # resolved path -> [instance connection, read_only, open connections]
-_catalogs_lock = threading.Lock()
+_CATALOG_OF: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str]" = weakref.WeakKeyDictionary()
+_catalogs_lock = _OPEN_LOCK  # one lock: a release waits for no connection being opened, of either kind
 
 
 def connect_catalog(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
@@ -113,6 +152,7 @@ def connect_catalog(path: str | Path, read_only: bool = False) -> "duckdb.DuckDB
             shared = _catalogs[key] = [root, read_only, 0]
         con = shared[0].cursor()
         shared[2] += 1
+        _CATALOG_OF[con] = key
         return con
 
 
@@ -130,18 +170,33 @@ def close_catalog(path: str | Path, con: "duckdb.DuckDBPyConnection") -> None:
             shared[0].close()
 
 
-def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY_LIMIT) -> None:
+def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY_LIMIT) -> bool:
     """Hand back the blocks DuckDB's buffer pool keeps after a query (``limit``: the connection's
     memory limit, restored). A lookup such as ``item_id IN (...)`` scans every row group of the
     columns it reads, and those blocks stay cached up to the limit: reading a 30,000-patient catalog
     chunk by chunk held 20-25 MB of them, and the embedding cache as much, growing with the files.
     Lowering the limit to nothing makes DuckDB evict every block no query holds (it then says it
-    could not reach zero); the next query reads the blocks it needs from the file again."""
-    try:
-        con.execute("SET memory_limit = '0B'")
-    except duckdb.OutOfMemoryException:  # what is still pinned stays; everything else went
-        pass
-    con.execute(f"SET memory_limit = '{limit}'")
+    could not reach zero); the next query reads the blocks it needs from the file again.
+
+    Only a file's one open connection of ``connect_duckdb`` does it (False otherwise, the blocks
+    stay, under the limit): the limit is the whole instance's (see ``_OPEN_LOCK``). A connection's
+    cursors are not counted: do not release while one of them runs a query."""
+    with _OPEN_LOCK:
+        entry = _OPENED.get(con)
+        if entry is not None:
+            open_here = _OPEN.get(entry[0])
+        else:  # a catalog's cursor (``connect_catalog``): the cursors of its one instance
+            shared = _catalogs.get(_CATALOG_OF.get(con, ""))
+            open_here = shared[2] if shared is not None else None
+        if open_here != 1:
+            return False
+        try:
+            con.execute("SET memory_limit = '0B'")
+        except duckdb.OutOfMemoryException:  # what is still pinned stays; everything else went
+            pass
+        finally:
+            con.execute(f"SET memory_limit = '{limit}'")
+    return True
 
 
 class Modality(str, Enum):
