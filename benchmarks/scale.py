@@ -1,20 +1,30 @@
 """Scale benchmark: vector search at 1M vectors, and the pipeline's memory and time at N and 10 x N patients.
 
-``vectors``: SYNTHETIC 384-d embeddings (stated: not real ones): a Gaussian mixture of 4,096 random
-unit directions, each vector its cluster's direction plus isotropic noise of the same norm
-(cosine to its centre about 0.7), L2-normalised, written in chunks to a memory-mapped file; 1,000
-queries drawn the same way (not in the index). Clustered data is kind to an IVF index; ``--clusters
-N`` draws fewer (wider) clusters, and ``--data FILE.npy`` repeats real embeddings (rows of the file)
-with noise instead, to check on your own. Exact search (FAISS brute force, all vectors) gives the
-true top 10, and an in-memory ``IndexFlatIP`` over 200,000 of the rows, scaled linearly, is the
-baseline for latency; the approximate index is medweave's own
-(``medweave.retrieve.vectors.VectorIndex``, IVF), built first (so that the peak RSS printed is the
-build's), saved, re-opened memory-mapped and queried one query at a time on one thread. Printed:
-build time split into k-means and adding, peak memory, index size, the load average, and per
-``nprobe`` recall@10 against exact search with p50/p99 latency per query. Aim: recall@10 >= 0.95 at
-p50 <= 2 ms. ``--build-only`` stops after saving the index (kept, with the data); ``--index DIR``
-queries a kept one (the same ``--seed``, ``--clusters``, ``--data`` and ``--noise`` give the same
-queries): a run split over two sittings.
+``vectors``: SYNTHETIC 384-d embeddings by default (stated: not real ones): a Gaussian mixture of
+4,096 random unit directions, each vector its cluster's direction plus isotropic noise of the same
+norm (cosine to its centre about 0.7), L2-normalised, written in chunks to a memory-mapped file;
+1,000 queries drawn the same way (not in the index). Clustered data is kind to an IVF index;
+``--clusters N`` draws fewer (wider) clusters. ``--data FILE.npy`` uses REAL embeddings instead
+(``real-vectors`` below writes them): 1,000 of its rows are held out as the queries (real, no
+noise, not in the index); the index holds the other real rows as they are and, up to ``--n``, copies
+of them with isotropic noise whose norm is ``--noise-nn`` (default 1.0) times that row's distance to
+its nearest other real row: a copy lies about as far from its original as the original's nearest
+real neighbour, so the real structure survives (a fixed ``--noise`` of norm 1.0 on unit e5 vectors,
+whose pairwise cosines are 0.7-0.9, drowns it and leaves near-random points). ``--n 0``: the real
+rows alone. Exact search (FAISS brute force, all vectors) gives the true top 10, and an in-memory
+``IndexFlatIP`` over 200,000 of the rows, scaled linearly, is the baseline for latency; the
+approximate index is medweave's own (``medweave.retrieve.vectors.VectorIndex``, IVF), built first
+(so that the peak RSS printed is the build's), saved, re-opened memory-mapped and queried one query
+at a time on one thread. Printed: build time split into k-means and adding, peak memory, index size,
+the load average, and per ``nprobe`` recall@10 against exact search with p50/p99 latency per query.
+Aim: recall@10 >= 0.95 at p50 <= 2 ms. ``--build-only`` stops after saving the index (kept, with the
+data); ``--index DIR`` queries a kept one (the same ``--seed``, ``--clusters``, ``--data`` and
+``--noise`` give the same queries): a run split over two sittings.
+
+``real-vectors --out FILE.npy``: the unique real texts of the shared data (``real_texts``: sentences
+of the IU X-ray and Open-i reports, PathVQA and VQA-RAD questions, eICU and MIMIC-III demo strings;
+23,819 here) encoded as e5-small passages (about 20 texts a second on the 2 cores); resumes where
+an interrupted run stopped.
 
 ``pipeline``: phantom cohorts of N and 10 x N patients (``medweave.demo.phantom``) through each stage
 in its own process (peak RSS of that process alone): cohort build, encode, training data loading,
@@ -31,6 +41,9 @@ only the phantom's CSV tables into a store of its own: a table file is one unit,
 
     python benchmarks/scale.py vectors --n 1000000      # the 1M run (minutes, ~3 GB)
     python benchmarks/scale.py vectors --n 100000       # a quick run
+    python benchmarks/scale.py real-vectors --out /tmp/e5-real.npy
+    python benchmarks/scale.py vectors --n 1000000 --data /tmp/e5-real.npy   # real rows + copies with noise
+    python benchmarks/scale.py vectors --n 0 --data /tmp/e5-real.npy         # the real rows alone
     python benchmarks/scale.py pipeline --n 300
     python benchmarks/scale.py pipeline --sizes 1000 10000 --image-size 64 --text-encoder hashing --work DIR
     python benchmarks/scale.py arrays --n 20000        # training inputs in memory vs on disk
@@ -123,23 +136,166 @@ def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def real_texts(root: Path) -> dict[str, str]:
+    """Unique real texts of the shared data (``MEDWEAVE_DATA``), text -> the source it came from first:
+    the sentences of IU X-ray reports (each section split at . ! ?) and of the Open-i summarisation
+    findings and impressions, PathVQA and VQA-RAD questions, eICU diagnosis, treatment, admission-diagnosis and physical-exam
+    strings, MIMIC-III demo prescriptions (drug, strength, route). Whitespace collapsed, texts of 3
+    characters or fewer dropped."""
+    import csv
+    import gzip
+    import re
+    import tarfile
+    import xml.etree.ElementTree as ET
+
+    out: dict[str, str] = {}
+
+    def add(source: str, text: str) -> None:
+        text = " ".join(str(text).split())
+        if len(text) > 3:
+            out.setdefault(text, source)
+
+    iu = root / "iu-xray-reports" / "NLMCXR_reports.tgz"
+    if iu.is_file():
+        with tarfile.open(iu) as tf:
+            for member in tf:
+                if member.name.endswith(".xml"):
+                    for part in ET.parse(tf.extractfile(member)).getroot().iter("AbstractText"):
+                        if part.text:
+                            for sentence in re.split(r"(?<=[.!?])\s+", part.text):
+                                add("iu-xray sentence", sentence)
+    for name in ("train.jsonl", "validate.jsonl"):
+        path = root / "openi-summ" / name
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            row = json.loads(line)
+            for sentence in re.split(r"(?<=[.!?])\s+", row["inputs"] + " " + row["target"]):
+                add("openi-summ sentence", sentence)
+    for ds in ("pathvqa", "vqa-rad"):
+        path = root / ds / "trainset.json"
+        for row in json.loads(path.read_text()) if path.is_file() else []:
+            add(f"{ds} question", row["question"])
+    eicu = root / "ehr-demo" / "eicu-demo"
+    for name, col in (("diagnosis.csv", "diagnosisstring"), ("treatment.csv", "treatmentstring"),
+                      ("admissionDx.csv", "admitdxpath"), ("physicalExam.csv", "physicalexampath")):
+        if (eicu / name).is_file():
+            with open(eicu / name, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    add("eicu", (row.get(col) or "").replace("|", " / "))
+    rx = root / "ehr-demo" / "mimic-iii-demo" / "PRESCRIPTIONS.csv.gz"
+    if rx.is_file():
+        with gzip.open(rx, "rt", newline="") as fh:
+            for row in csv.DictReader(fh):
+                add("mimic-iii prescription", f"{row['drug']} {row['prod_strength']} {row['route']}")
+    return out
+
+
+def bench_real_vectors(args) -> None:
+    """Encode the shared data's real texts (``real_texts``) as e5-small passages into an .npy (rows in
+    the order of a JSON list of [text, source] written beside it): the real embeddings for ``vectors
+    --data``."""
+    from collections import Counter
+
+    from medweave.encode.text import E5Small
+    from medweave.settings import shared_data_dir
+
+    texts = real_texts(Path(args.root) if args.root else shared_data_dir())
+    if not texts:
+        raise SystemExit("no texts found: set MEDWEAVE_DATA to the shared data folder")
+    items = sorted(texts.items())
+    if args.limit:
+        items = [items[i] for i in np.sort(np.random.default_rng(0).choice(len(items), args.limit, replace=False))]
+    print(f"{len(items):,} unique texts: " + ", ".join(f"{k} {v:,}" for k, v in Counter(s for _, s in items).most_common()),
+          flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part, progress = out.with_suffix(".part.npy"), out.with_suffix(".progress")
+    done = int(progress.read_text()) if part.is_file() and progress.is_file() else 0  # an interrupted run resumes
+    arr = np.lib.format.open_memmap(part, mode="r+" if done else "w+", dtype=np.float32, shape=(len(items), 384))
+    enc, t0 = E5Small(), time.perf_counter()
+    for start in range(done, len(items), args.batch):
+        arr[start:start + args.batch] = enc.encode([t for t, _ in items[start:start + args.batch]])
+        arr.flush()
+        progress.write_text(str(min(len(items), start + args.batch)))
+        if ((start - done) // args.batch) % 20 == 0:
+            print(f"  {min(len(items), start + args.batch):,} / {len(items):,} in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+    del arr
+    part.replace(out)
+    progress.unlink()
+    out.with_suffix(".texts.json").write_text(json.dumps(items))
+    print(f"wrote {out} ({len(items):,} x 384, e5-small passages) in {time.perf_counter() - t0:.0f} s; load {_load()}")
+
+
+def real_split(path: str, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The real embeddings of ``path`` (rows, L2-normalised, exact duplicate rows dropped) split into
+    (rows to index, held-out query rows), and facts about them: count, mean pairwise cosine (on a
+    sample) and each indexed row's distance to its nearest other indexed row (exact)."""
+    import faiss
+
+    x = np.load(path).astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = x[np.sort(np.unique(x, axis=0, return_index=True)[1])]
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(x), dtype=bool)
+    held[rng.choice(len(x), size=min(n_queries, len(x) // 10), replace=False)] = True
+    rows, queries = np.ascontiguousarray(x[~held]), np.ascontiguousarray(x[held])
+    s, _ = faiss.knn(rows, rows, 2, metric=faiss.METRIC_INNER_PRODUCT)
+    nn = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * s[:, 1])).astype(np.float32)  # unit rows: |a-b|^2 = 2 - 2 a.b
+    pick = rng.choice(len(rows), size=min(2000, len(rows)), replace=False)
+    c = rows[pick] @ rows[pick].T
+    facts = {"rows": len(rows), "queries": len(queries), "nn": nn,
+             "mean_cos": float((c.sum() - len(pick)) / (len(pick) * (len(pick) - 1)))}
+    return rows, queries, facts
+
+
+def real_with_noise(rows: np.ndarray, n: int, noise: np.ndarray, seed: int, out: np.ndarray,
+                    chunk: int = 50_000) -> None:
+    """``out[:len(rows)]`` = the real rows as they are; every row after that a real row (each used
+    about equally often, in a random order) plus isotropic noise of norm about ``noise[row]``,
+    L2-normalised."""
+    rng = np.random.default_rng(seed)
+    m0 = min(n, len(rows))
+    out[:m0] = rows[:m0]
+    dim = rows.shape[1]
+    src = rng.permutation(n - m0) % len(rows) if n > m0 else np.empty(0, dtype=np.int64)
+    for start in range(0, len(src), chunk):
+        idx = src[start:start + chunk]
+        x = rows[idx] + (noise[idx] / np.sqrt(dim))[:, None] * rng.standard_normal((len(idx), dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[m0 + start:m0 + start + len(idx)] = x
+
+
 def bench_vectors(args) -> None:
     import faiss
 
-    from medweave.retrieve.vectors import VectorIndex
+    from medweave.retrieve.vectors import EXACT_MAX, VectorIndex
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    if args.data:  # real embeddings, each repeated with noise
-        centres = np.load(args.data).astype(np.float32)
-        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-        what = f"{len(centres):,} real embeddings from {args.data} repeated with noise of norm {args.noise}"
+    real = None
+    if args.data:  # real embeddings: held-out real rows as queries; the rest as they are, then copies with noise
+        rows, real_queries, facts = real_split(args.data, args.queries, args.seed)
+        nn = facts["nn"]
+        if args.noise is not None:
+            noise, how = np.full(len(rows), args.noise, dtype=np.float32), f"norm {args.noise}"
+        else:
+            noise, how = args.noise_nn * nn, (f"norm {args.noise_nn} x each row's own nearest-neighbour distance "
+                                              f"(median {np.median(nn):.3f}, p10 {np.percentile(nn, 10):.3f}, "
+                                              f"p90 {np.percentile(nn, 90):.3f})")
+        n_want = len(rows) if args.n == 0 else args.n
+        real = (rows, noise, real_queries)
+        what = (f"REAL: {facts['rows']:,} e5 embeddings from {args.data} (mean pairwise cosine {facts['mean_cos']:.2f})"
+                + (", as they are, no noise" if n_want <= len(rows) else
+                   f", as they are, then repeated to {n_want:,} rows with isotropic noise of {how}")
+                + f"; queries: {facts['queries']:,} real embeddings held out of the index, no noise")
     else:
         centres = rng.standard_normal((args.clusters, DIM)).astype(np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        what = f"synthetic: Gaussian mixture of {args.clusters} clusters, noise of norm {args.noise}"
-    dim = centres.shape[1]
+        noise = 1.0 if args.noise is None else args.noise
+        n_want = args.n
+        what = f"SYNTHETIC: Gaussian mixture of {args.clusters} clusters, noise of norm {noise}"
+    dim = DIM
     if args.index:  # query an index built and saved by an earlier run (--build-only --keep)
         work = Path(args.index)
         data = np.load(work / "vectors.npy", mmap_mode="r")
@@ -147,16 +303,22 @@ def bench_vectors(args) -> None:
     else:
         work = Path(tempfile.mkdtemp(prefix="medweave-scale-", dir=args.tmp))
         t0 = time.perf_counter()
-        data = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(args.n, dim))
-        synthetic(args.n, args.seed + 1, centres, data, noise=args.noise)
+        data = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(n_want, dim))
+        if real is not None:
+            real_with_noise(real[0], n_want, real[1], args.seed + 1, data)
+        else:
+            synthetic(n_want, args.seed + 1, centres, data, noise=noise)
         data.flush()
         gen_s, fresh = time.perf_counter() - t0, True
     n = len(data)
-    queries = synthetic(args.queries, args.seed + 2, centres, noise=args.noise)
+    queries = real[2] if real is not None else synthetic(args.queries, args.seed + 2, centres, noise=noise)
     print(f"data: {n:,} x {dim} vectors ({what}), {data.nbytes / 2**30:.2f} GiB memory-mapped"
           + (f", generated in {gen_s:.1f} s" if gen_s is not None else f", from {work}")
-          + f"; {args.queries} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
+          + f"; {len(queries)} queries; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {_load()}", flush=True)
+    if n <= EXACT_MAX:
+        print(f"note: {n:,} rows <= EXACT_MAX {EXACT_MAX:,}: medweave itself searches these exactly (recall 1); "
+              "the approximate index is built here only to measure it", flush=True)
 
     if fresh:  # built first, so that the process peak RSS printed here is the build's
         rss0 = _rss_mb()
@@ -181,7 +343,7 @@ def bench_vectors(args) -> None:
     t0 = time.perf_counter()
     _, truth = exact_topk(data, queries, K)
     truth_s = time.perf_counter() - t0
-    print(f"exact top {K} for {args.queries} queries (faiss.knn over chunks of 100,000 rows, "
+    print(f"exact top {K} for {len(queries)} queries (faiss.knn over chunks of 100,000 rows, "
           f"{faiss.omp_get_max_threads()} threads): {truth_s:.1f} s", flush=True)
 
     # the baseline: exact search, one query at a time, over an in-memory flat index of a slice scaled up
@@ -520,14 +682,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="part", required=True)
     v = sub.add_parser("vectors", help="recall@10 and latency of the IVF index against exact search")
-    v.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
+    v.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000); with --data, 0: the real "
+                   "rows alone, no noise")
     v.add_argument("--queries", type=int, default=1000)
     v.add_argument("--nlist", type=int, default=None, help="IVF cells (default: about 4 sqrt(n))")
     v.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 48, 64])
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--data", default=None, help="an .npy of real embeddings (rows) to repeat with noise instead of "
                    "the synthetic mixture")
-    v.add_argument("--noise", type=float, default=1.0, help="norm of the noise added to each centre / real row")
+    v.add_argument("--noise", type=float, default=None, help="norm of the noise added to each centre / real row "
+                   "(synthetic: default 1.0; with --data the default is --noise-nn)")
+    v.add_argument("--noise-nn", type=float, default=1.0, help="with --data: the noise added to a real row has "
+                   "this many times the norm of that row's distance to its nearest other real row (default 1.0)")
     v.add_argument("--clusters", type=int, default=CLUSTERS, help=f"synthetic mixture: clusters (default {CLUSTERS}; "
                    "fewer clusters with the same noise is a harder case for IVF)")
     v.add_argument("--threads", type=int, default=None, help="FAISS threads for building and exact search "
@@ -537,6 +703,12 @@ def main() -> None:
     v.add_argument("--index", default=None, help="a folder kept by --build-only: query its index and data")
     v.add_argument("--tmp", default=None, help="folder for the data and index files (default: system temp)")
     v.add_argument("--keep", action="store_true", help="keep the data and index files")
+    r = sub.add_parser("real-vectors", help="encode the shared data's real texts with e5-small into an .npy for "
+                       "vectors --data")
+    r.add_argument("--out", required=True, help="the .npy to write (a .texts.json beside it lists the texts)")
+    r.add_argument("--root", default=None, help="the shared data folder (default: MEDWEAVE_DATA)")
+    r.add_argument("--limit", type=int, default=None, help="encode a random sample of this many texts")
+    r.add_argument("--batch", type=int, default=64)
     p = sub.add_parser("pipeline", help="peak RSS and time per stage at N and 10 x N phantom patients")
     p.add_argument("--n", type=int, default=300, help="patients in the small cohort (the large one has 10x)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="the cohort sizes instead of N and 10 x N "
@@ -569,7 +741,7 @@ def main() -> None:
     st.add_argument("--image-size", type=int, default=None)
     st.add_argument("--text-encoder", choices=("e5", "hashing"), default="e5")
     args = parser.parse_args()
-    {"vectors": bench_vectors, "pipeline": bench_pipeline, "stage": stage_main, "arrays": bench_arrays,
+    {"vectors": bench_vectors, "real-vectors": bench_real_vectors, "pipeline": bench_pipeline, "stage": stage_main, "arrays": bench_arrays,
      "arrays-run": arrays_main}[args.part](args)
 
 
