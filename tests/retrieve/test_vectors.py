@@ -3,6 +3,7 @@ rebuilt only when its items change."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -81,6 +82,11 @@ def test_saved_index_opens_memory_mapped_and_is_rebuilt_only_when_items_change(t
     np.testing.assert_array_equal(again.search(q, 5)[1], built.search(q, 5)[1])
     in_memory = VectorIndex.open(tmp_path / "ix", mmap=False)
     np.testing.assert_array_equal(in_memory.search(q, 5)[1], again.search(q, 5)[1])
+    # memory-mapped lists are FAISS's on-disk ones, opened without their per-search prefetch threads
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(again.index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.prefetch_nthread == 0
+    assert not isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(in_memory.index).invlists),
+                          faiss.OnDiskInvertedLists)
     # one item more, or another encoder version: rebuilt
     more = np.concatenate([data, clustered(1, 7)])
     _, rebuilt = VectorIndex.ensure(tmp_path / "ix", ids + ["new"], source(more), version="enc-1", kind="ivf")
