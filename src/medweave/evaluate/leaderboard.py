@@ -5,7 +5,6 @@ metric with its intervals, the per-type breakdowns side by side, and every run's
 from __future__ import annotations
 
 import base64
-import io
 import math
 import time
 from pathlib import Path
@@ -27,33 +26,22 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", dpi=100)
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def interval_plot(names: list[str], values: list[dict], title: str) -> str:
-    """Horizontal bars of one metric per run with their 95% intervals."""
-    import matplotlib
+    """Horizontal bars of one metric per run with their 95% intervals (a PNG data URL)."""
+    from ..figures import subplots, to_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(names)))
     y = list(range(len(names)))[::-1]
     vals = [v["value"] if v.get("n") else 0.0 for v in values]
     lo = [max(0.0, v["value"] - v["lo"]) if v.get("n") and not math.isnan(v["lo"]) else 0 for v in values]
     hi = [max(0.0, v["hi"] - v["value"]) if v.get("n") and not math.isnan(v["hi"]) else 0 for v in values]
-    ax.barh(y, vals, xerr=[lo, hi], color="#4a78b5", capsize=3)
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, 1)
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    with subplots(figsize=(6.5, 0.5 + 0.45 * len(names))) as (fig, ax):
+        ax.barh(y, vals, xerr=[lo, hi], color="#4a78b5", capsize=3)
+        ax.set_yticks(y, names)
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        png = to_png(fig, dpi=100)
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def probe_plot(rows: list[dict], metric: str, title: str) -> str:

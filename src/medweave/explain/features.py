@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -46,10 +45,20 @@ def feature_groups(ctx: ModelContext) -> tuple[list[str], torch.Tensor]:
     return [n.removeprefix("table:") for n in groups], fmask
 
 
+def _captum_attr():
+    """``captum.attr``, imported under the figure lock after pyplot (captum imports pyplot itself, and
+    the server explains in request threads while others draw figures: ``medweave.figures``)."""
+    from ..figures import import_after_pyplot
+
+    return import_after_pyplot("captum.attr")
+
+
 def tabular_attributions(ctx: ModelContext, case_id: str, methods: Sequence[str] = TABULAR_METHODS,
                          n_samples: int = 25) -> dict[str, dict[str, float]]:
     """Attribution of each tabular source column, per method; {} when the case has no tabular data."""
-    from captum.attr import FeatureAblation, IntegratedGradients, ShapleyValueSampling
+    attr = _captum_attr()
+    FeatureAblation, IntegratedGradients, ShapleyValueSampling = \
+        attr.FeatureAblation, attr.IntegratedGradients, attr.ShapleyValueSampling
 
     if "table" not in ctx.modalities or ctx.featurizer is None:
         return {}
@@ -113,9 +122,10 @@ def image_forward(ctx: ModelContext, case_id: str, others: np.ndarray, k: int) -
 def image_saliency(ctx: ModelContext, case_id: str, methods: Sequence[str] = IMAGE_METHODS,
                    ig_steps: int = 16, window: int = 32, stride: int = 32) -> dict[str, Any]:
     """Saliency maps (224 x 224, float) of the case's first image per method, with the model input."""
-    from captum.attr import IntegratedGradients, Occlusion
-
     from ..encode.image import features, to_input
+
+    attr = _captum_attr()
+    IntegratedGradients, Occlusion = attr.IntegratedGradients, attr.Occlusion
 
     if "image" not in ctx.modalities or not bool(ctx.case_tensors(case_id)[1][0, ctx.modalities.index("image")]):
         return {}
@@ -142,26 +152,22 @@ def image_saliency(ctx: ModelContext, case_id: str, methods: Sequence[str] = IMA
 
 
 def overlay_png(model_input: np.ndarray, saliency: np.ndarray | None, title: str = "") -> bytes:
-    """The image (a (3, 224, 224) model input) in gray with the saliency's positive part over it, as PNG."""
-    import matplotlib
+    """The image (a (3, 224, 224) model input) in gray with the saliency's positive part over it, as PNG.
+    Drawn under the process's figure lock (``medweave.figures``): the server draws overlays in request
+    threads."""
+    from ..figures import subplots, to_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=100)
-    ax.imshow((model_input[0] + 1) / 2, cmap="gray", vmin=0, vmax=1)
-    if saliency is not None:
-        s = np.clip(saliency, 0, None)
-        top = np.percentile(s, 99.5) or 1.0
-        heat = np.ma.masked_less(np.clip(s / top, 0, 1), 0.2)  # weak attributions stay see-through
-        ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    with subplots(figsize=(3.2, 3.2), dpi=100) as (fig, ax):
+        ax.imshow((model_input[0] + 1) / 2, cmap="gray", vmin=0, vmax=1)
+        if saliency is not None:
+            s = np.clip(saliency, 0, None)
+            top = np.percentile(s, 99.5) or 1.0
+            heat = np.ma.masked_less(np.clip(s / top, 0, 1), 0.2)  # weak attributions stay see-through
+            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize=9)
+        return to_png(fig)
 
 
 # --- text -------------------------------------------------------------------------------------------
