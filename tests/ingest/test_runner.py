@@ -308,3 +308,18 @@ def test_units_are_planned_and_checked_in_chunks_with_the_store_of_one_plan(tmp_
     # chunk; five for chunks of 4 entries, of 3, 4, 3, 4, 4 units (the skipped files are no units)
     assert [n for who, n in asked if who == "one"] == [18, 18]
     assert [n for who, n in asked if who == "chunks"] == [3, 4, 3, 4, 4] * 2
+
+
+def test_read_whole_returns_every_byte_whatever_the_size_it_was_told(tmp_path):
+    """``_read_whole`` is given the size of a stat taken before: the file may have grown or shrunk
+    since, and the bytes returned are the file's, all of them."""
+    from medweave.ingest.runner import _read_whole
+
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB read past the stated size
+    path.write_bytes(data)
+    assert _read_whole(path, len(data)) == data  # the usual case: one read
+    assert _read_whole(path, 10) == data  # grew since the stat
+    assert _read_whole(path, len(data) + 999) == data  # shrank since the stat
+    path.write_bytes(b"")
+    assert _read_whole(path, 0) == b""

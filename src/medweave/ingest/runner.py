@@ -123,12 +123,15 @@ def _read_whole(path: Path, size: int) -> bytes:
     the read of a small file): ``size`` bytes asked first, then on to the end."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        chunks = [os.read(fd, size + 1)]
-        while chunks[-1]:
+        first = os.read(fd, size + 1)
+        if len(first) <= size:  # a short read of a regular file is its end: no second call (an
+            return first  # os.read(fd, 1 MiB) at the end allocated 1 MiB first, ~10 us a file)
+        chunks = [first]
+        while chunks[-1]:  # the file grew since its stat: on to the end
             chunks.append(os.read(fd, 1 << 20))
     finally:
         os.close(fd)
-    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def _read_head(path: Path) -> bytes:
