@@ -481,3 +481,51 @@ def test_release_buffers_never_starves_another_connection_to_the_same_file(tmp_p
     two.close()
     assert release_buffers(one.con) is True
     one.close()
+
+
+def test_release_buffers_counts_every_connection_to_a_file_by_any_path_and_either_kind(tmp_path):
+    """One registry counts the connections to a file, keyed by its real path: a file opened through a
+    symlink (to the file or to its folder) and by its own path is one file, with ``connect_duckdb``
+    and ``connect_catalog`` alike, and a connection of either kind counts against the other's
+    release. A catalog cursor dropped without ``close_catalog`` stops counting once it is garbage
+    (as a ``connect_duckdb`` connection does), and the catalog's instance closes with its last one."""
+    import gc
+
+    from medweave.store import catalog as catalog_mod
+    from medweave.store.catalog import (close_catalog, close_duckdb, connect_catalog, connect_duckdb,
+                                        release_buffers)
+
+    real = tmp_path / "real"
+    real.mkdir()
+    con = duckdb.connect(str(real / "c.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT range AS i FROM range(1000)")
+    con.close()
+    (tmp_path / "link.duckdb").symlink_to(real / "c.duckdb")
+    (tmp_path / "folder").symlink_to(real, target_is_directory=True)
+
+    a = connect_duckdb(real / "c.duckdb", read_only=True)
+    b = connect_duckdb(tmp_path / "link.duckdb", read_only=True)
+    assert release_buffers(a) is False and release_buffers(b) is False
+    close_duckdb(b)
+    assert release_buffers(a) is True
+    c = connect_duckdb(tmp_path / "folder" / "c.duckdb", read_only=True)
+    assert release_buffers(a) is False
+    close_duckdb(c)
+    close_duckdb(a)
+    assert not catalog_mod._FILES
+
+    one = connect_catalog(tmp_path / "link.duckdb", read_only=True)
+    two = connect_catalog(tmp_path / "folder" / "c.duckdb", read_only=True)  # the same instance
+    assert release_buffers(one) is False and two.execute("SELECT count(*) FROM t").fetchone()[0] == 1000
+    del two
+    gc.collect()
+    assert release_buffers(one) is True
+    other = connect_duckdb(real / "c.duckdb", read_only=True)  # the other kind, to the same file
+    assert release_buffers(one) is False and release_buffers(other) is False
+    close_duckdb(other)
+    assert release_buffers(one) is True
+    close_catalog(one)
+    assert not catalog_mod._FILES
+    writer = connect_catalog(real / "c.duckdb")  # the instance closed with its last cursor: another mode opens
+    assert release_buffers(writer) is True
+    close_catalog(writer)

@@ -67,20 +67,59 @@ DUCKDB_MEMORY_LIMIT = "1GB"
 # same memory limit: ``release_buffers`` lowers it to nothing for a moment, in which a query of any
 # other connection to that file fails (OutOfMemoryException), and the limit's restore itself could
 # fail and leave it at nothing (a catalog's cursors, ``connect_catalog``, share one instance too).
-# The connections ``connect_duckdb`` opens are therefore counted per file (their resolved path), as
-# ``connect_catalog`` counts a catalog's cursors, and the blocks are handed back only by a file's one
-# open connection; opening another of either kind waits while they are (the same lock).
+# So every connection medweave opens on a DuckDB file, with ``connect_duckdb`` or ``connect_catalog``,
+# is counted in one registry per file, keyed by the file's real path (``_file_key``: symlinks
+# resolved, as DuckDB resolves them when it shares an instance), and the blocks are handed back only
+# by a file's one open connection, whichever way it was opened; opening another of either kind waits
+# while they are (the same lock). A connection counts until it is closed (``close_duckdb``,
+# ``close_catalog``) or is garbage.
 _OPEN_LOCK = threading.RLock()
-_OPEN: dict[str, int] = {}
-_OPENED: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[str, weakref.finalize]]" = \
+
+
+@dataclass
+class _OpenFile:
+    """What this process has open on one DuckDB file (``_FILES``)."""
+
+    connections: int = 0  # every open connection to the file: connect_duckdb's and the catalog's cursors
+    cursors: int = 0  # of those, the cursors of the catalog instance (``connect_catalog``)
+    instance: "duckdb.DuckDBPyConnection | None" = None  # the in-memory instance the catalog is attached to
+    read_only: bool = False  # the catalog instance's mode
+
+
+_FILES: dict[str, _OpenFile] = {}  # the file's real path -> what is open on it
+# connection -> (its file's key, the finalizer that forgets it once: at close, or when it is garbage)
+_FILE_OF: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[str, weakref.finalize]]" = \
     weakref.WeakKeyDictionary()
 
 
-def _forget(key: str) -> None:
+def _file_key(path: str | Path) -> str:
+    """The registry's key of a DuckDB file: its absolute path with symlinks resolved (a file opened by
+    a symlink and by its real path is one file, and DuckDB gives both one instance)."""
+    return os.path.realpath(path)
+
+
+def _register(key: str, con: "duckdb.DuckDBPyConnection", cursor: bool) -> None:
+    """Count ``con`` among the connections to file ``key`` (the caller holds ``_OPEN_LOCK``)."""
+    entry = _FILES.setdefault(key, _OpenFile())
+    entry.connections += 1
+    entry.cursors += cursor
+    _FILE_OF[con] = (key, weakref.finalize(con, _forget, key, cursor))
+
+
+def _forget(key: str, cursor: bool) -> None:
+    """A connection to file ``key`` closed (or garbage): it no longer counts; the catalog instance
+    closes with its last cursor (and the file's lock is released)."""
     with _OPEN_LOCK:
-        _OPEN[key] -= 1
-        if not _OPEN[key]:
-            del _OPEN[key]
+        entry = _FILES.get(key)
+        if entry is None:
+            return
+        entry.connections -= 1
+        entry.cursors -= cursor
+        if cursor and entry.cursors <= 0 and entry.instance is not None:
+            instance, entry.instance = entry.instance, None
+            instance.close()
+        if entry.connections <= 0:
+            del _FILES[key]
 
 
 def connect_duckdb(path: str | Path, read_only: bool = False,
@@ -88,21 +127,21 @@ def connect_duckdb(path: str | Path, read_only: bool = False,
     """A DuckDB connection to ``path`` with a memory limit (medweave's, ``DUCKDB_MEMORY_LIMIT``, by
     default), counted among the file's open connections until ``close_duckdb`` (or until it is
     garbage)."""
-    key = str(Path(path).resolve())
+    key = _file_key(path)
     with _OPEN_LOCK:
         con = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": memory_limit})
-        _OPEN[key] = _OPEN.get(key, 0) + 1
-        _OPENED[con] = (key, weakref.finalize(con, _forget, key))
+        _register(key, con, cursor=False)
     return con
 
 
 def close_duckdb(con: "duckdb.DuckDBPyConnection") -> None:
-    """Close a connection of ``connect_duckdb`` (it no longer counts among its file's)."""
+    """Close a connection of ``connect_duckdb`` or ``connect_catalog`` (it no longer counts among its
+    file's; a catalog's last one closes the catalog's instance)."""
     with _OPEN_LOCK:
-        entry = _OPENED.pop(con, None)
+        con.close()
+        entry = _FILE_OF.pop(con, None)
         if entry is not None:
             entry[1]()  # _forget, once
-        con.close()
 
 
 # Rows of a row group in the catalog (DuckDB's default is 122,880). A transaction's inserted rows
@@ -117,9 +156,6 @@ def close_duckdb(con: "duckdb.DuckDBPyConnection") -> None:
 # with the other, and DuckDB keeps the groups a file already has.
 CATALOG_ROW_GROUP_SIZE = 16_384
 _CATALOG_NAME = "catalog"  # the name the catalog file is attached under
-_catalogs: dict[str, list] = {}  # resolved path -> [instance connection, read_only, open connections]
-_CATALOG_OF: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str]" = weakref.WeakKeyDictionary()
-_catalogs_lock = _OPEN_LOCK  # one lock: a release waits for no connection being opened, of either kind
 
 
 def connect_catalog(path: str | Path, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
@@ -129,45 +165,38 @@ def connect_catalog(path: str | Path, read_only: bool = False) -> "duckdb.DuckDB
     share one instance, as ``duckdb.connect`` shares its instances (DuckDB refuses a file attached
     twice); as there, a second connection must ask for the same mode. Close it with
     ``close_catalog``; the instance closes (and the file's lock is released) with the last one."""
-    key = os.path.realpath(path)
-    with _catalogs_lock:
-        shared = _catalogs.get(key)
-        if shared is not None and shared[1] != read_only:
+    key = _file_key(path)
+    with _OPEN_LOCK:
+        entry = _FILES.get(key)
+        instance = entry.instance if entry is not None else None
+        if instance is not None and entry.read_only != read_only:
             raise duckdb.ConnectionException(
-                f"{path}: already open in this process {'read-only' if shared[1] else 'for writing'}; "
+                f"{path}: already open in this process {'read-only' if entry.read_only else 'for writing'}; "
                 "a second connection must use the same mode")
-        if shared is None:
-            root = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT,
-                                                      "temp_directory": key + ".tmp",
-                                                      "write_buffer_row_group_count": 1})
+        if instance is None:
+            instance = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT,
+                                                          "temp_directory": key + ".tmp",
+                                                          "write_buffer_row_group_count": 1})
             quoted = key.replace("'", "''")
             try:
-                root.execute(f"ATTACH '{quoted}' AS {_CATALOG_NAME} "
-                             f"({'READ_ONLY, ' if read_only else ''}ROW_GROUP_SIZE {int(CATALOG_ROW_GROUP_SIZE)})")
-                root.execute(f"USE {_CATALOG_NAME}")
-                root.execute("DETACH memory")  # the catalog is then every cursor's database (``con.cursor()``)
+                instance.execute(f"ATTACH '{quoted}' AS {_CATALOG_NAME} "
+                                 f"({'READ_ONLY, ' if read_only else ''}ROW_GROUP_SIZE {int(CATALOG_ROW_GROUP_SIZE)})")
+                instance.execute(f"USE {_CATALOG_NAME}")
+                instance.execute("DETACH memory")  # the catalog is then every cursor's database (``con.cursor()``)
             except BaseException:
-                root.close()
+                instance.close()
                 raise
-            shared = _catalogs[key] = [root, read_only, 0]
-        con = shared[0].cursor()
-        shared[2] += 1
-        _CATALOG_OF[con] = key
+            entry = _FILES.setdefault(key, _OpenFile())
+            entry.instance, entry.read_only = instance, read_only
+        con = instance.cursor()
+        _register(key, con, cursor=True)
         return con
 
 
-def close_catalog(path: str | Path, con: "duckdb.DuckDBPyConnection") -> None:
-    """Close a connection ``connect_catalog`` gave; the last one of a file closes its instance."""
-    con.close()
-    key = os.path.realpath(path)
-    with _catalogs_lock:
-        shared = _catalogs.get(key)
-        if shared is None:
-            return
-        shared[2] -= 1
-        if shared[2] <= 0:
-            del _catalogs[key]
-            shared[0].close()
+def close_catalog(con: "duckdb.DuckDBPyConnection") -> None:
+    """Close a connection ``connect_catalog`` gave; the last one of a file closes its instance (the
+    connection knows its file: ``close_duckdb``)."""
+    close_duckdb(con)
 
 
 def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY_LIMIT) -> bool:
@@ -178,17 +207,15 @@ def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY
     Lowering the limit to nothing makes DuckDB evict every block no query holds (it then says it
     could not reach zero); the next query reads the blocks it needs from the file again.
 
-    Only a file's one open connection of ``connect_duckdb`` does it (False otherwise, the blocks
-    stay, under the limit): the limit is the whole instance's (see ``_OPEN_LOCK``). A connection's
-    cursors are not counted: do not release while one of them runs a query."""
+    Only a file's one open connection does it (False otherwise, the blocks stay, under the limit):
+    the limit is the whole instance's (see ``_OPEN_LOCK``), and every connection to the file counts,
+    of ``connect_duckdb`` or ``connect_catalog``, by whatever path (a symlink) it was opened. A
+    connection neither opened is not known (False). A connection's own cursors (``con.cursor()``)
+    are not counted: do not release while one of them runs a query."""
     with _OPEN_LOCK:
-        entry = _OPENED.get(con)
-        if entry is not None:
-            open_here = _OPEN.get(entry[0])
-        else:  # a catalog's cursor (``connect_catalog``): the cursors of its one instance
-            shared = _catalogs.get(_CATALOG_OF.get(con, ""))
-            open_here = shared[2] if shared is not None else None
-        if open_here != 1:
+        known = _FILE_OF.get(con)
+        entry = _FILES.get(known[0]) if known is not None else None
+        if entry is None or entry.connections != 1:
             return False
         try:
             con.execute("SET memory_limit = '0B'")
@@ -628,7 +655,7 @@ class Store:
         self._close_pack()
         if self._open:
             self._open = False
-            close_catalog(self.root / self.CATALOG, self.con)
+            close_catalog(self.con)
 
     def __del__(self) -> None:
         # A store dropped without ``close`` (``Store(d).stats()``) lets its catalog go, as a DuckDB
