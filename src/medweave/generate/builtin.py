@@ -137,8 +137,12 @@ class BuiltinBackend(Backend):
             return "no embedding cache in the model folder: every picture is encoded on first use"
         import duckdb
 
+        from ..store.catalog import close_duckdb, connect_duckdb
+
+        # Through the registry (store.catalog): while it reads, no other connection of this process to
+        # the file hands DuckDB's blocks back (release_buffers), which would starve this one's queries.
         try:
-            con = duckdb.connect(str(path), read_only=True)
+            con = connect_duckdb(path, read_only=True)
         except duckdb.Error as exc:
             return f"embedding cache {path} not readable ({exc}); pictures are encoded on first use"
         try:
@@ -149,7 +153,7 @@ class BuiltinBackend(Backend):
                                    [e.name, e.version]).fetchall()
                 found.append({h: np.frombuffer(v, dtype=np.float32) for h, v in rows})
         finally:
-            con.close()
+            close_duckdb(con)
         *views, questions = found
         for h in set(views[0]).intersection(*views[1:]):
             self._pictures[h] = np.concatenate([v[h] for v in views])
