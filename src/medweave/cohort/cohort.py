@@ -158,10 +158,12 @@ class Cohort:
 
 def integral_spelling(text: str) -> str:
     """A class or category (as text) with an integral number written as an integer: "2.0" -> "2" ("2",
-    "2.5" and "a" stay). One value reads "2" from an integer column and "2.0" from a float column (one
-    that also holds a missing value), and a cohort built for one split (``only_split``) can hold as
-    integers a column that the whole cohort holds as floats; a value that matches no class as written
-    is looked up again by this spelling (``targets_for``, ``TabularFeaturizer.transform``)."""
+    "2.5" and "a" stay). One value reads "2" from an integer column and "2.0" from a float column; a
+    value that matches no class as written is looked up again by this spelling (``targets_for``,
+    ``TabularFeaturizer.transform``). A cohort keeps a column the catalog holds as integers as
+    integers (``Int64``, see ``_integral_names``), but the classes and categories of models trained
+    on cohorts built before that (a column of integers with a missing value was floats, "2.0") and
+    values of mixed types (numbers beside text in a labels key) still need the look-up."""
     try:
         x = float(text)
     except (TypeError, ValueError):
@@ -201,24 +203,67 @@ def assign_splits(patients: Sequence[str], fractions: Sequence[float], seed: int
     return out
 
 
+def _missing(v: Any) -> bool:
+    """None, NaN, or pandas' NA (what DuckDB gives for a NULL of an integer column)."""
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v))
+
+
 def _first_valid(values: Iterable[Any]) -> Any:
     for v in values:
-        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+        if not _missing(v):
             return v
     return None
 
 
 def _combine_target(values: list[Any]) -> Any:
-    """Combine one target's values over a case's items: binary -> any positive; else the first."""
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    """Combine one target's values over a case's items: binary -> any positive; else the first, as
+    it is (an integer stays an integer)."""
+    vals = [v for v in values if not _missing(v)]
     if not vals:
         return None
     if all(isinstance(v, (bool, int, float, np.integer, np.floating)) for v in vals):
         nums = [float(v) for v in vals]
         if set(nums) <= {0.0, 1.0}:
             return int(max(nums))
-        return nums[0]
     return vals[0]
+
+
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT"}
+
+
+def _integral_names(con, names: Sequence[str], item_columns: Sequence[str]) -> set[str]:
+    """The targets and covariates whose every value in the store is an integer, by the catalog's
+    types: an item column of an integer type (a case reads an item column when the items have it),
+    or a key whose values are JSON integers in every ``labels`` and patient ``attrs`` object that has
+    it (and no patient column of another type). Their cohort column is ``Int64`` (pandas' integer
+    with a missing value): as Python values a column of integers with one missing became floats, so
+    a class read "2.0" in one cohort and "2" in another of other cases (one split, ``only_split``)."""
+    types = {r[0]: r[1] for r in con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema()", ["items"]).fetchall()}
+    patient_types = {r[0]: r[1] for r in con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema()", ["patients"]).fetchall()}
+    out = set()
+    for name in dict.fromkeys(names):
+        if name in item_columns:
+            if types.get(name) in _INTEGER_TYPES:
+                out.add(name)
+            continue
+        if name in patient_types and patient_types[name] not in _INTEGER_TYPES:
+            continue
+        path = '$."' + name.replace('"', '\\"') + '"'
+        found = {r[0] for r in con.execute(
+            "SELECT DISTINCT json_type(labels, ?) FROM items WHERE labels IS NOT NULL "
+            "AND json_type(labels) = 'OBJECT' UNION SELECT DISTINCT json_type(attrs, ?) FROM patients "
+            "WHERE attrs IS NOT NULL AND json_type(attrs) = 'OBJECT'", [path, path]).fetchall()}
+        found -= {None, "NULL"}
+        if name in patient_types:
+            found.add("BIGINT")
+        if found and found <= {"BIGINT", "UBIGINT"}:
+            out.add(name)
+    return out
 
 
 def build_cohort(
@@ -315,9 +360,13 @@ def build_cohort(
     case_ids = columns.get("case_id", [])
     order = sorted(range(len(case_ids)), key=case_ids.__getitem__)
     at = pa.array(order, pa.int64())
+    integral = _integral_names(con, [*targets, *covariates], item_columns)
     table = pd.DataFrame({name: item_id_column(pa.chunked_array(id_parts[name], type=ITEM_IDS).take(at))
-                          if name in id_parts else [values[i] for i in order] for name, values in columns.items()})
+                          if name in id_parts else
+                          pd.array([None if _missing(values[i]) else values[i] for i in order], dtype="Int64")
+                          if name in integral else [values[i] for i in order] for name, values in columns.items()})
     del columns, id_parts, case_ids, order, at
+    store.release_buffers()  # the type look-ups scanned the labels and attrs
     if require_target and targets:
         table = table.dropna(subset=list(targets)).reset_index(drop=True)
 

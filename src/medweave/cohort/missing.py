@@ -65,7 +65,7 @@ def simulate_missing(
         y = t[target]
         if class_rates is None:
             _need(rate, "rate or class_rates", mechanism)
-            prevalence = float((y[eligible] == 1).mean()) if eligible.any() else 0.0
+            prevalence = float((y[eligible] == 1).fillna(False).mean()) if eligible.any() else 0.0  # (NA: not 1)
             p_pos = min(1.0, rate / prevalence) if prevalence > 0 else 0.0
             p_neg = max(0.0, (rate - prevalence * p_pos) / (1 - prevalence)) if prevalence < 1 else 0.0
             class_rates = {1: p_pos, 0: p_neg}

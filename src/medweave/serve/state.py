@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel
 
 from ..explain import ModelContext
@@ -294,6 +295,6 @@ def nearest(ctx: ModelContext | None, query: np.ndarray, modality: str = "image"
 
 
 def _plain(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):  # (NA: an Int64 column's)
         return None
     return v.item() if hasattr(v, "item") else v
