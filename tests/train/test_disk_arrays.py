@@ -73,8 +73,14 @@ def test_multiclass_targets_take_either_spelling_of_a_whole_number():
     cfg = parse_config({"name": "t", "data": {"paths": ["x"], "store": "s"}, "cohort": {"targets": ["grade"]},
                         "model": {"kind": "sequential", "modalities": ["table"]},
                         "heads": [{"name": "grade", "target": "grade", "kind": "multiclass"}]}, "test")
-    for values in ([1, 2, 0, None], [1.0, 2.0, 0.0, None]):
-        c = Cohort(pd.DataFrame({"case_id": list("abcd"), "grade": pd.Series(values, dtype=object)}), [], ["grade"])
+    for values, dtype in (([1, 2, 0, None], object), ([1.0, 2.0, 0.0, None], object), ([1, 2, 0, None], "Int64")):
+        c = Cohort(pd.DataFrame({"case_id": list("abcd"), "grade": pd.Series(values, dtype=dtype)}), [], ["grade"])
         for classes in (["1.0", "2.0"], ["1", "2"]):
             got = targets_for(cfg, c, [HeadSpec("grade", "multiclass", 2, classes)])["grade"]
             assert got.tolist() == [0, 1, -1, -1], (values, classes)
+    # a binary target the catalog holds as integers (an Int64 column, NA for a missing one)
+    binary = parse_config({"name": "t", "data": {"paths": ["x"], "store": "s"}, "cohort": {"targets": ["y"]},
+                           "model": {"kind": "sequential", "modalities": ["table"]}}, "test")
+    c = Cohort(pd.DataFrame({"case_id": list("abc"), "y": pd.Series([1, None, 0], dtype="Int64")}), [], ["y"])
+    got = targets_for(binary, c, [HeadSpec("y", "binary")])["y"]
+    assert got[0] == 1 and np.isnan(got[1]) and got[2] == 0
