@@ -442,6 +442,46 @@ def test_a_writing_store_checkpoints_every_so_many_rows_and_hands_back_duckdb_s_
     assert stores["often"][0].equals(stores["never"][0])
 
 
+def test_bounded_lookup_holds_few_blocks_while_it_scans_and_gives_the_same_rows(tmp_path):
+    """A chunk's lookup reads its columns' blocks in every row group: unbounded, DuckDB kept them all
+    while the query ran (22 MB here, the table's size); under ``bounded_lookup`` it holds about its
+    limit, hands them back after, and the connection's limit is restored. A query that does not fit
+    a limit runs again under the next, last under the connection's own; beside a second connection
+    nothing is lowered."""
+    from medweave.store.catalog import bounded_lookup, connect_duckdb, release_buffers
+
+    con = duckdb.connect(str(tmp_path / "c.duckdb"))
+    con.execute("CREATE TABLE items AS SELECT md5(i::VARCHAR) AS item_id, repeat(md5(i::VARCHAR), 8) AS blob "
+                "FROM range(800000) t(i)")
+    con.close()
+    con = connect_duckdb(tmp_path / "c.duckdb", read_only=True)
+    con.execute("SET threads = 2")  # what a query needs of its own grows with its threads
+    used = lambda c: c.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]  # noqa: E731
+    limit = lambda c: c.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # noqa: E731
+    lookup = "SELECT item_id, blob FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id"
+    ids = [hashlib.md5(str(i).encode()).hexdigest() for i in (5, 77, 799_999)]
+    own = limit(con)
+
+    def run(c):
+        return c.execute(lookup, [ids]).fetchall(), used(c)  # what DuckDB holds as the query ends
+
+    plain, held_plain = run(con)
+    release_buffers(con)
+    rows, held = bounded_lookup(con, run, limits=("8MiB",))
+    assert rows == plain and len(rows) == 3
+    assert held_plain > 16 * 2**20 and held < 8 * 2**20
+    assert used(con) < 2**20 and limit(con) == own
+    big = "SELECT item_id, blob FROM items ORDER BY blob DESC LIMIT 3"  # the whole table sorted: not in 1 KiB
+    assert bounded_lookup(con, lambda c: c.execute(big).fetchall(), limits=("1KiB", "2KiB")) == \
+        con.execute(big).fetchall()
+    assert limit(con) == own
+    other = connect_duckdb(tmp_path / "c.duckdb", read_only=True)
+    release_buffers(con)
+    assert bounded_lookup(con, lambda c: limit(other)) == own  # the instance's limit: not lowered now
+    other.close()
+    con.close()
+
+
 def test_release_buffers_never_starves_another_connection_to_the_same_file(tmp_path):
     """DuckDB gives every connection a process opens on one file one instance, and one memory limit:
     while ``release_buffers`` had it at '0B', a query of another connection to the file failed

@@ -137,12 +137,11 @@ def encode_cohort(cohort, store, encoders: "Mapping[str, str | Encoder] | None" 
                                                                             dtype=np.float32)
             all_ids = sorted({i for ids in chunk_ids for i in ids})
             if all_ids:
-                # only the columns loading reads: DuckDB's buffer pool keeps the blocks a query reads
-                # (all of the table's row groups here), 30 MB of the catalog at 30,000 phantom patients
-                rows = store.con.execute(
+                # only the columns loading reads; the lookup reads their blocks in every row group,
+                # which DuckDB keeps only up to a small limit while it runs, and hands back after
+                rows = store.lookup(lambda con: con.execute(
                     f"SELECT {', '.join(LOAD_COLUMNS)} FROM items WHERE item_id IN (SELECT unnest(?)) ORDER BY item_id",
-                    [all_ids]).df().to_dict("records")
-                store.release_buffers()  # the lookup scanned every row group of those columns
+                    [all_ids]).df().to_dict("records"))
                 hash_of = {r["item_id"]: r["content_hash"] for r in rows}
                 vecs = encode_items(rows, encoders[m], store.root, cache, progress, stats, failures, engine)
                 for i, ids in enumerate(chunk_ids):

@@ -47,10 +47,9 @@ def tabular_frame(cohort, store, covariates: Sequence[str] | None = None, max_co
                      for iid in ids}
         if not item_case:
             return []
-        rows = store.con.execute(
+        rows = store.lookup(lambda con: con.execute(  # it reads every row group of these columns
             "SELECT rowid, item_id, code, value_num, value_text, meta FROM items WHERE modality = 'table' "
-            "AND item_id IN (SELECT unnest(?))", [list(item_case)]).fetchall()
-        store.release_buffers()  # the lookup scans every row group of the columns it reads
+            "AND item_id IN (SELECT unnest(?))", [list(item_case)]).fetchall())
         out = []
         for rowid, iid, code, vnum, vtext, meta in rows:
             case = item_case[iid]

@@ -49,7 +49,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import pandas as pd
@@ -213,17 +213,63 @@ def release_buffers(con: "duckdb.DuckDBPyConnection", limit: str = DUCKDB_MEMORY
     connection neither opened is not known (False). A connection's own cursors (``con.cursor()``)
     are not counted: do not release while one of them runs a query."""
     with _OPEN_LOCK:
-        known = _FILE_OF.get(con)
-        entry = _FILES.get(known[0]) if known is not None else None
-        if entry is None or entry.connections != 1:
+        if _open_here(con) != 1:
             return False
-        try:
-            con.execute("SET memory_limit = '0B'")
-        except duckdb.OutOfMemoryException:  # what is still pinned stays; everything else went
-            pass
-        finally:
-            con.execute(f"SET memory_limit = '{limit}'")
+        _evict(con, limit)
     return True
+
+
+def _open_here(con: "duckdb.DuckDBPyConnection") -> int | None:
+    """How many connections of this process share ``con``'s file (under ``_OPEN_LOCK``); None for a
+    connection medweave did not open."""
+    known = _FILE_OF.get(con)
+    entry = _FILES.get(known[0]) if known is not None else None
+    return entry.connections if entry is not None else None
+
+
+def _evict(con: "duckdb.DuckDBPyConnection", limit: str) -> None:
+    try:
+        con.execute("SET memory_limit = '0B'")
+    except duckdb.OutOfMemoryException:  # what is still pinned stays; everything else went
+        pass
+    finally:
+        con.execute(f"SET memory_limit = '{limit}'")
+
+
+# DuckDB's memory while one chunk's rows are looked up (``bounded_lookup``). A lookup such as
+# ``item_id IN (...)`` reads the blocks of its columns in every row group, and the buffer pool keeps
+# each block it read until the limit: at 30,000 phantom patients one chunk's lookup of encoding held
+# 30 MB of the catalog's blocks until ``release_buffers`` (3 MB at 3,000), so the peak of a lookup
+# followed the catalog's size. Under 16 MiB DuckDB evicts them as the scan goes (they are read from
+# the file again when needed): 5 MB held, RSS +11 MB instead of +44 MB, in the same time. A query
+# needs some memory of its own (pinned blocks per thread, its join and sort: about 4-8 MB on 2
+# threads, more with more threads or a large result); one that does not fit runs again under the
+# next limit, the last time under the connection's own.
+LOOKUP_MEMORY_LIMITS = ("16MiB", "64MiB")
+
+
+def bounded_lookup(con: "duckdb.DuckDBPyConnection", run: "Callable[[duckdb.DuckDBPyConnection], Any]",
+                   limits: Iterable[str] = LOOKUP_MEMORY_LIMITS, restore: str = DUCKDB_MEMORY_LIMIT) -> Any:
+    """``run(con)`` (a query and its fetch) with DuckDB's memory limit lowered to the first of
+    ``limits`` while it runs, then the blocks it read handed back (``release_buffers``) and
+    ``restore`` set again. A query that needs more (DuckDB raises OutOfMemoryException) runs again
+    under the next limit, and last under ``restore``. As ``release_buffers``, only for a file's one
+    open connection (the limit is the instance's); otherwise ``run(con)`` runs as it is, its blocks
+    kept under the limit. Other connections wait to open while it runs (the same lock)."""
+    with _OPEN_LOCK:
+        if _open_here(con) != 1:
+            return run(con)
+        try:
+            for limit in limits:
+                try:
+                    con.execute(f"SET memory_limit = '{limit}'")  # fails too if more is pinned now
+                    return run(con)
+                except duckdb.OutOfMemoryException:
+                    continue
+            con.execute(f"SET memory_limit = '{restore}'")
+            return run(con)
+        finally:
+            _evict(con, restore)
 
 
 class Modality(str, Enum):
@@ -634,6 +680,11 @@ class Store:
         """Evict the catalog's cached DuckDB blocks (see ``release_buffers``); for a read-only store
         between chunks of a long read (cohort build, encoding, tabular features)."""
         release_buffers(self.con)
+
+    def lookup(self, run: Callable[["duckdb.DuckDBPyConnection"], Any]) -> Any:
+        """``run(self.con)`` (a lookup of one chunk's rows and its fetch) with DuckDB's blocks bounded
+        while it runs and handed back after (``bounded_lookup``); for a read-only store's chunked reads."""
+        return bounded_lookup(self.con, run)
 
     def _committed(self, rows: int) -> None:
         """After a commit of ``rows`` item rows: every ``CHECKPOINT_ROWS`` of them, a checkpoint, then
