@@ -526,10 +526,10 @@ class CohortCases:
     def truth(self, case_id: str) -> bool | None:
         if not self.wf.target:
             return None
-        import pandas as pd
+        from ..cohort import is_missing
 
         v = self.tb.ctx.cohort.table[self.wf.target].iloc[self.tb.ctx.row(case_id)]
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):  # (NA: an Int64 column's)
+        if is_missing(v):
             return None
         return bool(v == self.wf.positive) or (isinstance(v, (int, float, np.number)) and
                                                float(v) == float(self.wf.positive))

@@ -203,14 +203,15 @@ def assign_splits(patients: Sequence[str], fractions: Sequence[float], seed: int
     return out
 
 
-def _missing(v: Any) -> bool:
-    """None, NaN, or pandas' NA (what DuckDB gives for a NULL of an integer column)."""
+def is_missing(v: Any) -> bool:
+    """A cohort value that is absent: None, NaN, or pandas' NA (an ``Int64`` column's; what DuckDB gives
+    for a NULL of an integer column)."""
     return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v))
 
 
 def _first_valid(values: Iterable[Any]) -> Any:
     for v in values:
-        if not _missing(v):
+        if not is_missing(v):
             return v
     return None
 
@@ -218,7 +219,7 @@ def _first_valid(values: Iterable[Any]) -> Any:
 def _combine_target(values: list[Any]) -> Any:
     """Combine one target's values over a case's items: binary -> any positive; else the first, as
     it is (an integer stays an integer)."""
-    vals = [v for v in values if not _missing(v)]
+    vals = [v for v in values if not is_missing(v)]
     if not vals:
         return None
     if all(isinstance(v, (bool, int, float, np.integer, np.floating)) for v in vals):
@@ -363,7 +364,7 @@ def build_cohort(
     integral = _integral_names(con, [*targets, *covariates], item_columns)
     table = pd.DataFrame({name: item_id_column(pa.chunked_array(id_parts[name], type=ITEM_IDS).take(at))
                           if name in id_parts else
-                          pd.array([None if _missing(values[i]) else values[i] for i in order], dtype="Int64")
+                          pd.array([None if is_missing(values[i]) else values[i] for i in order], dtype="Int64")
                           if name in integral else [values[i] for i in order] for name, values in columns.items()})
     del columns, id_parts, case_ids, order, at
     store.release_buffers()  # the type look-ups scanned the labels and attrs

@@ -15,9 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel
 
+from ..cohort import is_missing
 from ..explain import ModelContext
 from ..store import Store
 
@@ -295,6 +295,6 @@ def nearest(ctx: ModelContext | None, query: np.ndarray, modality: str = "image"
 
 
 def _plain(v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):  # (NA: an Int64 column's)
+    if is_missing(v):
         return None
     return v.item() if hasattr(v, "item") else v

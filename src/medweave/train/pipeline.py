@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .. import __version__
-from ..cohort import Cohort, build_cohort, class_lookup, item_id_column, simulate_missing
+from ..cohort import Cohort, build_cohort, class_lookup, is_missing, item_id_column, simulate_missing
 from ..config import ExperimentConfig
 from ..encode import EmbeddingCache, TabularFeaturizer, encode_cohort, tabular_frame
 from ..encode.arrays import write_disk_array
@@ -102,21 +101,16 @@ def head_specs(cfg: ExperimentConfig, cohort: Cohort, classes: dict[str, list] |
     return specs
 
 
-def _absent(v) -> bool:
-    """A missing target: None, NaN, or pandas' NA (an integer column of the cohort, ``Int64``)."""
-    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-
-
 def targets_for(cfg: ExperimentConfig, cohort: Cohort, specs: list[HeadSpec]) -> dict[str, np.ndarray]:
     out = {}
     for h, spec in zip(cfg.heads, specs):
         col = cohort.table[h.target]
         if spec.kind == "multiclass":
             find = class_lookup(spec.classes)  # "2.0" and "2" are one class (see cohort.integral_spelling)
-            out[h.name] = np.array([-1 if _absent(v) or (i := find(str(v))) is None else i for v in col],
+            out[h.name] = np.array([-1 if is_missing(v) or (i := find(str(v))) is None else i for v in col],
                                    dtype=np.float32)
         else:
-            out[h.name] = np.array([np.nan if _absent(v) else float(v) for v in col], dtype=np.float32)
+            out[h.name] = np.array([np.nan if is_missing(v) else float(v) for v in col], dtype=np.float32)
     return out
 
 
