@@ -7,6 +7,7 @@ answer latency, probes, same-organ retrieval precision, and spoken questions (es
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --context 3   # + retrieved context
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-baselines --no-train-timing   # baselines alone
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --decoder 256   # + the answer decoder
+    .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --question-words 1024   # + question words
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -296,16 +297,18 @@ def seed_table(data: Path, seeds: list[int], cache, splits: tuple[str, ...], cfg
                 run = split_sides(data, split, seed, cache, cfg.views)
             elif not context_only:
                 run = fit_split(data, split, cfg=cfg, cache=cache, seed=seed)
+                texts = [q.question for q in run.held.questions]
                 answers["answerer"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False,
-                                                                           picture_stats=run.stats)]
+                                                                           picture_stats=run.stats, questions=texts)]
                 # the same answers with the picture gate switched off: equal unless it abstains on a real picture
                 answers["answerer-no-gate"] = [p.answer for p in run.model.predict(run.img, run.qe, decoder=False,
-                                                                                   gate=False)]
+                                                                                   gate=False, questions=texts)]
                 if cfg.picture_prior:  # the same fit without the picture prior (it acts at answer time only)
                     from dataclasses import replace
 
                     bare = replace(run.model, cfg=replace(run.model.cfg, picture_prior=0.0), _nets=run.model._nets)
-                    answers["answerer-no-prior"] = [p.answer for p in bare.predict(run.img, run.qe, decoder=False)]
+                    answers["answerer-no-prior"] = [p.answer for p in bare.predict(run.img, run.qe, decoder=False,
+                                                                                   questions=texts)]
                 if cfg.decoder:
                     answers["answerer+decoder"] = decoder_report(run, cache, seed)
             if context and not only_baselines:
@@ -405,6 +408,8 @@ def main() -> int:
                     "off); with it the seed table also prints the same fit without it (answerer-no-prior)")
     ap.add_argument("--picture-prior-temperature", type=float,
                     help="VqaConfig.picture_prior_temperature")
+    ap.add_argument("--question-words", type=int, help="the answerer reads the question's hashed unigrams and "
+                    "bigrams of this width beside e5 (VqaConfig.question_words; 0: off)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -436,7 +441,8 @@ def main() -> int:
                                              ("finetune_augmentations", args.finetune_augmentations),
                                              ("decoder_epochs", args.decoder_epochs),
                                              ("picture_prior", args.picture_prior),
-                                             ("picture_prior_temperature", args.picture_prior_temperature))
+                                             ("picture_prior_temperature", args.picture_prior_temperature),
+                                             ("question_words", args.question_words))
                            if v is not None})
     except ValueError as exc:
         raise SystemExit(f"benchmarks/vqa.py: {exc}") from None

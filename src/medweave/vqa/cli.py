@@ -76,6 +76,9 @@ def train(
                                 "question), let through by a gate chosen on an inner split of the training side; "
                                 "saved in the model. 0: none."),
     decoder_epochs: int = typer.Option(40, "--decoder-epochs", help="Epochs of --decoder."),
+    question_words: int = typer.Option(0, "--question-words", help="The answerer also reads the question's "
+                                       "words: hashed unigrams and bigrams of this width beside the e5 "
+                                       "embedding (e.g. 1024). 0: off."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -84,7 +87,8 @@ def train(
 
     try:
         cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs,
-                        context=context, decoder=decoder, decoder_epochs=decoder_epochs)
+                        context=context, decoder=decoder, decoder_epochs=decoder_epochs,
+                        question_words=question_words)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))

@@ -94,6 +94,7 @@ class VqaConfig:
     question_scale: bool = True  # standardise the question embedding on the training rows, as the picture
     picture_prior: float = 2.0   # > 0: answers given about the asked picture itself in training are boosted
     picture_prior_temperature: float = 0.1  # how the boost falls with the question's distance (module notes)
+    question_words: int = 0      # > 0: hashed question unigrams+bigrams of that width beside e5 (vqa.lexical)
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
@@ -104,6 +105,10 @@ class VqaConfig:
             raise ValueError(f"picture_prior is {self.picture_prior}, picture_prior_temperature "
                              f"{self.picture_prior_temperature}; allowed values: picture_prior >= 0 (0: off), "
                              "picture_prior_temperature > 0")
+        if not isinstance(self.question_words, int) or isinstance(self.question_words, bool) \
+                or self.question_words < 0:
+            raise ValueError(f"question_words is {self.question_words!r}; allowed values: 0 (off) or a width >= 1 "
+                             "(hashed question unigrams and bigrams, e.g. 1024)")
         if self.decoder < 0 or self.decoder_epochs < 1:
             raise ValueError(f"decoder is {self.decoder}, decoder_epochs {self.decoder_epochs}; allowed values: "
                              "decoder 0 (no answer decoder) or hidden units >= 1, decoder_epochs >= 1")
@@ -239,7 +244,8 @@ class Answerer:
     def fit(cls, img_emb: np.ndarray, q_emb: np.ndarray, answers: list[str], closed: np.ndarray,
             cases: list[dict], cfg: VqaConfig | None = None,
             facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None,
-            groups: Sequence[int] | None = None, picture_stats: np.ndarray | None = None) -> "Answerer":
+            groups: Sequence[int] | None = None, picture_stats: np.ndarray | None = None,
+            fact_texts: Sequence[str] | None = None) -> "Answerer":
         """Train on per-question picture embeddings, question embeddings, answers and answer types
         (question types come from ``cases[i]["question_type"]``).
 
@@ -252,6 +258,9 @@ class Answerer:
 
         ``picture_stats``: per training row, its picture's pixel statistics (``gate.pixel_stats``), which
         the picture gate is calibrated on beside the embeddings (None: the embedding signal alone).
+
+        With ``cfg.question_words`` the networks also read the question words (``vqa.lexical``): the
+        training rows' texts are ``cases[i]["question"]``, the generated ones' ``fact_texts``.
         """
         cfg = cfg or VqaConfig()
         if facts is None or not len(facts[2]):
@@ -281,6 +290,15 @@ class Answerer:
         xq = np.concatenate([q_emb, f_q]).astype(np.float32)
         if q_mean is not None:
             xq = ((xq - q_mean) / q_std).astype(np.float32)
+        if cfg.question_words:
+            texts = [c.get("question") for c in cases]
+            if len(cases) != len(answers) or any(not isinstance(t, str) for t in texts):
+                raise ValueError(f"question_words is {cfg.question_words}: every training case needs its question "
+                                 "text (cases[i]['question'])")
+            if len(f_ans) and (fact_texts is None or len(fact_texts) != len(f_ans)):
+                raise ValueError(f"question_words is {cfg.question_words}: the {len(f_ans)} generated questions need "
+                                 f"their texts (fact_texts has {None if fact_texts is None else len(fact_texts)})")
+            xq = _with_words(xq, [*texts, *(fact_texts or [])], cfg.question_words)
         weight = np.concatenate([np.ones(len(answers)), np.full(len(f_ans), cfg.fact_weight)])
         n = len(answers)
         model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
@@ -316,24 +334,37 @@ class Answerer:
         if not self._nets:
             for state in self.members:
                 n_ans, img_dim = len(self.vocab), self.img_mean.shape[0] // self.cfg.views
-                net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1], len(self.qtypes))
+                net = _build_net(self.cfg, n_ans, img_dim, self.mem_q.shape[1] + self.cfg.question_words,
+                                 len(self.qtypes))
                 net.load_state_dict(state)
                 net.eval()
                 self._nets.append(net)
         return self._nets
 
-    def _question_input(self, q_emb: np.ndarray) -> np.ndarray:
-        """The question embedding as the networks read it (standardised with ``cfg.question_scale``)."""
+    def _question_input(self, q_emb: np.ndarray, questions: Sequence[str] | None = None) -> np.ndarray:
+        """The question as the networks read it: the embedding (standardised with ``cfg.question_scale``)
+        and, with ``cfg.question_words``, the words of the question texts ``questions`` beside it."""
         q = np.atleast_2d(q_emb).astype(np.float32)
-        return q if self.q_mean is None else ((q - self.q_mean) / self.q_std).astype(np.float32)
+        q = q if self.q_mean is None else ((q - self.q_mean) / self.q_std).astype(np.float32)
+        if not self.cfg.question_words:
+            return q
+        if questions is None:
+            raise ValueError(f"this model reads the question words (question_words={self.cfg.question_words}), so "
+                             "it needs the question texts: questions=[...] beside the embeddings")
+        if isinstance(questions, str) or len(questions) != len(q):
+            raise ValueError(f"questions holds {1 if isinstance(questions, str) else len(questions)} "
+                             f"{'string' if isinstance(questions, str) else 'texts'} for {len(q)} question "
+                             "embeddings; expected one text per row")
+        return _with_words(q, questions, self.cfg.question_words)
 
     def question_type_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
-                            context: np.ndarray | None = None) -> np.ndarray:
-        """(n, qtypes): the ensemble's mean question-type probabilities (columns in ``qtypes`` order)."""
+                            context: np.ndarray | None = None, questions: Sequence[str] | None = None) -> np.ndarray:
+        """(n, qtypes): the ensemble's mean question-type probabilities (columns in ``qtypes`` order;
+        ``questions``: the texts, which a model with ``cfg.question_words`` needs)."""
         import torch
 
         xi = torch.from_numpy(((np.atleast_2d(img_emb) - self.img_mean) / self.img_std).astype(np.float32))
-        xq = torch.from_numpy(self._question_input(q_emb))
+        xq = torch.from_numpy(self._question_input(q_emb, questions))
         xc = None
         if self.cfg.context:
             if context is None:
@@ -345,17 +376,18 @@ class Answerer:
                 out = out + torch.softmax(net(_view(xi, k, self.cfg.views), xq, xc)[2], 1).numpy()
         return out / len(self.members)
 
-    def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray,
-                         context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def classifier_probs(self, img_emb: np.ndarray, q_emb: np.ndarray, context: np.ndarray | None = None,
+                         questions: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(answer probabilities reweighted by answer type and question type, P(closed)) from the
         network ensemble: an answer keeps P(closed) of its weight if it was seen as a closed answer,
         1 - P(closed) if seen as open, and is scaled by the probability of the question types it was
         seen with (an answer never given to a modality question does not answer one). ``context``: the
-        rows' context features (``context_features``); a context model retrieves them when not given."""
+        rows' context features (``context_features``); a context model retrieves them when not given.
+        ``questions``: the rows' texts, which a model with ``cfg.question_words`` needs."""
         import torch
 
         xi = torch.from_numpy(((img_emb - self.img_mean) / self.img_std).astype(np.float32))
-        xq = torch.from_numpy(self._question_input(q_emb))
+        xq = torch.from_numpy(self._question_input(q_emb, questions))
         xc = None
         if self.cfg.context:
             if context is None:
@@ -426,9 +458,10 @@ class Answerer:
         The picture gate (``vqa.gate``) then turns the answer about an unreadable picture into an
         abstention (``Prediction.abstained``, answer ""); ``gate=False``: every row answered (probes).
         ``picture_stats``: the rows' pixel statistics (``gate.pixel_stats``) where the pixels are at hand
-        (None: the gate reads the embedding alone)."""
+        (None: the gate reads the embedding alone). A model with ``cfg.question_words`` reads the
+        question texts too, so it needs ``questions`` always (a clear error without them)."""
         img_emb, q_emb = np.atleast_2d(img_emb), np.atleast_2d(q_emb)
-        probs, p_closed = self.classifier_probs(img_emb, q_emb, context)
+        probs, p_closed = self.classifier_probs(img_emb, q_emb, context, questions)
         pic_cos = self.picture_cos(img_emb)  # shared by the gate, the memory and the prior
         same, sim_q = pic_cos >= self.cfg.same_image_cos, q_emb @ self.mem_q.T
         mem, lam = self.memory_probs(img_emb, q_emb, same, sim_q)
@@ -622,7 +655,8 @@ class Answerer:
             raise ValueError(f"{cfg_path}: unknown config keys {unknown}; allowed: {sorted(known)}")
         # a model saved before question_scale existed read its questions raw
         # (and without the picture prior)
-        cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, **config["config"]})
+        # (and without the picture prior); one saved before question_words read no question words
+        cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, "question_words": 0, **config["config"]})
         if cfg.question_scale != ("q_mean" in t and "q_std" in t):
             raise ValueError(f"{model_dir}: config question_scale is {cfg.question_scale} but the weights "
                              f"{'lack' if cfg.question_scale else 'hold'} q_mean/q_std; train the model again")
@@ -694,6 +728,17 @@ def context_vectors(answers: np.ndarray, scores: np.ndarray, n_answers: int, tem
         np.add.at(out[r], answers[r][ok], w / w.sum())
         out[r, -1] = s.max()
     return out
+
+
+WORDS_SCALE = 4.0  # the L2-normalised word vector times this: a question's ~13 unigrams and bigrams then read
+#                   about +-1 each, as a standardised e5 dimension does
+
+
+def _with_words(q: np.ndarray, texts: Sequence[str], width: int) -> np.ndarray:
+    """The network's question input: ``q`` (n, d) and the texts' hashed words (``lexical``) side by side."""
+    from .lexical import question_words
+
+    return np.concatenate([q, WORDS_SCALE * question_words(list(texts), width)], axis=1).astype(np.float32)
 
 
 def _view(x, member: int, views: int):

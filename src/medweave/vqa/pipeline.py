@@ -83,8 +83,8 @@ def choose_decoder_gate(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaCo
     inner = fit_set(vqa.subset(tr), img[tr], qe[tr], replace(cfg, decoder_margin=None), cache, choose_gate=False)
     held = [vqa.questions[i] for i in he]
     himg = embed_set(vqa.subset(he), cache, inner.image_encoders())[0] if inner.encoder_state else img[he]
-    plain = inner.predict(himg, qe[he], decoder=False)
     texts = [q.question for q in held]
+    plain = inner.predict(himg, qe[he], decoder=False, questions=texts)
     decoded = inner.decode(himg, qe[he])
 
     def right(preds) -> int:
@@ -134,7 +134,8 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
              embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
              [q.question_type for q in generated])
     model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa, bool(cfg.context)), cfg,
-                         facts, context_groups(vqa) if cfg.context else None, picture_stats_set(vqa, cache))
+                         facts, context_groups(vqa) if cfg.context else None, picture_stats_set(vqa, cache),
+                         fact_texts=[q.question for q in generated])
     if tuned is not None:
         model.encoder_state = tuned.state
         model.meta["finetune"] = tuned.info()
