@@ -6,6 +6,11 @@ with an answer-type head and a same-picture memory of training questions.
   units; the answer head reads [picture, question, picture * question] and classifies over the
   training answer vocabulary (normalised answers). The picture embedding holds ``views`` views side by
   side (224 and 320 pixels); ensemble member k reads view k % views, and the ensemble averages them.
+- Question words (``question_words`` = width > 0; off by default): the networks' question input is the
+  standardised e5 vector and, beside it, the question's hashed unigrams and bigrams (``vqa.lexical``,
+  L2-normalised, times ``WORDS_SCALE``), so the fusion and both type heads read the exact words; the
+  memory, the prior, similar cases, the context and the gate keep the e5 vector alone. Such a model
+  needs the question texts wherever it answers (``predict(..., questions=)``).
 - Answer and question type: heads on the question predict closed vs open and the question type;
   answer probabilities are reweighted by them (answers seen as closed / open, answers seen with each
   question type in training).
