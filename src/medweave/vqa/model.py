@@ -51,6 +51,7 @@ with an answer-type head and a same-picture memory of training questions.
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +105,23 @@ class VqaConfig:
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
             raise ValueError(f"views is {self.views}; allowed values: 1 (224 pixels) or 2 (224 and 320 pixels)")
+        # the training choices: (name, integer?, test, the allowed values in words)
+        for name, integral, ok, allowed in (
+                ("epochs", True, lambda v: v >= 1, "an integer >= 1"),
+                ("hidden", True, lambda v: v >= 1, "an integer >= 1"),
+                ("batch_size", True, lambda v: v >= 1, "an integer >= 1"),
+                ("seeds", True, lambda v: v >= 1, "an integer >= 1 (ensemble members)"),
+                ("lr", False, lambda v: v > 0, "a number > 0"),
+                ("weight_decay", False, lambda v: v >= 0, "a number >= 0"),
+                ("dropout", False, lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
+                ("image_dropout", False, lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
+                ("label_smoothing", False, lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
+                ("fact_weight", False, lambda v: v >= 0, "a number >= 0 (0: generated questions not learnt)"),
+                ("memory_weight", False, lambda v: 0 <= v <= 1, "a number from 0 (no memory) to 1")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real) \
+                    or not ok(value):
+                raise ValueError(f"{name} is {value!r}; allowed values: {allowed}")
         if self.context < 0:
             raise ValueError(f"context is {self.context}; allowed values: 0 (no retrieved context) or k >= 1")
         if self.picture_prior < 0 or self.picture_prior_temperature <= 0:
