@@ -374,6 +374,28 @@ def parse_tune(text: str | None) -> dict:
     return out
 
 
+# VqaConfig's training choices that --set may change (benchmarks/vqa_tune.py searched them)
+SETTABLE = {"epochs": int, "hidden": int, "batch_size": int, "lr": float, "weight_decay": float, "dropout": float,
+            "image_dropout": float, "label_smoothing": float, "fact_weight": float, "memory_weight": float}
+
+
+def parse_set(text: str | None) -> dict:
+    """'hidden=1024,lr=5e-4' -> {'hidden': 1024, 'lr': 0.0005}: VqaConfig fields to change; an unknown
+    field or a value that is not a number is an error naming both."""
+    out = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, _, value = (x.strip() for x in part.partition("="))
+        if key not in SETTABLE:
+            raise SystemExit(f"--set: unknown field {key!r}; allowed: {', '.join(SETTABLE)}")
+        try:
+            out[key] = SETTABLE[key](value)
+        except ValueError:
+            raise SystemExit(f"--set: {key} value {value!r} is not {'an integer' if SETTABLE[key] is int else 'a number'}") from None
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="vqa-rad",
@@ -410,6 +432,8 @@ def main() -> int:
                     help="VqaConfig.picture_prior_temperature")
     ap.add_argument("--question-words", type=int, help="the answerer reads the question's hashed unigrams and "
                     "bigrams of this width beside e5 (VqaConfig.question_words; 0: off)")
+    ap.add_argument("--set", default=None, help="change VqaConfig training choices, 'hidden=1024,lr=5e-4' (fields: "
+                    + ", ".join(SETTABLE) + "; benchmarks/vqa_tune.py chooses them)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
                     "baselines unless --no-baselines)")
     ap.add_argument("--spoken", type=int, default=50)
@@ -446,6 +470,14 @@ def main() -> int:
                            if v is not None})
     except ValueError as exc:
         raise SystemExit(f"benchmarks/vqa.py: {exc}") from None
+    if args.set:
+        from dataclasses import replace
+
+        try:
+            cfg = replace(cfg, **parse_set(args.set))
+        except ValueError as exc:
+            raise SystemExit(f"benchmarks/vqa.py: --set: {exc}") from None
+        console.print(f"answerer settings changed by --set: {parse_set(args.set)}", highlight=False)
     work = Path(tempfile.mkdtemp(prefix="vqa-bench-"))
     if not args.no_train_timing:
         t0 = time.perf_counter()
