@@ -21,7 +21,7 @@ subset, ``--stop-after`` to stop starting fits after that many seconds); ``--rep
 
     PYTHONPATH=src .venv/bin/python benchmarks/vqa_tune.py --json runs/tune.jsonl [--pass 1|2]
         [--params epochs,hidden] [--split-seeds 0,1,2] [--members 1 --views 1] [--cache FILE]
-        [--stop-after SECONDS] [--report]
+        [--stop-after SECONDS] [--part I/N] [--member-noise] [--report]
 
 ``--stop-after S`` starts no fit that would, at the last fit's pace, end after S seconds.
 """
@@ -197,6 +197,35 @@ def fit_and_score(vqa, img, qe, cache, setting: dict, seed: int, members: int, v
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load": round(os.getloadavg()[0], 1)}
 
 
+def member_noise(vqa, img, qe, cache, seed: int, views: int) -> list[dict]:
+    """The run-to-run spread of the default: one 2-member fit, each member scored alone (member 0 is the
+    1-member default fit itself, member 1 the same setting from another initialisation and batch order);
+    records keyed 'default@member0' / 'default@member1'."""
+    from medweave.evaluate.answers import exact_match
+    from medweave.vqa.pipeline import fit_set
+
+    _, itr, ihe = inner_split(vqa.questions, seed)
+    cfg = replace(VqaConfig(seeds=2, views=views), **START)
+    t0 = time.perf_counter()
+    model = fit_set(vqa.subset(itr), img[itr], qe[itr], cfg, cache)
+    fit_s = time.perf_counter() - t0
+    held = [vqa.questions[i] for i in ihe]
+    closed = np.array([q.closed for q in held])
+    out = []
+    for k in range(2):
+        memory = {}
+        for w in ANSWER_TIME["memory_weight"]:
+            m = replace(model, cfg=replace(model.cfg, memory_weight=w, seeds=1), members=[model.members[k]], _nets=[])
+            ok = np.array([exact_match(p.answer, q.answer) for p, q in zip(m.predict(img[ihe], qe[ihe]), held)])
+            memory[f"{w:g}"] = {"right": int(ok.sum()), "closed_right": int(ok[closed].sum()),
+                                "open_right": int(ok[~closed].sum()), "n": len(held), "closed_n": int(closed.sum()),
+                                "open_n": int((~closed).sum())}
+        out.append({"key": f"default@member{k}", "setting": {}, "seed": seed, "members": 1, "views": views,
+                    "inner_train": len(itr), "inner_held": len(ihe), "fit_s": round(fit_s / 2, 1), "memory": memory,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load": round(os.getloadavg()[0], 1)})
+    return out
+
+
 def line(key: str, t: dict) -> str:
     return (f"{key:<32} {t['right']:>4} of {t['n']} ({t['right'] / t['n']:.3f})  closed {t['closed_right']}/"
             f"{t['closed_n']}  open {t['open_right']}/{t['open_n']} ({t['open_right'] / t['open_n']:.3f})  "
@@ -214,6 +243,13 @@ def report(results: dict, seeds: Sequence[int]) -> dict:
     if missing:
         print(f"pass 1 incomplete for: {', '.join(missing)}")
     print("pass-1 winners: " + (", ".join(f"{k}={v:g}" for k, v in winners.items()) or "none (the default everywhere)"))
+    if not done:
+        return {}
+    noise = [k for k in done if "@" in k]
+    if noise:
+        print("run-to-run spread of the default (one 2-member fit, each member alone; not candidates): "
+              + ", ".join(f"{k} {totals(results, k, seeds)['right']}" for k in sorted(noise)))
+    done = [k for k in done if "@" not in k]
     if not done:
         return {}
     best = max(done, key=lambda k: rank(k, totals(results, k, seeds)))
@@ -244,6 +280,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="append each fit here (JSON lines); fits already there are skipped")
     ap.add_argument("--stop-after", type=float, default=None,
                     help="start no fit that would end after this many seconds at the last fit's pace (a short lock hold)")
+    ap.add_argument("--member-noise", action="store_true", help="only the default's run-to-run spread: one 2-member "
+                    "fit per seed, each member scored alone")
+    ap.add_argument("--part", default=None, help="'I/N': only every N-th fit from the I-th (N workers side by side)")
     ap.add_argument("--report", action="store_true", help="only print the totals and the choice from --json")
     args = ap.parse_args()
     seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
@@ -269,7 +308,17 @@ def main() -> int:
             print("pass-1 winners: " + (", ".join(f"{k}={v:g}" for k, v in winners.items()) or "none"))
     except ValueError as exc:
         raise SystemExit(f"benchmarks/vqa_tune.py: {exc}") from None
-    jobs = [(s, seed) for s in todo for seed in seeds if (key_of(s), seed) not in results]
+    if args.member_noise:
+        todo = [{"noise": 1}]
+    jobs = [(s, seed) for s in todo for seed in seeds
+            if ((key_of(s), seed) if "noise" not in s else ("default@member1", seed)) not in results]
+    if args.part:
+        try:
+            i, n = (int(x) for x in args.part.split("/"))
+            assert 1 <= i <= n
+        except (ValueError, AssertionError):
+            raise SystemExit(f"--part is {args.part!r}; expected I/N with 1 <= I <= N, e.g. 1/2") from None
+        jobs = jobs[i - 1::n]
     print(f"{len(jobs)} fits to run ({len(todo)} settings x {len(seeds)} seeds, "
           f"{len(todo) * len(seeds) - len(jobs)} already in {args.json})", flush=True)
     if not jobs:
@@ -296,12 +345,17 @@ def main() -> int:
                 print(f"stopping after {time.perf_counter() - start:.0f} s: {len(jobs) - n + 1} fits left", flush=True)
                 break
             t0 = time.perf_counter()
-            rec = fit_and_score(vqa, img, qe, cache, setting, seed, args.members, args.views)
+            if "noise" in setting:
+                recs = member_noise(vqa, img, qe, cache, seed, args.views)
+            else:
+                recs = [fit_and_score(vqa, img, qe, cache, setting, seed, args.members, args.views)]
             last = time.perf_counter() - t0
-            results[(rec["key"], seed)] = rec
-            if args.json:
-                with args.json.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+            for rec in recs:
+                results[(rec["key"], seed)] = rec
+                if args.json:
+                    with args.json.open("a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+            rec = recs[-1]
             m = rec["memory"][f"{START['memory_weight']:g}"]
             print(f"[{n}/{len(jobs)} {time.strftime('%H:%M:%S', time.gmtime())}] {rec['key']} seed {seed}: "
                   f"{m['right']} of {m['n']} (closed {m['closed_right']}/{m['closed_n']}, open "
