@@ -24,7 +24,7 @@ WIDTH = 64
 def trained(tiny_set, tmp_path_factory):
     """(model trained with question words, its folder, picture embeddings, question embeddings, texts)."""
     root = tmp_path_factory.mktemp("qwords")
-    # lr pinned at 1e-3: 20 epochs on the tiny set at the default's 5e-4 leave the word weights too small to read
+    # lr pinned at 1e-3 (the default, but pinned): 20 epochs on the tiny set at 5e-4 leave the word weights too small to read
     cfg = VqaConfig(seeds=1, epochs=20, views=1, question_words=WIDTH, lr=1e-3)
     model, _ = train_vqa(tiny_set, root / "words", cfg)
     vqa = load_vqa(tiny_set)
