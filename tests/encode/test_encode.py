@@ -176,6 +176,8 @@ def test_native_size_encoder_keeps_each_pictures_size_and_groups_sizes_in_a_batc
     together = enc.encode([small, wide, small[::-1], tiny])
     assert together.shape == (4, 1280) and np.isfinite(together).all()
     alone = np.concatenate([enc.encode([small]), enc.encode([wide]), enc.encode([small[::-1]]), enc.encode([tiny])])
-    np.testing.assert_allclose(together, alone, atol=1e-5)  # each row is its own picture, in order
+    # each row is its own picture, in order; float32 convolutions of a batch of 2 and of 1 may take other
+    # kernels (CI once saw 1.4e-5 on values near 3), while a row of another picture is off by O(0.1)
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
     # not the 224 encoder under another name: a 64 px picture gives other features than resized to 224
     assert not np.allclose(together[0], get_encoder("efficientnet-lite0").encode([small])[0], atol=1e-3)
