@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from medweave.evaluate.answers import exact_match
-from medweave.settings import shared_data_dir
-from medweave.vqa.data import load_vqa
 from medweave.vqa.features import IMAGE_ENCODERS, open_cache
 from medweave.vqa.model import VqaConfig
-from medweave.vqa.pipeline import CACHE_NAME, embed_set, fit_set
-from medweave.vqa.splits import make_split
+from medweave.vqa.pipeline import embed_set, fit_set
+from medweave.vqa.splits import inner_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inner import add_inner_options, cache_path, load_inner_set, split_seeds  # noqa: E402
 
 BETAS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
 TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 100.0)  # 100: every same-picture answer alike, whatever its question
@@ -36,33 +36,24 @@ TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 100.0)  # 100: every same-picture answer al
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="VQA-RAD folder (default: the shared one)")
-    ap.add_argument("--split-seeds", default="0,1,2")
-    ap.add_argument("--members", type=int, default=1, help="ensemble members of the inner answerer")
-    ap.add_argument("--views", type=int, default=1, help="picture views of the inner answerer")
+    add_inner_options(ap, json_help="write the grid totals and the choice here")
     ap.add_argument("--epochs", type=int, help="the inner answerer's epochs (default: VqaConfig's; a pilot: fewer)")
-    ap.add_argument("--cache", type=Path, help="embedding cache to reuse")
-    ap.add_argument("--json", type=Path, help="write the grid totals and the choice here")
     args = ap.parse_args()
-    data = args.data or shared_data_dir() / "vqa-rad"
-    if not (data / "trainset.json").is_file():
-        print(f"VQA-RAD not found at {data} (set MEDWEAVE_DATA); nothing to choose")
+    seeds = split_seeds(args)
+    vqa = load_inner_set(args)
+    if vqa is None:
         return 0
-    vqa = load_vqa(data)
     cfg = VqaConfig(seeds=args.members, views=args.views, **({"epochs": args.epochs} if args.epochs else {}))
     total: dict[tuple[float, float], int] = {}
     n_held = 0
-    cache_path = args.cache or Path(tempfile.mkdtemp(prefix="vqa-prior-")) / CACHE_NAME
-    with open_cache(cache_path) as cache:
+    with open_cache(cache_path(args, "vqa-prior-")) as cache:
         img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
-        for seed in [int(s) for s in args.split_seeds.split(",") if s.strip()]:
+        for seed in seeds:
             t0 = time.perf_counter()
-            tr, _ = make_split("testlike", vqa.questions, 0.15, seed)  # the outer held-out side is left alone
-            side = vqa.subset(tr)
-            itr, ihe = make_split("testlike", side.questions, 0.15, seed)
-            model = fit_set(side.subset(itr), img[tr][itr], qe[tr][itr], cfg, cache)
-            held = [side.questions[i] for i in ihe]
-            hi, hq = img[tr][ihe], qe[tr][ihe]
+            _, itr, ihe = inner_split(vqa.questions, seed)  # the outer held-out side is left alone
+            model = fit_set(vqa.subset(itr), img[itr], qe[itr], cfg, cache)
+            held = [vqa.questions[i] for i in ihe]
+            hi, hq = img[ihe], qe[ihe]
             closed = np.array([q.closed for q in held])
             n_held += len(held)
             for b, t in itertools.product(BETAS, TEMPERATURES):

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +40,10 @@ from typing import Sequence
 import numpy as np
 
 from medweave.vqa.model import VqaConfig
-from medweave.vqa.splits import make_split
+from medweave.vqa.splits import inner_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inner import add_inner_options, cache_path, load_inner_set, split_seeds  # noqa: E402
 
 # the training choices searched, each grid holding the default (VqaConfig's value before this search)
 GRID: dict[str, tuple] = {
@@ -60,18 +62,6 @@ ANSWER_TIME: dict[str, tuple] = {"memory_weight": (0.25, 0.5, 0.75)}
 # changed VqaConfig default does not move the search's starting point or its tie rule
 START: dict[str, float] = {"epochs": 60, "hidden": 512, "dropout": 0.3, "image_dropout": 0.2, "lr": 1e-3,
                            "weight_decay": 1e-2, "label_smoothing": 0.1, "fact_weight": 0.5, "memory_weight": 0.5}
-FRAC = 0.15
-
-
-def inner_split(questions: Sequence, seed: int, frac: float = FRAC) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(outer training side, inner training part, inner held-out part) as indices into ``questions``:
-    the outer test-like split of ``seed`` is made first and its held-out side dropped, then the training
-    side is split again (test-like, ``frac``, the same seed). Neither inner part holds an outer held-out
-    question."""
-    outer_train, _ = make_split("testlike", questions, frac, seed)
-    side = [questions[i] for i in outer_train]
-    itr, ihe = make_split("testlike", side, frac, seed)
-    return outer_train, outer_train[itr], outer_train[ihe]
 
 
 def key_of(setting: dict) -> str:
@@ -268,16 +258,11 @@ def report(results: dict, seeds: Sequence[int]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="VQA-RAD folder (default: the shared one)")
-    ap.add_argument("--split-seeds", default="0,1,2")
-    ap.add_argument("--members", type=int, default=1, help="ensemble members of the inner answerer")
-    ap.add_argument("--views", type=int, default=1, help="picture views of the inner answerer")
+    add_inner_options(ap, json_help="append each fit here (JSON lines); fits already there are skipped")
     ap.add_argument("--pass", dest="pass_", type=int, choices=(1, 2), default=1,
                     help="1: one parameter at a time from the default; 2: around pass 1's winners (needs pass 1)")
     ap.add_argument("--params", default=",".join(GRID), help="pass 1: the parameters to move (comma list)")
     ap.add_argument("--settings", default=None, help="run exactly these settings instead ('k=v,k=v;k=v')")
-    ap.add_argument("--cache", type=Path, help="embedding cache to reuse")
-    ap.add_argument("--json", type=Path, help="append each fit here (JSON lines); fits already there are skipped")
     ap.add_argument("--stop-after", type=float, default=None,
                     help="start no fit that would end after this many seconds at the last fit's pace (a short lock hold)")
     ap.add_argument("--member-noise", action="store_true", help="only the default's run-to-run spread: one 2-member "
@@ -285,7 +270,7 @@ def main() -> int:
     ap.add_argument("--part", default=None, help="'I/N': only every N-th fit from the I-th (N workers side by side)")
     ap.add_argument("--report", action="store_true", help="only print the totals and the choice from --json")
     args = ap.parse_args()
-    seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
+    seeds = split_seeds(args)
     results = load_results(args.json)
     if args.report:
         out = report(results, seeds)
@@ -325,19 +310,14 @@ def main() -> int:
         report(results, seeds)
         return 0
 
-    from medweave.settings import shared_data_dir
-    from medweave.vqa.data import load_vqa
     from medweave.vqa.features import IMAGE_ENCODERS, open_cache
-    from medweave.vqa.pipeline import CACHE_NAME, embed_set
+    from medweave.vqa.pipeline import embed_set
 
-    data = args.data or shared_data_dir() / "vqa-rad"
-    if not (data / "trainset.json").is_file():
-        print(f"VQA-RAD not found at {data} (set MEDWEAVE_DATA); nothing to choose")
+    vqa = load_inner_set(args)
+    if vqa is None:
         return 0
-    vqa = load_vqa(data)
-    cache_path = args.cache or Path(tempfile.mkdtemp(prefix="vqa-tune-")) / CACHE_NAME
     start = time.perf_counter()
-    with open_cache(cache_path) as cache:
+    with open_cache(cache_path(args, "vqa-tune-")) as cache:
         img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:args.views])
         last = 0.0
         for n, (setting, seed) in enumerate(jobs, 1):

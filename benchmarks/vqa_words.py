@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,45 +21,38 @@ from pathlib import Path
 import numpy as np
 
 from medweave.evaluate.answers import exact_match
-from medweave.settings import shared_data_dir
-from medweave.vqa.data import load_vqa, main_question_type
+from medweave.vqa.data import main_question_type
 from medweave.vqa.features import IMAGE_ENCODERS, open_cache
 from medweave.vqa.model import VqaConfig
-from medweave.vqa.pipeline import CACHE_NAME, embed_set, fit_set
-from medweave.vqa.splits import make_split
+from medweave.vqa.pipeline import embed_set, fit_set
+from medweave.vqa.splits import inner_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inner import add_inner_options, cache_path, load_inner_set, split_seeds  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="VQA-RAD folder (default: the shared one)")
-    ap.add_argument("--split-seeds", default="0,1,2")
+    add_inner_options(ap, json_help="write the totals here")
     ap.add_argument("--widths", default="0,256,1024,4096", help="question_words widths to compare (0: off)")
-    ap.add_argument("--members", type=int, default=1, help="ensemble members of the inner answerer")
-    ap.add_argument("--views", type=int, default=1, help="picture views of the inner answerer")
-    ap.add_argument("--cache", type=Path, help="embedding cache to reuse")
-    ap.add_argument("--json", type=Path, help="write the totals here")
     args = ap.parse_args()
-    data = args.data or shared_data_dir() / "vqa-rad"
-    if not (data / "trainset.json").is_file():
-        print(f"VQA-RAD not found at {data} (set MEDWEAVE_DATA); nothing to choose")
+    seeds = split_seeds(args)
+    vqa = load_inner_set(args)
+    if vqa is None:
         return 0
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
-    vqa = load_vqa(data)
     base = VqaConfig(seeds=args.members, views=args.views)
     total: dict[int, dict[str, list[int]]] = {w: defaultdict(lambda: [0, 0]) for w in widths}
-    cache_path = args.cache or Path(tempfile.mkdtemp(prefix="vqa-words-")) / CACHE_NAME
-    with open_cache(cache_path) as cache:
+    with open_cache(cache_path(args, "vqa-words-")) as cache:
         img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:base.views])
-        for seed in [int(s) for s in args.split_seeds.split(",") if s.strip()]:
-            tr, _ = make_split("testlike", vqa.questions, 0.15, seed)  # the outer held-out side is left alone
-            side = vqa.subset(tr)
-            itr, ihe = make_split("testlike", side.questions, 0.15, seed)
-            held = [side.questions[i] for i in ihe]
+        for seed in seeds:
+            _, itr, ihe = inner_split(vqa.questions, seed)  # the outer held-out side is left alone
+            held = [vqa.questions[i] for i in ihe]
             for w in widths:
                 t0 = time.perf_counter()
                 cfg = VqaConfig(**{**base.__dict__, "question_words": w})
-                model = fit_set(side.subset(itr), img[tr][itr], qe[tr][itr], cfg, cache)
-                preds = model.predict(img[tr][ihe], qe[tr][ihe], decoder=False, questions=[q.question for q in held])
+                model = fit_set(vqa.subset(itr), img[itr], qe[itr], cfg, cache)
+                preds = model.predict(img[ihe], qe[ihe], decoder=False, questions=[q.question for q in held])
                 ok = np.array([exact_match(p.answer, q.answer) for p, q in zip(preds, held)])
                 for q, r in zip(held, ok):
                     for key in ("all", "closed" if q.closed else "open", main_question_type(q.question_type)):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medweave.vqa.data import Question, load_vqa
-from medweave.vqa.splits import OFFICIAL_TEST, make_split, paraphrase_groups, templated_twins
+from medweave.vqa.splits import OFFICIAL_TEST, inner_split, make_split, paraphrase_groups, templated_twins
 
 
 def _set(n_images: int = 20) -> list[Question]:
@@ -62,6 +62,27 @@ def test_images_and_questions_splits_and_a_bad_name():
     assert {qs[i].image for i in held} <= {qs[i].image for i in train}
     with pytest.raises(ValueError, match="allowed values: testlike, images, questions"):
         make_split("patients", qs)
+
+
+@pytest.mark.parametrize("kind", ["testlike", "images"])
+def test_inner_split_never_holds_an_outer_held_out_question(kind):
+    qs = _set(40)
+    for seed in range(3):
+        outer_train_ref, outer_held = make_split(kind, qs, 0.15, seed)
+        outer_train, itr, ihe = inner_split(qs, seed, 0.15, kind)
+        assert np.array_equal(outer_train, outer_train_ref)
+        outer = set(outer_held.tolist())
+        assert outer and len(ihe) and len(itr)
+        assert not outer & set(itr.tolist()) and not outer & set(ihe.tolist())
+        assert not set(itr.tolist()) & set(ihe.tolist())
+        assert sorted(itr.tolist() + ihe.tolist()) == sorted(outer_train.tolist())
+        if kind == "testlike":  # the inner split keeps the kind's rules: templated ones stay in training
+            assert {qs[i].phrase_type for i in ihe} <= {"freeform", "para"}
+        else:  # and here no inner held-out picture is in the inner training part
+            assert not {qs[i].image for i in ihe} & {qs[i].image for i in itr}
+        # the inner held-out part is the kind's split of the training side, in the same order
+        side = [qs[i] for i in outer_train]
+        assert np.array_equal(ihe, outer_train[make_split(kind, side, 0.15, seed)[1]])
 
 
 def test_testlike_on_vqa_rad_mirrors_the_official_test(shared_data):

@@ -1,19 +1,18 @@
-"""benchmarks/vqa_tune.py, the search that chose VqaConfig's training defaults: its inner split is made
-from the outer training side only (never an outer held-out question), its settings parse and name
+"""benchmarks/vqa_tune.py, the search that chose VqaConfig's training defaults: one inner fit (on
+``medweave.vqa.splits.inner_split``, tested in test_splits.py) is scored at every memory weight, its settings parse and name
 themselves strictly, and VqaConfig refuses training choices out of range, naming the field and value."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from medweave.vqa.data import load_vqa
 from medweave.vqa.model import VqaConfig
-from medweave.vqa.splits import make_split
+from medweave.vqa.splits import inner_split
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,33 +25,6 @@ def tune():
     return mod
 
 
-def _with_phrase_types(questions):
-    """The tiny set in VQA-RAD's layout: each open question free-form, each yes/no one its templated
-    twin (qid + 1, same picture), so the test-like split's own rules apply (not the questions fallback)."""
-    out = []
-    for q in questions:
-        free = q.answer_type == "OPEN"
-        out.append(replace(q, qid=2 * (q.qid // 2) + (0 if free else 1), phrase_type="freeform" if free else "frame"))
-    return out
-
-
-@pytest.mark.parametrize("layout", ["plain", "phrase types"])
-def test_inner_split_never_holds_an_outer_held_out_question(tiny_set, tune, layout):
-    questions = load_vqa(tiny_set).questions
-    if layout == "phrase types":
-        questions = _with_phrase_types(questions)
-    for seed in range(3):
-        _, outer_held = make_split("testlike", questions, 0.15, seed)
-        outer_train, itr, ihe = tune.inner_split(questions, seed)
-        outer = set(outer_held.tolist())
-        assert outer and len(ihe) and len(itr)
-        assert not outer & set(itr.tolist()) and not outer & set(ihe.tolist())
-        assert not set(itr.tolist()) & set(ihe.tolist())
-        assert set(itr.tolist()) | set(ihe.tolist()) == set(outer_train.tolist())
-        if layout == "phrase types":
-            assert all(questions[i].phrase_type == "freeform" for i in ihe)  # templated ones stay in training
-
-
 def test_one_inner_fit_is_scored_at_every_memory_weight(tiny_set, tune, tmp_path):
     from medweave.vqa.features import open_cache
     from medweave.vqa.pipeline import CACHE_NAME, embed_set
@@ -61,7 +33,7 @@ def test_one_inner_fit_is_scored_at_every_memory_weight(tiny_set, tune, tmp_path
     with open_cache(tmp_path / CACHE_NAME) as cache:
         img, qe = embed_set(vqa, cache, ("efficientnet-lite0",))
         rec = tune.fit_and_score(vqa, img, qe, cache, {"epochs": 30}, 0, 1, 1)
-    _, itr, ihe = tune.inner_split(vqa.questions, 0)
+    _, itr, ihe = inner_split(vqa.questions, 0)
     assert rec["key"] == "epochs=30" and rec["inner_held"] == len(ihe) and rec["inner_train"] == len(itr)
     assert set(rec["memory"]) == {"0.25", "0.5", "0.75"}
     for m in rec["memory"].values():

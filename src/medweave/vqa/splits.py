@@ -201,3 +201,16 @@ def make_split(kind: str, questions: Sequence, frac: float = 0.15, seed: int = 0
         strata = [f"{q.answer_type}/{q.question_type}" for q in questions]
         return split_by_questions(strata, [q.image for q in questions], frac, seed)
     raise ValueError(f"unknown split {kind!r}; allowed values: {', '.join(SPLITS)}")
+
+
+def inner_split(questions: Sequence, seed: int, frac: float = 0.15,
+                kind: str = DEFAULT_SPLIT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(outer training side, inner training part, inner held-out part) as index arrays into
+    ``questions``, for choosing a setting without reading the held-out questions: the outer ``kind``
+    split of ``seed`` is made first and its held-out side dropped, then the training side is split again
+    (the same kind, ``frac``, the same seed). Neither inner part holds an outer held-out question, and
+    the two inner parts together are the outer training side."""
+    outer_train, _ = make_split(kind, questions, frac, seed)
+    side = [questions[i] for i in outer_train]
+    itr, ihe = make_split(kind, side, frac, seed)
+    return outer_train, outer_train[itr], outer_train[ihe]
