@@ -8,6 +8,7 @@ answer latency, probes, same-organ retrieval precision, and spoken questions (es
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-baselines --no-train-timing   # baselines alone
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --decoder 256   # + the answer decoder
     .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --question-words 1024   # + question words
+    .venv/bin/python benchmarks/vqa.py --splits testlike --only-seeds --picture-augment 4   # + augmented pictures
 
 Prints tables; not a timed test. Needs the shared data (``$MEDWEAVE_DATA`` or ../shared/data).
 """
@@ -432,6 +433,10 @@ def main() -> int:
                     help="VqaConfig.picture_prior_temperature")
     ap.add_argument("--question-words", type=int, help="the answerer reads the question's hashed unigrams and "
                     "bigrams of this width beside e5 (VqaConfig.question_words; 0: off)")
+    ap.add_argument("--picture-augment", type=int, help="K augmented copies of every training picture, one drawn "
+                    "per epoch beside the clean one (VqaConfig.picture_augment; 0: off)")
+    ap.add_argument("--picture-augment-clean", type=float, help="P(clean picture) in that draw "
+                    "(VqaConfig.picture_augment_clean; default: uniform over the K + 1)")
     ap.add_argument("--set", default=None, help="change VqaConfig training choices, 'hidden=1024,lr=5e-4' (fields: "
                     + ", ".join(SETTABLE) + "; benchmarks/vqa_tune.py chooses them)")
     ap.add_argument("--context-only", action="store_true", help="with --context: only the context row (and the "
@@ -466,7 +471,9 @@ def main() -> int:
                                              ("decoder_epochs", args.decoder_epochs),
                                              ("picture_prior", args.picture_prior),
                                              ("picture_prior_temperature", args.picture_prior_temperature),
-                                             ("question_words", args.question_words))
+                                             ("question_words", args.question_words),
+                                             ("picture_augment", args.picture_augment),
+                                             ("picture_augment_clean", args.picture_augment_clean))
                            if v is not None})
     except ValueError as exc:
         raise SystemExit(f"benchmarks/vqa.py: {exc}") from None

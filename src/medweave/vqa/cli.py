@@ -79,6 +79,10 @@ def train(
     question_words: int = typer.Option(0, "--question-words", help="The answerer also reads the question's "
                                        "words: hashed unigrams and bigrams of this width beside the e5 "
                                        "embedding (e.g. 1024). 0: off."),
+    picture_augment: int = typer.Option(0, "--picture-augment", help="Encode K augmented copies of every "
+                                        "training picture (frozen encoders; crops, small rotations, intensity "
+                                        "windows, no flips; cached) and let each epoch read a picture as one of "
+                                        "them or the clean one. 0: off."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Embed pictures and questions (cached), train the answer ensemble, save the model."""
@@ -88,7 +92,7 @@ def train(
     try:
         cfg = VqaConfig(seeds=seeds, epochs=epochs, views=views, finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs,
                         context=context, decoder=decoder, decoder_epochs=decoder_epochs,
-                        question_words=question_words)
+                        question_words=question_words, picture_augment=picture_augment)
         _model, meta = train_vqa(data, out_dir, cfg, images=images, split=split, split_seed=split_seed)
     except _ERRORS as exc:
         fail(str(exc))

@@ -41,6 +41,9 @@ with an answer-type head and a same-picture memory of training questions.
   yes/no in form, the classifier's answer not yes/no, the decoder's sequence probability above the classifier's by ``decoder_margin``, and with
   ``decoder_novel_only`` not a training answer); the gate is chosen on an inner split of the training
   side (``pipeline.choose_decoder_gate``) and stays closed (``decoder_margin`` None) unless it wins there.
+- Picture augmentation (``picture_augment`` = K > 0; off by default: ``medweave.vqa.augment``): each epoch
+  reads a training row's picture as its clean embedding or one of K cached augmented copies; the answer
+  side (memory, prior, gate, context) keeps the clean one.
 - Picture gate (``vqa.gate``; ``picture_gate``, calibrated in ``fit`` on the training pictures alone and
   saved in ``config.json``): a picture whose nearest training picture is less alike than the gate's
   threshold (blank, constant, noise, or unlike every training picture) gets no answer but an abstention
@@ -109,6 +112,8 @@ class VqaConfig:
     picture_prior: float = 2.0   # > 0: answers given about the asked picture itself in training are boosted
     picture_prior_temperature: float = 0.1  # how the boost falls with the question's distance (module notes)
     question_words: int = 0      # > 0: hashed question unigrams+bigrams of that width beside e5 (vqa.lexical)
+    picture_augment: int = 0     # K > 0: each epoch reads a training picture as one of {clean, K augmented copies}
+    picture_augment_clean: float | None = None  # P(clean) in that draw (None: uniform over the K + 1)
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
@@ -140,6 +145,17 @@ class VqaConfig:
                 or self.question_words < 0:
             raise ValueError(f"question_words is {self.question_words!r}; allowed values: 0 (off) or a width >= 1 "
                              "(hashed question unigrams and bigrams, e.g. 1024)")
+        if not isinstance(self.picture_augment, int) or isinstance(self.picture_augment, bool) \
+                or self.picture_augment < 0:
+            raise ValueError(f"picture_augment is {self.picture_augment!r}; allowed values: 0 (off) or K >= 1 "
+                             "augmented copies per training picture (e.g. 4)")
+        if self.picture_augment_clean is not None and (isinstance(self.picture_augment_clean, bool) or not isinstance(
+                self.picture_augment_clean, numbers.Real) or not 0 <= self.picture_augment_clean <= 1):
+            raise ValueError(f"picture_augment_clean is {self.picture_augment_clean!r}; allowed values: None (clean and "
+                             "the K copies equally likely) or a probability from 0 to 1")
+        if self.picture_augment and self.finetune_blocks:
+            raise ValueError(f"picture_augment is {self.picture_augment} with finetune_blocks {self.finetune_blocks}: "
+                             "the augmented copies are of the frozen encoders; use one or the other")
         if self.decoder < 0 or self.decoder_epochs < 1:
             raise ValueError(f"decoder is {self.decoder}, decoder_epochs {self.decoder_epochs}; allowed values: "
                              "decoder 0 (no answer decoder) or hidden units >= 1, decoder_epochs >= 1")
@@ -179,9 +195,11 @@ def _build_net(cfg: VqaConfig, n_answers: int, img_dim: int, q_dim: int, n_qtype
 
 
 def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, n_answers: int, n_qtypes: int,
-             ctx=None) -> dict:
+             ctx=None, copies=None) -> dict:
     """Train one ensemble member (per-row answer-loss weights ``weight``; ``real`` marks the set's own
-    questions; ``ctx``: per-row retrieved context with ``cfg.context``); returns its state dict."""
+    questions; ``ctx``: per-row retrieved context with ``cfg.context``; ``copies``: with
+    ``cfg.picture_augment``, (augmented pictures (K, pictures, width) standardised as ``img``, each row's
+    picture), from which each epoch draws a row's picture); returns its state dict."""
     import torch
     from torch.nn import functional as F
 
@@ -194,12 +212,18 @@ def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, 
     rt = torch.from_numpy(real.astype(np.float32))
     xc = torch.from_numpy(ctx.astype(np.float32)) if ctx is not None else None
     gen = torch.Generator().manual_seed(seed)
+    if copies is not None:  # its own generator: the clean path's draws stay those of a fit without it
+        xa, pic = torch.from_numpy(copies[0]), torch.from_numpy(np.asarray(copies[1], dtype=np.int64))
+        agen = torch.Generator().manual_seed(AUGMENT_SEED + seed)
     net.train()
     for _ in range(cfg.epochs):
+        x = xi
+        if copies is not None:
+            x = _draw_pictures(xi, xa, pic, cfg.picture_augment_clean, agen)
         perm = torch.randperm(len(yt), generator=gen)
         for b in range(0, len(yt), cfg.batch_size):
             j = perm[b:b + cfg.batch_size]
-            logits, kind, qt = net(xi[j], xq[j], xc[j] if xc is not None else None)
+            logits, kind, qt = net(x[j], xq[j], xc[j] if xc is not None else None)
             # the answer head learns from every row (generated ones at their weight); the answer-type
             # and question-type heads only from the set's own questions, whose mix they must learn
             real = rt[j]
@@ -211,6 +235,24 @@ def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, 
             loss.backward()
             opt.step()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+AUGMENT_SEED = 7919  # offsets the picture draws' generator from the member's own
+
+
+def _draw_pictures(clean, copies, pic, p_clean, gen):
+    """(rows, width): each row's picture for one epoch, the clean one (``clean`` row) or one of the K
+    copies of its picture (``copies`` (K, pictures, width), ``pic`` each row's picture): uniform over the
+    K + 1 with ``p_clean`` None, else the clean one with probability ``p_clean`` and a copy otherwise."""
+    import torch
+
+    k, n = copies.shape[0], len(pic)
+    if p_clean is None:
+        draw = torch.randint(0, k + 1, (n,), generator=gen)
+    else:
+        draw = torch.randint(1, k + 1, (n,), generator=gen)
+        draw[torch.rand(n, generator=gen) < p_clean] = 0
+    return torch.where((draw == 0)[:, None], clean, copies[(draw - 1).clamp(min=0), pic])
 
 
 @dataclass
@@ -276,7 +318,8 @@ class Answerer:
             cases: list[dict], cfg: VqaConfig | None = None,
             facts: tuple[np.ndarray, np.ndarray, list[str], list[str]] | None = None,
             groups: Sequence[int] | None = None, picture_stats: np.ndarray | None = None,
-            fact_texts: Sequence[str] | None = None) -> "Answerer":
+            fact_texts: Sequence[str] | None = None,
+            picture_copies: tuple[np.ndarray, Sequence[int]] | None = None) -> "Answerer":
         """Train on per-question picture embeddings, question embeddings, answers and answer types
         (question types come from ``cases[i]["question_type"]``).
 
@@ -292,6 +335,10 @@ class Answerer:
 
         With ``cfg.question_words`` the networks also read the question words (``vqa.lexical``): the
         training rows' texts are ``cases[i]["question"]``, the generated ones' ``fact_texts``.
+
+        ``picture_copies``: with ``cfg.picture_augment`` = K, (augmented copies (pictures, >= K, width) of
+        the training pictures, ``vqa.augment``; per row, the set's own then the generated ones, its
+        picture's index); each epoch reads a row's picture as its clean embedding or one of its K copies.
         """
         cfg = cfg or VqaConfig()
         if facts is None or not len(facts[2]):
@@ -331,6 +378,17 @@ class Answerer:
                                  f"their texts (fact_texts has {None if fact_texts is None else len(fact_texts)})")
             xq = _with_words(xq, [*texts, *(fact_texts or [])], cfg.question_words)
         weight = np.concatenate([np.ones(len(answers)), np.full(len(f_ans), cfg.fact_weight)])
+        copies = None
+        if cfg.picture_augment:
+            if picture_copies is None:
+                raise ValueError(f"picture_augment is {cfg.picture_augment}: fit needs the training pictures' "
+                                 "augmented copies (picture_copies; vqa.augment.picture_copies)")
+            aug, pic = np.asarray(picture_copies[0], np.float32), np.asarray(picture_copies[1], np.int64)
+            if aug.ndim != 3 or aug.shape[1] < cfg.picture_augment or aug.shape[2] != img_emb.shape[1] \
+                    or len(pic) != len(xi) or (len(pic) and not 0 <= pic.min() <= pic.max() < len(aug)):
+                raise ValueError(f"picture_copies: {aug.shape} copies and {len(pic)} row pictures; expected "
+                                 f"(pictures, >= {cfg.picture_augment}, {img_emb.shape[1]}) and {len(xi)} rows")
+            copies = (((aug[:, :cfg.picture_augment] - mean) / std).astype(np.float32).transpose(1, 0, 2), pic)
         n = len(answers)
         model = cls(cfg, vocab, type_masks, qtypes, qtype_masks, mean.astype(np.float32), std.astype(np.float32),
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
@@ -346,7 +404,9 @@ class Answerer:
         with torch_threads(cfg.threads):
             real = np.arange(len(y)) < len(answers)
             model.members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real,
-                                      len(vocab), len(qtypes), ctx) for s in range(cfg.seeds)]
+                                      len(vocab), len(qtypes), ctx,
+                                      None if copies is None else (_view3(copies[0], s, cfg.views), copies[1]))
+                             for s in range(cfg.seeds)]
         if cfg.decoder:
             from .decoder import decoder_inputs, fit_decoder
 
@@ -686,8 +746,10 @@ class Answerer:
             raise ValueError(f"{cfg_path}: unknown config keys {unknown}; allowed: {sorted(known)}")
         # a model saved before question_scale existed read its questions raw
         # (and without the picture prior)
-        # (and without the picture prior); one saved before question_words read no question words
-        cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, "question_words": 0, **config["config"]})
+        # (and without the picture prior); one saved before question_words read no question words,
+        # one saved before picture_augment was trained without augmented copies
+        cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, "question_words": 0, "picture_augment": 0,
+                           **config["config"]})
         if cfg.question_scale != ("q_mean" in t and "q_std" in t):
             raise ValueError(f"{model_dir}: config question_scale is {cfg.question_scale} but the weights "
                              f"{'lack' if cfg.question_scale else 'hold'} q_mean/q_std; train the model again")
@@ -777,6 +839,13 @@ def _view(x, member: int, views: int):
     width = x.shape[1] // views
     v = member % views
     return x[:, v * width:(v + 1) * width]
+
+
+def _view3(x, member: int, views: int):
+    """``_view`` of an array whose last axis holds the views (augmented copies (K, pictures, width))."""
+    width = x.shape[-1] // views
+    v = member % views
+    return np.ascontiguousarray(x[..., v * width:(v + 1) * width])
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

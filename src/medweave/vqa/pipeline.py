@@ -133,9 +133,17 @@ def fit_set(vqa: VqaSet, img: np.ndarray, qe: np.ndarray, cfg: VqaConfig | None 
     facts = (img[[row[q.image] for q in generated]].reshape(len(generated), img.shape[1]),
              embed_questions([q.question for q in generated], cache), [q.answer for q in generated],
              [q.question_type for q in generated])
+    copies = None
+    if cfg.picture_augment:  # the K augmented copies of each training picture (vqa.augment), cached
+        from .augment import picture_copies
+
+        names = vqa.image_names()
+        pic = {n: i for i, n in enumerate(names)}
+        copies = (picture_copies([vqa.image_path(n) for n in names], cache, IMAGE_ENCODERS[:cfg.views],
+                                 cfg.picture_augment), [pic[q.image] for q in [*vqa.questions, *generated]])
     model = Answerer.fit(img, qe, [q.answer for q in vqa.questions], closed, _cases(vqa, bool(cfg.context)), cfg,
                          facts, context_groups(vqa) if cfg.context else None, picture_stats_set(vqa, cache),
-                         fact_texts=[q.question for q in generated])
+                         fact_texts=[q.question for q in generated], picture_copies=copies)
     if tuned is not None:
         model.encoder_state = tuned.state
         model.meta["finetune"] = tuned.info()
