@@ -57,12 +57,14 @@ import json
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .features import torch_threads
+from .choices import ChoiceIndex, calibrate, restrict_to_choices
 from .data import main_question_type
 from .normalize import normalize_answer
 
@@ -114,6 +116,7 @@ class VqaConfig:
     question_words: int = 0      # > 0: hashed question unigrams+bigrams of that width beside e5 (vqa.lexical)
     picture_augment: int = 0     # K > 0: each epoch reads a training picture as one of {clean, K augmented copies}
     picture_augment_clean: float | None = None  # P(clean) in that draw (None: uniform over the K + 1)
+    choice_answers: bool = True  # a question naming its choices ("right or left?") takes one of them (vqa.choices)
 
     def __post_init__(self) -> None:
         if self.views not in (1, 2):
@@ -141,6 +144,8 @@ class VqaConfig:
             raise ValueError(f"picture_prior is {self.picture_prior}, picture_prior_temperature "
                              f"{self.picture_prior_temperature}; allowed values: picture_prior >= 0 (0: off), "
                              "picture_prior_temperature > 0")
+        if not isinstance(self.choice_answers, bool):
+            raise ValueError(f"choice_answers is {self.choice_answers!r}; allowed values: true or false")
         if not isinstance(self.question_words, int) or isinstance(self.question_words, bool) \
                 or self.question_words < 0:
             raise ValueError(f"question_words is {self.question_words!r}; allowed values: 0 (off) or a width >= 1 "
@@ -268,6 +273,7 @@ class Prediction:
     abstained: bool = False  # the picture gate (vqa.gate) found no readable content: no answer ("")
     reason: str = ""         # why it abstained
     nearest_picture_cos: float = float("nan")  # cosine to the nearest training picture (the gate's signal)
+    choices: tuple[str, ...] = ()  # the question's named choices the answer was picked among (vqa.choices)
 
 
 @dataclass
@@ -394,6 +400,10 @@ class Answerer:
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
                     {"n_train": n, "n_fact_questions": len(f_ans)}, q_mean=q_mean, q_std=q_std)
         model.picture_gate = calibrate_gate(model.mem_img, picture_stats)  # the training pictures alone (vqa.gate)
+        texts = [c.get("question") for c in cases]
+        if cfg.choice_answers and len(texts) == n and all(isinstance(x, str) for x in texts):
+            # whether this set's choice questions are answered with a named choice (vqa.choices)
+            model.meta["choice_training"] = calibrate(model.choice_index, texts, answers)
         ctx = None
         if cfg.context:
             # leave-self-out (and leave-group-out) retrieval: no row's context holds the row itself
@@ -496,6 +506,17 @@ class Answerer:
         probs = probs * weight * (p_type @ self.qtype_masks)
         return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12), p_closed
 
+    @cached_property
+    def choice_index(self) -> ChoiceIndex:
+        """The vocabulary's words for choice questions (``vqa.choices``), built once per model."""
+        return ChoiceIndex(self.vocab)
+
+    def choices_hold(self) -> bool:
+        """Whether choice questions are answered with a named choice (``vqa.choices``): the option is on
+        and the training set's own choice questions followed the rule (``meta["choice_training"]``,
+        written by ``fit``; a model fitted without question texts has none and answers unrestricted)."""
+        return bool(self.cfg.choice_answers and self.meta.get("choice_training", {}).get("holds"))
+
     def picture_cos(self, img_emb: np.ndarray) -> np.ndarray:
         """(n, memory) cosine of each asked picture to each training row's picture, computed once per
         distinct training picture (a picture is asked about by ~8 training questions) and spread."""
@@ -560,9 +581,13 @@ class Answerer:
         if self.cfg.picture_prior:
             probs = probs * (1.0 + self.cfg.picture_prior * self.picture_prior_scores(img_emb, q_emb, same, sim_q))
             probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+        chosen: list = [None] * len(probs)
+        if questions is not None and self.choices_hold():
+            probs, chosen = restrict_to_choices(probs, questions, self.choice_index)
         best = probs.argmax(1)
         preds = [Prediction(self.vocab[b], float(probs[i, b]), bool(p_closed[i] >= 0.5), float(p_closed[i]),
-                            float(lam[i])) for i, b in enumerate(best)]
+                            float(lam[i]), choices=tuple(self.vocab[j] for j in chosen[i] or ()))
+                 for i, b in enumerate(best)]
         if decoder and self.decoder_words and self.cfg.decoder_margin is not None:
             if questions is None:
                 raise ValueError("this model's answer decoder never answers a yes/no question, so it needs the "
@@ -747,9 +772,10 @@ class Answerer:
         # a model saved before question_scale existed read its questions raw
         # (and without the picture prior)
         # (and without the picture prior); one saved before question_words read no question words,
-        # one saved before picture_augment was trained without augmented copies
+        # one saved before picture_augment was trained without augmented copies, and one saved before
+        # choice_answers answered choice questions unrestricted
         cfg = VqaConfig(**{"question_scale": False, "picture_prior": 0.0, "question_words": 0, "picture_augment": 0,
-                           **config["config"]})
+                           "choice_answers": False, **config["config"]})
         if cfg.question_scale != ("q_mean" in t and "q_std" in t):
             raise ValueError(f"{model_dir}: config question_scale is {cfg.question_scale} but the weights "
                              f"{'lack' if cfg.question_scale else 'hold'} q_mean/q_std; train the model again")

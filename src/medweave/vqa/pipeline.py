@@ -248,6 +248,7 @@ def _ask(model: Answerer, image: str | Path, question: str, cache, k: int) -> di
     return {"question": question, "answer": pred.answer, "probability": pred.prob,
             "type": "closed" if pred.closed else "open", "p_closed": pred.p_closed,
             "memory_weight": pred.from_memory, **gate_fields(model, pred),
+            **({"choices": list(pred.choices)} if pred.choices else {}),
             "similar_cases": model.similar_cases(img, qe, k), **out}
 
 

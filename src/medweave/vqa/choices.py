@@ -1,0 +1,123 @@
+"""Choice questions: a question that names its possible answers is answered with one of them.
+
+"Is the lesion on the patient's right or left side?", "Is this a T1 weighted, T2 weighted, or FLAIR
+image?", "Was this image taken with an MRI or CT scanner?": VQA-RAD marks most such questions closed,
+and since closed answers are mostly yes/no the answerer's closed head pushes them to "yes" or "no",
+which cannot be right. Here the answer is restricted to the training answers the question names:
+
+- a question is a choice question when it holds the word "or";
+- a training answer is one of its choices when every word of the answer occurs in the question and
+  one of the answer's content words (not a function word such as "in", "side") stands within
+  ``WINDOW`` words of an "or" ("left side" for "... right or left side?", "in vasculature" for "Is the
+  contrast in the bowels or the vasculature?");
+- yes and no stay among the choices when the question opens as a question of existence or ability
+  ("Is there ...", "Does ...", "Can ..."): "Is there a fracture or a dislocation?" is answered yes or no;
+- a question none of whose choices is a training answer is answered as before (a choice never seen in
+  training cannot be scored by a classifier over training answers);
+- the rule holds only for a set whose own training questions follow it (``calibrate``, at training
+  time, saved with the model): at least ``MIN_ACTED`` training questions it would act on, and at least
+  ``MIN_SHARE`` of them answered with one of their named choices. VQA-RAD's training file: 84 of 92.
+  PathVQA's: 14 of 58, since its questions are generated from textbook captions and ask "are these
+  hormones basophilic, eosinophilic, or nonstaining?" to be answered yes or no; there the answerer
+  leaves them alone.
+
+The words are those of ``normalize_answer`` (lower case, punctuation to spaces, articles dropped), so
+the answers and the question are compared alike. Chosen on inner test-like splits of the training side
+(README, "Choice questions"); ``VqaConfig.choice_answers`` turns it off.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .normalize import normalize_answer
+
+WINDOW = 2
+MIN_ACTED = 5     # training questions the rule acts on, at least, before it is trusted
+MIN_SHARE = 0.5   # and the share of them it would answer with the reference's own choice
+FUNCTION_WORDS = frozenset({"in", "on", "of", "to", "at", "side", "sided", "is", "are", "it", "this", "image"})
+# openings after which "A or B" is still asked as yes or no
+YES_NO_OPENINGS = ("is there", "are there", "was there", "were there", "does", "do", "can", "could", "has",
+                   "have", "will", "would", "should")
+
+
+class ChoiceIndex:
+    """The answer vocabulary's words, for finding the choices a question names."""
+
+    def __init__(self, vocab: Sequence[str]):
+        self.vocab = list(vocab)
+        self.words: list[tuple[str, ...]] = []
+        self.content: list[frozenset[str]] = []
+        self.yes_no: list[int] = []
+        for j, answer in enumerate(vocab):
+            norm = normalize_answer(answer)
+            if norm in ("yes", "no"):
+                self.yes_no.append(j)
+                self.words.append(())
+                self.content.append(frozenset())
+                continue
+            toks = tuple(norm.split())
+            self.words.append(toks)
+            self.content.append(frozenset(toks) - FUNCTION_WORDS)
+
+    def choices(self, question: str) -> list[int] | None:
+        """Indices of the training answers ``question`` names as its choices (with yes and no where it
+        opens as a yes/no question); None when it is no choice question or names no training answer."""
+        toks = normalize_answer(question).split()
+        ors = [k for k, w in enumerate(toks) if w == "or"]
+        if not ors:
+            return None
+        near: set[str] = set()
+        for k in ors:
+            near.update(toks[max(0, k - WINDOW):k])
+            near.update(toks[k + 1:k + 1 + WINDOW])
+        near -= FUNCTION_WORDS | {"or"}
+        asked = set(toks)
+        out = [j for j, (words, content) in enumerate(zip(self.words, self.content))
+               if content and content & near and asked.issuperset(words)]
+        if not out:
+            return None
+        if " ".join(toks).startswith(YES_NO_OPENINGS):
+            out += self.yes_no
+        return out
+
+
+def restrict_to_choices(probs: np.ndarray, questions: Sequence[str], index: ChoiceIndex
+                        ) -> tuple[np.ndarray, list[list[int] | None]]:
+    """``probs`` (rows: questions, columns: the vocabulary) with each choice question's row restricted to
+    its choices and renormalised (a row whose choices all have probability 0 is left as it was), and
+    each row's choices (None: the row was not restricted)."""
+    if len(questions) != len(probs):
+        raise ValueError(f"{len(questions)} question texts for {len(probs)} rows; expected one text per row")
+    out = probs.copy()
+    chosen: list[list[int] | None] = []
+    for i, q in enumerate(questions):
+        cand = index.choices(q)
+        if cand is not None:
+            mass = out[i, cand].sum()
+            if mass > 1e-12:
+                row = np.zeros_like(out[i])
+                row[cand] = out[i, cand] / mass
+                out[i] = row
+            else:
+                cand = None
+        chosen.append(cand)
+    return out, chosen
+
+
+def calibrate(index: ChoiceIndex, questions: Sequence[str], answers: Sequence[str]) -> dict:
+    """How the rule fares on a training set: ``acted``, the training questions it acts on, ``named``,
+    those whose answer is one of the choices it finds, and ``holds``, whether it is trusted (module
+    notes)."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} question texts for {len(answers)} answers; expected one each")
+    acted = named = 0
+    for q, a in zip(questions, answers):
+        cand = index.choices(q)
+        if cand is None:
+            continue
+        acted += 1
+        named += normalize_answer(a) in {normalize_answer(index.vocab[j]) for j in cand}
+    return {"acted": acted, "named": named, "holds": acted >= MIN_ACTED and named >= MIN_SHARE * acted}
