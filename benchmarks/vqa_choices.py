@@ -46,7 +46,7 @@ def main() -> int:
     by_type: dict[str, list[int]] = {}
     per_seed = []
     with open_cache(cache_path(args, "vqa-choices-")) as cache:
-        img, qe = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views])
+        img, qe, stats = embed_set(vqa, cache, IMAGE_ENCODERS[:cfg.views], with_stats=True)
         for seed in seeds:
             t0 = time.perf_counter()
             if args.inner:
@@ -57,8 +57,10 @@ def main() -> int:
             off = replace(on, cfg=replace(on.cfg, choice_answers=False), _nets=on._nets)
             held = [vqa.questions[i] for i in held_idx]
             texts = [q.question for q in held]
-            p_on = on.predict(img[held_idx], qe[held_idx], decoder=False, questions=texts)
-            p_off = off.predict(img[held_idx], qe[held_idx], decoder=False, questions=texts)
+            # as the shipped path answers (SplitRun.predictions): the gate reads the pixel statistics too
+            p_on = on.predict(img[held_idx], qe[held_idx], decoder=False, questions=texts, picture_stats=stats[held_idx])
+            p_off = off.predict(img[held_idx], qe[held_idx], decoder=False, questions=texts,
+                                picture_stats=stats[held_idx])
             right = [0, 0]
             for q, a, b in zip(held, p_off, p_on):
                 r = (exact_match(a.answer, q.answer), exact_match(b.answer, q.answer))
