@@ -36,6 +36,11 @@ def test_the_choices_a_question_names():
     assert _names(idx, "Is this a T1 weighted, T2 weighted, or FLAIR image?") == ["Flair", "t2", "t2 weighted"]
     # a question of existence keeps yes and no beside its choices
     assert _names(idx, "Is there a fracture or a lesion?") == ["fracture", "lesion", "no", "yes"]
+    # the decoder's question-form words: "vs" offers a choice too, "Any ...?" is asked yes or no, a
+    # bare copula ("Is the ...") asks for one of the alternatives
+    assert _names(idx, "Is this an MRI vs. a CT?") == ["ct", "mri"]
+    assert _names(idx, "Any evidence of a fracture or a lesion?") == ["fracture", "lesion", "no", "yes"]
+    assert _names(idx, "Does the lesion lie left or right?") == ["left", "no", "right", "yes"]
     # no "or", or no training answer among the choices: not a choice question
     assert idx.choices("Which side is the lesion on?") is None
     assert idx.choices("Is this a viral or parasitic process?") is None

@@ -5,13 +5,15 @@ image?", "Was this image taken with an MRI or CT scanner?": VQA-RAD marks most s
 and since closed answers are mostly yes/no the answerer's closed head pushes them to "yes" or "no",
 which cannot be right. Here the answer is restricted to the training answers the question names:
 
-- a question is a choice question when it holds the word "or";
+- a question is a choice question when it holds the word "or" (or "vs", "versus": the decoder's
+  ``ALTERNATIVES``);
 - a training answer is one of its choices when every word of the answer occurs in the question and
   one of the answer's content words (not a function word such as "in", "side") stands within
   ``WINDOW`` words of an "or" ("left side" for "... right or left side?", "in vasculature" for "Is the
   contrast in the bowels or the vasculature?");
-- yes and no stay among the choices when the question opens as a question of existence or ability
-  ("Is there ...", "Does ...", "Can ..."): "Is there a fracture or a dislocation?" is answered yes or no;
+- yes and no stay among the choices when the question opens as a yes/no question by the decoder's words
+  (``yes_no_opening``: an auxiliary other than a bare copula, "Is there ...", or an elliptical "Any
+  ...?"): "Is there a fracture or a dislocation?" is answered yes or no;
 - a question none of whose choices is a training answer is answered as before (a choice never seen in
   training cannot be scored by a classifier over training answers);
 - the rule holds only for a set whose own training questions follow it (``calibrate``, at training
@@ -32,15 +34,17 @@ from typing import Sequence
 
 import numpy as np
 
+from .decoder import ALTERNATIVES, AUXILIARIES, ELLIPTICAL
 from .normalize import normalize_answer
 
 WINDOW = 2
 MIN_ACTED = 5     # training questions the rule acts on, at least, before it is trusted
 MIN_SHARE = 0.5   # and the share of them it would answer with the reference's own choice
 FUNCTION_WORDS = frozenset({"in", "on", "of", "to", "at", "side", "sided", "is", "are", "it", "this", "image"})
-# openings after which "A or B" is still asked as yes or no
-YES_NO_OPENINGS = ("is there", "are there", "was there", "were there", "does", "do", "can", "could", "has",
-                   "have", "will", "would", "should")
+# the question-form words are the decoder's (one rule of English for both): a choice is offered by an
+# ALTERNATIVES word; "A or B" is still asked as yes or no after an auxiliary that is not a bare copula
+# ("Does ...", "Can ..."), after a copula with "there" ("Is there ...") and in an elliptical "Any ...?"
+COPULAS = frozenset({"am", "is", "are", "was", "were"})
 
 
 class ChoiceIndex:
@@ -66,22 +70,31 @@ class ChoiceIndex:
         """Indices of the training answers ``question`` names as its choices (with yes and no where it
         opens as a yes/no question); None when it is no choice question or names no training answer."""
         toks = normalize_answer(question).split()
-        ors = [k for k, w in enumerate(toks) if w == "or"]
+        ors = [k for k, w in enumerate(toks) if w in ALTERNATIVES]
         if not ors:
             return None
         near: set[str] = set()
         for k in ors:
             near.update(toks[max(0, k - WINDOW):k])
             near.update(toks[k + 1:k + 1 + WINDOW])
-        near -= FUNCTION_WORDS | {"or"}
+        near -= FUNCTION_WORDS | ALTERNATIVES
         asked = set(toks)
         out = [j for j, (words, content) in enumerate(zip(self.words, self.content))
                if content and content & near and asked.issuperset(words)]
         if not out:
             return None
-        if " ".join(toks).startswith(YES_NO_OPENINGS):
+        if yes_no_opening(toks):
             out += self.yes_no
         return out
+
+
+def yes_no_opening(toks: Sequence[str]) -> bool:
+    """Whether a question's words open it as a yes/no question even where it names alternatives (module
+    notes): "Does ...", "Can ...", "Is there ...", "Any ...", but not "Is the lesion ...", which asks
+    for one of the alternatives."""
+    first, second = (list(toks) + ["", ""])[:2]
+    return (first in AUXILIARIES and first not in COPULAS) or (first in COPULAS and second == "there") \
+        or first in ELLIPTICAL
 
 
 def restrict_to_choices(probs: np.ndarray, questions: Sequence[str], index: ChoiceIndex
