@@ -374,9 +374,10 @@ class Answerer:
         xq = np.concatenate([q_emb, f_q]).astype(np.float32)
         if q_mean is not None:
             xq = ((xq - q_mean) / q_std).astype(np.float32)
+        texts = [c.get("question") for c in cases]  # the question words and the choice rule read them
+        has_texts = len(cases) == len(answers) and all(isinstance(x, str) for x in texts)
         if cfg.question_words:
-            texts = [c.get("question") for c in cases]
-            if len(cases) != len(answers) or any(not isinstance(t, str) for t in texts):
+            if not has_texts:
                 raise ValueError(f"question_words is {cfg.question_words}: every training case needs its question "
                                  "text (cases[i]['question'])")
             if len(f_ans) and (fact_texts is None or len(fact_texts) != len(f_ans)):
@@ -400,8 +401,7 @@ class Answerer:
                     [], _l2(img_emb), q_emb.astype(np.float32), y[:n], cases,
                     {"n_train": n, "n_fact_questions": len(f_ans)}, q_mean=q_mean, q_std=q_std)
         model.picture_gate = calibrate_gate(model.mem_img, picture_stats)  # the training pictures alone (vqa.gate)
-        texts = [c.get("question") for c in cases]
-        if cfg.choice_answers and len(texts) == n and all(isinstance(x, str) for x in texts):
+        if cfg.choice_answers and has_texts:
             # whether this set's choice questions are answered with a named choice (vqa.choices)
             model.meta["choice_training"] = calibrate(model.choice_index, texts, answers)
         ctx = None
@@ -415,7 +415,7 @@ class Answerer:
             real = np.arange(len(y)) < len(answers)
             model.members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real,
                                       len(vocab), len(qtypes), ctx,
-                                      None if copies is None else (_view3(copies[0], s, cfg.views), copies[1]))
+                                      None if copies is None else (np.ascontiguousarray(_view(copies[0], s, cfg.views)), copies[1]))
                              for s in range(cfg.seeds)]
         if cfg.decoder:
             from .decoder import decoder_inputs, fit_decoder
@@ -861,17 +861,10 @@ def _with_words(q: np.ndarray, texts: Sequence[str], width: int) -> np.ndarray:
 
 
 def _view(x, member: int, views: int):
-    """The picture view (block of columns) that ensemble member ``member`` reads."""
-    width = x.shape[1] // views
-    v = member % views
-    return x[:, v * width:(v + 1) * width]
-
-
-def _view3(x, member: int, views: int):
-    """``_view`` of an array whose last axis holds the views (augmented copies (K, pictures, width))."""
+    """The picture view (block of columns of the last axis) that ensemble member ``member`` reads."""
     width = x.shape[-1] // views
     v = member % views
-    return np.ascontiguousarray(x[..., v * width:(v + 1) * width])
+    return x[..., v * width:(v + 1) * width]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
