@@ -32,8 +32,14 @@ def test_the_choices_a_question_names():
         "left", "left side", "right", "right side"]
     assert _names(idx, "Was this image taken with an MRI or CT scanner?") == ["ct", "mri"]
     assert _names(idx, "Is the contrast in the bowels or the vasculature?") == ["in bowels", "in vasculature"]
-    # case and punctuation are read as the answers are normalised; a list "A, B, or C"
+    # the subject just before the alternatives is no choice ("brain" in "Is the brain atrophied or
+    # shrunk?" was one, and as the only training answer named it was forced as the answer)
+    assert _names(idx, "Is the lesion left or right?") == ["left", "right"]
+    assert idx.choices("Is the lesion enlarged or shrunk?") is None
+    # case and punctuation are read as the answers are normalised; a list "A, B, or C" whose
+    # alternatives share a head ("weighted"): the word before the head is an alternative too
     assert _names(idx, "Is this a T1 weighted, T2 weighted, or FLAIR image?") == ["Flair", "t2", "t2 weighted"]
+    assert _names(idx, "Is this a T2 image or a Flair image?") == ["Flair", "t2"]
     # a question of existence keeps yes and no beside its choices
     assert _names(idx, "Is there a fracture or a lesion?") == ["fracture", "lesion", "no", "yes"]
     # the decoder's question-form words: "vs" offers a choice too, "Any ...?" is asked yes or no, a

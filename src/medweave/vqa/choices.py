@@ -8,9 +8,14 @@ which cannot be right. Here the answer is restricted to the training answers the
 - a question is a choice question when it holds the word "or" (or "vs", "versus": the decoder's
   ``ALTERNATIVES``);
 - a training answer is one of its choices when every word of the answer occurs in the question and
-  one of the answer's content words (not a function word such as "in", "side") stands within
-  ``WINDOW`` words of an "or" ("left side" for "... right or left side?", "in vasculature" for "Is the
-  contrast in the bowels or the vasculature?");
+  one of the answer's content words (not a function word such as "in", "side") is an alternative: the
+  word just before an "or", or one of the ``WINDOW`` words after it ("left side" for "... right or left
+  side?", "in vasculature" for "Is the contrast in the bowels or the vasculature?"). The word two
+  before the "or" is an alternative only when the word between is a head the alternatives share, one
+  that occurs again within ``WINDOW`` + 1 words ("viral process or parasitic process", "T1 weighted, T2
+  weighted, or FLAIR"); otherwise it is the subject the question asks about ("Is the *mass*
+  hyperintense or hypointense?", "Is the *brain* atrophied or shrunk?"), which was a choice until
+  stop 30 and, being the only training answer named, was then given as the answer;
 - yes and no stay among the choices when the question opens as a yes/no question by the decoder's words
   (``yes_no_opening``: an auxiliary other than a bare copula, "Is there ...", or an elliptical "Any
   ...?"): "Is there a fracture or a dislocation?" is answered yes or no;
@@ -75,8 +80,10 @@ class ChoiceIndex:
             return None
         near: set[str] = set()
         for k in ors:
-            near.update(toks[max(0, k - WINDOW):k])
+            near.update(toks[max(0, k - 1):k])
             near.update(toks[k + 1:k + 1 + WINDOW])
+            if k >= 2 and shared_head(toks, k - 1):
+                near.add(toks[k - 2])
         near -= FUNCTION_WORDS | ALTERNATIVES
         asked = set(toks)
         out = [j for j, (words, content) in enumerate(zip(self.words, self.content))
@@ -86,6 +93,13 @@ class ChoiceIndex:
         if yes_no_opening(toks):
             out += self.yes_no
         return out
+
+
+def shared_head(toks: Sequence[str], k: int) -> bool:
+    """Whether ``toks[k]``, the word before an "or", is a head its alternatives share: it occurs again
+    within ``WINDOW`` + 1 words on either side ("viral process or parasitic process")."""
+    lo, hi = max(0, k - WINDOW - 1), k + WINDOW + 3
+    return toks[k] in toks[lo:k] + toks[k + 2:hi]
 
 
 def yes_no_opening(toks: Sequence[str]) -> bool:
