@@ -14,8 +14,8 @@ which cannot be right. Here the answer is restricted to the training answers the
   before the "or" is an alternative only when the word between is a head the alternatives share, one
   that occurs again within ``WINDOW`` + 1 words ("viral process or parasitic process", "T1 weighted, T2
   weighted, or FLAIR"); otherwise it is the subject the question asks about ("Is the *mass*
-  hyperintense or hypointense?", "Is the *brain* atrophied or shrunk?"), which was a choice until
-  stop 30 and, being the only training answer named, was then given as the answer;
+  hyperintense or hypointense?", "Is the *brain* atrophied or shrunk?"), which was a choice before
+  65c817f and, being the only training answer named, was then given as the answer;
 - yes and no stay among the choices when the question opens as a yes/no question by the decoder's words
   (``yes_no_opening``: an auxiliary other than a bare copula, "Is there ...", or an elliptical "Any
   ...?"): "Is there a fracture or a dislocation?" is answered yes or no;
@@ -23,8 +23,8 @@ which cannot be right. Here the answer is restricted to the training answers the
   training cannot be scored by a classifier over training answers);
 - the rule holds only for a set whose own training questions follow it (``calibrate``, at training
   time, saved with the model): at least ``MIN_ACTED`` training questions it would act on, and at least
-  ``MIN_SHARE`` of them answered with one of their named choices. VQA-RAD's training file: 84 of 92.
-  PathVQA's: 14 of 58, since its questions are generated from textbook captions and ask "are these
+  ``MIN_SHARE`` of them answered with one of their named choices. VQA-RAD's training file: 87 of 94.
+  PathVQA's: 17 of 54, since its questions are generated from textbook captions and ask "are these
   hormones basophilic, eosinophilic, or nonstaining?" to be answered yes or no; there the answerer
   leaves them alone.
 
