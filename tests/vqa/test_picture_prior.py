@@ -114,3 +114,26 @@ def test_the_prior_round_trips_and_an_older_model_loads_without_it(fitted, tmp_p
     a = Answerer.load(old).predict(img[train], qe[train], decoder=False)
     b = model.predict(img[train], qe[train], decoder=False)
     assert [p.answer for p in a] == [p.answer for p in b]
+
+
+def test_the_answer_time_screen_reads_its_grid_strictly():
+    # benchmarks/vqa_prior.py --grid: only settings read at answer time (one fit scores the whole grid),
+    # every one a VqaConfig field; the prior's beta x temperature without --grid
+    import importlib.util
+    from dataclasses import fields
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vqa_prior.py"
+    spec = importlib.util.spec_from_file_location("vqa_prior", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.ANSWER_TIME) <= {f.name for f in fields(VqaConfig)}
+    assert mod.parse_grid(None) == {"picture_prior": mod.BETAS, "picture_prior_temperature": mod.TEMPERATURES}
+    assert mod.parse_grid("memory_weight=0.5, 1; memory_temperature=0.02") == {
+        "memory_weight": (0.5, 1.0), "memory_temperature": (0.02,)}
+    with pytest.raises(SystemExit, match="'epochs' is not a setting read at answer time"):
+        mod.parse_grid("epochs=10,20")
+    with pytest.raises(SystemExit, match="memory_weight's values 'a' are not numbers"):
+        mod.parse_grid("memory_weight=a")
+    with pytest.raises(SystemExit, match="question_cos has no values"):
+        mod.parse_grid("question_cos=")
