@@ -101,6 +101,11 @@ def test_decoder_writes_an_answer_no_training_question_had(decoder_model):
     got = model.gated(taken_open, img[closed], qe[closed], -1.0, False,
                       questions=["Where is the opacity?"] * len(closed))
     assert all(p.decoded for p in got)
+    # and a row answered among its question's named choices keeps its choice ("right or left?")
+    chosen = [replace(p, choices=("opacity", "effusion")) for p in taken_open]
+    got = model.gated(chosen, img[closed], qe[closed], -1.0, False,
+                      questions=["Is the opacity or the effusion larger?"] * len(closed))
+    assert not any(p.decoded for p in got) and all(p.answer == "opacity" for p in got)
 
 
 @pytest.mark.parametrize("question, yes_no", [

@@ -645,7 +645,9 @@ class Answerer:
               questions: Sequence[str]) -> list[Prediction]:
         """The classifier's predictions with the decoder's answer where the gate (``margin``,
         ``novel_only``: ``decoder.gate_answers``) lets it through (``decoded``: given, else decoded here);
-        ``questions``: the rows' question texts (a question yes/no in form keeps the classifier's answer)."""
+        ``questions``: the rows' question texts (a question yes/no in form keeps the classifier's answer). A
+        row answered among its question's named choices (``Prediction.choices``, ``vqa.choices``) keeps its
+        answer too: the decoder writes free text, and "right or left?" is answered by one of the two."""
         from dataclasses import replace as _replace
 
         from .decoder import gate_answers, yes_no_form
@@ -656,8 +658,8 @@ class Answerer:
         use = gate_answers([p.answer for p in preds], np.array([p.prob for p in preds]),
                            np.array([p.p_closed for p in preds]), texts, p_dec, margin, novel_only, set(self.vocab),
                            np.array([yes_no_form(q) for q in questions], dtype=bool))
-        return [_replace(p, answer=texts[i], prob=float(p_dec[i]), decoded=True) if use[i] else p
-                for i, p in enumerate(preds)]
+        return [_replace(p, answer=texts[i], prob=float(p_dec[i]), decoded=True)
+                if use[i] and not p.choices else p for i, p in enumerate(preds)]
 
     def similar_cases(self, img_emb: np.ndarray, q_emb: np.ndarray, k: int = 3,
                       exclude: np.ndarray | None = None) -> list[dict]:
