@@ -34,7 +34,7 @@ import numpy as np
 
 from medweave.evaluate.answers import exact_match
 from medweave.vqa.features import IMAGE_ENCODERS, open_cache
-from medweave.vqa.model import VqaConfig
+from medweave.vqa.model import ANSWER_TIME_FIELDS, VqaConfig
 from medweave.vqa.pipeline import embed_set, fit_set
 from medweave.vqa.splits import SPLITS, inner_split, make_split
 
@@ -44,9 +44,7 @@ from inner import add_inner_options, cache_path, load_inner_set, split_seeds  # 
 BETAS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
 TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 100.0)  # 100: every same-picture answer alike, whatever its question
 PRIOR_GRID = {"picture_prior": BETAS, "picture_prior_temperature": TEMPERATURES}
-# the settings read at answer time only (a grid over others would need a fit per setting)
-ANSWER_TIME = ("picture_prior", "picture_prior_temperature", "memory_weight", "question_cos",
-               "memory_temperature", "same_image_cos", "choice_answers")
+ANSWER_TIME = ANSWER_TIME_FIELDS  # a grid over other settings would need a fit per setting
 
 
 def parse_grid(text: str | None) -> dict[str, tuple[float, ...]]:

@@ -56,7 +56,7 @@ GRID: dict[str, tuple] = {
     "label_smoothing": (0.0, 0.1, 0.2),
     "fact_weight": (0.25, 0.5, 1.0),
 }
-# acts at answer time: every fit is scored at each value
+# acts at answer time (medweave.vqa.model.ANSWER_TIME_FIELDS): every fit is scored at each value
 ANSWER_TIME: dict[str, tuple] = {"memory_weight": (0.25, 0.5, 0.75)}
 # the defaults the grids are centred on (VqaConfig's values when the search was run); fixed here so that a
 # changed VqaConfig default does not move the search's starting point or its tie rule

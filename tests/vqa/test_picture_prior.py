@@ -127,7 +127,9 @@ def test_the_answer_time_screen_reads_its_grid_strictly():
     spec = importlib.util.spec_from_file_location("vqa_prior", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert set(mod.ANSWER_TIME) <= {f.name for f in fields(VqaConfig)}
+    from medweave.vqa.model import ANSWER_TIME_FIELDS
+
+    assert mod.ANSWER_TIME == ANSWER_TIME_FIELDS and set(ANSWER_TIME_FIELDS) <= {f.name for f in fields(VqaConfig)}
     assert mod.parse_grid(None) == {"picture_prior": mod.BETAS, "picture_prior_temperature": mod.TEMPERATURES}
     assert mod.parse_grid("memory_weight=0.5, 1; memory_temperature=0.02") == {
         "memory_weight": (0.5, 1.0), "memory_temperature": (0.02,)}

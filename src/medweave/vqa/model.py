@@ -72,6 +72,13 @@ MODEL_FORMAT = "medweave-vqa/3"
 FINETUNED_FORMAT = "medweave-vqa/4"  # /3 plus the fine-tuned picture encoder (``encoder.*`` tensors)
 
 
+# VqaConfig fields that change no weights: read at answer time (the choice rule's calibration is saved at
+# fit time, but only the rule reads it), so one fitted model scores any value of them
+# (benchmarks/vqa_prior.py --grid, vqa_tune.py's memory weight)
+ANSWER_TIME_FIELDS = ("picture_prior", "picture_prior_temperature", "memory_weight", "question_cos",
+                      "memory_temperature", "same_image_cos", "choice_answers")
+
+
 @dataclass
 class VqaConfig:
     """Training choices. epochs, hidden, dropout, image_dropout, lr, weight_decay, label_smoothing,
