@@ -106,6 +106,7 @@ class VqaConfig:
     question_cos: float = 0.9
     memory_temperature: float = 0.02
     threads: int = 1
+    fit_workers: int = 0         # processes fitting the members side by side (0: one per core when it pays; 1: none)
     fact_questions: int = 2      # per known organ/modality/plane fact: true and hallucinated questions each
     fact_weight: float = 0.5     # their loss weight beside a real question's 1.0
     finetune_blocks: int = 0     # > 0: fine-tune that many last blocks of the 224 view first (encode.finetune)
@@ -134,6 +135,8 @@ class VqaConfig:
                 ("hidden", True, lambda v: v >= 1, "an integer >= 1"),
                 ("batch_size", True, lambda v: v >= 1, "an integer >= 1"),
                 ("seeds", True, lambda v: v >= 1, "an integer >= 1 (ensemble members)"),
+                ("fit_workers", True, lambda v: v >= 0,
+                 "an integer >= 0 (0: one process per core when the fit is large enough; 1: in this process)"),
                 ("lr", False, lambda v: v > 0, "a number > 0"),
                 ("weight_decay", False, lambda v: v >= 0, "a number >= 0"),
                 ("dropout", False, lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
@@ -247,6 +250,48 @@ def _fit_one(cfg: VqaConfig, seed: int, img, q, y, closed, qtype, weight, real, 
             loss.backward()
             opt.step()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+FIT_PARALLEL_MIN = 100_000  # row-epochs of a whole fit (about 20 s on one core) below which workers do not pay their start
+
+
+def fit_workers(cfg: VqaConfig, rows: int) -> int:
+    """How many processes fit the ensemble members (``cfg.fit_workers``; 0: one per usable core, at most
+    one per member, when the fit is large enough (rows x epochs x members >= ``FIT_PARALLEL_MIN``) to pay
+    each worker's start, about 3 s of importing torch; else 1, in this process)."""
+    if cfg.fit_workers:
+        return min(cfg.fit_workers, cfg.seeds)
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.seeds < 2 or cores < 2 or rows * cfg.epochs * cfg.seeds < FIT_PARALLEL_MIN:
+        return 1
+    return min(cores, cfg.seeds)
+
+
+def _fit_members(cfg: VqaConfig, data: tuple) -> list[dict]:
+    """The ensemble members' state dicts, member s fitted by ``_fit_member(cfg, data, s)``: in this
+    process, or side by side in ``fit_workers`` separate interpreters (``vqa.fitworker``), member s in
+    worker s mod workers. A member's fit depends only on its seed, so the weights are the same either
+    way (tests/vqa/test_fit_workers.py)."""
+    workers = fit_workers(cfg, len(data[2]))
+    if workers < 2:
+        return [_fit_member(cfg, data, s) for s in range(cfg.seeds)]
+    import tempfile
+
+    from .fitworker import run_workers, write_job
+
+    with tempfile.TemporaryDirectory(prefix="medweave-fit-") as tmp:
+        write_job(Path(tmp), cfg, data)
+        return run_workers(Path(tmp), cfg, [list(range(w, cfg.seeds, workers)) for w in range(workers)])
+
+
+def _fit_member(cfg: VqaConfig, data: tuple, s: int) -> dict:
+    """Ensemble member ``s``: its picture view of the rows (and of the augmented copies), its seed."""
+    xi, xq, y, closed, t, weight, real, n_answers, n_qtypes, ctx, copies = data
+    with torch_threads(cfg.threads):
+        return _fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed, t, weight, real, n_answers, n_qtypes, ctx,
+                        None if copies is None else (np.ascontiguousarray(_view(copies[0], s, cfg.views)), copies[1]))
 
 
 AUGMENT_SEED = 7919  # offsets the picture draws' generator from the member's own
@@ -418,12 +463,8 @@ class Answerer:
             ctx = np.concatenate([model.context_features(img_emb, q_emb, own)[0],
                                   model.context_features(f_img, f_q)[0]]).astype(np.float32)
         t0 = time.perf_counter()
-        with torch_threads(cfg.threads):
-            real = np.arange(len(y)) < len(answers)
-            model.members = [_fit_one(cfg, s, _view(xi, s, cfg.views), xq, y, closed_all, t, weight, real,
-                                      len(vocab), len(qtypes), ctx,
-                                      None if copies is None else (np.ascontiguousarray(_view(copies[0], s, cfg.views)), copies[1]))
-                             for s in range(cfg.seeds)]
+        real = np.arange(len(y)) < len(answers)
+        model.members = _fit_members(cfg, (xi, xq, y, closed_all, t, weight, real, len(vocab), len(qtypes), ctx, copies))
         if cfg.decoder:
             from .decoder import decoder_inputs, fit_decoder
 
