@@ -61,11 +61,17 @@ def run_workers(folder: Path, cfg, seeds_per_worker: list[list[int]]) -> list[di
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env))
              for seeds in seeds_per_worker]
     failed = []
-    for seeds, proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode:
-            tail = err.decode(errors="replace").strip().splitlines()[-5:]
-            failed.append(f"members {seeds}: exit status {proc.returncode}: " + " | ".join(tail))
+    try:
+        for seeds, proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode:
+                tail = err.decode(errors="replace").strip().splitlines()[-5:]
+                failed.append(f"members {seeds}: exit status {proc.returncode}: " + " | ".join(tail))
+    finally:  # interrupted (Ctrl-C, an error here): no worker outlives the fit it was fitting for
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if failed:
         raise RuntimeError("fitting the answerer's ensemble members in worker processes failed ("
                            + "; ".join(failed) + "); fit_workers=1 fits them in this process")
