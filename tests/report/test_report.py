@@ -24,6 +24,23 @@ def test_report_is_self_contained_with_every_section(ctx, phantom_model, tmp_pat
     assert "auroc" in html and "95% CI" in html
 
 
+def test_a_task_whose_evaluation_split_holds_one_class_is_reported_without_its_plots(ctx, phantom_model, tmp_path):
+    """A small cohort's test split can hold one class only (no ROC exists): the report says so instead
+    of failing (it raised on the missing plot; seen in tests/test_atomic.py's 40-patient cohort)."""
+    import copy
+
+    import numpy as np
+
+    one = copy.copy(ctx)
+    one.dataset = copy.copy(ctx.dataset)
+    one.dataset.targets = {k: np.where(np.isnan(v), v, 0.0) for k, v in ctx.dataset.targets.items()}
+    html = build_report(phantom_model, tmp_path / "one.html", n_cases=1, n_boot=20, ctx=one,
+                        image_methods=("occlusion",)).read_text()
+    head = next(iter(ctx.dataset.targets))
+    assert f"No ROC or calibration plot for {head}" in html and f'alt="ROC {head}"' not in html
+    assert "<h2>Metrics" in html and html.rstrip().endswith("</html>")
+
+
 @pytest.mark.slow
 def test_demo_report_writes_into_the_demo_folder(phantom_model):
     path = demo_report(phantom_model.parent.parent)
