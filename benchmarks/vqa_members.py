@@ -15,9 +15,9 @@ whether the weights are the same. Prints a table; not a timed test. Needs the sh
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +78,7 @@ def main() -> int:
             held = [vqa.questions[i] for i in ihe]
             closed = np.array([q.closed for q in held])
             for m in use:
-                part = copy.copy(model)
-                part.members, part._nets = model.members[:m], []
+                part = replace(model, members=model.members[:m], _nets=[])  # its networks built from its members
                 preds = part.predict(img[ihe], qe[ihe], decoder=False, questions=[q.question for q in held],
                                      picture_stats=stats[ihe])
                 ok = np.array([exact_match(p.answer, q.answer) for p, q in zip(preds, held)])
